@@ -1,0 +1,16 @@
+"""Score a checkpoint on its test (or val) split, LiTS-style: python evaluate.py ckpt=PATH [split=val]"""
+
+import hydra
+
+from lits.cli import run_stage
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
+def main(cfg):
+    from lits.evaluate import run  # imported here so --help and config errors stay fast
+
+    return run_stage(run, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Data stages: NIfTI reading, synthetic generation, preprocessing cache, slice sampling, augmentation."""

@@ -1,0 +1,40 @@
+"""Shared test helpers: tiny LiTS-layout NIfTI pairs written by the tests themselves."""
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(path))
+    return path
+
+
+def make_case(shape=(40, 36, 12), seed=0, tumor=True):
+    """(volume int16 HU, segmentation uint8) in source (X, Y, Z) order: a liver block with an optional tumour."""
+    rng = np.random.default_rng(seed)
+    seg = np.zeros(shape, np.uint8)
+    seg[8:30, 6:28, 2:10] = 1
+    if tumor:
+        seg[14:20, 12:18, 4:7] = 2
+    vol = rng.normal(0, 10, shape) + np.choose(seg, [-50, 120, 60])
+    return vol.astype(np.int16), seg
+
+
+@pytest.fixture
+def lits_tree(tmp_path):
+    """A folder with three LiTS-layout pairs (one without tumour), non-trivial affine."""
+    root = tmp_path / "lits"
+    root.mkdir()
+    affine = np.diag([-0.8, -0.8, 2.5, 1.0])
+    for i in range(3):
+        vol, seg = make_case(seed=i, tumor=i != 1)
+        write_nifti(root / f"volume-{i}.nii.gz", vol, affine)
+        write_nifti(root / f"segmentation-{i}.nii.gz", seg, affine)
+    return root

@@ -1,0 +1,16 @@
+"""Train a liver/tumour U-Net: python train.py experiment=progressive [key=value ...]"""
+
+import hydra
+
+from lits.cli import run_stage
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg):
+    from lits.train import run  # imported here so --help and config errors stay fast
+
+    return run_stage(run, cfg)
+
+
+if __name__ == "__main__":
+    main()
