@@ -18,10 +18,10 @@ SPLITS = ("train", "val", "test")
 
 def ensure_synthetic(data_cfg) -> None:
     """Generate the embedded synthetic data set into data.root on first use (data=synthetic only)."""
-    from lits.data.synthetic import SyntheticParams, generate_dataset
+    from lits.data.synthetic import MANIFEST, SyntheticParams, generate_dataset, manifest
 
     synth = data_cfg.get("synthetic")
-    if not synth or Path(data_cfg.root).exists():
+    if not synth:
         return
     known = {f.name for f in fields(SyntheticParams)}
     unknown = set(synth) - known - {"num_cases", "seed"}
@@ -29,6 +29,15 @@ def ensure_synthetic(data_cfg) -> None:
         raise LitsError(f"data.synthetic.{sorted(unknown)[0]}: unknown generator setting; valid: {sorted(known | {'num_cases', 'seed'})}")
     plain = OmegaConf.to_container(synth) if OmegaConf.is_config(synth) else dict(synth)
     params = SyntheticParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in plain.items() if k in known})
+    root = Path(data_cfg.root)
+    if root.exists():
+        wanted = manifest(synth.num_cases, synth.seed, params)
+        found = json.loads((root / MANIFEST).read_text()) if (root / MANIFEST).exists() else None
+        if found is not None and found != wanted:
+            changed = sorted(k for k in wanted["params"] if wanted["params"][k] != found["params"].get(k))
+            changed += [k for k in ("num_cases", "seed") if wanted[k] != found[k]]
+            raise LitsError(f"{root}: generated with other synthetic settings ({', '.join(changed)}); delete the folder to regenerate or set data.root elsewhere")
+        return
     print(f"generating {synth.num_cases} synthetic LiTS-format cases into {data_cfg.root} (once)")
     generate_dataset(data_cfg.root, num_cases=int(synth.num_cases), seed=int(synth.seed), params=params)
 
