@@ -191,13 +191,20 @@ def test_aggregate_per_case_vs_global_hand_computed():
 
 
 def test_aggregate_keys():
-    s = aggregate(_two_cases())
+    # Dice-only rows (detail="dice", training-time validation) give exactly the Dice summary ...
+    rows = [{k: r[k] for k in metrics.PER_CASE_MEAN_KEYS + metrics.COUNT_KEYS} for r in _two_cases()]
+    s = aggregate(rows)
     assert set(s) == {
         "num_cases",
         "liver_dice_per_case", "tumor_dice_per_case",
         "liver_dice_global", "tumor_dice_global",
     }
     assert all("/" not in k for k in s)
+    # ... full rows (the default) keep those keys with the same values and add the other LiTS groups
+    full = aggregate(_two_cases())
+    assert {k: full[k] for k in s} == s
+    assert {"liver_assd_mean", "tumor_assd_sentinel_cases", "tumor_lesion_recall_iou50", "tumor_burden_rmse"} <= set(full)
+    assert all("/" not in k for k in full)
 
 
 def test_aggregate_all_empty_tumour_uses_empty_score():
