@@ -20,7 +20,10 @@ from lits.report import format_table, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
-TABLE_COLUMNS = ["case", "liver_dice", "tumor_dice", "tumor_ref_voxels", "tumor_pred_voxels"]
+CASE_COLUMNS = ["case", "liver_dice", "tumor_dice", "tumor_assd", "tumor_lesions_ref", "tumor_lesion_tp_iou50",
+                "tumor_lesion_fp_iou50", "tumor_burden_ref", "tumor_burden_pred"]
+SUMMARY_KEYS = ["liver_dice_per_case", "liver_dice_global", "liver_assd_mean", "tumor_dice_per_case", "tumor_dice_global",
+                "tumor_assd_mean", "tumor_lesion_precision_iou50", "tumor_lesion_recall_iou50", "tumor_burden_rmse"]
 
 
 def load_model(ckpt_path: str | Path, device):
@@ -65,8 +68,10 @@ def run(cfg) -> dict:
     write_csv(out_dir / "cases.csv", rows["raw"] + rows["post"])
     write_json(out_dir / "metrics.json", result)
 
-    print(format_table(rows["post"], TABLE_COLUMNS))
-    summary_rows = [{"stage": stage, **{k: v for k, v in s.items() if k != "num_cases"}} for stage, s in summary.items()]
-    print(format_table(summary_rows, list(summary_rows[0])))
+    print(f"\n{cfg.split} split, {len(rows['post'])} cases, post-processed:")
+    print(format_table(rows["post"], CASE_COLUMNS))
+    print("\nsummary (all metrics in metrics.json):")
+    print(format_table([{"metric": k, **{stage: summary[stage].get(k, "") for stage in summary}} for k in SUMMARY_KEYS],
+                       ["metric", *summary]))
     print(f"wrote {out_dir / 'cases.csv'} and {out_dir / 'metrics.json'}")
     return result

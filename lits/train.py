@@ -66,8 +66,8 @@ def validate(model, cases, cfg, device, amp: str, post_cfg: PostprocessConfig) -
         raw = probabilities_to_labels(probs[0], probs[1], post_cfg.threshold)
         post = postprocess(probs[0], probs[1], post_cfg)
         label = np.asarray(case.label)
-        raw_rows.append({"case": case.case_id, **case_metrics(raw, label, case.spacing)})
-        post_rows.append({"case": case.case_id, **case_metrics(post, label, case.spacing)})
+        raw_rows.append({"case": case.case_id, **case_metrics(raw, label, case.spacing, detail="dice")})
+        post_rows.append({"case": case.case_id, **case_metrics(post, label, case.spacing, detail="dice")})
         if cfg.trainer.log_images and len(shown) < 4:
             z = int(np.argmax(case.stats["tumor_voxels"] + case.stats["liver_voxels"] * 1e-6))
             shown.append((np.asarray(case.image[z], np.float32), label[z], post[z]))
