@@ -1,11 +1,15 @@
 """Lesion-oversampling sampler and ROI crops."""
 
+import pickle
+
 import numpy as np
 import pytest
+import torch
 
 from lits.data.cache import build_cache
 from lits.data.nifti import find_lits_pairs
-from lits.data.slices import LesionSampler, SamplingConfig, SliceIndex, TrainSlices, crop_origin
+from lits.data.slices import (LesionSampler, SamplingConfig, SliceIndex, TrainSlices, _NpyRows, context_batch, crop_origin,
+                              input_channels)
 
 
 @pytest.fixture
@@ -53,6 +57,12 @@ def test_lesion_centred_crops_contain_tumour(index):
         item = ds[(int(s), draw)]
         assert item["image"].shape == (1, 16, 16) and item["label"].shape == (16, 16)
         assert (item["label"] == 2).any()
+        box = index.tumor_box[s]
+        full = index.cases[index.case[s]].label[index.z[s]] == 2
+        assert full.sum() == full[box[0]:box[1], box[2]:box[3]].sum()  # the box holds every tumour voxel
+    index.tumor_box = None  # caches without tumour boxes: the whole label slice is read, same distribution
+    for draw, s in enumerate(tumor_slices):
+        assert (ds[(int(s), draw)]["label"] == 2).any()
 
 
 def test_liver_crops_touch_liver_and_small_slices_are_padded(index):
@@ -70,3 +80,53 @@ def test_crop_origin_stays_inside():
     assert crop_origin(64, 512, 500) == 448
     assert crop_origin(64, 512, 200) == 168
     assert crop_origin(64, 40, 20) == 0
+
+
+def test_context_slices_are_neighbours_clamped_at_the_edges(index):
+    k = 2
+    ds = TrainSlices(index, crop_size=64, sampling=SamplingConfig(p_lesion_center=0.0), seed=0, context_slices=k)
+    plain = TrainSlices(index, crop_size=64, sampling=SamplingConfig(p_lesion_center=0.0), seed=0)
+    case = index.cases[0]
+    z_count = case.image.shape[0]
+    for s in (0, 1, 5, z_count - 1):  # first slices, middle, last slice of case 0
+        item, single = ds[(s, 7)], plain[(s, 7)]
+        assert item["image"].shape == (2 * k + 1, 64, 64) and item["image"].dtype == torch.float16
+        assert torch.equal(item["image"][k], single["image"][0]) and torch.equal(item["label"], single["label"])
+        for c in range(2 * k + 1):
+            z = min(max(s - k + c, 0), z_count - 1)
+            # the crop covers the whole 36 x 40 slice (padded), so each channel is slice z
+            assert np.array_equal(item["image"][c, :36, :40].numpy(), np.asarray(case.image[z]))
+    assert context_batch(case.image, 0, z_count, k).shape == (z_count, 2 * k + 1, 36, 40)
+    batch = context_batch(case.image, 3, 6, k)
+    assert np.array_equal(batch[0, 0], np.asarray(case.image[1], np.float32))
+    assert np.array_equal(context_batch(case.image, 0, 2, 0)[:, 0], np.asarray(case.image[:2], np.float32))
+    assert input_channels({"context_slices": 2}) == 5 and input_channels({}) == 1
+
+
+def test_positional_reads_equal_memory_map_reads(index):
+    case = index.cases[1]
+    rows = _NpyRows(case.image)
+    assert rows.path is not None  # the fast path is in use
+    for z, y0, y1 in ((0, 0, 36), (3, 10, 20), (11, 30, 60)):
+        assert np.array_equal(rows.read(z, y0, y1), np.asarray(case.image[z, y0 : min(y1, 36)]))
+    in_memory = _NpyRows(np.asarray(case.label))
+    assert in_memory.path is None and np.array_equal(in_memory.read(4, 5, 9), case.label[4, 5:9])
+
+
+def test_dataset_pickles_without_the_arrays(index):
+    ds = TrainSlices(index, crop_size=32, sampling=SamplingConfig(), seed=0, context_slices=1)
+    blob = pickle.dumps(ds)
+    assert len(blob) < 20_000  # file names and the slice table, not the volumes (spawn-started loader workers)
+    copy = pickle.loads(blob)
+    for draw in range(10):
+        a, b = ds[(draw * 3, draw)], copy[(draw * 3, draw)]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+
+
+def test_slice_index_uses_the_training_z_range(index):
+    cases = index.cases
+    cases[0].meta["train_z_range"] = [2, 10]
+    restricted = SliceIndex(cases)
+    assert len(restricted) == len(index) - 4
+    assert restricted.z[restricted.case == 0].tolist() == list(range(2, 10))
+    del cases[0].meta["train_z_range"]

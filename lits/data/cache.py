@@ -2,65 +2,169 @@
 
 Layout (nnU-Net style preprocess-once, with precomputed foreground locations):
 
-    <cache_root>/<key>/<case_id>/image.npy   (Z, Y, X) float16, HU window scaled to [0, 1]
-                                 label.npy   (Z, Y, X) uint8 {0, 1, 2}
-                                 slices.npz  per-slice liver / tumour voxel counts and liver bounding boxes
-                                 meta.json   spacing, source files (size, mtime), orientation
+    <cache_root>/<key>/<case_id>/image.npy         (Z, Y, X) float16, HU window scaled to [0, 1]
+                                 label.npy         (Z, Y, X) uint8 {0, 1, 2}
+                                 slices.npz        per-slice liver / tumour voxel counts and liver bounding boxes
+                                 meta.json         spacing, source files (size, mtime), orientation, native grid, liver z-range
+                                 label_native.npy  only with data.target_spacing_xy: the label on the native grid (for metrics)
+    <cache_root>/<key>/.lock                       held while a process writes into <key> (other processes wait)
 
-`key` hashes everything that changes the arrays (window, format version, source root), so a new window
-gets a new cache and old runs keep theirs. Each case is written to a temporary folder and renamed into
-place, so an interrupted run never leaves a half-written case; a case whose source file changed is rebuilt.
+`key` hashes everything that changes the arrays (format version, window, in-plane target spacing, source root),
+so a new setting gets a new cache and old runs keep theirs. Full volumes are always stored (evaluation needs
+them); the training slice range (liver z-range plus a margin) is chosen when the cache is opened.
+
+Each case is streamed slab by slab into a temporary folder and renamed into place, so an interrupted run
+never leaves a half-written case, and a rerun continues with the cases still missing; a case whose source file
+changed is rebuilt. Cases are preprocessed by a pool of processes (`workers`), each holding one volume.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import multiprocessing as mp
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import uuid
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from lits.data.nifti import CasePaths, load_case
+from lits.data.nifti import CasePaths, open_pair
+from lits.data.resample import check_target_spacing, resize_inplane, resize_labels, target_shape, to_native
+from lits.data.sources import Problem
 from lits.errors import LitsError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM}
+
+
+class CacheWriteError(LitsError):
+    """The cache folder cannot be written (full disk, permissions): not a problem of one case, never skipped."""
+
+
+@contextmanager
+def _storage_errors(folder: Path):
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _STORAGE_ERRORS:
+            raise CacheWriteError(f"{folder}: cannot write the preprocessing cache ({exc.strerror}); "
+                                  f"free disk space or set data.cache_dir to a writable folder") from None
+        raise
+_TMP = ".tmp-"  # marks temporary case folders: .<case>.tmp-<host>-<pid>-<random>
 
 
 def window_to_unit(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     """Clip HU to the window and scale linearly to [0, 1] (float32)."""
-    low, high = float(window[0]), float(window[1])
+    low, high = _check_window(window)
+    out = np.clip(np.asarray(hu, dtype=np.float32), low, high)
+    out -= np.float32(low)
+    out *= np.float32(1.0 / (high - low))
+    return out
+
+
+def _check_window(window) -> tuple[float, float]:
+    try:
+        low, high = (float(w) for w in window)
+    except (TypeError, ValueError):
+        raise LitsError(f"data.window={window!r}: give [low, high] in HU, e.g. data.window=[-200,250]") from None
     if not high > low:
         raise LitsError(f"data.window={list(window)}: the upper bound must exceed the lower bound, e.g. data.window=[-200,250]")
-    return ((np.clip(hu, low, high) - low) / (high - low)).astype(np.float32)
+    return low, high
 
 
-def cache_key(window: tuple[float, float], source_root: str | Path) -> str:
-    params = {"version": FORMAT_VERSION, "window": [float(w) for w in window], "root": str(Path(source_root).resolve())}
+@dataclass(frozen=True)
+class Preprocessing:
+    """Everything that decides the cached arrays (plus the affine tolerance, which only decides what is accepted)."""
+
+    window: tuple[float, float] = (-200.0, 250.0)
+    target_spacing_xy: tuple[float, float] | None = None  # in-plane mm; None keeps the native grid
+    affine_atol: float = 1e-3
+
+    def __post_init__(self):
+        object.__setattr__(self, "window", _check_window(self.window))
+        object.__setattr__(self, "target_spacing_xy", check_target_spacing(self.target_spacing_xy))
+        atol = self.affine_atol
+        if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not atol >= 0:
+            raise LitsError(f"data.affine_atol={atol!r}: give a tolerance >= 0 in mm, e.g. data.affine_atol=0.001")
+        object.__setattr__(self, "affine_atol", float(atol))
+
+    @classmethod
+    def from_data_cfg(cls, data_cfg) -> Preprocessing:
+        spacing = data_cfg.get("target_spacing_xy")
+        return cls(window=tuple(data_cfg.window), target_spacing_xy=None if spacing is None else tuple(spacing),
+                   affine_atol=data_cfg.get("affine_atol", 1e-3))
+
+    def key(self, source_root: str | Path) -> str:
+        return cache_key(self.window, source_root, self.target_spacing_xy)
+
+
+def cache_key(window: tuple[float, float], source_root: str | Path, target_spacing_xy=None) -> str:
+    params = {"version": FORMAT_VERSION, "window": [float(w) for w in window], "root": str(Path(source_root).expanduser().resolve())}
+    if target_spacing_xy is not None:
+        params["target_spacing_xy"] = [float(s) for s in target_spacing_xy]
     return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def preprocess_image(hu: np.ndarray, spacing: tuple[float, float, float], prep: Preprocessing) -> np.ndarray:
+    """What the cache does to one canonical (Z, Y, X) HU volume, for new CTs at prediction time: float32 in [0, 1].
+
+    Undo the resampling of predictions with `lits.data.resample.resize_inplane(probs, hu.shape[1:], order=1)`.
+    """
+    unit = window_to_unit(hu, prep.window)
+    if prep.target_spacing_xy is not None:
+        unit = resize_inplane(unit, target_shape(hu.shape[1:], spacing[1:], prep.target_spacing_xy), order=1)
+    return unit
+
+
+def _boxes(mask: np.ndarray) -> np.ndarray:
+    """Per-slice bounding boxes [y0, y1, x0, x1) of a (Z, Y, X) mask; -1 where a slice has none."""
+    boxes = np.full((mask.shape[0], 4), -1, dtype=np.int32)
+    rows, cols = mask.any(axis=2), mask.any(axis=1)  # (Z, Y), (Z, X)
+    z = np.flatnonzero(rows.any(axis=1))
+    boxes[z, 0] = rows[z].argmax(axis=1)
+    boxes[z, 1] = mask.shape[1] - rows[z, ::-1].argmax(axis=1)
+    boxes[z, 2] = cols[z].argmax(axis=1)
+    boxes[z, 3] = mask.shape[2] - cols[z, ::-1].argmax(axis=1)
+    return boxes
+
+
 def slice_stats(label: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-slice liver (label >= 1) and tumour (label == 2) voxel counts and liver boxes [y0, y1, x0, x1) (-1 if none)."""
+    """Per-slice liver (label >= 1) and tumour (label == 2) voxel counts and boxes [y0, y1, x0, x1) (-1 if none)."""
     liver = label >= 1
     tumor = label == 2
-    boxes = np.full((label.shape[0], 4), -1, dtype=np.int32)
-    rows, cols = liver.any(axis=2), liver.any(axis=1)  # (Z, Y), (Z, X)
-    has = rows.any(axis=1)
-    z = np.flatnonzero(has)
-    boxes[z, 0] = rows[z].argmax(axis=1)
-    boxes[z, 1] = label.shape[1] - rows[z, ::-1].argmax(axis=1)
-    boxes[z, 2] = cols[z].argmax(axis=1)
-    boxes[z, 3] = label.shape[2] - cols[z, ::-1].argmax(axis=1)
     return {
         "liver_voxels": liver.sum(axis=(1, 2)).astype(np.int64),
         "tumor_voxels": tumor.sum(axis=(1, 2)).astype(np.int64),
-        "liver_box": boxes,
+        "liver_box": _boxes(liver),
+        "tumor_box": _boxes(tumor),  # lesion-centred crops read only these rows of the label
     }
+
+
+def liver_z_range(liver_voxels: np.ndarray, spacing_z: float, margin_mm: float | None) -> tuple[int, int]:
+    """The liver's slice range widened by margin_mm on each side (all slices if margin_mm is None or no liver)."""
+    z_count = len(liver_voxels)
+    liver = np.flatnonzero(np.asarray(liver_voxels) > 0)
+    if margin_mm is None or not len(liver):
+        return 0, z_count
+    margin = int(np.ceil(float(margin_mm) / max(float(spacing_z), 1e-6) - 1e-9))
+    return max(0, int(liver[0]) - margin), min(z_count, int(liver[-1]) + 1 + margin)
+
+
+def check_context_slices(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise LitsError(f"data.context_slices={k!r}: give an integer >= 0 (neighbouring slices on each side; 0 = plain 2D)")
+    return k
 
 
 def _source_stamp(paths: CasePaths) -> dict:
@@ -74,7 +178,7 @@ def _source_stamp(paths: CasePaths) -> dict:
 
 @dataclass
 class CachedCase:
-    """One preprocessed case; `image` and `label` are read-only memory maps."""
+    """One preprocessed case; `image` and `label` are read-only memory maps of the full volume."""
 
     case_id: str
     folder: Path
@@ -85,22 +189,41 @@ class CachedCase:
 
     @property
     def spacing(self) -> tuple[float, float, float]:
+        """(sz, sy, sx) mm of the cached grid."""
         return tuple(self.meta["spacing"])
+
+    @property
+    def native_spacing(self) -> tuple[float, float, float]:
+        """(sz, sy, sx) mm of the source volume's grid (canonical order): the grid metrics are computed on."""
+        return tuple(self.meta.get("native", {}).get("spacing", self.meta["spacing"]))
+
+    @property
+    def native_label(self) -> np.ndarray | None:
+        """The label on the native canonical grid (a memmap; `label` itself unless the cache was resampled)."""
+        path = self.folder / "label_native.npy"
+        return np.load(path, mmap_mode="r") if path.exists() else self.label
+
+    def to_native(self, array: np.ndarray, order: int = 1) -> np.ndarray:
+        """(..., Z, y, x) on the cached grid -> the native canonical grid; identity without resampling."""
+        return to_native(array, self.meta, order)
 
 
 def open_cached(folder: Path) -> CachedCase:
-    meta = json.loads((folder / "meta.json").read_text())
-    label_path = folder / "label.npy"
-    with np.load(folder / "slices.npz") as npz:
-        stats = {k: npz[k] for k in npz.files}
-    return CachedCase(
-        case_id=meta["case_id"],
-        folder=folder,
-        image=np.load(folder / "image.npy", mmap_mode="r"),
-        label=np.load(label_path, mmap_mode="r") if label_path.exists() else None,
-        stats=stats,
-        meta=meta,
-    )
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        label_path = folder / "label.npy"
+        with np.load(folder / "slices.npz") as npz:
+            stats = {k: npz[k] for k in npz.files}
+        return CachedCase(
+            case_id=meta["case_id"],
+            folder=folder,
+            image=np.load(folder / "image.npy", mmap_mode="r"),
+            label=np.load(label_path, mmap_mode="r") if label_path.exists() else None,
+            stats=stats,
+            meta=meta,
+        )
+    except (OSError, ValueError, KeyError) as exc:  # someone edited or truncated files of a finished case
+        raise LitsError(f"{folder}: damaged cache folder ({type(exc).__name__}: {exc}); delete it and rerun to rebuild it") from None
 
 
 def _is_current(folder: Path, paths: CasePaths) -> bool:
@@ -108,38 +231,207 @@ def _is_current(folder: Path, paths: CasePaths) -> bool:
         meta = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError):
         return False
-    return meta.get("source") == _source_stamp(paths)
+    needed = ["image.npy", "slices.npz"] + (["label.npy"] if paths.label is not None else [])
+    return (meta.get("format") == FORMAT_VERSION and meta.get("source") == _source_stamp(paths)
+            and all((folder / name).is_file() for name in needed))
 
 
-def _write_case(paths: CasePaths, folder: Path, window: tuple[float, float]) -> None:
-    case = load_case(paths)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+def _publish(tmp: Path, folder: Path) -> None:
+    """Rename a finished temporary case folder into place (replacing a stale one); atomic for readers."""
+    if folder.exists():  # stale (source changed) or written meanwhile by another process
+        trash = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
+        try:
+            os.replace(folder, trash)
+        except FileNotFoundError:
+            pass
+        shutil.rmtree(trash, ignore_errors=True)
     try:
-        np.save(tmp / "image.npy", window_to_unit(case.image, window).astype(np.float16))
-        label = case.label if case.label is not None else np.zeros(case.image.shape, np.uint8)
-        if case.label is not None:
-            np.save(tmp / "label.npy", label)
-        np.savez(tmp / "slices.npz", **slice_stats(label))
+        os.replace(tmp, folder)
+    except OSError:  # another process published the same case in between: theirs is as good as ours
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_case(paths: CasePaths, folder: Path, prep: Preprocessing) -> None:
+    """Validate, reorient, window (and resample) one case, streaming slabs into a temp folder; then rename it into place."""
+    with _storage_errors(folder.parent):
+        _write_case(paths, folder, prep)
+
+
+def _write_case(paths: CasePaths, folder: Path, prep: Preprocessing) -> None:
+    pair = open_pair(paths, prep.affine_atol)
+    z_count, height, width = pair.shape
+    sz, sy, sx = pair.spacing
+    out_yx = (height, width)
+    if prep.target_spacing_xy is not None:
+        out_yx = target_shape((height, width), (sy, sx), prep.target_spacing_xy)
+    resampled = out_yx != (height, width)
+    spacing = (sz, sy * height / out_yx[0], sx * width / out_yx[1])
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}{_TMP}{socket.gethostname()}-{os.getpid()}-", dir=folder.parent))
+    try:
+        image = np.lib.format.open_memmap(tmp / "image.npy", mode="w+", dtype=np.float16, shape=(z_count, *out_yx))
+        label = native = None
+        if pair.label is not None:
+            label = np.lib.format.open_memmap(tmp / "label.npy", mode="w+", dtype=np.uint8, shape=(z_count, *out_yx))
+            if resampled:
+                native = np.lib.format.open_memmap(tmp / "label_native.npy", mode="w+", dtype=np.uint8, shape=(z_count, height, width))
+        parts = []
+        for z0, hu, lab in pair.chunks():
+            unit = window_to_unit(hu, prep.window)
+            del hu
+            if resampled:
+                unit = resize_inplane(unit, out_yx, order=1)
+            image[z0 : z0 + len(unit)] = unit
+            if lab is not None:
+                if resampled:
+                    native[z0 : z0 + len(lab)] = lab
+                    lab = resize_labels(lab, out_yx)
+                label[z0 : z0 + len(lab)] = lab
+                parts.append(slice_stats(lab))
+        for array in (image, label, native):
+            if array is not None:
+                array.flush()
+        del image, label, native
+        if parts:
+            stats = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        else:  # unlabelled: no liver anywhere
+            stats = slice_stats(np.zeros((z_count, 1, 1), np.uint8))
+        np.savez(tmp / "slices.npz", **stats)
+        liver_z = np.flatnonzero(stats["liver_voxels"] > 0)
+        orientation = pair.orientation
         meta = {
-            "case_id": case.case_id,
-            "shape": list(case.image.shape),
-            "spacing": list(case.spacing),
-            "window": list(window),
+            "format": FORMAT_VERSION,
+            "case_id": paths.case_id,
+            "shape": [z_count, *out_yx],
+            "spacing": list(spacing),
+            "window": list(prep.window),
+            "target_spacing_xy": None if prep.target_spacing_xy is None else list(prep.target_spacing_xy),
+            "resampled": resampled,
+            "native": {"shape": [z_count, height, width], "spacing": [sz, sy, sx]},
+            "liver_z": [int(liver_z[0]), int(liver_z[-1]) + 1] if len(liver_z) else None,
             "source": _source_stamp(paths),
+            "source_dtype": str(pair.image.raw.dtype),
+            "scaling": [pair.image.slope, pair.image.inter],
             "orientation": {
-                "ornt": case.orientation.ornt.tolist(),
-                "source_shape": list(case.orientation.source_shape),
-                "source_affine": case.orientation.source_affine.tolist(),
+                "ornt": orientation.ornt.tolist(),
+                "source_shape": list(orientation.source_shape),
+                "source_affine": orientation.source_affine.tolist(),
             },
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        if folder.exists():  # stale: source changed
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        _publish(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _write_job(paths: CasePaths, folder: str, prep: Preprocessing) -> tuple[str, str | None]:
+    """Pool entry point: (case_id, None) or (case_id, the LitsError message)."""
+    try:
+        write_case(paths, Path(folder), prep)
+        return paths.case_id, None
+    except CacheWriteError:
+        raise
+    except LitsError as exc:
+        return paths.case_id, str(exc)
+
+
+@contextmanager
+def _exclusive(folder: Path, progress: bool):
+    """Hold <folder>/.lock: concurrent preparers (DDP ranks, a second prepare_data run) wait instead of racing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: atomic renames still keep every case whole
+        yield
+        return
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                print(f"waiting for another process preparing {folder} ...", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Temporary folders of killed runs (we hold the lock, so nobody is writing them any more)."""
+    for path in folder.glob(".*"):
+        if path.is_dir() and (_TMP in path.name or ".old-" in path.name):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _pool_context():
+    """fork where available (like DataLoader workers: the children only run numpy/nibabel/scipy, and nothing of
+    the caller's `__main__` is re-imported, so unguarded scripts and notebooks work), else spawn."""
+    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+
+
+def cache_cases(
+    cases: list[CasePaths],
+    cache_root: str | Path,
+    prep: Preprocessing,
+    source_root: str | Path,
+    progress: bool = True,
+    workers: int = 1,
+    on_error: str = "fail",
+) -> tuple[dict[str, CachedCase], list[Problem]]:
+    """Preprocess every case not already cached (or whose source changed), `workers` processes at a time.
+
+    on_error="fail": the first bad case raises its LitsError (cases finished so far stay cached).
+    on_error="skip": bad cases are returned as Problems and left out. Returns ({case_id: CachedCase}, problems).
+    """
+    folder = Path(cache_root).expanduser() / prep.key(source_root)
+    problems: list[Problem] = []
+    todo = [c for c in cases if not _is_current(folder / c.case_id, c)]
+    if todo:
+        with _storage_errors(folder), _exclusive(folder, progress):
+            _remove_leftovers(folder)
+            todo = [c for c in todo if not _is_current(folder / c.case_id, c)]  # another process may have done them
+            problems = _run(todo, folder, prep, progress, workers, on_error)
+    failed = {p.case_id for p in problems}
+    return {c.case_id: open_cached(folder / c.case_id) for c in cases if c.case_id not in failed}, problems
+
+
+def _run(todo: list[CasePaths], folder: Path, prep: Preprocessing, progress: bool, workers: int, on_error: str) -> list[Problem]:
+    problems: list[Problem] = []
+    by_id = {c.case_id: c for c in todo}
+
+    def record(case_id: str, error: str | None) -> None:
+        if error is None:
+            return
+        if on_error != "skip":
+            raise LitsError(f"{error}; or set data.on_error=skip to leave such cases out")
+        problems.append(Problem(case_id, str(by_id[case_id].image), error))
+
+    bar = tqdm(total=len(todo), desc=f"preprocessing {len(todo)} cases -> {folder}", unit="case",
+               disable=not progress or not todo, dynamic_ncols=True)
+    try:
+        workers = max(1, min(int(workers), len(todo)))
+        if workers == 1:
+            for paths in todo:
+                record(*_write_job(paths, str(folder / paths.case_id), prep))
+                bar.update()
+            return problems
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context())
+        try:
+            futures = {pool.submit(_write_job, c, str(folder / c.case_id), prep): c.case_id for c in todo}
+            for future in as_completed(futures):
+                try:
+                    record(*future.result())
+                except BrokenProcessPool:
+                    raise LitsError(f"a preprocessing process died while preparing case {futures[future]} (out of memory?); "
+                                    f"lower data.prepare_workers (each holds one volume) and rerun: finished cases are kept") from None
+                bar.update()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return problems
+    finally:
+        bar.close()
 
 
 def build_cache(
@@ -148,10 +440,10 @@ def build_cache(
     window: tuple[float, float],
     source_root: str | Path,
     progress: bool = True,
+    target_spacing_xy=None,
+    workers: int = 1,
 ) -> list[CachedCase]:
-    """Preprocess every case not already cached (or whose source changed) and open them all."""
-    folder = Path(cache_root) / cache_key(window, source_root)
-    todo = [c for c in cases if not _is_current(folder / c.case_id, c)]
-    for paths in tqdm(todo, desc=f"preprocessing -> {folder}", unit="case", disable=not progress or not todo):
-        _write_case(paths, folder / paths.case_id, window)
-    return [open_cached(folder / c.case_id) for c in cases]
+    """Preprocess every case not already cached (or whose source changed) and open them all; the first bad case raises."""
+    prep = Preprocessing(window=tuple(window), target_spacing_xy=target_spacing_xy)
+    cached, _ = cache_cases(cases, cache_root, prep, source_root, progress, workers, on_error="fail")
+    return [cached[c.case_id] for c in cases]

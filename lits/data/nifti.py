@@ -1,12 +1,21 @@
-"""Find LiTS-layout NIfTI pairs, read them with nibabel, validate them and reorient to a canonical grid.
+"""Read NIfTI CT/label pairs with nibabel, validate them and reorient to a canonical grid.
 
 Every array leaving this module is slice-major (Z, Y, X) in RAS+ orientation, so slice z is contiguous in
 memory and a memory-mapped cache can hand out slices cheaply. `Orientation` remembers how to undo it.
+
+Two ways in, one validation path:
+* `open_pair` reads the headers (and the raw stored voxels, without scaling them to float) and checks
+  shapes and affines; `CasePair.chunks()` then yields canonical slabs of a few slices, scaled to HU and
+  validated (finite intensities, labels in {0, 1, 2}). The preprocessing cache streams these, so a
+  1000-slice int16 volume costs its stored size plus one slab, not 4-8 bytes per voxel several times over.
+* `load_case` concatenates the slabs: whole float32 HU arrays, for prediction and tests.
+
+Case discovery (LiTS / MSD / CSV layouts) lives in `lits.data.sources`.
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +25,7 @@ import numpy as np
 from lits.errors import LitsError
 
 LABELS = (0, 1, 2)  # background, liver, tumour
-_VOLUME = re.compile(r"^volume-(\d+)\.nii(\.gz)?$")
+CHUNK_SLICES = 32  # canonical slices per slab when streaming a volume
 
 
 @dataclass(frozen=True)
@@ -51,77 +60,165 @@ class Case:
 
 
 def find_lits_pairs(root: str | Path) -> list[CasePaths]:
-    """All `volume-N.nii[.gz]` under root (recursively) with their `segmentation-N.nii[.gz]` beside them."""
-    root = Path(root)
-    if not root.is_dir():
-        raise LitsError(f"{root}: data folder not found; set data.root=DIR to a folder of LiTS volume-N/segmentation-N NIfTI pairs")
-    cases: dict[str, CasePaths] = {}
-    for image in sorted(root.rglob("volume-*.nii*")):
-        match = _VOLUME.match(image.name)
-        if not match:
-            continue
-        case_id = match.group(1)
-        labels = [image.with_name(f"segmentation-{case_id}{ext}") for ext in (".nii", ".nii.gz")]
-        label = next((p for p in labels if p.exists()), None)
-        if label is None:
-            raise LitsError(f"{image}: no segmentation-{case_id}.nii[.gz] beside it; add the label file or remove the volume")
-        if case_id in cases:
-            raise LitsError(f"{image}: case {case_id} also found at {cases[case_id].image}; keep one copy under {root}")
-        cases[case_id] = CasePaths(case_id, image, label)
-    if not cases:
-        raise LitsError(f"{root}: no volume-N.nii[.gz] files found; point data.root at a LiTS-layout folder")
-    return sorted(cases.values(), key=lambda c: int(c.case_id))
+    """All `volume-N.nii[.gz]` under root (recursively) with their `segmentation-N.nii[.gz]`; the first problem raises."""
+    from lits.data.sources import find_lits
+
+    cases, problems = find_lits(root)
+    if problems:
+        raise LitsError(problems[0].reason)
+    return cases
 
 
-def _read(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    """Data (float32 after scl_slope/inter), affine and voxel sizes, or a one-line LitsError."""
+@dataclass
+class _Source:
+    """One opened NIfTI file: stored voxels (not yet scaled), scaling, geometry."""
+
+    path: Path
+    raw: np.ndarray  # stored dtype, source (i, j, k) order; a memmap for uncompressed .nii
+    slope: float
+    inter: float
+    affine: np.ndarray
+    zooms: tuple[float, float, float]
+
+    def scaled(self, block: np.ndarray) -> np.ndarray:
+        out = np.asarray(block, dtype=np.float32)
+        if self.slope != 1.0 or self.inter != 0.0:
+            out = out * np.float32(self.slope) + np.float32(self.inter)
+        return out
+
+
+def _open(path: Path, scaled: bool = False) -> _Source:
+    """Header + stored voxels of one file, or a one-line LitsError naming it."""
     try:
         img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
+        proxy = img.dataobj
+        raw = np.asanyarray(proxy) if scaled else proxy.get_unscaled()
+        slope = None if scaled else getattr(proxy, "slope", None)
+        inter = None if scaled else getattr(proxy, "inter", None)
+        slope = 1.0 if slope is None else float(slope)
+        inter = 0.0 if inter is None else float(inter)
     except FileNotFoundError:
         raise LitsError(f"{path}: file not found; check data.root") from None
-    except Exception as exc:  # nibabel raises many types for truncated / corrupt files
-        raise LitsError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc}); re-download or re-export the file") from None
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise LitsError(f"{path}: expected a 3D CT volume, got shape {data.shape}; pass single 3D volumes")
-    return data, img.affine, tuple(float(z) for z in img.header.get_zooms()[:3])
+    except MemoryError:
+        raise
+    except Exception as exc:  # nibabel, gzip and zlib raise many types for truncated / corrupt files
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise LitsError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {detail}); re-download or re-export the file") from None
+    while raw.ndim > 3 and raw.shape[-1] == 1:
+        raw = raw[..., 0]
+    if raw.ndim != 3:
+        raise LitsError(f"{path}: expected a 3D CT volume, got shape {raw.shape}; pass single 3D volumes")
+    if raw.dtype.kind not in "iuf":
+        raise LitsError(f"{path}: voxel type {raw.dtype} is not numeric; expected a CT in HU / integer labels")
+    if not (np.isfinite(slope) and np.isfinite(inter)):
+        raise LitsError(f"{path}: non-finite scl_slope/scl_inter in the header; re-export the file")
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    if not np.isfinite(img.affine).all() or abs(np.linalg.det(img.affine[:3, :3])) < 1e-12:
+        raise LitsError(f"{path}: degenerate affine (voxel-to-world matrix); re-export the file with valid geometry")
+    return _Source(Path(path), raw, slope, inter, np.asarray(img.affine, dtype=np.float64), zooms)
 
 
 def to_canonical(xyz: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Reorient a source-order array to RAS+ and return it slice-major (Z, Y, X), with the orientation used."""
+    view, ornt = canonical_view(xyz, affine)
+    return np.ascontiguousarray(view), ornt
+
+
+def canonical_view(xyz: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Like `to_canonical`, but a view (flips and transposes only): slabs of it can be copied one at a time."""
     ornt = nib.orientations.io_orientation(affine)
     ras = nib.orientations.apply_orientation(xyz, ornt)
-    return np.ascontiguousarray(np.transpose(ras, (2, 1, 0))), ornt
+    return np.transpose(ras, (2, 1, 0)), ornt
+
+
+def canonical_spacing(zooms, ornt) -> tuple[float, float, float]:
+    """Source-order voxel sizes -> (sz, sy, sx) in canonical order."""
+    ras = [0.0, 0.0, 0.0]
+    for source_axis, (target_axis, _) in enumerate(ornt):
+        ras[int(target_axis)] = float(zooms[source_axis])
+    return ras[2], ras[1], ras[0]
+
+
+def _label_values_ok(block: np.ndarray) -> np.ndarray | None:
+    """None if every value is 0, 1 or 2; else up to 5 offending values."""
+    if block.dtype == np.uint8 and (block.size == 0 or block.max() <= 2):
+        return None
+    bad = (block != 0) & (block != 1) & (block != 2)
+    if not bad.any():
+        return None
+    values = np.unique(block[bad])[:5]
+    return [int(v) if float(v).is_integer() else float(v) for v in values.tolist()]
+
+
+@dataclass
+class CasePair:
+    """A validated-at-header-level image (and label): stream canonical HU / label slabs with `chunks()`."""
+
+    paths: CasePaths
+    image: _Source
+    label: _Source | None
+    ornt: np.ndarray
+    spacing: tuple[float, float, float]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Canonical (Z, Y, X) shape."""
+        return tuple(int(n) for n in self._image_view().shape)
+
+    @property
+    def orientation(self) -> Orientation:
+        return Orientation(ornt=self.ornt, source_shape=tuple(int(n) for n in self.image.raw.shape),
+                           source_affine=self.image.affine)
+
+    def _image_view(self) -> np.ndarray:
+        return np.transpose(nib.orientations.apply_orientation(self.image.raw, self.ornt), (2, 1, 0))
+
+    def chunks(self, size: int | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+        """(z0, HU float32 (n, Y, X), label uint8 (n, Y, X) or None) for consecutive canonical slabs, validated."""
+        size = size or CHUNK_SLICES
+        image_view = self._image_view()
+        label_view = None
+        if self.label is not None:
+            label_view = np.transpose(nib.orientations.apply_orientation(self.label.raw, self.ornt), (2, 1, 0))
+        for z0 in range(0, image_view.shape[0], size):
+            hu = self.image.scaled(image_view[z0 : z0 + size])
+            check = self.image.raw.dtype.kind == "f" or self.image.slope != 1.0 or self.image.inter != 0.0  # else integers: finite
+            if check and not np.isfinite(hu).all():
+                raise LitsError(f"{self.paths.image}: contains NaN or infinite intensities; fix or exclude this volume")
+            label = None
+            if label_view is not None:
+                block = np.asarray(label_view[z0 : z0 + size])
+                bad = _label_values_ok(block)
+                if bad is not None:
+                    raise LitsError(f"{self.paths.label}: label values {bad} outside {{0,1,2}}; LiTS labels are 0 background, 1 liver, 2 tumour")
+                label = block.astype(np.uint8, copy=False)
+            yield z0, hu, label
+
+
+def open_pair(paths: CasePaths, affine_atol: float = 1e-3) -> CasePair:
+    """Open image (and label), check shapes and affines agree; voxel checks happen while streaming `chunks()`."""
+    image = _open(paths.image)
+    label = None
+    if paths.label is not None:
+        label = _open(paths.label, scaled=True)  # labels: small integers, whatever the stored type
+        where = f"{paths.image} / {paths.label}"
+        if label.raw.shape != image.raw.shape:
+            raise LitsError(f"{where}: shapes {image.raw.shape} vs {label.raw.shape} differ; the segmentation must share the volume's voxel grid")
+        if not np.allclose(image.affine, label.affine, atol=affine_atol, rtol=0):
+            diff = float(np.abs(image.affine - label.affine).max())
+            raise LitsError(f"{where}: affines differ by {diff:.3g} (more than data.affine_atol={affine_atol}); "
+                            f"resample the segmentation onto the volume's grid, or raise data.affine_atol if it is only header rounding")
+    ornt = nib.orientations.io_orientation(image.affine)
+    return CasePair(paths, image, label, ornt, canonical_spacing(image.zooms, ornt))
 
 
 def load_case(paths: CasePaths, affine_atol: float = 1e-3) -> Case:
-    """Read, validate and reorient one image (and its label, if any)."""
-    image, affine, zooms = _read(paths.image)
-    if image.dtype.kind not in "iuf":
-        raise LitsError(f"{paths.image}: voxel type {image.dtype} is not numeric; expected a CT in HU")
-    image = image.astype(np.float32, copy=False)
-    if not np.isfinite(image).all():
-        raise LitsError(f"{paths.image}: contains NaN or infinite intensities; fix or exclude this volume")
-    label = None
-    if paths.label is not None:
-        label_data, label_affine, _ = _read(paths.label)
-        where = f"{paths.image} / {paths.label}"
-        if label_data.shape != image.shape:
-            raise LitsError(f"{where}: shapes {image.shape} vs {label_data.shape} differ; the segmentation must share the volume's voxel grid")
-        if not np.allclose(affine, label_affine, atol=affine_atol, rtol=0):
-            raise LitsError(f"{where}: affines differ by more than {affine_atol}; resample the segmentation onto the volume's grid")
-        values = np.unique(label_data)
-        if not np.isin(values, LABELS).all():
-            bad = [v.item() for v in values if v not in LABELS][:5]
-            raise LitsError(f"{paths.label}: label values {bad} outside {{0,1,2}}; LiTS labels are 0 background, 1 liver, 2 tumour")
-        label, _ = to_canonical(label_data.astype(np.uint8), affine)
-    canonical, ornt = to_canonical(image, affine)
-    # zooms follow source axes; permute them to the canonical (Z, Y, X) order
-    ras_zooms = [0.0, 0.0, 0.0]
-    for source_axis, (target_axis, _) in enumerate(ornt):
-        ras_zooms[int(target_axis)] = zooms[source_axis]
-    spacing = (ras_zooms[2], ras_zooms[1], ras_zooms[0])
-    orientation = Orientation(ornt=ornt, source_shape=tuple(image.shape), source_affine=np.asarray(affine))
-    return Case(paths.case_id, canonical, label, spacing, orientation)
+    """Read, validate and reorient one image (and its label, if any): whole arrays in memory."""
+    pair = open_pair(paths, affine_atol)
+    image = np.empty(pair.shape, np.float32)
+    label = np.empty(pair.shape, np.uint8) if pair.label is not None else None
+    for z0, hu, lab in pair.chunks():
+        image[z0 : z0 + len(hu)] = hu
+        if label is not None:
+            label[z0 : z0 + len(lab)] = lab
+    return Case(paths.case_id, image, label, pair.spacing, pair.orientation)

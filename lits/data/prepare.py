@@ -1,19 +1,35 @@
-"""The data stage as train/evaluate see it: make sure the data exists, cache it, split it by patient."""
+"""The data stage as train/evaluate see it: make sure the data exists, find it, split it by patient, cache it.
+
+prepare(data_cfg, seed) -> (splits, {split: [CachedCase]})
+    1. data=synthetic: generate the data set on first use
+    2. discover the cases of data.root in the data.layout format (lits | msd | csv)
+    3. split them (fractions, explicit lists, a JSON file or a fold: lits.data.splits), unless `splits` is given
+    4. preprocess what is not cached yet (data.prepare_workers processes) and open the cache (memory maps)
+    5. mark each case's training slice range: the liver z-range plus data.liver_margin_mm
+
+Cases that cannot be used (missing label, unreadable file, bad labels, ...) raise the first problem as one
+LitsError line (data.on_error=fail), or are left out of the split, logged one by one and written to
+`<report_dir>/skipped_cases.json` (data.on_error=skip): never silently.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import tempfile
 from dataclasses import fields
 from pathlib import Path
 
-import numpy as np
 from omegaconf import OmegaConf
 
-from lits.data.cache import CachedCase, build_cache
-from lits.data.nifti import find_lits_pairs
+from lits.data.cache import CachedCase, Preprocessing, cache_cases, check_context_slices, liver_z_range
+from lits.data.sources import Problem, discover, natural_key
+from lits.data.splits import SPLITS, make_splits, split_cases  # noqa: F401  (split_cases: public, used by tests)
 from lits.errors import LitsError
 
-SPLITS = ("train", "val", "test")
+log = logging.getLogger(__name__)
+SKIPPED_FILE = "skipped_cases.json"
 
 
 def ensure_synthetic(data_cfg) -> None:
@@ -21,7 +37,7 @@ def ensure_synthetic(data_cfg) -> None:
     from lits.data.synthetic import MANIFEST, SyntheticParams, generate_dataset, manifest
 
     synth = data_cfg.get("synthetic")
-    if not synth:
+    if not synth or data_cfg.get("name", "synthetic") != "synthetic":  # e.g. smoke's generator keys under data=lits
         return
     known = {f.name for f in fields(SyntheticParams)}
     unknown = set(synth) - known - {"num_cases", "seed"}
@@ -42,39 +58,104 @@ def ensure_synthetic(data_cfg) -> None:
     generate_dataset(data_cfg.root, num_cases=int(synth.num_cases), seed=int(synth.seed), params=params)
 
 
-def split_cases(case_ids: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[str]]:
-    """Patient-level split, deterministic from the seed; every case in exactly one split, val and test non-empty."""
-    n = len(case_ids)
-    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
-    n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
-    if n - n_val - n_test < 1:
-        raise LitsError(f"only {n} cases: too few for data.split val={val_fraction} test={test_fraction}; add cases or lower the fractions")
-    order = np.random.default_rng(seed).permutation(n)
-    ids = [case_ids[i] for i in order]
-    split = {"val": ids[:n_val], "test": ids[n_val : n_val + n_test], "train": ids[n_val + n_test :]}
-    return {k: sorted(v, key=_natural) for k, v in split.items()}
+def _settings(data_cfg) -> tuple[str, int, float | None]:
+    on_error = data_cfg.get("on_error", "fail") or "fail"
+    if on_error not in ("fail", "skip"):
+        raise LitsError(f"data.on_error={on_error}: choose fail (stop at the first bad case) or skip (leave bad cases out, listed in the run dir)")
+    workers = data_cfg.get("prepare_workers", 1)
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise LitsError(f"data.prepare_workers={workers!r}: give the number of preprocessing processes (>= 1), or null for min(4, CPUs)")
+    margin = data_cfg.get("liver_margin_mm")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0):
+        raise LitsError(f"data.liver_margin_mm={margin!r}: give mm >= 0 around the liver's slices, or null to train on every slice")
+    check_context_slices(data_cfg.get("context_slices", 0) or 0)
+    return on_error, workers, margin
 
 
-def _natural(case_id: str):
-    return (0, int(case_id)) if case_id.isdigit() else (1, case_id)
+def write_skipped(problems: list[Problem], splits: dict[str, list[str]], report_dir: str | Path) -> Path:
+    """`<report_dir>/skipped_cases.json`: one record per left-out case (case, split, path, reason), written atomically."""
+    where = {cid: name for name, ids in splits.items() for cid in ids}
+    records = [{**p.as_dict(), "split": where.get(p.case_id)} for p in problems]
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    path = report_dir / SKIPPED_FILE
+    fd, tmp = tempfile.mkstemp(prefix=f".{SKIPPED_FILE}.", dir=report_dir)
+    with os.fdopen(fd, "w") as f:
+        json.dump(records, f, indent=1)
+    os.replace(tmp, path)
+    return path
+
+
+def _report(problems: list[Problem], splits: dict[str, list[str]], report_dir) -> None:
+    if not problems:
+        return
+    for p in problems:
+        log.warning("skipped case %s: %s", p.case_id, p.reason)
+    where = ""
+    if report_dir is not None:
+        where = f"; listed in {write_skipped(problems, splits, report_dir)}"
+    log.warning("data.on_error=skip: %d case(s) left out%s", len(problems), where)
 
 
 def prepare(data_cfg, seed: int, splits: dict[str, list[str]] | None = None, only: tuple[str, ...] = SPLITS,
-            progress: bool = True) -> tuple[dict[str, list[str]], dict[str, list[CachedCase]]]:
+            progress: bool = True, report_dir: str | Path | None = None,
+            ) -> tuple[dict[str, list[str]], dict[str, list[CachedCase]]]:
     """Generate (synthetic), discover, split (unless `splits` is given, e.g. from a checkpoint) and cache.
 
-    Returns the split (case ids) and the cached cases of the splits named in `only`.
+    Returns the split (case ids; with data.on_error=skip, without the skipped cases) and the cached cases of
+    the splits named in `only`. `report_dir` (the run dir) receives skipped_cases.json when cases are skipped.
     """
+    on_error, workers, margin = _settings(data_cfg)
+    prep = Preprocessing.from_data_cfg(data_cfg)
     ensure_synthetic(data_cfg)
-    pairs = {p.case_id: p for p in find_lits_pairs(data_cfg.root)}
+    found, problems = discover(data_cfg)
+    if problems and on_error == "fail":
+        more = f" ({len(problems) - 1} more such cases)" if len(problems) > 1 else ""
+        raise LitsError(f"{problems[0].reason}{more}; or set data.on_error=skip to leave such cases out")
+    pairs = {p.case_id: p for p in found}
     if splits is None:
-        splits = split_cases(list(pairs), data_cfg.split.val, data_cfg.split.test, seed)
-    missing = [cid for name in only for cid in splits[name] if cid not in pairs]
-    if missing:
-        raise LitsError(f"{data_cfg.root}: cases {missing[:5]} of the split are missing; point data.root at the data the model was trained on")
-    wanted = [pairs[cid] for name in only for cid in splits[name]]
-    cached = {c.case_id: c for c in build_cache(wanted, data_cfg.cache_dir, tuple(data_cfg.window), data_cfg.root, progress)}
+        if not pairs:
+            raise LitsError(f"{data_cfg.root}: no usable cases (all {len(problems)} have problems, see the log); fix the files")
+        splits = make_splits(list(pairs), data_cfg, seed)
+    else:
+        unknown = [name for name in only if name not in splits]
+        if unknown:
+            raise LitsError(f"split {unknown[0]!r} is not in the given splits {sorted(splits)}; choose one of them")
+        skipped = {p.case_id for p in problems}
+        missing = [cid for name in only for cid in splits[name] if cid not in pairs and cid not in skipped]
+        if missing:
+            raise LitsError(f"{data_cfg.root}: cases {missing[:5]} of the split are missing; point data.root at the data the model was trained on")
+    wanted = [pairs[cid] for name in only for cid in splits[name] if cid in pairs]
+    cached, failed = cache_cases(wanted, data_cfg.cache_dir, prep, data_cfg.root, progress, workers, on_error)
+    problems = sorted(problems + failed, key=lambda p: natural_key(p.case_id or ""))
+    _report(problems, splits, report_dir)
+    dropped = {p.case_id for p in problems}
+    splits = {name: [cid for cid in ids if cid not in dropped] for name, ids in splits.items()}
+    for case in cached.values():
+        case.meta["train_z_range"] = list(liver_z_range(case.stats["liver_voxels"], case.spacing[0], margin))
     return splits, {name: [cached[cid] for cid in splits[name]] for name in only}
+
+
+def prepare_all(data_cfg, progress: bool = True, report_dir: str | Path | None = None) -> tuple[dict[str, CachedCase], list[Problem]]:
+    """Cache every discovered case (scripts/prepare_data.py): ({case_id: CachedCase}, problems)."""
+    on_error, workers, _ = _settings(data_cfg)
+    prep = Preprocessing.from_data_cfg(data_cfg)
+    ensure_synthetic(data_cfg)
+    found, problems = discover(data_cfg)
+    if problems and on_error == "fail":
+        more = f" ({len(problems) - 1} more such cases)" if len(problems) > 1 else ""
+        raise LitsError(f"{problems[0].reason}{more}; or set data.on_error=skip to leave such cases out")
+    cached, failed = cache_cases(found, data_cfg.cache_dir, prep, data_cfg.root, progress, workers, on_error)
+    problems = sorted(problems + failed, key=lambda p: natural_key(p.case_id or ""))
+    _report(problems, {}, report_dir)
+    return cached, problems
+
+
+def cache_folder(data_cfg) -> Path:
+    """Where this data config's cache lives: <data.cache_dir>/<key>."""
+    return Path(data_cfg.cache_dir).expanduser() / Preprocessing.from_data_cfg(data_cfg).key(data_cfg.root)
 
 
 def write_split(splits: dict[str, list[str]], path: Path) -> None:

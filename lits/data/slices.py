@@ -1,17 +1,27 @@
-"""Training slices: a lesion-oversampling sampler over every cached slice, and ROI crops read from memory maps.
+"""Training slices: a lesion-oversampling sampler over the cached slices, and ROI crops read from the cache.
 
-Loader workers only slice memmaps and crop; augmentation happens later on whole batches on the device.
+Loader workers only read crops and stack them; augmentation happens later on whole batches on the device.
+
+Memory stays flat however many cases there are: a crop is read with positional reads (`os.preadv`) of just
+its rows from the cached `.npy` files, so the bytes pass through the OS page cache (shared, reclaimable) but
+never become part of the process's resident set, unlike pages touched through a long-lived memory map.
+The slice index is a few integers per slice.
+
+2.5D input (`context_slices=k`): the image crop holds slices z-k .. z+k as 2k+1 channels (indices clamped to
+the volume, i.e. edge slices repeat); `context_batch` builds the same stacks for whole-volume inference.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from lits.data.cache import CachedCase
+from lits.data.cache import CachedCase, check_context_slices, liver_z_range  # noqa: F401  (re-exported)
+from lits.errors import LitsError
 
 
 @dataclass(frozen=True)
@@ -23,16 +33,29 @@ class SamplingConfig:
     samples_per_epoch: int = 512
 
 
+def train_z_range(case: CachedCase) -> tuple[int, int]:
+    """Slices [z0, z1) of a case that training draws from: `meta["train_z_range"]` (set by prepare) or all."""
+    z_count = len(case.stats["liver_voxels"])
+    z_range = case.meta.get("train_z_range") if isinstance(case.meta, dict) else None
+    if not z_range:
+        return 0, z_count
+    return max(0, int(z_range[0])), min(z_count, int(z_range[1]))
+
+
 class SliceIndex:
-    """Flat table of every slice of a list of cached cases: which case, which z, how much liver and tumour."""
+    """Flat table of the training slices of a list of cached cases: which case, which z, how much liver and tumour."""
 
     def __init__(self, cases: list[CachedCase]):
         self.cases = cases
-        self.case = np.concatenate([np.full(len(c.stats["liver_voxels"]), i) for i, c in enumerate(cases)])
-        self.z = np.concatenate([np.arange(len(c.stats["liver_voxels"])) for c in cases])
-        self.liver = np.concatenate([c.stats["liver_voxels"] for c in cases])
-        self.tumor = np.concatenate([c.stats["tumor_voxels"] for c in cases])
-        self.box = np.concatenate([c.stats["liver_box"] for c in cases])
+        ranges = [train_z_range(c) for c in cases]
+        self.case = np.concatenate([np.full(z1 - z0, i, dtype=np.int32) for i, (z0, z1) in enumerate(ranges)])
+        self.z = np.concatenate([np.arange(z0, z1, dtype=np.int32) for z0, z1 in ranges])
+        self.liver = np.concatenate([c.stats["liver_voxels"][z0:z1] for c, (z0, z1) in zip(cases, ranges)])
+        self.tumor = np.concatenate([c.stats["tumor_voxels"][z0:z1] for c, (z0, z1) in zip(cases, ranges)])
+        self.box = np.concatenate([c.stats["liver_box"][z0:z1] for c, (z0, z1) in zip(cases, ranges)])
+        self.tumor_box = None  # caches written before tumour boxes existed: read whole label slices instead
+        if all("tumor_box" in c.stats for c in cases):
+            self.tumor_box = np.concatenate([c.stats["tumor_box"][z0:z1] for c, (z0, z1) in zip(cases, ranges)])
 
     def __len__(self) -> int:
         return len(self.z)
@@ -88,34 +111,110 @@ def crop_slice(array2d: np.ndarray, y0: int, x0: int, size: int, fill) -> np.nda
     return out
 
 
-class TrainSlices(Dataset):
-    """ROI crops of cached slices: centred on a tumour voxel with probability p_lesion_center, else inside the liver box."""
+def context_indices(z: int, k: int, z_count: int) -> np.ndarray:
+    """Slices z-k .. z+k clamped to [0, z_count): the channels of a 2.5D input."""
+    return np.clip(np.arange(z - k, z + k + 1), 0, z_count - 1)
 
-    def __init__(self, index: SliceIndex, crop_size: int, sampling: SamplingConfig, seed: int = 0):
+
+def context_batch(image: np.ndarray, start: int, stop: int, context_slices: int = 0) -> np.ndarray:
+    """(stop-start, 2k+1, Y, X) float32 network input for slices start..stop-1 of a (Z, Y, X) volume (k=0: 1 channel)."""
+    z_count = image.shape[0]
+    k = int(context_slices)
+    lo, hi = max(0, start - k), min(z_count, stop + k)
+    slab = np.asarray(image[lo:hi], dtype=np.float32)  # one contiguous read of the slabs needed
+    rows = [context_indices(z, k, z_count) - lo for z in range(start, stop)]
+    return slab[np.stack(rows)]
+
+
+def input_channels(data_cfg) -> int:
+    """The network's in_channels for this data config: 2 * data.context_slices + 1."""
+    return 2 * check_context_slices(data_cfg.get("context_slices", 0) or 0) + 1
+
+
+class _NpyRows:
+    """Row ranges of one C-ordered (Z, Y, X) .npy file read with preadv, without mapping the file into memory."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array  # fallback (and what gets pickled to spawn-started workers: a memmap reopens by path)
+        self.shape = array.shape
+        self.dtype = array.dtype
+        direct = isinstance(array, np.memmap) and array.filename and array.flags.c_contiguous and hasattr(os, "preadv")
+        self.path = array.filename if direct else None
+        self.offset = int(array.offset) if direct else 0
+
+    def read(self, z: int, y0: int, y1: int) -> np.ndarray:
+        """array[z, y0:y1, :] as a new array."""
+        y0, y1 = max(0, y0), min(self.shape[1], y1)
+        if self.path is None:
+            return np.array(self.array[z, y0:y1])
+        width = self.shape[2]
+        out = np.empty((y1 - y0, width), dtype=self.dtype)
+        start = self.offset + (z * self.shape[1] + y0) * width * self.dtype.itemsize
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            got = os.preadv(fd, [out], start)
+        finally:
+            os.close(fd)
+        if got != out.nbytes:
+            raise LitsError(f"{self.path}: cache file is shorter than its header says; delete the case folder to rebuild it")
+        return out
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if self.path is not None:  # do not pickle the data: reopen by path where needed
+            state["array"] = None
+        return state
+
+
+class TrainSlices(Dataset):
+    """ROI crops of cached slices: centred on a tumour voxel with probability p_lesion_center, else inside the liver box.
+
+    Items are {"image": (2k+1, S, S) float16, "label": (S, S) uint8} for k = context_slices.
+    """
+
+    def __init__(self, index: SliceIndex, crop_size: int, sampling: SamplingConfig, seed: int = 0, context_slices: int = 0):
         self.index, self.crop_size, self.sampling, self.seed = index, crop_size, sampling, seed
+        self.context_slices = check_context_slices(context_slices)
+        self._images = [_NpyRows(c.image) for c in index.cases]
+        self._labels = [_NpyRows(c.label) for c in index.cases]
 
     def __len__(self) -> int:
         return len(self.index)
 
+    def __getstate__(self):  # spawn-started workers: ship the slice table and file names, not the memmaps
+        state = dict(self.__dict__)
+        index = SliceIndex.__new__(SliceIndex)
+        index.__dict__.update({k: v for k, v in self.index.__dict__.items() if k != "cases"})
+        index.cases = []
+        state["index"] = index
+        return state
+
     def __getitem__(self, item):
         slice_index, draw_id = item if isinstance(item, tuple) else (item, item)
         rng = np.random.default_rng([self.seed, draw_id])
-        case = self.index.cases[self.index.case[slice_index]]
+        case_number = int(self.index.case[slice_index])
+        images, labels = self._images[case_number], self._labels[case_number]
         z = int(self.index.z[slice_index])
-        image, label = case.image[z], case.label[z]
-        height, width = label.shape
+        z_count, height, width = images.shape
+        size = self.crop_size
         if self.index.tumor[slice_index] > 0 and rng.random() < self.sampling.p_lesion_center:
-            ys, xs = np.nonzero(label == 2)
+            # a uniformly drawn tumour voxel; only the rows of the slice's tumour box are read
+            ty0, ty1, tx0, tx1 = self.index.tumor_box[slice_index] if self.index.tumor_box is not None else (0, height, 0, width)
+            rows = labels.read(z, int(ty0), int(ty1))
+            ys, xs = np.nonzero(rows[:, tx0:tx1] == 2)
             pick = rng.integers(len(ys))
-            cy, cx = int(ys[pick]), int(xs[pick])
+            cy, cx = int(ty0 + ys[pick]), int(tx0 + xs[pick])
         elif self.index.liver[slice_index] > 0:
             y0, y1, x0, x1 = self.index.box[slice_index]
             cy, cx = int(rng.integers(y0, y1)), int(rng.integers(x0, x1))
         else:
             cy, cx = int(rng.integers(height)), int(rng.integers(width))
-        oy = crop_origin(self.crop_size, height, cy)
-        ox = crop_origin(self.crop_size, width, cx)
-        return {
-            "image": torch.from_numpy(crop_slice(image, oy, ox, self.crop_size, 0.0)[None]),  # (1, S, S) float16
-            "label": torch.from_numpy(crop_slice(label, oy, ox, self.crop_size, 0)),  # (S, S) uint8
-        }
+        oy = crop_origin(size, height, cy)
+        ox = crop_origin(size, width, cx)
+        label = crop_slice(labels.read(z, oy, oy + size), 0, ox, size, 0)
+        channels = context_indices(z, self.context_slices, z_count)
+        image = np.zeros((len(channels), size, size), dtype=images.dtype)
+        for c, zc in enumerate(channels):
+            rows = images.read(int(zc), oy, oy + size)[:, ox : ox + size]
+            image[c, : rows.shape[0], : rows.shape[1]] = rows
+        return {"image": torch.from_numpy(image), "label": torch.from_numpy(label)}

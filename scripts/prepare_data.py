@@ -1,0 +1,100 @@
+"""Preprocess a data set into the cache ahead of training (train/evaluate also do it lazily, for what they need).
+
+    python scripts/prepare_data.py data=lits data.root=/data/LiTS [data.prepare_workers=8] [data.window=[-200,250]]
+    python scripts/prepare_data.py data=msd data.root=/data/Task03_Liver data.on_error=skip
+    python scripts/prepare_data.py experiment=smoke            # any train.py overrides; only data.* matters
+
+Every discovered case is validated, reoriented to RAS, windowed and written to <data.cache_dir>/<key>/<case>/
+by data.prepare_workers processes, with a progress bar. Each case is written to a temporary folder and renamed
+into place, so the script can be killed at any time: a rerun continues with the cases still missing.
+With data.on_error=skip, unusable cases are listed in <data.cache_dir>/<key>/skipped_cases.json.
+Prints the cache folder, the case and slice counts and the split the given seed (and data.split/fold) yields.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def compose_config(overrides: list[str]):
+    """The train config with these overrides, resolvable outside a Hydra run (paths relative to the cwd)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    if not any(o.startswith(("paths.root_dir=", "+paths.root_dir=")) for o in overrides):
+        overrides = [*overrides, f"paths.root_dir={os.getcwd()}"]
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def run(cfg) -> dict:
+    import numpy as np
+
+    from lits.data.prepare import cache_folder, prepare_all
+    from lits.data.cache import liver_z_range
+    from lits.data.splits import make_splits
+
+    data = cfg.data
+    folder = cache_folder(data)
+    started = time.time()
+    cached, problems = prepare_all(data, progress=True, report_dir=folder)
+    elapsed = time.time() - started
+    if not cached:
+        from lits.errors import LitsError
+
+        raise LitsError(f"{data.root}: no usable cases; see the reasons above")
+    slices = sum(len(c.stats["liver_voxels"]) for c in cached.values())
+    margin = data.get("liver_margin_mm")
+    train_slices = sum(np.subtract(*liver_z_range(c.stats["liver_voxels"], c.spacing[0], margin)[::-1]) for c in cached.values())
+    tumor_free = sum(int(c.stats["tumor_voxels"].sum() == 0) for c in cached.values())
+    size = sum(f.stat().st_size for c in cached.values() for f in c.folder.iterdir())
+    splits = make_splits(sorted(cached), data, cfg.seed)
+    print(f"cache: {folder}")
+    print(f"{len(cached)} cases ({tumor_free} without tumour), {slices} slices, {train_slices} training slices "
+          f"(liver z-range + {margin} mm), {_human(size)}, {elapsed:.1f} s")
+    print("split (seed {}{}): ".format(cfg.seed, f", fold {data.fold}/{data.num_folds}" if data.get("fold") is not None else "")
+          + ", ".join(f"{name} {len(ids)}" for name, ids in splits.items()))
+    if problems:
+        print(f"skipped {len(problems)} case(s): see {folder / 'skipped_cases.json'}")
+    return {"cases": len(cached), "skipped": len(problems), "folder": str(folder)}
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from lits.cli import run_stage
+
+    try:
+        cfg = compose_config(argv)
+    except (HydraException, OmegaConfBaseException) as exc:
+        print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    run_stage(run, cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
