@@ -1,11 +1,26 @@
-"""Whole-volume prediction: slice batches through the 2D network, padded to the network's size multiple."""
+"""Whole-volume prediction: slice batches through the 2D network, padded to the network's size multiple.
+
+Also what every inference stage (evaluate, predict) needs first: the model rebuilt from a checkpoint alone.
+"""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from lits.checkpoint import load_checkpoint
+from lits.data.slices import context_batch
+from lits.errors import LitsError
+from lits.model import build_model, size_multiple
+
+# Flip test-time augmentation: identity, horizontal (X), vertical (Y) flips of each (N, 1, Y, X) slice batch.
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -24,24 +39,61 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def load_model(ckpt_path: str | Path, device):
+    """Model (eval mode, on device), the training config and the checkpoint dict, from a checkpoint alone."""
+    state = load_checkpoint(ckpt_path)
+    train_cfg = OmegaConf.create(state["config"])
+    model = build_model(train_cfg.model)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise LitsError(f"{ckpt_path}: weights do not fit the model its config describes ({first}); the checkpoint is damaged or edited") from None
+    return model.to(device).eval(), train_cfg, state
+
+
+def network_settings(train_cfg) -> dict:
+    """predict_volume's keyword arguments that a training config fixes: input size multiple, sigmoid
+    temperature, 2.5D context slices (absent from older checkpoints' configs: 0)."""
+    return {"size_multiple": size_multiple(train_cfg.model), "temperature": float(train_cfg.loss.temperature),
+            "context_slices": int(train_cfg.data.get("context_slices", 0) or 0)}
+
+
 @torch.inference_mode()
 def predict_volume(model: torch.nn.Module, image: np.ndarray, device: torch.device, batch_size: int = 16,
-                   amp: str = "auto", size_multiple: int = 16, temperature: float = 1.0) -> np.ndarray:
+                   amp: str = "auto", size_multiple: int = 16, temperature: float = 1.0, tta: bool = False,
+                   flips: Sequence[tuple[int, ...]] | None = None, progress: bool = False,
+                   context_slices: int = 0) -> np.ndarray:
     """Sigmoid probabilities (2, Z, Y, X) float32 (liver, tumour) for a (Z, Y, X) image in [0, 1].
 
-    Reads the (possibly memory-mapped) image a batch of slices at a time. `temperature` is the loss's
-    sigmoid temperature, so probabilities mean at inference what they meant in training.
+    Reads the (possibly memory-mapped) image a batch of slices at a time; with `context_slices=k` each slice
+    gets its k neighbours each side as channels, stacked as in training (lits.data.slices.context_batch).
+    `temperature` is the loss's sigmoid temperature, so probabilities mean at inference what they meant in
+    training. `tta=True` averages the probabilities of the identity and the horizontal and vertical flips
+    (TTA_FLIPS); `flips` picks the views explicitly (evaluate.py predicts the identity and the two flips
+    separately to report both).
     """
+    if flips is None:
+        flips = TTA_FLIPS if tta else ((),)
+    if not flips:
+        raise ValueError("predict_volume: flips must name at least one view, e.g. ((),) for the identity")
     model.eval()
     z_count, height, width = image.shape
     pad_y, pad_x = -height % size_multiple, -width % size_multiple
     probs = np.empty((2, z_count, height, width), dtype=np.float32)
-    for start in range(0, z_count, batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(image[start : start + batch_size], dtype=np.float32))[:, None]
-        batch = torch.nn.functional.pad(batch, (0, pad_x, 0, pad_y))
-        batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            logits = model(batch)
-        out = torch.sigmoid(logits.float() / temperature)[:, :, :height, :width]
-        probs[:, start : start + len(out)] = out.permute(1, 0, 2, 3).cpu().numpy()
+    starts = range(0, z_count, batch_size)
+    for start in tqdm(starts, desc="slices", unit="batch", leave=False, disable=not progress):
+        stop = min(start + batch_size, z_count)
+        batch = torch.from_numpy(context_batch(image, start, stop, context_slices)).to(device, non_blocking=True)
+        total = None
+        for dims in flips:
+            view = torch.flip(batch, dims) if dims else batch
+            # pad after flipping so the padding stays bottom/right, where the crop below removes it
+            view = torch.nn.functional.pad(view, (0, pad_x, 0, pad_y)).contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp):
+                logits = model(view)
+            out = torch.sigmoid(logits.float() / temperature)[:, :, :height, :width]
+            out = torch.flip(out, dims) if dims else out
+            total = out if total is None else total + out
+        probs[:, start : start + len(batch)] = (total / len(flips)).permute(1, 0, 2, 3).cpu().numpy()
     return probs

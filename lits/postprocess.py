@@ -3,6 +3,10 @@
 ``postprocess`` applies the enabled steps in this fixed order (each one is a config switch):
 
 1. threshold        L = liver_prob > threshold (liver head), T = tumor_prob > threshold (tumour head).
+   hysteresis       instead of the plain tumour threshold: T = voxels > hysteresis_low that are connected (face
+                    connectivity, skimage's ``apply_hysteresis_threshold``) to a voxel > hysteresis_high. With
+                    high = threshold this only grows confident detections into low-confidence neighbours; with
+                    high > threshold it also drops components that are nowhere confident. Off by default.
 2. largest_liver_component
                     keep only the largest 26-connected 3D component of L | T (liver incl. tumour); voxels of
                     every other component (liver and tumour) become background.
@@ -16,6 +20,9 @@
 5. min_tumor_voxels drop 26-connected 3D tumour components with fewer voxels than this (0 = off). A dropped
                     tumour voxel stays liver if the liver head marked it, else becomes background.
 6. labels           1 where L | T, 2 where T (tumour implies the liver label set {1, 2}).
+
+``ablation_stages(cfg)`` lists the cumulative ablation (raw, then each step switched on in turn) that
+evaluate.py reports next to the configured pipeline.
 
 Cost: every step works inside the bounding box of the mask it touches (after step 2 that is the liver's box),
 component sizes come from one ``np.bincount`` over the labelled foreground voxels and selection from a lookup
@@ -32,6 +39,7 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
+from skimage.filters import apply_hysteresis_threshold
 
 from lits.errors import LitsError
 
@@ -48,16 +56,22 @@ class PostprocessConfig:
     liver_dilation: int = 2
     min_tumor_voxels: int = 50
     fill_liver_holes: bool = False
+    hysteresis: bool = False
+    hysteresis_low: float = 0.3
+    hysteresis_high: float = 0.5
 
     def __post_init__(self) -> None:
-        t = self.threshold
-        if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)):
-            _bad("threshold", t, "a number in [0, 1)")
-        t = float(t)
-        if not 0.0 <= t < 1.0:
-            _bad("threshold", t, "a number in [0, 1)")
-        object.__setattr__(self, "threshold", t)
-        for name in ("largest_liver_component", "tumor_in_liver", "fill_liver_holes"):
+        for name in ("threshold", "hysteresis_low", "hysteresis_high"):
+            t = getattr(self, name)
+            if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)):
+                _bad(name, t, "a number in [0, 1)")
+            t = float(t)
+            if not 0.0 <= t < 1.0:
+                _bad(name, t, "a number in [0, 1)")
+            object.__setattr__(self, name, t)
+        if self.hysteresis_low > self.hysteresis_high:
+            _bad("hysteresis_low", self.hysteresis_low, f"at most hysteresis_high={self.hysteresis_high}")
+        for name in ("largest_liver_component", "tumor_in_liver", "fill_liver_holes", "hysteresis"):
             v = getattr(self, name)
             if not isinstance(v, (bool, np.bool_)):
                 _bad(name, v, "true or false")
@@ -133,6 +147,8 @@ def postprocess(
     liver, tumor = _threshold(liver_prob, tumor_prob, cfg.threshold)
     if liver.ndim != 3:
         raise ValueError(f"postprocess expects 3D (Z, Y, X) probability volumes, got shape {liver.shape}")
+    if cfg.hysteresis:
+        tumor = hysteresis_mask(tumor_prob, cfg.hysteresis_low, cfg.hysteresis_high)
     if cfg.largest_liver_component:
         _keep_largest_component(liver, tumor)
     if cfg.fill_liver_holes:
@@ -142,6 +158,44 @@ def postprocess(
     if cfg.min_tumor_voxels > 0:
         _remove_small_components(tumor, cfg.min_tumor_voxels)
     return _compose(liver, tumor)
+
+
+def hysteresis_mask(prob: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Voxels > low connected to a voxel > high (skimage), computed inside the bounding box of prob > low."""
+    prob = np.asarray(prob)
+    out = np.zeros(prob.shape, dtype=bool)
+    box = _bbox(prob > low)
+    if box is not None:  # labelling only the box keeps a 512x512x500 volume at tumour-box cost
+        out[box] = apply_hysteresis_threshold(prob[box], low, high)
+    return out
+
+
+# Cumulative ablation: (stage name, what it adds, the switches it turns on). Pipeline order stays that of the
+# module docstring; only which steps are on changes.
+_ABLATION_STEPS = (
+    ("largest_liver", "+ largest liver component", "largest_liver_component"),
+    ("fill_holes", "+ liver hole filling", "fill_liver_holes"),
+    ("tumor_in_liver", "+ tumour restricted to liver", "tumor_in_liver"),
+    ("min_tumor", "+ small tumour removal", "min_tumor_voxels"),
+    ("hysteresis", "+ hysteresis thresholding", "hysteresis"),
+)
+
+
+def ablation_stages(cfg: PostprocessConfig | Mapping[str, Any] | None = None) -> list[tuple[str, str, PostprocessConfig]]:
+    """[(name, description, config)]: 'raw' (threshold only), then one more step switched on per stage.
+
+    Parameters (threshold, dilation, size limit, hysteresis thresholds) come from ``cfg``; a size limit of 0
+    (step off in ``cfg``) uses the class default so the ablation still shows what the step would buy.
+    """
+    cfg = PostprocessConfig.from_mapping(cfg)
+    current = dataclasses.replace(cfg, largest_liver_component=False, fill_liver_holes=False, tumor_in_liver=False,
+                                  min_tumor_voxels=0, hysteresis=False)
+    stages = [("raw", "threshold only", current)]
+    for name, description, switch in _ABLATION_STEPS:
+        value = (cfg.min_tumor_voxels or PostprocessConfig.min_tumor_voxels) if switch == "min_tumor_voxels" else True
+        current = dataclasses.replace(current, **{switch: value})
+        stages.append((name, description, current))
+    return stages
 
 
 # ----------------------------------------------------------------------------------------------- helpers

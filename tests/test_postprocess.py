@@ -299,3 +299,75 @@ def test_largest_component_is_by_size_not_scan_order():
     liver[6:20, 10:30, 10:30] = 0.9  # largest, last in raster order
     out = postprocess(liver, tumor, dataclasses.replace(ALL_OFF, largest_liver_component=True))
     assert np.count_nonzero(out) == 14 * 20 * 20 and out[10, 20, 20] == 1
+
+
+# ------------------------------------------------------------------------------------ hysteresis + ablation
+
+
+def _hysteresis_map():
+    """Hand-built tumour probabilities inside a big liver: what hysteresis (low 0.3, high 0.7) keeps and drops."""
+    liver, tumor = _probs()
+    liver[2:22, 2:46, 2:46] = 0.9
+    tumor[8:12, 10:14, 10:14] = 0.9   # confident core
+    tumor[8:12, 10:14, 14:20] = 0.4   # low-confidence tail, face-connected to the core: grown into
+    tumor[8:12, 10:14, 20:22] = 0.2   # below low: never tumour
+    tumor[8:12, 30:36, 30:36] = 0.6   # above the plain threshold but nowhere confident: dropped
+    tumor[16:20, 10:14, 10:14] = 0.4  # low blob touching nothing confident: dropped
+    tumor[12, 14, 14] = 0.4           # meets the tail along an edge only (no shared face): not grown into
+    return liver, tumor
+
+
+def test_hysteresis_grows_confident_tumour_and_drops_unconfident_blobs():
+    liver, tumor = _hysteresis_map()
+    cfg = dataclasses.replace(ALL_OFF, hysteresis=True, hysteresis_low=0.3, hysteresis_high=0.7)
+    out = postprocess(liver, tumor, cfg)
+    assert np.all(out[8:12, 10:14, 10:20] == 2)  # core + tail
+    assert np.all(out[8:12, 10:14, 20:22] == 1)  # below low: liver
+    assert np.all(out[8:12, 30:36, 30:36] == 1) and np.all(out[16:20, 10:14, 10:14] == 1)
+    assert out[12, 14, 14] == 1
+    assert np.count_nonzero(out == 2) == 4 * 4 * 10
+    # the plain threshold instead: no tail, but the unconfident 0.6 blob
+    plain = postprocess(liver, tumor, ALL_OFF)
+    assert np.all(plain[8:12, 10:14, 14:20] == 1) and np.all(plain[8:12, 30:36, 30:36] == 2)
+    # exactly skimage's function (it is the reference), computed on the whole volume
+    from skimage.filters import apply_hysteresis_threshold
+
+    np.testing.assert_array_equal(out == 2, apply_hysteresis_threshold(tumor, 0.3, 0.7))
+
+
+def test_hysteresis_with_high_at_threshold_only_grows():
+    liver, tumor = _hysteresis_map()
+    plain = postprocess(liver, tumor, ALL_OFF) == 2
+    grown = postprocess(liver, tumor, dataclasses.replace(ALL_OFF, hysteresis=True)) == 2  # defaults: 0.3 / 0.5
+    assert np.all(grown[plain]) and grown.sum() > plain.sum()
+    assert np.all(grown[8:12, 10:14, 14:20]) and np.all(grown[8:12, 30:36, 30:36])
+
+
+def test_hysteresis_on_an_empty_map():
+    liver, tumor = _probs()
+    assert not postprocess(liver, tumor, dataclasses.replace(ALL_OFF, hysteresis=True)).any()
+
+
+@pytest.mark.parametrize("bad", [{"hysteresis_low": 0.8, "hysteresis_high": 0.6}, {"hysteresis_high": 1.0},
+                                 {"hysteresis": "on"}])
+def test_bad_hysteresis_settings_raise_litserror(bad):
+    with pytest.raises(LitsError, match="hysteresis"):
+        PostprocessConfig.from_mapping(bad)
+
+
+def test_ablation_stages_are_cumulative_and_take_the_configured_parameters():
+    cfg = PostprocessConfig(threshold=0.4, liver_dilation=3, min_tumor_voxels=0, hysteresis_low=0.2)
+    stages = pp.ablation_stages(cfg)
+    assert [name for name, _, _ in stages] == ["raw", "largest_liver", "fill_holes", "tumor_in_liver", "min_tumor", "hysteresis"]
+    raw = stages[0][2]
+    assert not (raw.largest_liver_component or raw.fill_liver_holes or raw.tumor_in_liver or raw.hysteresis)
+    assert raw.min_tumor_voxels == 0
+    last = stages[-1][2]
+    assert last.largest_liver_component and last.fill_liver_holes and last.tumor_in_liver and last.hysteresis
+    assert last.min_tumor_voxels == 50  # off in cfg: the ablation still shows the step, at the default size
+    assert {s[2].threshold for s in stages} == {0.4} and last.liver_dilation == 3 and last.hysteresis_low == 0.2
+    for (_, _, before), (_, _, after) in zip(stages, stages[1:]):  # exactly one switch changes per step
+        changed = [f.name for f in dataclasses.fields(before) if getattr(before, f.name) != getattr(after, f.name)]
+        assert len(changed) == 1
+    liver, tumor = _hysteresis_map()
+    np.testing.assert_array_equal(postprocess(liver, tumor, raw), probabilities_to_labels(liver, tumor, 0.4))

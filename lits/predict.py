@@ -1,0 +1,115 @@
+"""Segment new CTs (no labels) from a checkpoint alone and write NIfTI label maps on each input's grid.
+
+python predict.py ckpt=PATH input=FILE_OR_DIR output=DIR: the model, the HU window and the sigmoid temperature
+come from the checkpoint's training config; post-processing from ``postprocess.*`` (same defaults as evaluate).
+Every input goes through the same reader as training data (lits/data/nifti.py: validation, canonical
+orientation) and its label map is written back on the input's own voxel grid (lits/export.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from tqdm import tqdm
+
+from lits.data.cache import Preprocessing, preprocess_image
+from lits.data.nifti import CasePaths, load_case
+from lits.errors import LitsError
+from lits.export import SEGMENTATION_NAME, export_labels, export_probabilities, is_nifti, nifti_stem, output_name, \
+    probability_name, read_header
+from lits.data.resample import resize_inplane
+from lits.inference import load_model, network_settings, predict_volume, resolve_device
+from lits.metrics import predicted_lesions
+from lits.postprocess import PostprocessConfig, postprocess
+from lits.report import format_table, write_csv
+
+log = logging.getLogger(__name__)
+
+
+def find_inputs(input_path: str | Path) -> list[Path]:
+    """The CT files to segment: one NIfTI file, or every NIfTI file directly in a folder except LiTS label files."""
+    path = Path(input_path)
+    if not path.exists():
+        raise LitsError(f"{path}: input not found; pass input=FILE.nii[.gz] or input=DIR with CT volumes")
+    if path.is_file():
+        if not is_nifti(path):
+            raise LitsError(f"{path}: not a NIfTI file (.nii / .nii.gz); convert the CT to NIfTI first (e.g. dcm2niix for DICOM)")
+        return [path]
+    entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    if not entries:
+        raise LitsError(f"{path}: empty folder; pass input=DIR with CT volumes (.nii / .nii.gz)")
+    files = [p for p in entries if p.is_file() and is_nifti(p)]
+    skipped = [p.name for p in files if SEGMENTATION_NAME.match(p.name)]
+    if skipped:
+        log.info("skipping %d LiTS label files in %s (%s ...)", len(skipped), path, skipped[0])
+    files = [p for p in files if not SEGMENTATION_NAME.match(p.name)]
+    if not files:
+        raise LitsError(f"{path}: no CT volumes (.nii / .nii.gz) among its {len(entries)} entries; pass a folder of NIfTI CTs")
+    return files
+
+
+def check_inputs(files: list[Path]) -> None:
+    """Headers only, before anything is predicted: every input must be a readable 3D NIfTI volume."""
+    for path in files:
+        try:
+            shape = nib.load(str(path)).shape
+        except Exception as exc:
+            raise LitsError(f"{path}: cannot read NIfTI ({type(exc).__name__}); pass CT volumes in NIfTI format") from None
+        while len(shape) > 3 and shape[-1] == 1:  # (X, Y, Z, 1) is a 3D volume, as the reader treats it
+            shape = shape[:-1]
+        if len(shape) != 3:
+            raise LitsError(f"{path}: expected a 3D CT volume, got shape {tuple(shape)}; pass single 3D volumes "
+                            "(split 4D series, stack 2D slices into a volume)")
+
+
+def _output_names(inputs: list[Path], out_dir: Path, naming: str) -> list[str]:
+    names = [output_name(p, naming) for p in inputs]
+    seen: dict[str, Path] = {}
+    for path, name in zip(inputs, names):
+        if name in seen:
+            raise LitsError(f"{path}: its output {name} would overwrite the one of {seen[name].name}; use naming=input or separate folders")
+        seen[name] = path
+        if (out_dir / name).resolve() == path.resolve():
+            raise LitsError(f"{path}: the label map would overwrite this CT; choose another output=DIR")
+    return names
+
+
+def run(cfg) -> dict:
+    inputs = find_inputs(cfg.input)
+    check_inputs(inputs)
+    out_dir = Path(cfg.output)
+    names = _output_names(inputs, out_dir, cfg.naming)
+    device = resolve_device(cfg.device)
+    model, train_cfg, _ = load_model(cfg.ckpt, device)
+    prep = Preprocessing.from_data_cfg(train_cfg.data)  # window (and in-plane resampling) the model was trained with
+    post_cfg = PostprocessConfig.from_mapping(cfg.postprocess)
+    infer = dict(device=device, batch_size=cfg.batch_size, amp=cfg.amp, tta=cfg.tta, progress=cfg.progress,
+                 **network_settings(train_cfg))
+
+    rows = []
+    for path, name in tqdm(list(zip(inputs, names)), desc="predicting", unit="volume", disable=not cfg.progress):
+        case = load_case(CasePaths(nifti_stem(path), path, None))
+        # float16 in [0, 1], exactly what the training cache stores, so predictions match evaluate.py's
+        image = preprocess_image(case.image, case.spacing, prep).astype(np.float16)
+        native_yx = case.image.shape[1:]
+        case.image = None  # free the float32 HU copy before inference
+        probs = predict_volume(model, image, **infer)
+        if probs.shape[2:] != native_yx:  # the cache grid was resampled in-plane: back to the CT's own grid
+            probs = resize_inplane(probs, native_yx, order=1)
+        labels = postprocess(probs[0], probs[1], post_cfg)
+        header = read_header(path)
+        export_labels(out_dir / name, labels, case.orientation, header)
+        if cfg.save_probabilities:
+            export_probabilities(out_dir / probability_name(name), probs, case.orientation, header)
+        voxel_ml = float(np.prod(case.spacing)) / 1000.0
+        rows.append({"input": str(path), "output": str(out_dir / name), "liver_ml": float((labels >= 1).sum()) * voxel_ml,
+                     "tumor_ml": float((labels == 2).sum()) * voxel_ml, "lesions": predicted_lesions(labels == 2)[1]})
+
+    write_csv(Path(cfg.paths.output_dir) / "predictions.csv", rows)
+    shown = [{**r, "input": Path(r["input"]).name, "output": Path(r["output"]).name} for r in rows]
+    print(format_table(shown, ["input", "output", "liver_ml", "tumor_ml", "lesions"]))
+    print(f"wrote {len(rows)} label maps (0 background, 1 liver, 2 tumour) to {out_dir}")
+    return {"outputs": [r["output"] for r in rows], "rows": rows}

@@ -1,0 +1,16 @@
+"""Segment new CTs from a checkpoint alone: python predict.py ckpt=PATH input=FILE_OR_DIR output=DIR"""
+
+import hydra
+
+from lits.cli import run_stage
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="predict")
+def main(cfg):
+    from lits.predict import run  # imported here so --help and config errors stay fast
+
+    return run_stage(run, cfg)
+
+
+if __name__ == "__main__":
+    main()

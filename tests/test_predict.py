@@ -1,0 +1,173 @@
+"""predict.py: new CTs (no labels) from a checkpoint alone, on a file and on a folder; non-CT input refused
+in one line; flip TTA; the same label maps evaluate.py exports."""
+
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import lits.evaluate
+import lits.predict
+from conftest import REPO, write_nifti
+from lits.errors import LitsError
+from lits.inference import TTA_FLIPS, predict_volume
+from test_evaluate import AFFINE, SHAPE, evaluate_cfg, make_checkpoint, one_line_error, phantom, run_cli, write_tree
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("predict")
+    root = write_tree(tmp / "lits", cases=(0, 1))
+    return tmp, root, make_checkpoint(tmp, root, test_ids=("0", "1"))
+
+
+def predict_cfg(tmp_path, *overrides):
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose("predict", overrides=[*overrides, "progress=false", f"paths.root_dir={tmp_path}",
+                                             f"paths.output_dir={tmp_path}/run"])
+
+
+def test_predict_a_file(setup, tmp_path, capsys):
+    _, root, ckpt = setup
+    lits.predict.run(predict_cfg(tmp_path, f"ckpt={ckpt}", f"input={root}/volume-0.nii.gz", f"output={tmp_path}/out",
+                                 "tta=true", "save_probabilities=true"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["test-segmentation-0.nii", "test-segmentation-0_probabilities.nii.gz"]
+    seg, ct = nib.load(tmp_path / "out/test-segmentation-0.nii"), nib.load(root / "volume-0.nii.gz")
+    assert seg.shape == ct.shape == SHAPE and seg.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(seg.affine, ct.affine, atol=1e-6)
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
+    assert nib.load(tmp_path / "out/test-segmentation-0_probabilities.nii.gz").shape == (*SHAPE, 2)
+    rows = list(csv.DictReader(open(tmp_path / "run/predictions.csv")))
+    assert [r["output"].endswith("test-segmentation-0.nii") for r in rows] == [True]
+    out = capsys.readouterr().out
+    assert "tumor_ml" in out and "wrote 1 label maps" in out
+
+
+def test_predict_a_folder_from_the_command_line(setup, tmp_path):
+    _, root, ckpt = setup
+    folder = tmp_path / "cts"
+    folder.mkdir()
+    vol, seg = phantom()
+    write_nifti(folder / "volume-4.nii.gz", vol, AFFINE)
+    write_nifti(folder / "patient_b.nii", vol[:, :20], np.diag([-0.8, -0.8, 2.5, 1.0]))  # other size and grid
+    write_nifti(folder / "segmentation-4.nii.gz", seg, AFFINE)  # a label file: skipped
+    (folder / "README.txt").write_text("not a CT")
+    result = run_cli("predict.py", f"ckpt={ckpt}", f"input={folder}", "output=out", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["patient_b.nii", "test-segmentation-4.nii"]
+    assert nib.load(tmp_path / "out/patient_b.nii").shape == (40, 20, 12)
+    np.testing.assert_allclose(nib.load(tmp_path / "out/patient_b.nii").affine, np.diag([-0.8, -0.8, 2.5, 1.0]))
+    assert len(list(csv.DictReader(open(tmp_path / "run/predictions.csv")))) == 2
+
+
+def _write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_nifti(path, data, np.eye(4))
+    return path
+
+
+def make_input(kind, folder):
+    """A bad input of the given kind under `folder`; returns what to pass as input=."""
+    folder.mkdir()
+    if kind == "dicom":
+        (folder / "ct.dcm").write_bytes(b"DICM")
+        return folder / "ct.dcm"
+    if kind == "missing":
+        return folder / "missing.nii.gz"
+    if kind == "empty":
+        return folder
+    if kind == "no_nifti":
+        (folder / "a.txt").write_text("x")
+        return folder
+    if kind == "4d":
+        return _write(folder / "ct4d.nii.gz", np.zeros((8, 8, 4, 3), np.int16))
+    if kind == "2d":
+        return _write(folder / "slice.nii", np.zeros((8, 8), np.int16))
+    if kind == "corrupt":
+        (folder / "bad.nii").write_bytes(b"garbage" * 10)
+        return folder / "bad.nii"
+    if kind == "same_output":  # both would become test-segmentation-3.nii
+        _write(folder / "volume-3.nii", np.zeros((8, 8, 4), np.int16))
+        _write(folder / "test-volume-3.nii.gz", np.zeros((8, 8, 4), np.int16))
+        return folder
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("dicom", "ct.dcm: not a NIfTI file"),
+    ("missing", "missing.nii.gz: input not found"),
+    ("empty", "in: empty folder"),
+    ("no_nifti", r"no CT volumes \(.nii / .nii.gz\) among its 1 entries"),
+    ("4d", r"ct4d.nii.gz: expected a 3D CT volume, got shape \(8, 8, 4, 3\)"),
+    ("2d", r"slice.nii: expected a 3D CT volume, got shape \(8, 8\)"),
+    ("corrupt", "bad.nii: cannot read NIfTI"),
+    ("same_output", "would overwrite the one of"),
+])
+def test_non_ct_input_is_refused_before_anything_is_written(setup, tmp_path, kind, message):
+    _, _, ckpt = setup
+    target = make_input(kind, tmp_path / "in")
+    with pytest.raises(LitsError, match=message):
+        lits.predict.run(predict_cfg(tmp_path, f"ckpt={ckpt}", f"input={target}", f"output={tmp_path}/out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_may_not_overwrite_the_input(setup):
+    tmp, root, ckpt = setup
+    with pytest.raises(LitsError, match="would overwrite this CT"):
+        lits.predict.run(predict_cfg(tmp, f"ckpt={ckpt}", f"input={root}/volume-0.nii.gz", f"output={root}", "naming=input"))
+
+
+def test_cli_error_is_one_line(setup, tmp_path):
+    _, _, ckpt = setup
+    _write(tmp_path / "ct4d.nii.gz", np.zeros((8, 8, 4, 3), np.int16))
+    line = one_line_error(run_cli("predict.py", f"ckpt={ckpt}", "input=ct4d.nii.gz", "output=out", "hydra.run.dir=run", cwd=tmp_path))
+    assert "ct4d.nii.gz: expected a 3D CT volume" in line and not (tmp_path / "out").exists()
+
+
+def test_predict_requires_ckpt_input_and_output(tmp_path):
+    from omegaconf import OmegaConf
+
+    cfg = predict_cfg(tmp_path)
+    assert all(OmegaConf.is_missing(cfg, key) for key in ("ckpt", "input", "output"))
+
+
+@pytest.mark.parametrize("spacing", [None, "[1.4,1.6]"])
+def test_predict_matches_what_evaluate_exports(tmp_path, spacing):
+    # same checkpoint (untrained, output prior 0.5: masks follow the input), same case: predict.py preprocesses
+    # the CT itself, evaluate.py reads the preprocessing cache; the label maps must be identical, also when the
+    # model was trained on an in-plane resampled grid
+    root = write_tree(tmp_path / "lits", cases=(1,))
+    extra = [f"data.target_spacing_xy={spacing}"] if spacing else []
+    ckpt = make_checkpoint(tmp_path, root, test_ids=("1",), overrides=extra)
+    lits.predict.run(predict_cfg(tmp_path, f"ckpt={ckpt}", f"input={root}/volume-1.nii.gz", f"output={tmp_path}/pred"))
+    lits.evaluate.run(evaluate_cfg(tmp_path, f"ckpt={ckpt}", "save_predictions=true", "ablation=false",
+                                   "report.montages=false", "report.plot=false", "tensorboard_dir=null"))
+    ours = np.asarray(nib.load(tmp_path / "pred/test-segmentation-1.nii").dataobj)
+    theirs = np.asarray(nib.load(tmp_path / "eval/predictions/test-segmentation-1.nii").dataobj)
+    assert ours.shape == SHAPE and 0 < np.count_nonzero(ours) < ours.size  # not a trivial mask
+    np.testing.assert_array_equal(ours, theirs)
+    assert json.loads((tmp_path / "eval/metrics.json").read_text())["tta"] is False
+
+
+@pytest.mark.parametrize("context", [0, 1])
+def test_tta_is_the_mean_of_identity_and_flips(context):
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    model = UNet(spatial_dims=2, in_channels=2 * context + 1, out_channels=2, channels=(4, 8), strides=(2,), num_res_units=0)
+    image = np.random.default_rng(0).random((5, 13, 10)).astype(np.float16)  # odd sizes: padding must not shift flips
+    args = dict(device=torch.device("cpu"), batch_size=2, size_multiple=4, context_slices=context)
+    plain = predict_volume(model, image, **args)
+    manual = [plain]
+    for axis in (-1, -2):  # predict the flipped CT, flip the answer back
+        flipped = np.ascontiguousarray(np.flip(image, axis))
+        manual.append(np.flip(predict_volume(model, flipped, **args), axis))
+    tta = predict_volume(model, image, tta=True, **args)
+    np.testing.assert_allclose(tta, np.mean(manual, axis=0), atol=1e-6)
+    assert np.abs(tta - plain).max() > 1e-4  # the network is not flip-invariant: TTA changed something
+    np.testing.assert_allclose(predict_volume(model, image, flips=TTA_FLIPS, **args), tta, atol=1e-6)
+    assert plain.shape == (2, 5, 13, 10) and plain.dtype == np.float32
