@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 from monai.losses import DiceLoss
 
+from lits.distributed import global_sum
 from lits.errors import LitsError
+
+DICE_REDUCTIONS = ("local", "global")
 
 
 def alpha_at(epoch: int, schedule) -> float:
@@ -51,6 +54,14 @@ class HybridLoss(torch.nn.Module):
             smooth_dr=cfg.dice.eps,
         )
         self.channel_weights = torch.tensor(list(cfg.channel_weights), dtype=torch.float32)
+        # local: MONAI DiceLoss on this process's batch; global: intersection and sums all-reduced over DDP ranks
+        # before forming Dice (SEEDS.md), i.e. the Dice of the whole effective batch. Same value in one process.
+        self.reduction = cfg.get("dice_reduction", "local") or "local"
+        if self.reduction not in DICE_REDUCTIONS:
+            raise LitsError(f"loss.dice_reduction={self.reduction}: choose local (per process) or global (all-reduced over ranks)")
+        if self.reduction == "global" and not cfg.dice.batch:
+            raise LitsError("loss.dice_reduction=global sums over the whole batch; it needs loss.dice.batch=true")
+        self.squared, self.jaccard, self.eps = bool(cfg.dice.squared), bool(cfg.dice.jaccard), float(cfg.dice.eps)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, alpha: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = logits.float() / self.temperature
@@ -58,7 +69,24 @@ class HybridLoss(torch.nn.Module):
         weights = self.channel_weights.to(logits.device)
         bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
         bce = (bce.mean(dim=(0, 2, 3)) * weights).sum() / weights.sum()
-        dice = torch.stack([self.dice(logits[:, c : c + 1], target[:, c : c + 1]) for c in range(logits.shape[1])])
+        if self.reduction == "global":
+            dice = self.global_dice(logits, target)
+        else:
+            dice = torch.stack([self.dice(logits[:, c : c + 1], target[:, c : c + 1]) for c in range(logits.shape[1])])
         dice = (dice * weights).sum() / weights.sum()
         total = alpha * dice + (1.0 - alpha) * bce
         return total, {"bce": bce.detach(), "dice": dice.detach()}
+
+    def global_dice(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-channel soft Dice (or IoU) loss from batch sums all-reduced over ranks: MONAI DiceLoss's formula
+        (batch=True): 1 - (2 I + eps) / (P + G + eps), I = sum p g, P = sum p (or p^2), G = sum g (or g^2);
+        Jaccard: denominator 2 (P + G - I)."""
+        p = torch.sigmoid(logits)
+        dims = (0, 2, 3)
+        power = 2 if self.squared else 1
+        sums = torch.stack([(p * target).sum(dims), (p**power).sum(dims), (target**power).sum(dims)])  # (3, C)
+        intersection, pred, truth = global_sum(sums)
+        denominator = pred + truth
+        if self.jaccard:
+            denominator = 2.0 * (denominator - intersection)
+        return 1.0 - (2.0 * intersection + self.eps) / (denominator + self.eps)

@@ -1,0 +1,120 @@
+"""Checkpoints: atomic writes (a kill mid-write keeps the previous last.pt), weights_only loading, resume lookup,
+the incompatible-network refusal, and RNG states that survive a weights_only round trip."""
+
+import os
+import random
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+from lits.checkpoint import (check_compatible, load_checkpoint, remove_stale_temps, resume_path, rng_state, save_checkpoint,
+                             set_rng_state)
+from lits.errors import LitsError
+
+
+def state(value: float) -> dict:
+    return {"model": {"w": torch.full((4, 4), value)}, "config": {"model": {"arch": "unet", "channels": [8, 16]}}, "epoch": int(value)}
+
+
+# The child saves the previous checkpoint, then dies by SIGKILL in the middle of the next save: either while torch.save
+# is writing bytes into the temp file, or after the temp file is complete but before the rename.
+CHILD = textwrap.dedent("""
+    import os, signal, sys, torch
+    import lits.checkpoint as ck
+    path, where = sys.argv[1], sys.argv[2]
+    ck.save_checkpoint({"model": {"w": torch.full((4, 4), 1.0)}, "config": {}, "epoch": 1}, path)
+    die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+    if where == "write":
+        real_save = torch.save
+        def torn_save(obj, f, *a, **k):
+            f.write(b"PK\\x03\\x04" + b"\\0" * 4096)  # the start of a zip archive, then death
+            f.flush()
+            die()
+        torch.save = torn_save
+    else:
+        os.replace = die
+    ck.save_checkpoint({"model": {"w": torch.full((4, 4), 2.0)}, "config": {}, "epoch": 2}, path)
+    print("not killed")
+""")
+
+
+@pytest.mark.parametrize("where", ["write", "rename"])
+def test_kill_during_checkpoint_write_keeps_previous_last_pt(tmp_path, where):
+    path = tmp_path / "checkpoints" / "last.pt"
+    result = subprocess.run([sys.executable, "-c", CHILD, str(path), where], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == -9, result.stderr[-2000:]
+    loaded = load_checkpoint(path)
+    assert loaded["epoch"] == 1 and torch.equal(loaded["model"]["w"], torch.full((4, 4), 1.0))
+    stale = sorted(p.name for p in path.parent.iterdir() if p.name != "last.pt")
+    assert len(stale) == 1 and stale[0].startswith(".last.pt.")  # the killed write's temp file, never last.pt itself
+    assert remove_stale_temps(path.parent) and sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
+
+
+def test_failed_save_leaves_no_temp_and_the_old_file(tmp_path, monkeypatch):
+    path = save_checkpoint(state(1.0), tmp_path / "last.pt")
+
+    def broken(*_):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken)
+    with pytest.raises(OSError):
+        save_checkpoint(state(2.0), path)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"] and load_checkpoint(path)["epoch"] == 1
+
+
+class Boom:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_weights_only_refuses_a_checkpoint_that_would_run_code(tmp_path):
+    torch.save({"model": {}, "config": {}, "payload": Boom()}, tmp_path / "evil.pt")
+    with pytest.raises(LitsError, match="not a readable lits checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not (tmp_path / "pwned").exists() and not (REPO / "pwned").exists()
+
+
+def test_resume_path(tmp_path):
+    run = tmp_path / "run"
+    assert resume_path("auto", run) is None and resume_path(None, run) is None  # nothing there yet: fresh start
+    last = save_checkpoint(state(1.0), run / "checkpoints" / "last.pt")
+    assert resume_path("auto", run) == last
+    assert resume_path(str(run), tmp_path / "elsewhere") == last  # a run folder
+    assert resume_path(str(last), tmp_path / "elsewhere") == last  # a file
+    with pytest.raises(LitsError, match="already holds a training run; continue it with trainer.resume=auto"):
+        resume_path(None, run)
+    with pytest.raises(LitsError, match="not found"):
+        resume_path(str(tmp_path / "missing.pt"), run)
+
+
+def test_incompatible_network_is_refused_with_the_differences(tmp_path):
+    saved = {"config": {"model": {"arch": "unet", "channels": [8, 16], "output_prior": [0.1, 0.01]}, "data": {"context_slices": 0}}}
+    same_net = {"model": {"arch": "unet", "channels": [8, 16], "output_prior": [0.2, 0.02]}, "data": {"context_slices": 0}}
+    check_compatible(saved, same_net, "last.pt")  # the initial bias is not part of the network's shape
+    with pytest.raises(LitsError, match=r"last.pt: checkpoint of a different network \(model.channels: \[8, 16\] -> \[8, 32\]\)"):
+        check_compatible(saved, {**same_net, "model": {**same_net["model"], "channels": [8, 32]}}, "last.pt")
+    with pytest.raises(LitsError, match="context_slices: 0 -> 2"):
+        check_compatible(saved, {**same_net, "data": {"context_slices": 2}}, "last.pt")
+
+
+def draws(generator):
+    return (random.random(), float(np.random.rand()), torch.rand(1).item(), torch.rand(1, generator=generator).item())
+
+
+def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    generator = torch.Generator().manual_seed(3)
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    draws(generator)
+    np.random.randn()  # leaves a cached gaussian in numpy's state
+    save_checkpoint({"model": {}, "config": {}, "rng": rng_state(torch.device("cpu"), {"augment": generator})}, tmp_path / "rng.pt")
+    expected = draws(generator)
+    draws(generator)
+    restored = load_checkpoint(tmp_path / "rng.pt")["rng"]
+    set_rng_state(restored, torch.device("cpu"), {"augment": generator})
+    assert draws(generator) == expected

@@ -1,0 +1,167 @@
+"""DDP on CPU (gloo): a real `torchrun --nproc_per_node=2` smoke training, and the global Dice's gradient."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import REPO
+from lits.loss import HybridLoss, targets_from_labels
+
+LOSS = OmegaConf.load(REPO / "configs/loss/hybrid.yaml")
+
+
+# 2 CPU processes x batch 4, 32 draws per epoch: 4 steps per epoch, 8 in all; last.pt also at step 5 (mid-epoch 1).
+# NaN injected on rank 1 only at step 2: rank 0 must skip that step too (else the gradient all-reduce would hang).
+COMMON = ["experiment=smoke", "trainer.progress=false", "trainer.deterministic=true", "trainer.save_every_steps=5",
+          "loss.dice_reduction=global", "trainer.debug_nan_steps=[2]"]
+
+
+def torchrun(work, run, *overrides):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train.py"),
+           *COMMON, f"hydra.run.dir=outputs/{run}", *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("ddp")
+    result = torchrun(work, "ddp", "trainer.debug_sample_log=true")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return work, work / "outputs/ddp", result
+
+
+def test_one_set_of_outputs_written_by_rank_0(ddp_run):
+    work, run_dir, result = ddp_run
+    assert [p.name for p in (work / "outputs").iterdir()] == ["ddp"]  # (checked before the resume test adds its run)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert len(list((run_dir / "tensorboard").iterdir())) == 1  # one events file: rank 0's
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [0, 1] and [h["step"] for h in history] == [4, 8]  # 32 draws / (2 ranks x 4)
+    assert [h["train/bad_steps"] for h in history] == [1, 0]  # both ranks skipped step 2 together
+    assert (result.stdout + result.stderr).count("non-finite loss at epoch 1 step 2") == 1  # said once, by rank 0
+    state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
+    assert state["world_size"] == 2 and len(state["rank_states"]) == 2 and state["config"]["loss"]["dice_reduction"] == "global"
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in state["model"])  # the plain network's weights
+
+
+def test_ranks_draw_disjoint_samples_of_one_global_sequence(ddp_run):
+    from lits.data.prepare import prepare
+    from lits.data.slices import LesionSampler, SamplingConfig, SliceIndex
+
+    _, run_dir, _ = ddp_run
+    logs = {r: [json.loads(line) for line in (run_dir / f"debug/samples-rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)}
+    state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
+    cfg = OmegaConf.create(state["config"])
+    _, cases = prepare(cfg.data, cfg.seed, splits=state["splits"], only=("train",), progress=False)
+    sampling = SamplingConfig(**cfg.data.sampling)
+    one_process = LesionSampler(SliceIndex(cases["train"]).weights(sampling), sampling.samples_per_epoch, seed=cfg.seed)
+    for epoch in (0, 1):
+        r0, r1 = logs[0][epoch], logs[1][epoch]
+        assert r0["epoch"] == r1["epoch"] == epoch
+        assert not set(r0["draws"]) & set(r1["draws"])
+        one_process.set_epoch(epoch)
+        expected = list(one_process)  # what a single process draws: the ranks split it position by position
+        assert sorted(zip(r0["draws"] + r1["draws"], r0["slices"] + r1["slices"])) == sorted((d, s) for s, d in expected)
+        assert r0["draws"] == [d for _, d in expected[0::2]] and r1["draws"] == [d for _, d in expected[1::2]]
+
+
+def test_validation_equals_a_single_process_evaluation_of_the_same_weights(ddp_run):
+    from lits.data.prepare import prepare
+    from lits.model import build_model
+    from lits.postprocess import PostprocessConfig
+    from lits.train import validate
+
+    _, run_dir, _ = ddp_run
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
+    cfg = OmegaConf.create(state["config"])
+    model = build_model(cfg.model).to(memory_format=torch.channels_last)
+    model.load_state_dict(state["model"])
+    _, cases = prepare(cfg.data, cfg.seed, splits=state["splits"], only=("val",), progress=False)
+    metrics, _, _ = validate(model, cases["val"], cfg, torch.device("cpu"), "off", PostprocessConfig.from_mapping(cfg.postprocess))
+    assert metrics == {k: v for k, v in history[-1].items() if k.startswith("val/")} == state["metrics"]
+
+
+def test_ddp_run_killed_mid_epoch_resumes_to_the_same_weights(ddp_run):
+    work, run_dir, _ = ddp_run
+    killed = torchrun(work, "killed", "trainer.debug_kill_at_step=7")  # rank 1 SIGKILLs itself; torchrun stops rank 0
+    assert killed.returncode != 0
+    state = torch.load(work / "outputs/killed/checkpoints/last.pt", weights_only=True)
+    assert (state["position"], state["step"]) == ({"epoch": 1, "batch": 1}, 5)
+    resumed = torchrun(work, "killed")
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
+    straight, again = (torch.load(d / "checkpoints/last.pt", weights_only=True) for d in (run_dir, work / "outputs/killed"))
+    assert straight["step"] == again["step"] == 8
+    assert all(torch.equal(straight["model"][k], again["model"][k]) for k in straight["model"])
+    assert straight["metrics"] == again["metrics"]
+
+
+# ---------------------------------------------------------------------------------------------- global Dice
+def batch():
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(4, 1, 16, 16, generator=g)
+    label = torch.randint(0, 3, (4, 16, 16), generator=g)
+    return image, targets_from_labels(label)
+
+
+def net():
+    torch.manual_seed(0)
+    return torch.nn.Conv2d(1, 2, 3, padding=1)
+
+
+def _ddp_worker(rank, world, port, out):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        model = net()
+        ddp = DistributedDataParallel(model)
+        image, target = batch()
+        half = slice(2 * rank, 2 * rank + 2)
+        loss, parts = HybridLoss(OmegaConf.merge(LOSS, {"dice_reduction": "global"}))(ddp(image[half]), target[half], 0.6)
+        loss.backward()  # DDP averages the gradients of the two ranks
+        if rank == 0:
+            torch.save({"dice": parts["dice"], "grads": [p.grad for p in model.parameters()]}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_global_dice_over_two_ranks_equals_one_process_on_the_whole_batch(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # fork: no re-import in the children (they run one thread and share nothing with this process but the code)
+    torch.multiprocessing.start_processes(_ddp_worker, args=(2, port, str(tmp_path / "rank0.pt")), nprocs=2, start_method="fork")
+    ddp = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    model = net()
+    image, target = batch()
+    loss, parts = HybridLoss(LOSS)(model(image), target, 0.6)  # MONAI Dice on the whole batch, one process
+    loss.backward()
+    assert ddp["dice"].item() == pytest.approx(parts["dice"].item(), rel=1e-6)
+    for got, want in zip(ddp["grads"], [p.grad for p in model.parameters()]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("variant", [{}, {"squared": True}, {"jaccard": True}])
+def test_global_dice_in_one_process_is_monai_dice(variant):
+    local = HybridLoss(OmegaConf.merge(LOSS, {"dice": variant}))
+    glob = HybridLoss(OmegaConf.merge(LOSS, {"dice": variant, "dice_reduction": "global"}))
+    logits = torch.randn(4, 2, 16, 16, generator=torch.Generator().manual_seed(1))
+    _, target = batch()
+    assert glob(logits, target, 1.0)[0].item() == pytest.approx(local(logits, target, 1.0)[0].item(), rel=1e-6)
+
+
+def test_global_dice_needs_batch_sums():
+    from lits.errors import LitsError
+
+    with pytest.raises(LitsError, match="needs loss.dice.batch=true"):
+        HybridLoss(OmegaConf.merge(LOSS, {"dice_reduction": "global", "dice": {"batch": False}}))

@@ -1,0 +1,70 @@
+"""Non-finite losses: the step is skipped and counted (train/bad_steps), `trainer.max_bad_steps` in a row abort with
+one clear error; BatchNorm statistics touched by a skipped step are put back."""
+
+import json
+import math
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from conftest import REPO
+from lits.errors import LitsError
+
+
+def config(work, run, *overrides):
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose("train", overrides=["experiment=smoke", "trainer.progress=false", "trainer.log_images=false",
+                                           "trainer.max_epochs=1", "trainer.num_threads=1", *overrides,
+                                           f"paths.root_dir={work}", f"paths.output_dir={work}/outputs/{run}"])
+
+
+@pytest.fixture
+def work(tmp_path):
+    threads = torch.get_num_threads()
+    yield tmp_path
+    torch.set_num_threads(threads)  # run() applied trainer.num_threads to this pytest process
+
+
+def test_nan_batches_are_skipped_counted_and_logged(work):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lits.train import run
+
+    # steps 3 and 4 in a row stay below max_bad_steps=3; a good step in between resets the count
+    summary = run(config(work, "skip", "trainer.debug_nan_steps=[1,3,4]", "trainer.max_bad_steps=3"))
+    assert summary["bad_steps"] == 3
+    run_dir = work / "outputs/skip"
+    [record] = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert record["train/bad_steps"] == 3 and math.isfinite(record["train/loss"])
+    state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
+    assert state["bad_steps"] == 3 and state["step"] == 8
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert all(torch.isfinite(s["exp_avg"]).all() for s in state["optimizer"]["state"].values())
+    assert int(state["optimizer"]["state"][0]["step"]) == 5  # 8 batches, 3 skipped: 5 optimizer steps
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("train/bad_steps")] == [3]
+
+
+def test_too_many_bad_steps_in_a_row_abort_with_a_clear_error(work):
+    from lits.train import run
+
+    with pytest.raises(LitsError, match=r"3 non-finite losses in a row \(epoch 1, step 3, trainer.max_bad_steps=3\): "
+                                        r"training diverged or the data holds NaN/Inf; lower optim.lr"):
+        run(config(work, "abort", "trainer.debug_nan_steps=[1,2,3,4]", "trainer.max_bad_steps=3"))
+    assert not (work / "outputs/abort/checkpoints/last.pt").exists()
+
+
+def test_skipped_step_puts_batchnorm_statistics_back():
+    from lits.train import NormStatsGuard
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4)).train()
+    model(torch.rand(2, 1, 8, 8))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    guard = NormStatsGuard(model)
+    guard.save()
+    model(torch.full((2, 1, 8, 8), float("inf")))  # poisons running_mean / running_var
+    assert not torch.isfinite(model[1].running_mean).all()
+    guard.restore()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

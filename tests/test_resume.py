@@ -1,0 +1,107 @@
+"""Exact resume: a run stopped by SIGTERM, resumed, SIGKILLed mid-epoch, resumed again ends with the same weights
+(torch.equal on every tensor) as one uninterrupted run; a checkpoint of another network is refused."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO
+
+# deterministic CPU smoke run: 2 epochs x 8 steps; last.pt also every 3 steps; one thread so results never depend
+# on how the machine's cores are shared
+COMMON = ["experiment=smoke", "trainer.progress=false", "trainer.num_threads=1", "trainer.deterministic=true",
+          "trainer.save_every_steps=3", "trainer.log_images=false"]
+
+
+def train(work, run, *overrides):
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *COMMON, f"hydra.run.dir=outputs/{run}", *overrides],
+                          cwd=work, capture_output=True, text=True, timeout=600)
+
+
+def load(work, run, name="last.pt"):
+    return torch.load(work / "outputs" / run / "checkpoints" / name, weights_only=True)
+
+
+def history(work, run):
+    return [json.loads(line) for line in (work / "outputs" / run / "history.jsonl").read_text().splitlines()]
+
+
+def tensors(tree, prefix=""):
+    if isinstance(tree, torch.Tensor):
+        return {prefix: tree}
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in tensors(sub, f"{prefix}/{key}").items()}
+    if isinstance(tree, (list, tuple)):
+        return {k: v for i, sub in enumerate(tree) for k, v in tensors(sub, f"{prefix}/{i}").items()}
+    return {}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    work = tmp_path_factory.mktemp("resume")
+    result = train(work, "straight")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work
+
+
+def test_interrupted_run_resumes_to_the_same_weights(work):
+    # 1. SIGTERM arrives at the start of step 5: the step finishes, last.pt is saved at (epoch 0, batch 6), exit 128+15
+    result = train(work, "broken", "trainer.debug_kill_at_step=5", "trainer.debug_kill_signal=SIGTERM")
+    assert result.returncode == 143, result.stderr[-3000:]
+    output = result.stdout + result.stderr  # hydra logs to stdout
+    assert "stopped by SIGTERM at step 6" in output and "Traceback" not in output
+    state = load(work, "broken")
+    assert (state["position"], state["step"], state["epoch"]) == ({"epoch": 0, "batch": 6}, 6, -1)
+
+    # 2. resumed (auto), then SIGKILLed at the start of step 11 (epoch 1, batch 3): the last save was step 9
+    result = train(work, "broken", "trainer.debug_kill_at_step=11")
+    assert result.returncode == -9, result.stderr[-3000:]
+    assert "resuming from" in result.stdout + result.stderr
+    state = load(work, "broken")
+    assert (state["position"], state["step"], state["epoch"]) == ({"epoch": 1, "batch": 1}, 9, 0)
+
+    # 3. resumed to the end: skips the batch of epoch 1 that step 9 consumed, redoes the two lost steps
+    result = train(work, "broken")
+    assert result.returncode == 0, result.stderr[-3000:]
+    straight, resumed = load(work, "straight"), load(work, "broken")
+    assert straight["step"] == resumed["step"] == 16
+    for part in ("model", "optimizer"):
+        a, b = tensors(straight[part]), tensors(resumed[part])
+        assert a.keys() == b.keys() and a
+        unequal = [k for k in a if not torch.equal(a[k], b[k])]
+        assert not unequal, f"{part}: {unequal[:5]}"
+    for part in ("scheduler", "scaler", "best"):
+        assert straight[part] == resumed[part], part
+    # the epoch means (carried across the kills) and the validation numbers match too; one record per epoch
+    drop = ("elapsed_s", "train/samples_per_s")
+    clean = [[{k: v for k, v in r.items() if k not in drop} for r in history(work, run)] for run in ("straight", "broken")]
+    assert clean[0] == clean[1] and [r["epoch"] for r in clean[1]] == [0, 1]
+    assert not [p for p in (work / "outputs/broken/checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def compose(work, run, *overrides):
+    """The run's config composed in this process (paths pinned: no hydra runtime here)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    keep = [o for o in COMMON if not o.startswith("trainer.num_threads")]  # no global thread-count change in pytest
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return hydra_compose("train", overrides=[*keep, *overrides, f"paths.root_dir={work}", f"paths.output_dir={work}/outputs/{run}"])
+
+
+def test_checkpoint_of_another_network_is_refused(work):
+    from lits.errors import LitsError
+    from lits.train import run
+
+    with pytest.raises(LitsError, match=r"last.pt: checkpoint of a different network \(model.channels: \[8, 16, 32\] -> \[8, 16, 64\]\)"):
+        run(compose(work, "straight", "model.channels=[8,16,64]"))
+
+
+def test_fresh_start_over_an_existing_run_is_refused(work):
+    from lits.errors import LitsError
+    from lits.train import run
+
+    with pytest.raises(LitsError, match="already holds a training run; continue it with trainer.resume=auto"):
+        run(compose(work, "straight", "trainer.resume=null"))
