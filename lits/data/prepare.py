@@ -99,6 +99,16 @@ def _report(problems: list[Problem], splits: dict[str, list[str]], report_dir) -
     log.warning("data.on_error=skip: %d case(s) left out%s", len(problems), where)
 
 
+def _discover(data_cfg, on_error: str) -> tuple[list, list[Problem]]:
+    """Generate (synthetic) and find the cases; with on_error=fail the first problem stops here."""
+    ensure_synthetic(data_cfg)
+    found, problems = discover(data_cfg)
+    if problems and on_error == "fail":
+        more = f" ({len(problems) - 1} more such cases)" if len(problems) > 1 else ""
+        raise LitsError(f"{problems[0].reason}{more}; or set data.on_error=skip to leave such cases out")
+    return found, problems
+
+
 def prepare(data_cfg, seed: int, splits: dict[str, list[str]] | None = None, only: tuple[str, ...] = SPLITS,
             progress: bool = True, report_dir: str | Path | None = None,
             ) -> tuple[dict[str, list[str]], dict[str, list[CachedCase]]]:
@@ -109,11 +119,7 @@ def prepare(data_cfg, seed: int, splits: dict[str, list[str]] | None = None, onl
     """
     on_error, workers, margin = _settings(data_cfg)
     prep = Preprocessing.from_data_cfg(data_cfg)
-    ensure_synthetic(data_cfg)
-    found, problems = discover(data_cfg)
-    if problems and on_error == "fail":
-        more = f" ({len(problems) - 1} more such cases)" if len(problems) > 1 else ""
-        raise LitsError(f"{problems[0].reason}{more}; or set data.on_error=skip to leave such cases out")
+    found, problems = _discover(data_cfg, on_error)
     pairs = {p.case_id: p for p in found}
     if splits is None:
         if not pairs:
@@ -142,11 +148,7 @@ def prepare_all(data_cfg, progress: bool = True, report_dir: str | Path | None =
     """Cache every discovered case (scripts/prepare_data.py): ({case_id: CachedCase}, problems)."""
     on_error, workers, _ = _settings(data_cfg)
     prep = Preprocessing.from_data_cfg(data_cfg)
-    ensure_synthetic(data_cfg)
-    found, problems = discover(data_cfg)
-    if problems and on_error == "fail":
-        more = f" ({len(problems) - 1} more such cases)" if len(problems) > 1 else ""
-        raise LitsError(f"{problems[0].reason}{more}; or set data.on_error=skip to leave such cases out")
+    found, problems = _discover(data_cfg, on_error)
     cached, failed = cache_cases(found, data_cfg.cache_dir, prep, data_cfg.root, progress, workers, on_error)
     problems = sorted(problems + failed, key=lambda p: natural_key(p.case_id or ""))
     _report(problems, {}, report_dir)
