@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lits.errors import LitsError
+from lits.files import atomic_path
 
 # Model settings that do not change the network's tensors: a checkpoint that differs only in these still fits.
 NON_ARCHITECTURE_KEYS = ("output_prior", "dropout")
@@ -44,17 +44,10 @@ def _fsync_dir(folder: Path) -> None:
 def save_checkpoint(state: dict, path: str | Path) -> Path:
     """torch.save to a temp file in the same folder, fsync, rename, fsync the folder: a kill mid-write never corrupts `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
     _fsync_dir(path.parent)
     return path
 

@@ -8,9 +8,7 @@ dtype (uint8) and no intensity scaling. Files are written to a temporary name an
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -18,10 +16,9 @@ import numpy as np
 
 from lits.data.nifti import Orientation
 from lits.errors import LitsError
+from lits.files import atomic_path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 NAMINGS = ("auto", "lits", "input")
 # A case number in an input name: LiTS `volume-N` / `test-volume-N`, MSD `liver_N`.
 _CASE_NUMBER = re.compile(r"^(?:test-)?(?:volume-|liver_)(\d+)\.nii(?:\.gz)?$")
@@ -112,15 +109,8 @@ def save_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray, header: n
         img.header["cal_min"], img.header["cal_max"] = 0, 1
     # the temp name keeps the real suffix: nibabel picks gzip from the name
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix) as tmp:
         nib.save(img, tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -10,37 +10,17 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from skimage.segmentation import find_boundaries
 
+from lits.files import write_bytes_atomic
+
 # outline colours (RGB 0..1)
 LIVER_COLOR = np.array([0.2, 0.9, 0.2])
 TUMOR_COLOR = np.array([1.0, 0.2, 0.2])
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write bytes to a temp file beside `path`, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; reports get the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
 
 def write_atomic(path: str | Path, text: str) -> Path:
     return write_bytes_atomic(path, text.encode())

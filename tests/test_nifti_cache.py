@@ -1,6 +1,5 @@
 """NIfTI discovery, validation errors, canonical orientation, and the preprocessing cache."""
 
-import gzip
 import json
 
 import nibabel as nib

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from lits.data.cache import CachedCase, Preprocessing, cache_cases, check_contex
 from lits.data.sources import Problem, discover, natural_key
 from lits.data.splits import SPLITS, make_splits, split_cases  # noqa: F401  (split_cases: public, used by tests)
 from lits.errors import LitsError
+from lits.files import atomic_path
 
 log = logging.getLogger(__name__)
 SKIPPED_FILE = "skipped_cases.json"
@@ -78,13 +78,9 @@ def write_skipped(problems: list[Problem], splits: dict[str, list[str]], report_
     """`<report_dir>/skipped_cases.json`: one record per left-out case (case, split, path, reason), written atomically."""
     where = {cid: name for name, ids in splits.items() for cid in ids}
     records = [{**p.as_dict(), "split": where.get(p.case_id)} for p in problems]
-    report_dir = Path(report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    path = report_dir / SKIPPED_FILE
-    fd, tmp = tempfile.mkstemp(prefix=f".{SKIPPED_FILE}.", dir=report_dir)
-    with os.fdopen(fd, "w") as f:
-        json.dump(records, f, indent=1)
-    os.replace(tmp, path)
+    path = Path(report_dir) / SKIPPED_FILE
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(records, indent=1))
     return path
 
 

@@ -41,6 +41,7 @@ import numpy as np
 from scipy import ndimage
 
 from lits.errors import LitsError
+from lits.files import atomic_path, umask
 
 __all__ = [
     "SyntheticParams",
@@ -928,10 +929,6 @@ def generate_case(index: int, seed: int = 0, params: SyntheticParams = Synthetic
     return _Case(rng, params).build()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _nifti(data: np.ndarray, affine: np.ndarray, descrip: str):
@@ -986,7 +983,7 @@ def generate_dataset(root: str | Path, num_cases: int, seed: int = 0,
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the data set is not
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it private; the data set is not
         for i in tqdm(range(int(num_cases)), desc=f"synthetic LiTS -> {root.name}", unit="case",
                       disable=not progress):
             vol, seg, aff = generate_case(i, seed, params)
@@ -1099,15 +1096,6 @@ def save_montage(volume: np.ndarray, segmentation: np.ndarray, path: str | Path,
     fig.suptitle(f"window [{lo:g}, {hi:g}] HU  -  green: liver, red: tumour", color="white", fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", facecolor=fig.get_facecolor())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, ".tmp") as tmp:
+        fig.savefig(tmp, format="png", facecolor=fig.get_facecolor())
     return path
