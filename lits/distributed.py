@@ -52,14 +52,16 @@ def env_ranks() -> tuple[int, int, int]:
     return rank, world, local
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """trainer.device (auto | cpu | cuda | cuda:N) -> the device of this process (cuda:LOCAL_RANK under torchrun)."""
+def resolve_device(name: str, local_rank: int = 0, key: str = "trainer.device") -> torch.device:
+    """A device setting (auto | cpu | cuda | cuda:N) -> the device of this process (cuda:LOCAL_RANK under torchrun).
+
+    `key` names the setting in errors (evaluate.py and predict.py call it `device`)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise LitsError(f"trainer.device={name} but CUDA is not available; use trainer.device=cpu (or auto)")
+            raise LitsError(f"{key}={name} but CUDA is not available; use {key}=cpu (or auto)")
         if device.index is None:
             count = torch.cuda.device_count()
             if local_rank >= count:

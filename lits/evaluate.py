@@ -35,7 +35,8 @@ from lits.data.sources import discover, natural_key
 from lits.errors import LitsError
 from lits.export import SEGMENTATION_NAME, export_labels, export_probabilities, is_nifti, orientation_from_meta, \
     output_name, probability_name, read_header
-from lits.inference import TTA_FLIPS, load_model, network_settings, predict_volume, resolve_device
+from lits.distributed import resolve_device
+from lits.inference import TTA_FLIPS, load_model, network_settings, predict_volume
 from lits.metrics import aggregate, case_metrics
 from lits.postprocess import PostprocessConfig, ablation_stages, postprocess
 from lits.report import dice_volume_png, error_slices, format_table, montage_png, write_atomic, write_bytes_atomic, \
@@ -139,7 +140,7 @@ def _checkpoint_source(cfg) -> Source:
     if cfg.get("data") is not None:
         raise LitsError("data=... is for predictions=DIR; a checkpoint brings its own data config "
                         "(use data_root=DIR if the data moved)")
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, key="device")
     model, train_cfg, state = load_model(cfg.ckpt, device)
     if cfg.split not in state["splits"]:
         raise LitsError(f"split={cfg.split}: not in the checkpoint's splits {sorted(state['splits'])}")

@@ -23,12 +23,6 @@ from lits.model import build_model, size_multiple
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,))
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def autocast(device: torch.device, amp: str):
     """amp: 'off', 'fp16' (CUDA) or 'bf16'; 'auto' = fp16 on CUDA, off on CPU."""
     if amp == "auto":

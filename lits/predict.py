@@ -21,7 +21,8 @@ from lits.errors import LitsError
 from lits.export import SEGMENTATION_NAME, export_labels, export_probabilities, is_nifti, nifti_stem, output_name, \
     probability_name, read_header
 from lits.data.resample import resize_inplane
-from lits.inference import load_model, network_settings, predict_volume, resolve_device
+from lits.distributed import resolve_device
+from lits.inference import load_model, network_settings, predict_volume
 from lits.metrics import predicted_lesions
 from lits.postprocess import PostprocessConfig, postprocess
 from lits.report import format_table, write_csv
@@ -82,7 +83,7 @@ def run(cfg) -> dict:
     check_inputs(inputs)
     out_dir = Path(cfg.output)
     names = _output_names(inputs, out_dir, cfg.naming)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, key="device")
     model, train_cfg, _ = load_model(cfg.ckpt, device)
     prep = Preprocessing.from_data_cfg(train_cfg.data)  # window (and in-plane resampling) the model was trained with
     post_cfg = PostprocessConfig.from_mapping(cfg.postprocess)
