@@ -157,4 +157,5 @@ def cache_folder(data_cfg) -> Path:
 
 
 def write_split(splits: dict[str, list[str]], path: Path) -> None:
-    path.write_text(json.dumps(splits, indent=1))
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(splits, indent=1))
