@@ -121,6 +121,25 @@ def run(cfg) -> dict:
     return result
 
 
+def evaluate_run(ckpt: Path, out_dir: Path, split: str, postprocess, progress: bool = False) -> dict:
+    """`python evaluate.py ckpt=CKPT split=SPLIT` into `out_dir`, from inside another stage (train.py's
+    `evaluate_after`): evaluate.yaml composed with the caller's post-processing settings."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = [f"ckpt={ckpt}", f"split={split}", f"progress={str(progress).lower()}"]
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app (train.py): its config path holds evaluate.yaml
+        cfg = compose("evaluate", overrides=overrides)
+    else:
+        with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
+            cfg = compose("evaluate", overrides=overrides)
+    OmegaConf.set_struct(cfg, False)
+    cfg.paths = {"output_dir": str(out_dir)}
+    cfg.postprocess = postprocess
+    log.info("evaluating %s on the %s split into %s", ckpt, split, out_dir)
+    return run(cfg)
+
+
 # ------------------------------------------------------------------------------------------------ sources
 
 
@@ -156,7 +175,7 @@ def _checkpoint_source(cfg) -> Source:
     stages.append(("post", "configured post-processing" + (" (flip TTA)" if cfg.tta else "")))
     if cfg.tta:
         stages.append(("post_no_tta", "configured post-processing, identity view only"))
-    infer = dict(device=device, batch_size=cfg.batch_size, amp=cfg.amp, **network_settings(train_cfg))
+    infer = dict(device=device, batch_size=cfg.batch_size, amp=cfg.amp, **network_settings(train_cfg, state))
 
     def predict(case):
         # probabilities back on the native grid (identity unless data.target_spacing_xy resampled the cache)

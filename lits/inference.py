@@ -18,6 +18,7 @@ from lits.checkpoint import load_checkpoint
 from lits.data.slices import context_batch
 from lits.errors import LitsError
 from lits.model import build_model, size_multiple
+from lits.normalization import Normalization
 
 # Flip test-time augmentation: identity, horizontal (X), vertical (Y) flips of each (N, 1, Y, X) slice batch.
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,))
@@ -46,18 +47,20 @@ def load_model(ckpt_path: str | Path, device):
     return model.to(device).eval(), train_cfg, state
 
 
-def network_settings(train_cfg) -> dict:
-    """predict_volume's keyword arguments that a training config fixes: input size multiple, sigmoid
-    temperature, 2.5D context slices (absent from older checkpoints' configs: 0)."""
+def network_settings(train_cfg, state: dict | None = None) -> dict:
+    """predict_volume's keyword arguments that a training run fixes: input size multiple, sigmoid temperature,
+    2.5D context slices (absent from older checkpoints' configs: 0) and, from the checkpoint `state`, the input
+    normalisation (absent: the HU window)."""
     return {"size_multiple": size_multiple(train_cfg.model), "temperature": float(train_cfg.loss.temperature),
-            "context_slices": int(train_cfg.data.get("context_slices", 0) or 0)}
+            "context_slices": int(train_cfg.data.get("context_slices", 0) or 0),
+            "normalization": Normalization.from_dict((state or {}).get("normalization"))}
 
 
 @torch.inference_mode()
 def predict_volume(model: torch.nn.Module, image: np.ndarray, device: torch.device, batch_size: int = 16,
                    amp: str = "auto", size_multiple: int = 16, temperature: float = 1.0, tta: bool = False,
                    flips: Sequence[tuple[int, ...]] | None = None, progress: bool = False,
-                   context_slices: int = 0) -> np.ndarray:
+                   context_slices: int = 0, normalization: Normalization | None = None) -> np.ndarray:
     """Sigmoid probabilities (2, Z, Y, X) float32 (liver, tumour) for a (Z, Y, X) image in [0, 1].
 
     Reads the (possibly memory-mapped) image a batch of slices at a time; with `context_slices=k` each slice
@@ -65,7 +68,8 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray, device: torch.devi
     `temperature` is the loss's sigmoid temperature, so probabilities mean at inference what they meant in
     training. `tta=True` averages the probabilities of the identity and the horizontal and vertical flips
     (TTA_FLIPS); `flips` picks the views explicitly (evaluate.py predicts the identity and the two flips
-    separately to report both).
+    separately to report both). `normalization` maps the [0, 1] window values to the network's input (the run's,
+    from its checkpoint; None: the window as is).
     """
     if flips is None:
         flips = TTA_FLIPS if tta else ((),)
@@ -79,6 +83,8 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray, device: torch.devi
     for start in tqdm(starts, desc="slices", unit="batch", leave=False, disable=not progress):
         stop = min(start + batch_size, z_count)
         batch = torch.from_numpy(context_batch(image, start, stop, context_slices)).to(device, non_blocking=True)
+        if normalization is not None:
+            batch = normalization.apply(batch)
         total = None
         for dims in flips:
             view = torch.flip(batch, dims) if dims else batch

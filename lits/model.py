@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from monai.networks.nets import FlexibleUNet, UNet
+from monai.networks.nets import DynUNet, FlexibleUNet, UNet
 
 from lits.errors import LitsError
 
@@ -31,7 +31,17 @@ def _flexible_unet(cfg) -> torch.nn.Module:
                         pretrained=False, spatial_dims=2, norm=cfg.norm)
 
 
-ARCHITECTURES = {"unet": _unet, "flexible_unet": _flexible_unet}
+def _dynunet(cfg) -> torch.nn.Module:
+    # nnU-Net's network in MONAI: two 3x3 conv-norm-LeakyReLU per level, strided-conv downsampling, transposed-conv
+    # upsampling; deep_supervision adds 1x1 heads on the next decoder levels (training mode only; lits/deep_supervision.py)
+    strides = [1, *cfg.strides]
+    return DynUNet(spatial_dims=2, in_channels=cfg.in_channels, out_channels=OUT_CHANNELS, kernel_size=[3] * len(strides),
+                   strides=strides, upsample_kernel_size=list(cfg.strides), filters=list(cfg.channels), norm_name=cfg.norm,
+                   deep_supervision=bool(cfg.deep_supervision), deep_supr_num=int(cfg.deep_supr_num),
+                   res_block=bool(cfg.get("res_block", False)))
+
+
+ARCHITECTURES = {"unet": _unet, "flexible_unet": _flexible_unet, "dynunet": _dynunet}
 
 
 def build_model(cfg) -> torch.nn.Module:
@@ -53,15 +63,18 @@ def init_output_bias(model: torch.nn.Module, priors) -> None:
     """
     if len(priors) != OUT_CHANNELS or not all(0 < p < 1 for p in priors):
         raise LitsError(f"model.output_prior={list(priors)}: give {OUT_CHANNELS} probabilities in (0, 1) (liver, tumour)")
-    last = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
-            and m.out_channels == OUT_CHANNELS and m.bias is not None][-1]
+    heads = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
+             and m.out_channels == OUT_CHANNELS and m.bias is not None]
+    if not isinstance(model, DynUNet):
+        heads = heads[-1:]  # the output layer; DynUNet: its output block and every deep-supervision head
     with torch.no_grad():
-        last.bias.copy_(torch.tensor([math.log(p / (1 - p)) for p in priors]))
+        for head in heads:
+            head.bias.copy_(torch.tensor([math.log(p / (1 - p)) for p in priors]))
 
 
 def size_multiple(cfg) -> int:
     """Input height/width must be a multiple of this (the total downsampling)."""
-    if cfg.arch == "unet":
+    if cfg.arch in ("unet", "dynunet"):
         m = 1
         for s in cfg.strides:
             m *= s

@@ -84,11 +84,11 @@ def run(cfg) -> dict:
     out_dir = Path(cfg.output)
     names = _output_names(inputs, out_dir, cfg.naming)
     device = resolve_device(cfg.device, key="device")
-    model, train_cfg, _ = load_model(cfg.ckpt, device)
+    model, train_cfg, state = load_model(cfg.ckpt, device)
     prep = Preprocessing.from_data_cfg(train_cfg.data)  # window (and in-plane resampling) the model was trained with
     post_cfg = PostprocessConfig.from_mapping(cfg.postprocess)
     infer = dict(device=device, batch_size=cfg.batch_size, amp=cfg.amp, tta=cfg.tta, progress=cfg.progress,
-                 **network_settings(train_cfg))
+                 **network_settings(train_cfg, state))
 
     rows = []
     for path, name in tqdm(list(zip(inputs, names)), desc="predicting", unit="volume", disable=not cfg.progress):

@@ -41,11 +41,14 @@ from lits.checkpoint import (check_compatible, config_differences, load_checkpoi
 from lits.data.augment import AugmentConfig, BatchAugment
 from lits.data.prepare import prepare, write_split
 from lits.data.slices import LesionSampler, SamplingConfig, SliceIndex, TrainSlices, input_channels
+from lits.deep_supervision import supervised_loss
 from lits.errors import LitsError
 from lits.inference import autocast, predict_volume
 from lits.loss import HybridLoss, alpha_at, targets_from_labels
 from lits.metrics import aggregate, case_metrics
+from lits.normalization import Normalization, from_training_cases
 from lits.model import build_model, count_parameters, size_multiple
+from lits.optim import TimeBudget, build_optimizer, lr_at, set_lr
 from lits.postprocess import PostprocessConfig, postprocess, probabilities_to_labels
 from lits.report import comparison_grid, write_atomic, write_json
 
@@ -78,7 +81,8 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     return amp
 
 
-def validate(model, cases, cfg, device, amp: str, post_cfg: PostprocessConfig) -> tuple[dict, list[dict], np.ndarray | None]:
+def validate(model, cases, cfg, device, amp: str, post_cfg: PostprocessConfig,
+             normalization: Normalization | None = None) -> tuple[dict, list[dict], np.ndarray | None]:
     """3D per-case Dice on whole validation volumes, raw and post-processed; plus an overlay picture.
 
     Under DDP only rank 0 calls this, on the unwrapped model: the numbers are those of a single-process evaluation
@@ -90,7 +94,7 @@ def validate(model, cases, cfg, device, amp: str, post_cfg: PostprocessConfig) -
     shown = []
     for case in cases:
         probs = predict_volume(model, case.image, device, cfg.trainer.val_batch_size, amp, multiple, cfg.loss.temperature,
-                               context_slices=context)
+                               tta=bool(cfg.trainer.get("val_tta", False)), context_slices=context, normalization=normalization)
         raw = probabilities_to_labels(probs[0], probs[1], post_cfg.threshold)
         post = postprocess(probs[0], probs[1], post_cfg)
         label = np.asarray(case.label)
@@ -313,6 +317,11 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_split(splits, run_dir / "split.json")
+    if resume is not None and resume.get("normalization"):
+        normalization = Normalization.from_dict(resume["normalization"])
+    else:  # deterministic from the training cases: every rank computes the same
+        normalization = from_training_cases(cfg.data, cases["train"], cfg.seed)
+    log.info("input normalisation: %s", normalization.describe())
     sampling = SamplingConfig(**cfg.data.sampling)
     index = SliceIndex(cases["train"])
     weights = index.weights(sampling)
@@ -346,10 +355,9 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
     log.info("model %s: %.2fM parameters, device %s, amp %s", cfg.model.arch, count_parameters(model) / 1e6, device, amp)
     augment = BatchAugment(AugmentConfig.from_mapping(cfg.augment))
     loss_fn = HybridLoss(cfg.loss)
-    if cfg.optim.name != "adamw":
-        raise LitsError(f"optim.name={cfg.optim.name}: unknown optimizer; use optim=adamw")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.optim.t_max, eta_min=cfg.optim.min_lr)
+    optimizer = build_optimizer(model.parameters(), cfg.optim)
+    lr_at(cfg.optim, 0.0, t.max_epochs)  # an unknown schedule fails here, before any training
+    budget = TimeBudget(t.get("max_time"), t.max_epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     post_cfg = PostprocessConfig.from_mapping(cfg.postprocess)
     aug_generator = torch.Generator().manual_seed(cfg.seed + AUGMENT_SEED_STRIDE * ctx.rank)
@@ -367,7 +375,9 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise LitsError(f"{resumed_from}: its weights or optimizer state do not fit this run's model ({first}); "
                             "resume with the settings it was trained with, or start a new run") from None
-        scheduler.load_state_dict(resume["scheduler"])
+        plan = resume.get("scheduler") or {}
+        budget = TimeBudget(t.get("max_time"), t.max_epochs, spent_s=float(resume.get("train_seconds", 0.0)),
+                            planned=plan.get("planned_epochs") if t.get("max_time") else None)
         scaler.load_state_dict(resume["scaler"])
         position = resume.get("position") or {"epoch": resume["epoch"] + 1, "batch": 0}
         start_epoch, start_batch = int(position["epoch"]), int(position["batch"])
@@ -409,8 +419,11 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
     else:
         writer = _NoWriter()
     monitor = t.monitor
-    if start_epoch >= t.max_epochs:
-        log.info("%s: all %d epochs are already trained; nothing to do", resumed_from, t.max_epochs)
+    if start_epoch >= budget.planned:
+        log.info("%s: all %d epochs are already trained; nothing to do", resumed_from, budget.planned)
+    if budget.enabled:
+        log.info("time budget trainer.max_time=%g min: the run lasts as many epochs as fit (planned after each epoch); "
+                 "the LR and loss schedules are stretched from trainer.max_epochs=%d onto it", t.max_time, t.max_epochs)
     val_metrics: dict = {}
     started = time.time()
     bad_in_row = resumed_bad_in_row
@@ -420,7 +433,8 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
         return {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "scheduler": {"planned_epochs": budget.planned},  # the LR itself is a function of the epoch (lits/optim.py)
+            "train_seconds": budget.spent_s + time.time() - started,  # trainer.max_time counts every session
             "scaler": scaler.state_dict(),
             "epoch": completed_epoch,  # last completed epoch (0-based); -1 before the first
             "step": step,
@@ -428,6 +442,7 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
             "metrics": metrics,
             "config": resolved,
             "splits": splits,
+            "normalization": normalization.to_dict(),  # what inference must do to its input (lits/normalization.py)
             "lits_version": lits.__version__,
             "position": position,  # where training continues: epoch, batches of it already done (per rank)
             "world_size": ctx.world_size,
@@ -443,8 +458,13 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
         if main:
             save_checkpoint(checkpoint(epoch - 1, {"epoch": epoch, "batch": batch_index}, rank_states, {}), ckpt_dir / "last.pt")
 
-    for epoch in range(start_epoch, t.max_epochs):
-        alpha = alpha_at(epoch, cfg.loss.schedule)
+    epoch = start_epoch - 1
+    while epoch + 1 < budget.planned:
+        epoch += 1
+        schedule_at = budget.position(epoch)  # schedule position: == epoch unless a time budget stretches the schedules
+        alpha = alpha_at(schedule_at, cfg.loss.schedule)
+        set_lr(optimizer, lr_at(cfg.optim, schedule_at, t.max_epochs))
+        out_of_time = False
         first = start_batch if epoch == start_epoch else 0
         sampler.set_epoch(epoch, skip=first * t.batch_size)
         loader_generator.manual_seed(cfg.seed * 7919 + epoch)
@@ -452,7 +472,7 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
         sums = dict(carried) if (carried and epoch == start_epoch) else {"loss": 0.0, "bce": 0.0, "dice": 0.0, "good": 0, "bad": 0}
         batch_index, timed = first, 0
         epoch_start = time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.max_epochs} alpha={alpha:.2f}", leave=False, total=steps_per_epoch,
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{budget.planned} alpha={alpha:.2f}", leave=False, total=steps_per_epoch,
                    initial=first, disable=not (t.progress and main), dynamic_ncols=True)
         for batch in bar:
             if kill_step is not None and step == kill_step and ctx.rank == ctx.world_size - 1:
@@ -460,19 +480,21 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
             image = batch["image"].to(device, non_blocking=True).float().contiguous(memory_format=memory_format)
             label = batch["label"].to(device, non_blocking=True)
             image, label = augment(image, label, aug_generator)
+            image = normalization.apply(image)
             if step in nan_steps and ctx.rank == ctx.world_size - 1:
                 image = image * float("nan")  # TEST ONLY (trainer.debug_nan_steps)
             if guard is not None:
                 guard.save()
             with autocast(device, amp):
                 logits = train_model(image)
-            loss, parts = loss_fn(logits, targets_from_labels(label), alpha)
+            loss, parts = supervised_loss(loss_fn, logits, targets_from_labels(label), alpha)
             values = torch.stack([loss.detach(), parts["bce"], parts["dice"]]).float()
             # one host sync per step; under DDP one tiny all-reduce, so every rank skips (or stops) together
-            flags = torch.stack([(~torch.isfinite(values[0])).float(), values.new_full((), float(stop.signum > 0))])
+            flags = torch.stack([(~torch.isfinite(values[0])).float(), values.new_full((), float(stop.signum > 0)),
+                                 values.new_full((), float(budget.out_of_time(time.time() - started)))])
             if ctx.distributed:
                 distributed.all_reduce_(flags, "max")
-            loss_value, bce_value, dice_value, bad, stop_now = torch.cat([values, flags]).tolist()
+            loss_value, bce_value, dice_value, bad, stop_now, out_of_time = torch.cat([values, flags]).tolist()
             if bad:
                 if guard is not None:
                     guard.restore()
@@ -511,6 +533,8 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
             if stop_now:
                 stopped = True
                 break
+            if out_of_time:  # the budget is spent: this is the last epoch (validated and saved below)
+                break
             if t.save_every_steps and step % t.save_every_steps == 0 and batch_index < steps_per_epoch:
                 save_position(epoch, batch_index, sums)
         bar.close()
@@ -519,10 +543,18 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
             save_position(epoch, batch_index, sums)
             break
 
-        # epoch means over every rank's good steps
-        totals = torch.tensor([sums["loss"], sums["bce"], sums["dice"], sums["good"]], dtype=torch.float64, device=device)
+        # epoch means over every rank's good steps; the clock too, so every rank plans the same number of epochs
+        totals = torch.tensor([sums["loss"], sums["bce"], sums["dice"], sums["good"], time.time() - started],
+                              dtype=torch.float64, device=device)
         distributed.all_reduce_(totals)
         good = max(1.0, float(totals[3]))
+        if budget.enabled:
+            planned = budget.planned
+            budget.replan(epoch + 1, budget.spent_s + float(totals[4]) / ctx.world_size)
+            if out_of_time:
+                budget.planned = epoch + 1
+            if abs(budget.planned - planned) >= max(1, planned // 10):  # small corrections are routine
+                log.info("time budget: %d epochs planned (was %d)", budget.planned, planned)
         train_metrics = {"train/loss": float(totals[0]) / good, "train/bce": float(totals[1]) / good,
                          "train/dice": float(totals[2]) / good, "train/alpha": alpha, "train/lr": optimizer.param_groups[0]["lr"],
                          "train/bad_steps": sums["bad"]}
@@ -534,12 +566,11 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
             with open(debug_dir / f"samples-rank{ctx.rank}.jsonl", "a") as f:
                 f.write(json.dumps({"epoch": epoch, "rank": ctx.rank, "slices": [s for s, _ in sampler.drawn],
                                     "draws": [d for _, d in sampler.drawn]}) + "\n")
-        scheduler.step()
 
-        is_last = epoch == t.max_epochs - 1
+        is_last = epoch == budget.planned - 1
         if main and ((epoch + 1) % t.val_every == 0 or is_last):
             # rank 0 validates the plain model; the others wait in the gather below
-            val_metrics, _, picture = validate(model, cases["val"], cfg, device, amp, post_cfg)
+            val_metrics, _, picture = validate(model, cases["val"], cfg, device, amp, post_cfg, normalization)
             if picture is not None:
                 writer.add_image("val/overlay", picture, epoch, dataformats="HWC")
         rank_states = distributed.all_gather_object({"rng": rng_state(device, generators), "epoch_sums": None,
@@ -558,7 +589,7 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
             if improved:
                 save_checkpoint(state, ckpt_dir / "best.pt")
         shown = " ".join(f"{k.split('/')[1]}={v:.4f}" for k, v in val_metrics.items() if k in (monitor, "val/liver_dice", "val/tumor_dice_post"))
-        log.info("epoch %d/%d alpha=%.2f loss=%.4f (bce %.4f dice %.4f) %.0f samples/s%s %s%s", epoch + 1, t.max_epochs,
+        log.info("epoch %d/%d alpha=%.2f loss=%.4f (bce %.4f dice %.4f) %.0f samples/s%s %s%s", epoch + 1, budget.planned,
                  alpha, train_metrics["train/loss"], train_metrics["train/bce"], train_metrics["train/dice"],
                  train_metrics.get("train/samples_per_s", 0.0), f" bad_steps={sums['bad']}" if sums["bad"] else "",
                  shown, " *best*" if improved else "")
@@ -573,10 +604,15 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
         log.warning("stopped by %s at step %d: last.pt saved in %s; continue with trainer.resume=auto (same hydra.run.dir)",
                     signal.Signals(signum).name, step, ckpt_dir)
         raise SystemExit(128 + signum)
-    summary = {"best_metric": monitor, "best_value": best, "best_epoch": best_epoch, "epochs": t.max_epochs,
+    summary = {"best_metric": monitor, "best_value": best, "best_epoch": best_epoch, "epochs": epoch + 1,
+               "max_time": t.get("max_time"),
                "minutes": round((time.time() - started) / 60, 2), "run_dir": str(run_dir), "bad_steps": bad_total,
                "world_size": ctx.world_size, "resumed_from": resumed_from}
     if main:
         write_json(run_dir / "train_summary.json", summary)
+        if cfg.get("evaluate_after"):  # the test-set numbers of this run, as `python evaluate.py ckpt=.../best.pt` gives
+            from lits.evaluate import evaluate_run
+
+            evaluate_run(ckpt_dir / "best.pt", run_dir / "evaluate", cfg.evaluate_after, cfg.postprocess, t.progress)
     log.info("done in %.1f min: best %s=%.4f at epoch %d -> %s", summary["minutes"], monitor, best, best_epoch + 1, ckpt_dir / "best.pt")
     return summary

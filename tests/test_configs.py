@@ -39,7 +39,7 @@ def test_models_build_from_config(model):
     from lits.model import build_model, count_parameters, size_multiple
 
     cfg = compose_train([f"model={model}"])
-    net = build_model(cfg.model)
+    net = build_model(cfg.model).eval()  # eval: deep-supervision models return the main output only
     size = size_multiple(cfg.model) * 2
     out = net(torch.zeros(1, 1, size, size))
     assert out.shape == (1, 2, size, size)

@@ -1,0 +1,86 @@
+"""Optimizers, learning-rate schedules and the time budget that stretches both schedules onto a run.
+
+Two recipes (config group `optim`):
+* adamw: AdamW + cosine annealing over `optim.t_max` epochs (SEEDS.md's reported recipe);
+* sgd:   SGD with Nesterov momentum + polynomial decay lr * (1 - e / E) ** 0.9 (nnU-Net's).
+
+Schedules are functions of the *schedule position*, an epoch count on the reference length `trainer.max_epochs`.
+A run of exactly `max_epochs` epochs has position == epoch. Under `trainer.max_time` the run's length is however
+many epochs fit the budget (`TimeBudget`), and position = epoch * max_epochs / planned_epochs: the LR and the loss's
+alpha schedule keep their shape (BCE warm-up, hybrid, Dice; warm cosine, annealed end) whatever the budget allows.
+The LR is set explicitly at the start of every epoch, so a resumed run needs no scheduler state besides the plan.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lits.errors import LitsError
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def build_optimizer(params, cfg) -> torch.optim.Optimizer:
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=bool(cfg.nesterov),
+                               weight_decay=cfg.weight_decay)
+    raise LitsError(f"optim.name={cfg.name}: unknown optimizer; use optim=adamw or optim=sgd")
+
+
+def lr_at(cfg, position: float, reference_epochs: int) -> float:
+    """Learning rate at schedule position `position` (epochs on the reference length)."""
+    schedule = cfg.get("schedule", "cosine")
+    if schedule == "cosine":
+        # closed form of torch's CosineAnnealingLR (periodic beyond t_max, as torch's is)
+        t_max = float(cfg.t_max)
+        return float(cfg.min_lr + (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * position / t_max)) / 2)
+    if schedule == "poly":
+        fraction = min(max(position / float(reference_epochs), 0.0), 1.0)
+        return float(cfg.lr * (1.0 - fraction) ** float(cfg.poly_exponent))
+    raise LitsError(f"optim.schedule={schedule}: unknown learning-rate schedule; choose cosine or poly")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+class TimeBudget:
+    """`trainer.max_time` minutes of training (data preparation excluded), planned in whole epochs.
+
+    After every epoch the plan is refreshed from the mean cost of the epochs so far (their validations included):
+    planned = done + floor(remaining / mean cost). Training ends after the planned epochs, and also stops mid-epoch
+    if the clock runs out first (the last epoch then ends early; validation and checkpoints follow as usual).
+    Without a budget the plan is simply `max_epochs`.
+    """
+
+    def __init__(self, minutes: float | None, max_epochs: int, spent_s: float = 0.0, planned: int | None = None):
+        if minutes is not None and not (isinstance(minutes, (int, float)) and minutes > 0):
+            raise LitsError(f"trainer.max_time={minutes}: give the training budget in minutes (> 0), or null for max_epochs")
+        self.seconds = None if minutes is None else 60.0 * float(minutes)
+        self.max_epochs = int(max_epochs)
+        self.spent_s = float(spent_s)  # training seconds of earlier sessions of this run (resume)
+        self.planned = int(planned) if planned else self.max_epochs
+
+    def position(self, epoch: float) -> float:
+        """Schedule position of `epoch` (reference epochs)."""
+        return epoch * self.max_epochs / self.planned
+
+    def out_of_time(self, elapsed_s: float) -> bool:
+        return self.seconds is not None and self.spent_s + elapsed_s >= self.seconds
+
+    def replan(self, epochs_done: int, elapsed_s: float) -> int:
+        """After `epochs_done` epochs that took `elapsed_s` seconds in total (all sessions): the new plan."""
+        if self.seconds is None or epochs_done <= 0:
+            return self.planned
+        cost = elapsed_s / epochs_done
+        self.planned = max(epochs_done, epochs_done + int((self.seconds - elapsed_s) // cost))
+        return self.planned
+
+    @property
+    def enabled(self) -> bool:
+        return self.seconds is not None
