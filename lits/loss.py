@@ -1,18 +1,32 @@
-"""HybridLoss = alpha * Dice + (1 - alpha) * BCE, and the alpha schedules (SEEDS.md: BCE -> hybrid -> Dice)."""
+"""HybridLoss = alpha * region + (1 - alpha) * pixel, and the alpha schedules (SEEDS.md: BCE -> hybrid -> Dice).
+
+The two terms are chosen in the loss config (configs/loss/hybrid.yaml), not by code forks:
+
+* region (`loss.region`, weight alpha): `dice` soft Dice / IoU (MONAI DiceLoss, per channel) | `generalized_dice`
+  (MONAI GeneralizedDiceLoss over both channels, class weights 1/(sum g)^2) | `log_dice` (-log(clamp(1 - Dice loss,
+  loss.log_dice_floor)) per channel).
+* pixel (`loss.pixel`, weight 1 - alpha): `bce` BCEWithLogits | `focal` (MONAI FocalLoss, sigmoid, loss.focal_gamma).
+
+total = loss.scale * (alpha * region + (1 - alpha) * pixel). With region=dice, pixel=bce, alpha=0.5, scale=2 and
+dice.batch=false this is MONAI DiceCELoss(sigmoid=True) applied to each channel (experiment dice_ce;
+tests/test_loss.py checks it). The defaults (dice, bce, scale 1) are the original hybrid loss, number for number.
+"""
 
 from __future__ import annotations
 
 import torch
-from monai.losses import DiceLoss
+from monai.losses import DiceLoss, FocalLoss, GeneralizedDiceLoss
 
 from lits.distributed import global_sum
 from lits.errors import LitsError
 
 DICE_REDUCTIONS = ("local", "global")
+REGIONS = ("dice", "generalized_dice", "log_dice")
+PIXELS = ("bce", "focal")
 
 
 def alpha_at(epoch: int, schedule) -> float:
-    """Weight of the Dice term at `epoch` (0-based).
+    """Weight of the region (Dice) term at `epoch` (0-based).
 
     constant:    alpha
     progressive: 0 for epoch < bce_epochs (BCE warm-up);
@@ -35,16 +49,53 @@ def targets_from_labels(label: torch.Tensor) -> torch.Tensor:
     return torch.stack([label >= 1, label == 2], dim=1).float()
 
 
-class HybridLoss(torch.nn.Module):
-    """alpha * soft Dice(sigmoid(logits / T), y) + (1 - alpha) * BCEWithLogits(logits / T, y).
+class WeightedGeneralizedDiceLoss(GeneralizedDiceLoss):
+    """MONAI GeneralizedDiceLoss (w_type square) whose class weights 1/(sum g)^2 are also scaled by the channel weights
+    (normalised to mean 1, so equal channel weights give MONAI's value exactly):
 
-    Both terms are computed in float32 even under autocast: the Dice sums over a batch are small
+        1 - (2 sum_c w_c I_c + eps) / (sum_c w_c (P_c + G_c) + eps),   w_c = cw_c / G_c^2
+
+    A channel without foreground (G_c = 0, cw_c > 0) takes the largest weight of the others, as in MONAI; cw_c = 0
+    leaves channel c out.
+    """
+
+    def __init__(self, channel_weights: torch.Tensor, **kwargs):
+        super().__init__(w_type="square", **kwargs)
+        self.register_buffer("cw", channel_weights / channel_weights.mean(), persistent=False)
+
+    def w_func(self, grnd: torch.Tensor) -> torch.Tensor:
+        w = torch.reciprocal(grnd * grnd)  # MONAI's "square"; broadcasts over (C,) or (B, C)
+        cw = self.cw.to(w)
+        return torch.where(cw > 0, w * cw, torch.zeros_like(w))
+
+
+class HybridLoss(torch.nn.Module):
+    """scale * (alpha * region + (1 - alpha) * pixel) on logits / temperature (module docstring for the terms).
+
+    forward(logits, target, alpha) -> (total, parts) for any (B, C, *spatial) logits and same-shape targets in [0, 1]
+    (C = len(loss.channel_weights)). parts: "bce" = the pixel term and "dice" = the region term (the names the loop
+    logs, train/bce and train/dice, whatever the variant), with aliases "pixel" and "region"; both unscaled,
+    channel-weighted. Every term is computed in float32 with autocast off: the Dice sums over a batch are small
     differences of large numbers and lose too much in fp16.
     """
 
     def __init__(self, cfg):
         super().__init__()
         self.temperature = float(cfg.temperature)
+        self.region = str(cfg.get("region", "dice") or "dice")
+        self.pixel = str(cfg.get("pixel", "bce") or "bce")
+        if self.region not in REGIONS:
+            raise LitsError(f"loss.region={self.region}: unknown region term; choose {', '.join(REGIONS)}")
+        if self.pixel not in PIXELS:
+            raise LitsError(f"loss.pixel={self.pixel}: unknown pixel term; choose {', '.join(PIXELS)}")
+        self.scale = float(cfg.get("scale", 1.0))
+        if not self.scale > 0:
+            raise LitsError(f"loss.scale={self.scale}: the total is multiplied by it; give a positive number (default 1.0)")
+        weights = torch.tensor(list(cfg.channel_weights), dtype=torch.float32)
+        if weights.ndim != 1 or len(weights) == 0 or (weights < 0).any() or weights.sum() <= 0:
+            raise LitsError(f"loss.channel_weights={list(cfg.channel_weights)}: give one non-negative weight per channel "
+                            "(liver, tumour), not all zero")
+        self.channel_weights = weights
         self.dice = DiceLoss(
             sigmoid=True,
             squared_pred=cfg.dice.squared,
@@ -53,7 +104,21 @@ class HybridLoss(torch.nn.Module):
             smooth_nr=cfg.dice.eps,
             smooth_dr=cfg.dice.eps,
         )
-        self.channel_weights = torch.tensor(list(cfg.channel_weights), dtype=torch.float32)
+        if self.region == "generalized_dice":
+            if cfg.dice.squared or cfg.dice.jaccard:
+                raise LitsError("loss.region=generalized_dice has no squared or Jaccard form; "
+                                "set loss.dice.squared=false loss.dice.jaccard=false")
+            self.generalized_dice = WeightedGeneralizedDiceLoss(weights, sigmoid=True, batch=cfg.dice.batch,
+                                                                smooth_nr=cfg.dice.eps, smooth_dr=cfg.dice.eps)
+        self.log_dice_floor = float(cfg.get("log_dice_floor", 0.01))
+        if self.region == "log_dice" and not 0 < self.log_dice_floor <= 1:
+            raise LitsError(f"loss.log_dice_floor={self.log_dice_floor}: the Dice is clamped to it before the log; "
+                            "give a value in (0, 1], e.g. 0.01")
+        self.focal_gamma = float(cfg.get("focal_gamma", 2.0))
+        if self.pixel == "focal":
+            if self.focal_gamma < 0:
+                raise LitsError(f"loss.focal_gamma={self.focal_gamma}: give a value >= 0 (0 is BCE, 2 the usual focal loss)")
+            self.focal = FocalLoss(gamma=self.focal_gamma, use_softmax=False, reduction="none")
         # local: MONAI DiceLoss on this process's batch; global: intersection and sums all-reduced over DDP ranks
         # before forming Dice (SEEDS.md), i.e. the Dice of the whole effective batch. Same value in one process.
         self.reduction = cfg.get("dice_reduction", "local") or "local"
@@ -61,28 +126,50 @@ class HybridLoss(torch.nn.Module):
             raise LitsError(f"loss.dice_reduction={self.reduction}: choose local (per process) or global (all-reduced over ranks)")
         if self.reduction == "global" and not cfg.dice.batch:
             raise LitsError("loss.dice_reduction=global sums over the whole batch; it needs loss.dice.batch=true")
+        if self.reduction == "global" and self.region != "dice":
+            raise LitsError(f"loss.dice_reduction=global is implemented for loss.region=dice only (got {self.region}); "
+                            "set loss.dice_reduction=local")
         self.squared, self.jaccard, self.eps = bool(cfg.dice.squared), bool(cfg.dice.jaccard), float(cfg.dice.eps)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, alpha: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = logits.float() / self.temperature
-        target = target.float()
-        weights = self.channel_weights.to(logits.device)
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        bce = (bce.mean(dim=(0, 2, 3)) * weights).sum() / weights.sum()
-        if self.reduction == "global":
-            dice = self.global_dice(logits, target)
+        with torch.autocast(logits.device.type, enabled=False):
+            logits = logits.float() / self.temperature
+            target = target.float()
+            weights = self.channel_weights.to(logits.device)
+            if logits.shape[1] != len(weights):
+                raise LitsError(f"loss.channel_weights has {len(weights)} entries but the logits have {logits.shape[1]} "
+                                "channels; give one weight per output channel")
+            pixel = (self.pixel_terms(logits, target) * weights).sum() / weights.sum()
+            if self.region == "generalized_dice":
+                region = self.generalized_dice(logits, target)  # channel weights act inside, on the class weights
+            else:
+                if self.reduction == "global":
+                    dice = self.global_dice(logits, target)
+                else:
+                    dice = torch.stack([self.dice(logits[:, c : c + 1], target[:, c : c + 1]) for c in range(logits.shape[1])])
+                if self.region == "log_dice":
+                    dice = -torch.log(torch.clamp(1.0 - dice, min=self.log_dice_floor))
+                region = (dice * weights).sum() / weights.sum()
+            total = alpha * region + (1.0 - alpha) * pixel
+            if self.scale != 1.0:
+                total = self.scale * total
+        pixel, region = pixel.detach(), region.detach()
+        return total, {"bce": pixel, "dice": region, "pixel": pixel, "region": region}
+
+    def pixel_terms(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-channel mean over batch and pixels of BCEWithLogits or sigmoid focal loss: shape (C,)."""
+        if self.pixel == "focal":
+            per_pixel = self.focal(logits, target)
         else:
-            dice = torch.stack([self.dice(logits[:, c : c + 1], target[:, c : c + 1]) for c in range(logits.shape[1])])
-        dice = (dice * weights).sum() / weights.sum()
-        total = alpha * dice + (1.0 - alpha) * bce
-        return total, {"bce": bce.detach(), "dice": dice.detach()}
+            per_pixel = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        return per_pixel.mean(dim=(0, *range(2, logits.ndim)))
 
     def global_dice(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-channel soft Dice (or IoU) loss from batch sums all-reduced over ranks: MONAI DiceLoss's formula
         (batch=True): 1 - (2 I + eps) / (P + G + eps), I = sum p g, P = sum p (or p^2), G = sum g (or g^2);
         Jaccard: denominator 2 (P + G - I)."""
         p = torch.sigmoid(logits)
-        dims = (0, 2, 3)
+        dims = (0, *range(2, logits.ndim))
         power = 2 if self.squared else 1
         sums = torch.stack([(p * target).sum(dims), (p**power).sum(dims), (target**power).sum(dims)])  # (3, C)
         intersection, pred, truth = global_sum(sums)
