@@ -144,3 +144,21 @@ def test_dynunet_trains_with_deep_supervision_and_predicts_plainly():
     assert len(heads) == 1 + cfg.deep_supr_num  # every head starts at the foreground prior
     for bias in heads:
         torch.testing.assert_close(torch.sigmoid(bias.detach()), torch.tensor(cfg.output_prior))
+
+
+def test_inference_feeds_the_network_what_training_fed_it():
+    """evaluate/predict take the normalisation from the checkpoint and apply it before the network."""
+    from lits.inference import network_settings, predict_volume
+
+    norm = Normalization("ct", (-200.0, 250.0), (20.0, 190.0), 110.0, 27.0)
+    cfg = OmegaConf.create({"model": {"arch": "unet", "strides": [2, 2]}, "loss": {"temperature": 1.0}, "data": {}})
+    settings = network_settings(cfg, {"normalization": norm.to_dict()})
+    assert settings["normalization"] == norm
+    assert network_settings(cfg, None)["normalization"].kind == "window"  # older checkpoints: the window
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 2, 3, padding=1).eval()
+    image = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
+    probs = predict_volume(net, image, torch.device("cpu"), size_multiple=4, amp="off", normalization=norm)
+    with torch.no_grad():
+        expected = torch.sigmoid(net(norm.apply(torch.from_numpy(image)[:, None]))).permute(1, 0, 2, 3).numpy()
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
