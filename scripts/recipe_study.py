@@ -95,7 +95,7 @@ def main() -> None:
             train = [sys.executable, "train.py", "experiment=progressive", f"name=study_{name}", f"seed={args.seed}",
                      f"trainer.max_time={args.minutes}", "trainer.resume=null", "trainer.progress=false",
                      f"hydra.run.dir={folder}", *VARIANTS[name], *args.overrides]
-            seconds = run(train, folder / "train.log")
+            seconds = run(train, folder / "train_stdout.log")  # train.log is Hydra's own log in the same folder
             print(f"[{name}] trained in {seconds / 60:.1f} min; evaluating the test split (flip TTA)", flush=True)
             run([sys.executable, "evaluate.py", f"ckpt={folder}/checkpoints/best.pt", "tta=true", "progress=false",
                  f"hydra.run.dir={folder}/evaluate"], folder / "evaluate.log")
