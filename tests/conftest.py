@@ -16,6 +16,14 @@ def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
     return path
 
 
+def one_line_error(result):
+    """The entry points' contract for bad input: exit 2 and exactly one `error: ...` line on stderr."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    return lines[0]
+
+
 def make_case(shape=(40, 36, 12), seed=0, tumor=True):
     """(volume int16 HU, segmentation uint8) in source (X, Y, Z) order: a liver block with an optional tumour."""
     rng = np.random.default_rng(seed)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, one_line_error
 
 # configs/experiment/smoke.yaml's sizes as command-line overrides (the experiments themselves come from the sweep)
 SMOKE = ["data.crop_size=64", "data.num_workers=0", "data.split.val=0.2", "data.split.test=0.2",
@@ -34,13 +34,6 @@ def parse_table(text):
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
     return header, {row["experiment"]: row for row in rows}
-
-
-def one_line_error(result):
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

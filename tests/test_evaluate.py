@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from scipy import ndimage
 
 import lits.evaluate
-from conftest import REPO, write_nifti
+from conftest import REPO, one_line_error, write_nifti
 from lits.errors import LitsError
 
 # x -> -z, y -> x, z -> -y (mm): canonical (Z, Y, X) arrays differ from the stored (i, j, k) order
@@ -99,13 +99,6 @@ def read_rows(path):
 
 def run_cli(script, *overrides, cwd):
     return subprocess.run([sys.executable, str(REPO / script), *overrides], cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
-def one_line_error(result):
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
-    return lines[0]
 
 
 # --------------------------------------------------------------------------------------- checkpoint mode
