@@ -684,8 +684,9 @@ def test_config_files_default_and_nnunet():
     assert all(getattr(default, k) == 0.0 for k in (*SPATIAL_NEW, *INTENSITY_NEW))
     nn = AugmentConfig.from_mapping(OmegaConf.load(CONFIGS / "nnunet.yaml"))
     assert (nn.p_scale, nn.scale_range, nn.p_rotate, nn.max_rotate_deg, nn.p_elastic) == (0.2, (0.7, 1.4), 0.2, 180.0, 0.0)
-    assert (nn.p_mirror_x, nn.p_mirror_y, nn.p_noise, nn.p_blur, nn.p_brightness, nn.p_contrast) == (0.5, 0.5, 0.1, 0.2, 0.15, 0.15)
-    assert (nn.p_lowres, nn.p_gamma, nn.p_gamma_invert, nn.p_intensity) == (0.25, 0.3, 0.1, 0.0)
+    # blur and low resolution: nnU-Net's 0.2 / 0.25 per sample times its per-channel 0.5 (one CT channel)
+    assert (nn.p_mirror_x, nn.p_mirror_y, nn.p_noise, nn.p_blur, nn.p_brightness, nn.p_contrast) == (0.5, 0.5, 0.1, 0.1, 0.15, 0.15)
+    assert (nn.p_lowres, nn.p_gamma, nn.p_gamma_invert, nn.p_intensity) == (0.125, 0.3, 0.1, 0.0)
     assert nn.enabled is True
     lab = blobs(8)
     img = torch.rand(8, 1, 64, 64)
