@@ -109,6 +109,7 @@ for d in unfinished:
 
 # ---- read them
 from omegaconf import OmegaConf  # noqa: E402  (after --help and the folder checks: they stay fast)
+from lits.report import format_table  # noqa: E402
 
 runs = []
 for d in run_dirs:
@@ -156,11 +157,8 @@ for name, members in groups.items():
     seeds = sorted({r["seed"] for r in members}, key=lambda s: (not isinstance(s, int), s if isinstance(s, int) else 0, str(s)))
     row = [name, str(len(members)), ",".join(str(s) for s in seeds)]
     row += [cell([r["values"][c] for r in members], 2 if source == "summary" else 4) for c, source, _ in COLUMNS]
-    rows.append(row)
-widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-table = "\n".join(["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
-                   "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-                  + ["| " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) + " |" for r in rows])
+    rows.append(dict(zip(header, row)))
+table = format_table(rows, header)
 print(table)
 
 if args.out is None:

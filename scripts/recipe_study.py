@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from lits.report import format_table
+
 REPO = Path(__file__).resolve().parents[1]
 
 RECIPE = ["augment=nnunet", "data.normalization=ct", "model=dynunet", "optim=sgd", "trainer.grad_clip=12"]
@@ -62,13 +64,13 @@ def row(name: str, folder: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for r in rows:
-        cells = [f"{v:.3f}" if isinstance(v, float) and k != "samples/s" else (f"{v:.0f}" if isinstance(v, float) else str(v))
-                 for k, v in r.items()]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """lits' markdown table, Dice with 3 decimals and samples/s as a whole number."""
+    def shown(key, value):
+        if not isinstance(value, float):
+            return value
+        return f"{value:.0f}" if key == "samples/s" else f"{value:.3f}"
+
+    return format_table([{k: shown(k, v) for k, v in r.items()} for r in rows], list(rows[0]))
 
 
 def main() -> None:
