@@ -71,14 +71,16 @@ class TimeBudget:
         return epoch * self.max_epochs / self.planned
 
     def out_of_time(self, elapsed_s: float) -> bool:
+        """`elapsed_s` seconds into this session (earlier sessions' time is counted too)."""
         return self.seconds is not None and self.spent_s + elapsed_s >= self.seconds
 
     def replan(self, epochs_done: int, elapsed_s: float) -> int:
-        """After `epochs_done` epochs that took `elapsed_s` seconds in total (all sessions): the new plan."""
+        """After `epochs_done` epochs (all sessions), `elapsed_s` seconds into this session: the new plan."""
         if self.seconds is None or epochs_done <= 0:
             return self.planned
-        cost = elapsed_s / epochs_done
-        self.planned = max(epochs_done, epochs_done + int((self.seconds - elapsed_s) // cost))
+        total = self.spent_s + elapsed_s
+        cost = total / epochs_done
+        self.planned = max(epochs_done, epochs_done + int((self.seconds - total) // cost))
         return self.planned
 
     @property

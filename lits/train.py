@@ -43,11 +43,11 @@ from lits.data.prepare import prepare, write_split
 from lits.data.slices import LesionSampler, SamplingConfig, SliceIndex, TrainSlices, input_channels
 from lits.deep_supervision import supervised_loss
 from lits.errors import LitsError
-from lits.inference import autocast, predict_volume
+from lits.inference import autocast, network_settings, predict_volume
 from lits.loss import HybridLoss, alpha_at, targets_from_labels
 from lits.metrics import aggregate, case_metrics
 from lits.normalization import Normalization, from_training_cases
-from lits.model import build_model, count_parameters, size_multiple
+from lits.model import build_model, count_parameters
 from lits.optim import TimeBudget, build_optimizer, lr_at, set_lr
 from lits.postprocess import PostprocessConfig, postprocess, probabilities_to_labels
 from lits.report import comparison_grid, write_atomic, write_json
@@ -89,12 +89,11 @@ def validate(model, cases, cfg, device, amp: str, post_cfg: PostprocessConfig,
     of the same weights by construction (same code, same cases, same order, same batches).
     """
     raw_rows, post_rows, picture = [], [], None
-    multiple = size_multiple(cfg.model)
-    context = int(cfg.data.get("context_slices", 0) or 0)
+    # the same network settings evaluate/predict read from the checkpoint
+    infer = {**network_settings(cfg), "normalization": normalization, "tta": bool(cfg.trainer.get("val_tta", False))}
     shown = []
     for case in cases:
-        probs = predict_volume(model, case.image, device, cfg.trainer.val_batch_size, amp, multiple, cfg.loss.temperature,
-                               tta=bool(cfg.trainer.get("val_tta", False)), context_slices=context, normalization=normalization)
+        probs = predict_volume(model, case.image, device, cfg.trainer.val_batch_size, amp, **infer)
         raw = probabilities_to_labels(probs[0], probs[1], post_cfg.threshold)
         post = postprocess(probs[0], probs[1], post_cfg)
         label = np.asarray(case.label)
@@ -357,7 +356,9 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
     loss_fn = HybridLoss(cfg.loss)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     lr_at(cfg.optim, 0.0, t.max_epochs)  # an unknown schedule fails here, before any training
-    budget = TimeBudget(t.get("max_time"), t.max_epochs)
+    # the run's length: max_epochs, or what fits trainer.max_time (a resumed run keeps its plan and its spent time)
+    plan = ((resume or {}).get("scheduler") or {}).get("planned_epochs") if t.get("max_time") else None
+    budget = TimeBudget(t.get("max_time"), t.max_epochs, spent_s=float((resume or {}).get("train_seconds", 0.0)), planned=plan)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     post_cfg = PostprocessConfig.from_mapping(cfg.postprocess)
     aug_generator = torch.Generator().manual_seed(cfg.seed + AUGMENT_SEED_STRIDE * ctx.rank)
@@ -375,9 +376,6 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise LitsError(f"{resumed_from}: its weights or optimizer state do not fit this run's model ({first}); "
                             "resume with the settings it was trained with, or start a new run") from None
-        plan = resume.get("scheduler") or {}
-        budget = TimeBudget(t.get("max_time"), t.max_epochs, spent_s=float(resume.get("train_seconds", 0.0)),
-                            planned=plan.get("planned_epochs") if t.get("max_time") else None)
         scaler.load_state_dict(resume["scaler"])
         position = resume.get("position") or {"epoch": resume["epoch"] + 1, "batch": 0}
         start_epoch, start_batch = int(position["epoch"]), int(position["batch"])
@@ -550,7 +548,7 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
         good = max(1.0, float(totals[3]))
         if budget.enabled:
             planned = budget.planned
-            budget.replan(epoch + 1, budget.spent_s + float(totals[4]) / ctx.world_size)
+            budget.replan(epoch + 1, float(totals[4]) / ctx.world_size)
             if out_of_time:
                 budget.planned = epoch + 1
             if abs(budget.planned - planned) >= max(1, planned // 10):  # small corrections are routine
