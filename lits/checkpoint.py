@@ -69,7 +69,9 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise LitsError(f"{path}: not a readable lits checkpoint ({type(exc).__name__}); use a best.pt/last.pt written by train.py") from None
+        raise LitsError(
+            f"{path}: not a readable lits checkpoint ({type(exc).__name__}); use a best.pt/last.pt written by train.py"
+        ) from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise LitsError(f"{path}: missing model weights or config; use a best.pt/last.pt written by train.py")
     return state
@@ -86,8 +88,10 @@ def resume_path(setting, run_dir: str | Path) -> Path | None:
     last = Path(run_dir) / "checkpoints" / "last.pt"
     if setting is None or setting is False or str(setting).lower() in ("null", "none", "false", ""):
         if last.is_file():
-            raise LitsError(f"{last.parent.parent}: this run folder already holds a training run; continue it with "
-                            "trainer.resume=auto, or start a new one elsewhere (another hydra.run.dir)")
+            raise LitsError(
+                f"{last.parent.parent}: this run folder already holds a training run; continue it with "
+                "trainer.resume=auto, or start a new one elsewhere (another hydra.run.dir)"
+            )
         return None
     if str(setting) == "auto":
         return last if last.is_file() else None
@@ -95,8 +99,10 @@ def resume_path(setting, run_dir: str | Path) -> Path | None:
     if path.is_dir():
         path = path / "checkpoints" / "last.pt" if (path / "checkpoints").is_dir() else path / "last.pt"
     if not path.is_file():
-        raise LitsError(f"trainer.resume={setting}: {path} not found; give a last.pt (or its run folder), "
-                        "auto (this run folder's last.pt) or null (fresh start)")
+        raise LitsError(
+            f"trainer.resume={setting}: {path} not found; give a last.pt (or its run folder), "
+            "auto (this run folder's last.pt) or null (fresh start)"
+        )
     return path
 
 
@@ -124,14 +130,22 @@ def config_differences(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> li
 def check_compatible(state: dict, config: dict, path: str | Path) -> None:
     """Refuse a checkpoint whose network (model.*, input channels) differs from `config` (the run's resolved config)."""
     old = state.get("config", {})
-    old_net = {"model": old.get("model", {}), "context_slices": (old.get("data", {}) or {}).get("context_slices", 0) or 0}
-    new_net = {"model": config.get("model", {}), "context_slices": (config.get("data", {}) or {}).get("context_slices", 0) or 0}
+    old_net = {
+        "model": old.get("model", {}),
+        "context_slices": (old.get("data", {}) or {}).get("context_slices", 0) or 0,
+    }
+    new_net = {
+        "model": config.get("model", {}),
+        "context_slices": (config.get("data", {}) or {}).get("context_slices", 0) or 0,
+    }
     ignore = tuple(f"model.{k}" for k in NON_ARCHITECTURE_KEYS)
     diffs = config_differences(old_net, new_net, ignore=ignore)
     if diffs:
         shown = "; ".join(diffs[:4]) + (f"; {len(diffs) - 4} more" if len(diffs) > 4 else "")
-        raise LitsError(f"{path}: checkpoint of a different network ({shown}); resume with the model settings it was "
-                        "trained with, or start a new run (trainer.resume=null, another hydra.run.dir)")
+        raise LitsError(
+            f"{path}: checkpoint of a different network ({shown}); resume with the model settings it was "
+            "trained with, or start a new run (trainer.resume=null, another hydra.run.dir)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- RNG states
@@ -141,8 +155,13 @@ def rng_state(device: torch.device, generators: dict[str, torch.Generator] | Non
     key, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"key": str(key), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "key": str(key),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }

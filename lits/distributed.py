@@ -48,7 +48,9 @@ def env_ranks() -> tuple[int, int, int]:
         rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", str(rank)))
     except ValueError:
-        raise LitsError("RANK / WORLD_SIZE / LOCAL_RANK must be integers; start distributed runs with torchrun") from None
+        raise LitsError(
+            "RANK / WORLD_SIZE / LOCAL_RANK must be integers; start distributed runs with torchrun"
+        ) from None
     return rank, world, local
 
 
@@ -65,8 +67,10 @@ def resolve_device(name: str, local_rank: int = 0, key: str = "trainer.device") 
         if device.index is None:
             count = torch.cuda.device_count()
             if local_rank >= count:
-                raise LitsError(f"LOCAL_RANK={local_rank} but only {count} GPU(s) are visible; start at most {count} "
-                                "processes per node (torchrun --nproc_per_node)")
+                raise LitsError(
+                    f"LOCAL_RANK={local_rank} but only {count} GPU(s) are visible; start at most {count} "
+                    "processes per node (torchrun --nproc_per_node)"
+                )
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     return device

@@ -57,8 +57,10 @@ def output_name(input_path: str | Path, naming: str = "auto") -> str:
     if naming == "input" or (naming == "auto" and number is None):
         return Path(input_path).name
     if number is None:
-        raise LitsError(f"{input_path}: no case number in the name (volume-N / test-volume-N / liver_N) for naming=lits; "
-                        "rename the file or use naming=input")
+        raise LitsError(
+            f"{input_path}: no case number in the name (volume-N / test-volume-N / liver_N) for naming=lits; "
+            "rename the file or use naming=input"
+        )
     return f"test-segmentation-{number}.nii"
 
 
@@ -69,8 +71,11 @@ def probability_name(label_name: str) -> str:
 
 def orientation_from_meta(meta: dict) -> Orientation:
     """The Orientation a preprocessing cache records in meta['orientation'] (lists in JSON)."""
-    return Orientation(ornt=np.asarray(meta["ornt"], dtype=np.float64), source_shape=tuple(int(n) for n in meta["source_shape"]),
-                       source_affine=np.asarray(meta["source_affine"], dtype=np.float64))
+    return Orientation(
+        ornt=np.asarray(meta["ornt"], dtype=np.float64),
+        source_shape=tuple(int(n) for n in meta["source_shape"]),
+        source_affine=np.asarray(meta["source_affine"], dtype=np.float64),
+    )
 
 
 def read_header(path: str | Path | None) -> nib.Nifti1Header | None:
@@ -95,8 +100,9 @@ def _header_for(affine: np.ndarray, template: nib.Nifti1Header | None, dtype) ->
     return header
 
 
-def save_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray, header: nib.Nifti1Header | None = None,
-               dtype=np.uint8) -> Path:
+def save_nifti(
+    path: str | Path, data: np.ndarray, affine: np.ndarray, header: nib.Nifti1Header | None = None, dtype=np.uint8
+) -> Path:
     """Write `data` (source voxel order) with the given affine and header, atomically (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,8 +120,9 @@ def save_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray, header: n
     return path
 
 
-def export_labels(path: str | Path, labels: np.ndarray, orientation: Orientation,
-                  header: nib.Nifti1Header | None = None) -> Path:
+def export_labels(
+    path: str | Path, labels: np.ndarray, orientation: Orientation, header: nib.Nifti1Header | None = None
+) -> Path:
     """Canonical (Z, Y, X) label map -> uint8 NIfTI with the input's shape, affine and header."""
     source = orientation.to_source(np.asarray(labels, dtype=np.uint8))
     if source.shape != tuple(orientation.source_shape):
@@ -123,8 +130,9 @@ def export_labels(path: str | Path, labels: np.ndarray, orientation: Orientation
     return save_nifti(path, source, orientation.source_affine, header, np.uint8)
 
 
-def export_probabilities(path: str | Path, probs: np.ndarray, orientation: Orientation,
-                         header: nib.Nifti1Header | None = None) -> Path:
+def export_probabilities(
+    path: str | Path, probs: np.ndarray, orientation: Orientation, header: nib.Nifti1Header | None = None
+) -> Path:
     """(2, Z, Y, X) liver/tumour probabilities -> 4D (X, Y, Z, 2) NIfTI on the input's grid.
 
     Stored as uint8 with a scale factor (nibabel picks scl_slope/inter): 1/255 of the range, 4x smaller than

@@ -43,7 +43,9 @@ def load_model(ckpt_path: str | Path, device):
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise LitsError(f"{ckpt_path}: weights do not fit the model its config describes ({first}); the checkpoint is damaged or edited") from None
+        raise LitsError(
+            f"{ckpt_path}: weights do not fit the model its config describes ({first}); the checkpoint is damaged or edited"
+        ) from None
     return model.to(device).eval(), train_cfg, state
 
 
@@ -51,16 +53,29 @@ def network_settings(train_cfg, state: dict | None = None) -> dict:
     """predict_volume's keyword arguments that a training run fixes: input size multiple, sigmoid temperature,
     2.5D context slices (absent from older checkpoints' configs: 0) and, from the checkpoint `state`, the input
     normalisation (absent: the HU window)."""
-    return {"size_multiple": size_multiple(train_cfg.model), "temperature": float(train_cfg.loss.temperature),
-            "context_slices": int(train_cfg.data.get("context_slices", 0) or 0),
-            "normalization": Normalization.from_dict((state or {}).get("normalization"))}
+    return {
+        "size_multiple": size_multiple(train_cfg.model),
+        "temperature": float(train_cfg.loss.temperature),
+        "context_slices": int(train_cfg.data.get("context_slices", 0) or 0),
+        "normalization": Normalization.from_dict((state or {}).get("normalization")),
+    }
 
 
 @torch.inference_mode()
-def predict_volume(model: torch.nn.Module, image: np.ndarray, device: torch.device, batch_size: int = 16,
-                   amp: str = "auto", size_multiple: int = 16, temperature: float = 1.0, tta: bool = False,
-                   flips: Sequence[tuple[int, ...]] | None = None, progress: bool = False,
-                   context_slices: int = 0, normalization: Normalization | None = None) -> np.ndarray:
+def predict_volume(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    device: torch.device,
+    batch_size: int = 16,
+    amp: str = "auto",
+    size_multiple: int = 16,
+    temperature: float = 1.0,
+    tta: bool = False,
+    flips: Sequence[tuple[int, ...]] | None = None,
+    progress: bool = False,
+    context_slices: int = 0,
+    normalization: Normalization | None = None,
+) -> np.ndarray:
     """Sigmoid probabilities (2, Z, Y, X) float32 (liver, tumour) for a (Z, Y, X) image in [0, 1].
 
     Reads the (possibly memory-mapped) image a batch of slices at a time; with `context_slices=k` each slice

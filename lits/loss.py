@@ -39,7 +39,9 @@ def alpha_at(epoch: int, schedule) -> float:
         if epoch < schedule.bce_epochs:
             return 0.0
         if epoch < schedule.dice_epoch:
-            return float(min(schedule.hybrid_max, schedule.hybrid_start + schedule.hybrid_step * (epoch - schedule.bce_epochs)))
+            return float(
+                min(schedule.hybrid_max, schedule.hybrid_start + schedule.hybrid_step * (epoch - schedule.bce_epochs))
+            )
         return float(schedule.final_alpha)
     raise LitsError(f"loss.schedule.kind={schedule.kind}: unknown schedule; choose constant or progressive")
 
@@ -90,11 +92,15 @@ class HybridLoss(torch.nn.Module):
             raise LitsError(f"loss.pixel={self.pixel}: unknown pixel term; choose {', '.join(PIXELS)}")
         self.scale = float(cfg.get("scale", 1.0))
         if not self.scale > 0:
-            raise LitsError(f"loss.scale={self.scale}: the total is multiplied by it; give a positive number (default 1.0)")
+            raise LitsError(
+                f"loss.scale={self.scale}: the total is multiplied by it; give a positive number (default 1.0)"
+            )
         weights = torch.tensor(list(cfg.channel_weights), dtype=torch.float32)
         if weights.ndim != 1 or len(weights) == 0 or (weights < 0).any() or weights.sum() <= 0:
-            raise LitsError(f"loss.channel_weights={list(cfg.channel_weights)}: give one non-negative weight per channel "
-                            "(liver, tumour), not all zero")
+            raise LitsError(
+                f"loss.channel_weights={list(cfg.channel_weights)}: give one non-negative weight per channel "
+                "(liver, tumour), not all zero"
+            )
         self.channel_weights = weights
         self.dice = DiceLoss(
             sigmoid=True,
@@ -106,39 +112,54 @@ class HybridLoss(torch.nn.Module):
         )
         if self.region == "generalized_dice":
             if cfg.dice.squared or cfg.dice.jaccard:
-                raise LitsError("loss.region=generalized_dice has no squared or Jaccard form; "
-                                "set loss.dice.squared=false loss.dice.jaccard=false")
-            self.generalized_dice = WeightedGeneralizedDiceLoss(weights, sigmoid=True, batch=cfg.dice.batch,
-                                                                smooth_nr=cfg.dice.eps, smooth_dr=cfg.dice.eps)
+                raise LitsError(
+                    "loss.region=generalized_dice has no squared or Jaccard form; "
+                    "set loss.dice.squared=false loss.dice.jaccard=false"
+                )
+            self.generalized_dice = WeightedGeneralizedDiceLoss(
+                weights, sigmoid=True, batch=cfg.dice.batch, smooth_nr=cfg.dice.eps, smooth_dr=cfg.dice.eps
+            )
         self.log_dice_floor = float(cfg.get("log_dice_floor", 0.01))
         if self.region == "log_dice" and not 0 < self.log_dice_floor <= 1:
-            raise LitsError(f"loss.log_dice_floor={self.log_dice_floor}: the Dice is clamped to it before the log; "
-                            "give a value in (0, 1], e.g. 0.01")
+            raise LitsError(
+                f"loss.log_dice_floor={self.log_dice_floor}: the Dice is clamped to it before the log; "
+                "give a value in (0, 1], e.g. 0.01"
+            )
         self.focal_gamma = float(cfg.get("focal_gamma", 2.0))
         if self.pixel == "focal":
             if self.focal_gamma < 0:
-                raise LitsError(f"loss.focal_gamma={self.focal_gamma}: give a value >= 0 (0 is BCE, 2 the usual focal loss)")
+                raise LitsError(
+                    f"loss.focal_gamma={self.focal_gamma}: give a value >= 0 (0 is BCE, 2 the usual focal loss)"
+                )
             self.focal = FocalLoss(gamma=self.focal_gamma, use_softmax=False, reduction="none")
         # local: MONAI DiceLoss on this process's batch; global: intersection and sums all-reduced over DDP ranks
         # before forming Dice (SEEDS.md), i.e. the Dice of the whole effective batch. Same value in one process.
         self.reduction = cfg.get("dice_reduction", "local") or "local"
         if self.reduction not in DICE_REDUCTIONS:
-            raise LitsError(f"loss.dice_reduction={self.reduction}: choose local (per process) or global (all-reduced over ranks)")
+            raise LitsError(
+                f"loss.dice_reduction={self.reduction}: choose local (per process) or global (all-reduced over ranks)"
+            )
         if self.reduction == "global" and not cfg.dice.batch:
             raise LitsError("loss.dice_reduction=global sums over the whole batch; it needs loss.dice.batch=true")
         if self.reduction == "global" and self.region != "dice":
-            raise LitsError(f"loss.dice_reduction=global is implemented for loss.region=dice only (got {self.region}); "
-                            "set loss.dice_reduction=local")
+            raise LitsError(
+                f"loss.dice_reduction=global is implemented for loss.region=dice only (got {self.region}); "
+                "set loss.dice_reduction=local"
+            )
         self.squared, self.jaccard, self.eps = bool(cfg.dice.squared), bool(cfg.dice.jaccard), float(cfg.dice.eps)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, alpha: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, alpha: float
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.autocast(logits.device.type, enabled=False):
             logits = logits.float() / self.temperature
             target = target.float()
             weights = self.channel_weights.to(logits.device)
             if logits.shape[1] != len(weights):
-                raise LitsError(f"loss.channel_weights has {len(weights)} entries but the logits have {logits.shape[1]} "
-                                "channels; give one weight per output channel")
+                raise LitsError(
+                    f"loss.channel_weights has {len(weights)} entries but the logits have {logits.shape[1]} "
+                    "channels; give one weight per output channel"
+                )
             pixel = (self.pixel_terms(logits, target) * weights).sum() / weights.sum()
             if self.region == "generalized_dice":
                 region = self.generalized_dice(logits, target)  # channel weights act inside, on the class weights
@@ -146,7 +167,9 @@ class HybridLoss(torch.nn.Module):
                 if self.reduction == "global":
                     dice = self.global_dice(logits, target)
                 else:
-                    dice = torch.stack([self.dice(logits[:, c : c + 1], target[:, c : c + 1]) for c in range(logits.shape[1])])
+                    dice = torch.stack(
+                        [self.dice(logits[:, c : c + 1], target[:, c : c + 1]) for c in range(logits.shape[1])]
+                    )
                 if self.region == "log_dice":
                     dice = -torch.log(torch.clamp(1.0 - dice, min=self.log_dice_floor))
                 region = (dice * weights).sum() / weights.sum()

@@ -136,9 +136,7 @@ COUNT_KEYS: tuple[str, ...] = tuple(
 # LARGE sentinel when a mask is empty (mean over finite cases + count of sentinel cases).
 SURFACE_METRICS: tuple[str, ...] = ("assd", "msd", "rmsd")
 SENTINEL_METRICS: tuple[str, ...] = ("rvd",) + SURFACE_METRICS
-SEGMENTATION_KEYS: tuple[str, ...] = tuple(
-    f"{s}_{m}" for s in GLOBAL_DICE for m in ("voe",) + SENTINEL_METRICS
-)
+SEGMENTATION_KEYS: tuple[str, ...] = tuple(f"{s}_{m}" for s in GLOBAL_DICE for m in ("voe",) + SENTINEL_METRICS)
 
 # Lesion detection: key suffix -> IoU a matched group must exceed to count as detected.
 DETECTION_THRESHOLDS: dict[str, float] = {"iou50": 0.5, "iou0": 0.0}
@@ -319,7 +317,7 @@ def surface_metrics(
     pred = np.asarray(pred, dtype=bool)
     ref = np.asarray(ref, dtype=bool)
     if not pred.any() or not ref.any():
-        return {m: LARGE for m in SURFACE_METRICS}
+        return dict.fromkeys(SURFACE_METRICS, LARGE)
     d_pred, d_ref = surface_distances(pred, ref, spacing, method)
     n = d_pred.size + d_ref.size
     return {
@@ -420,9 +418,10 @@ def match_lesions(
     ref_sizes = np.bincount(ref_labels.ravel())
     pred_all = np.flatnonzero(pred_sizes[1:]) + 1
     ref_ids = np.flatnonzero(ref_sizes[1:]) + 1
-    zero = {t: 0 for t in thresholds}
-    out = LesionMatch(n_ref=len(ref_ids), n_pred=len(pred_all), thresholds=thresholds,
-                      tp=dict(zero), fp=dict(zero), fn=dict(zero))
+    zero = dict.fromkeys(thresholds, 0)
+    out = LesionMatch(
+        n_ref=len(ref_ids), n_pred=len(pred_all), thresholds=thresholds, tp=dict(zero), fp=dict(zero), fn=dict(zero)
+    )
     if len(ref_ids) == 0:
         return out  # scorer: early return, TP = FP = FN = 0
 
@@ -510,9 +509,7 @@ def _overlap_metrics(pred_label: np.ndarray, ref_label: np.ndarray) -> dict[str,
     for s, empty in GLOBAL_DICE.items():
         # One empty mask gives 0 by the formula; both empty gives the structure's empty score
         # (liver 0.0: the scorer's `liver_exists` test fails; tumour 1.0).
-        out[f"{s}_dice"] = dice_from_counts(
-            c[f"{s}_intersection"], c[f"{s}_pred_voxels"], c[f"{s}_ref_voxels"], empty
-        )
+        out[f"{s}_dice"] = dice_from_counts(c[f"{s}_intersection"], c[f"{s}_pred_voxels"], c[f"{s}_ref_voxels"], empty)
     out.update(c)
     return out
 
@@ -559,8 +556,11 @@ def _lesion_metrics(pred_tumor: np.ndarray, ref_tumor: np.ndarray, spacing) -> d
             b_p, b_r = _union_box(p_obj, g.pred_ids), _union_box(r_obj, g.ref_ids)
             b = tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(b_p, b_r))
             d = dice_from_counts(g.intersection, g.pred_voxels, g.ref_voxels, 0.0)
-            scores = {"dice": d, "voe": volume_overlap_error(d),
-                      "rvd": relative_volume_difference(g.pred_voxels, g.ref_voxels)}
+            scores = {
+                "dice": d,
+                "voe": volume_overlap_error(d),
+                "rvd": relative_volume_difference(g.pred_voxels, g.ref_voxels),
+            }
             scores.update(surface_metrics(np.isin(p_lab[b], g.pred_ids), np.isin(r_lab[b], g.ref_ids), spacing))
             for m in LESION_SCORE_METRICS:  # a merged group scores once per reference lesion in it (scorer)
                 sums[m] += len(g.ref_ids) * scores[m]
@@ -603,9 +603,7 @@ def case_metrics(
     pred_label = np.asarray(pred_label)
     ref_label = np.asarray(ref_label)
     if pred_label.shape != ref_label.shape:
-        raise ValueError(
-            f"prediction and reference shapes differ: {pred_label.shape} vs {ref_label.shape}"
-        )
+        raise ValueError(f"prediction and reference shapes differ: {pred_label.shape} vs {ref_label.shape}")
     _check_labels("prediction", pred_label)
     _check_labels("reference", ref_label)
     sp = _check_spacing(spacing, pred_label.ndim)
@@ -639,8 +637,10 @@ def _group_present(rows: Sequence[Mapping[str, float]], keys: Sequence[str], nam
     if any(have) and not all(have):
         k = have.index(False)
         missing = [key for key in keys if key not in rows[k]]
-        raise ValueError(f"aggregate: case {k} lacks the {name} keys {missing} that other cases have "
-                         f"(mix of detail='dice' and detail='full' rows?)")
+        raise ValueError(
+            f"aggregate: case {k} lacks the {name} keys {missing} that other cases have "
+            f"(mix of detail='dice' and detail='full' rows?)"
+        )
     return all(have)
 
 

@@ -27,18 +27,33 @@ def _unet(cfg) -> torch.nn.Module:
 
 def _flexible_unet(cfg) -> torch.nn.Module:
     # pretrained=False: no weight download; the encoder is trained from scratch
-    return FlexibleUNet(in_channels=cfg.in_channels, out_channels=OUT_CHANNELS, backbone=cfg.backbone,
-                        pretrained=False, spatial_dims=2, norm=cfg.norm)
+    return FlexibleUNet(
+        in_channels=cfg.in_channels,
+        out_channels=OUT_CHANNELS,
+        backbone=cfg.backbone,
+        pretrained=False,
+        spatial_dims=2,
+        norm=cfg.norm,
+    )
 
 
 def _dynunet(cfg) -> torch.nn.Module:
     # nnU-Net's network in MONAI: two 3x3 conv-norm-LeakyReLU per level, strided-conv downsampling, transposed-conv
     # upsampling; deep_supervision adds 1x1 heads on the next decoder levels (training mode only; lits/deep_supervision.py)
     strides = [1, *cfg.strides]
-    return DynUNet(spatial_dims=2, in_channels=cfg.in_channels, out_channels=OUT_CHANNELS, kernel_size=[3] * len(strides),
-                   strides=strides, upsample_kernel_size=list(cfg.strides), filters=list(cfg.channels), norm_name=cfg.norm,
-                   deep_supervision=bool(cfg.deep_supervision), deep_supr_num=int(cfg.deep_supr_num),
-                   res_block=bool(cfg.get("res_block", False)))
+    return DynUNet(
+        spatial_dims=2,
+        in_channels=cfg.in_channels,
+        out_channels=OUT_CHANNELS,
+        kernel_size=[3] * len(strides),
+        strides=strides,
+        upsample_kernel_size=list(cfg.strides),
+        filters=list(cfg.channels),
+        norm_name=cfg.norm,
+        deep_supervision=bool(cfg.deep_supervision),
+        deep_supr_num=int(cfg.deep_supr_num),
+        res_block=bool(cfg.get("res_block", False)),
+    )
 
 
 ARCHITECTURES = {"unet": _unet, "flexible_unet": _flexible_unet, "dynunet": _dynunet}
@@ -62,9 +77,16 @@ def init_output_bias(model: torch.nn.Module, priors) -> None:
     BCE 0.16 from the prior versus 0.49 from zero.
     """
     if len(priors) != OUT_CHANNELS or not all(0 < p < 1 for p in priors):
-        raise LitsError(f"model.output_prior={list(priors)}: give {OUT_CHANNELS} probabilities in (0, 1) (liver, tumour)")
-    heads = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
-             and m.out_channels == OUT_CHANNELS and m.bias is not None]
+        raise LitsError(
+            f"model.output_prior={list(priors)}: give {OUT_CHANNELS} probabilities in (0, 1) (liver, tumour)"
+        )
+    heads = [
+        m
+        for m in model.modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
+        and m.out_channels == OUT_CHANNELS
+        and m.bias is not None
+    ]
     if not isinstance(model, DynUNet):
         heads = heads[-1:]  # the output layer; DynUNet: its output block and every deep-supervision head
     with torch.no_grad():

@@ -52,14 +52,21 @@ class Normalization:
         if not d:
             return cls()
         clip = d.get("clip")
-        return cls(kind=d["kind"], window=tuple(float(w) for w in d["window"]), clip=None if clip is None else tuple(clip),
-                   mean=float(d.get("mean", 0.0)), std=float(d.get("std", 1.0)))
+        return cls(
+            kind=d["kind"],
+            window=tuple(float(w) for w in d["window"]),
+            clip=None if clip is None else tuple(clip),
+            mean=float(d.get("mean", 0.0)),
+            std=float(d.get("std", 1.0)),
+        )
 
     def describe(self) -> str:
         if self.kind == "window":
             return f"HU window {list(self.window)} -> [0, 1]"
-        return (f"CT: HU clipped to [{self.clip[0]:.1f}, {self.clip[1]:.1f}] (foreground p0.5/p99.5), "
-                f"z-scored with mean {self.mean:.1f} / std {self.std:.1f} HU")
+        return (
+            f"CT: HU clipped to [{self.clip[0]:.1f}, {self.clip[1]:.1f}] (foreground p0.5/p99.5), "
+            f"z-scored with mean {self.mean:.1f} / std {self.std:.1f} HU"
+        )
 
 
 def foreground_hu_sample(case, window: tuple[float, float], seed: int) -> np.ndarray:
@@ -89,11 +96,15 @@ def from_training_cases(data_cfg, cases: list, seed: int = 0) -> Normalization:
         return Normalization("window", window)
     values = np.concatenate([foreground_hu_sample(c, window, seed + i) for i, c in enumerate(cases)])
     if len(values) < 100:
-        raise LitsError("data.normalization=ct: the training cases hold (almost) no liver voxels to take statistics from; "
-                        "check the labels or use data.normalization=window")
+        raise LitsError(
+            "data.normalization=ct: the training cases hold (almost) no liver voxels to take statistics from; "
+            "check the labels or use data.normalization=window"
+        )
     for bound, share in ((window[0], np.mean(values <= window[0])), (window[1], np.mean(values >= window[1]))):
         if share > CLIPPED_LIMIT:
-            raise LitsError(f"data.normalization=ct: {100 * share:.1f}% of the training foreground sits at the data.window bound "
-                            f"{bound:g} HU, so its percentiles are unknown; widen the window, e.g. data.window=[-1000,1000]")
+            raise LitsError(
+                f"data.normalization=ct: {100 * share:.1f}% of the training foreground sits at the data.window bound "
+                f"{bound:g} HU, so its percentiles are unknown; widen the window, e.g. data.window=[-1000,1000]"
+            )
     clip = (float(np.percentile(values, 0.5)), float(np.percentile(values, 99.5)))
     return Normalization("ct", window, clip, float(values.mean()), float(max(values.std(), 1e-8)))

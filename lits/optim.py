@@ -26,8 +26,9 @@ def build_optimizer(params, cfg) -> torch.optim.Optimizer:
     if cfg.name == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=bool(cfg.nesterov),
-                               weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=bool(cfg.nesterov), weight_decay=cfg.weight_decay
+        )
     raise LitsError(f"optim.name={cfg.name}: unknown optimizer; use optim=adamw or optim=sgd")
 
 
@@ -60,7 +61,9 @@ class TimeBudget:
 
     def __init__(self, minutes: float | None, max_epochs: int, spent_s: float = 0.0, planned: int | None = None):
         if minutes is not None and not (isinstance(minutes, (int, float)) and minutes > 0):
-            raise LitsError(f"trainer.max_time={minutes}: give the training budget in minutes (> 0), or null for max_epochs")
+            raise LitsError(
+                f"trainer.max_time={minutes}: give the training budget in minutes (> 0), or null for max_epochs"
+            )
         self.seconds = None if minutes is None else 60.0 * float(minutes)
         self.max_epochs = int(max_epochs)
         self.spent_s = float(spent_s)  # training seconds of earlier sessions of this run (resume)

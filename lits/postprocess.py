@@ -84,7 +84,7 @@ class PostprocessConfig:
             object.__setattr__(self, name, int(v))
 
     @classmethod
-    def from_mapping(cls, m: Any) -> "PostprocessConfig":
+    def from_mapping(cls, m: Any) -> PostprocessConfig:
         """Build from a dict or OmegaConf node (e.g. ``cfg.postprocess``); ``None`` gives the defaults.
 
         Missing keys take their defaults; an unknown key raises LitsError naming it and the known keys.
@@ -122,9 +122,7 @@ def _bad(name: str, value: Any, expected: str) -> None:
     )
 
 
-def probabilities_to_labels(
-    liver_prob: np.ndarray, tumor_prob: np.ndarray, threshold: float = 0.5
-) -> np.ndarray:
+def probabilities_to_labels(liver_prob: np.ndarray, tumor_prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """Raw label map (uint8): 1 where liver_prob > threshold, 2 where tumor_prob > threshold; no cleanup.
 
     Tumour counts as liver: a voxel above threshold for tumour is labelled 2 whatever its liver probability.
@@ -181,15 +179,23 @@ _ABLATION_STEPS = (
 )
 
 
-def ablation_stages(cfg: PostprocessConfig | Mapping[str, Any] | None = None) -> list[tuple[str, str, PostprocessConfig]]:
+def ablation_stages(
+    cfg: PostprocessConfig | Mapping[str, Any] | None = None,
+) -> list[tuple[str, str, PostprocessConfig]]:
     """[(name, description, config)]: 'raw' (threshold only), then one more step switched on per stage.
 
     Parameters (threshold, dilation, size limit, hysteresis thresholds) come from ``cfg``; a size limit of 0
     (step off in ``cfg``) uses the class default so the ablation still shows what the step would buy.
     """
     cfg = PostprocessConfig.from_mapping(cfg)
-    current = dataclasses.replace(cfg, largest_liver_component=False, fill_liver_holes=False, tumor_in_liver=False,
-                                  min_tumor_voxels=0, hysteresis=False)
+    current = dataclasses.replace(
+        cfg,
+        largest_liver_component=False,
+        fill_liver_holes=False,
+        tumor_in_liver=False,
+        min_tumor_voxels=0,
+        hysteresis=False,
+    )
     stages = [("raw", "threshold only", current)]
     for name, description, switch in _ABLATION_STEPS:
         value = (cfg.min_tumor_voxels or PostprocessConfig.min_tumor_voxels) if switch == "min_tumor_voxels" else True
@@ -205,9 +211,7 @@ def _threshold(liver_prob: np.ndarray, tumor_prob: np.ndarray, threshold: float)
     liver_prob = np.asarray(liver_prob)
     tumor_prob = np.asarray(tumor_prob)
     if liver_prob.shape != tumor_prob.shape:
-        raise ValueError(
-            f"liver and tumour probability maps differ in shape: {liver_prob.shape} vs {tumor_prob.shape}"
-        )
+        raise ValueError(f"liver and tumour probability maps differ in shape: {liver_prob.shape} vs {tumor_prob.shape}")
     return liver_prob > threshold, tumor_prob > threshold
 
 

@@ -17,11 +17,19 @@ from tqdm import tqdm
 
 from lits.data.cache import Preprocessing, preprocess_image
 from lits.data.nifti import CasePaths, load_case
-from lits.errors import LitsError
-from lits.export import SEGMENTATION_NAME, export_labels, export_probabilities, is_nifti, nifti_stem, output_name, \
-    probability_name, read_header
 from lits.data.resample import resize_inplane
 from lits.distributed import resolve_device
+from lits.errors import LitsError
+from lits.export import (
+    SEGMENTATION_NAME,
+    export_labels,
+    export_probabilities,
+    is_nifti,
+    nifti_stem,
+    output_name,
+    probability_name,
+    read_header,
+)
 from lits.inference import load_model, network_settings, predict_volume
 from lits.metrics import predicted_lesions
 from lits.postprocess import PostprocessConfig, postprocess
@@ -37,7 +45,9 @@ def find_inputs(input_path: str | Path) -> list[Path]:
         raise LitsError(f"{path}: input not found; pass input=FILE.nii[.gz] or input=DIR with CT volumes")
     if path.is_file():
         if not is_nifti(path):
-            raise LitsError(f"{path}: not a NIfTI file (.nii / .nii.gz); convert the CT to NIfTI first (e.g. dcm2niix for DICOM)")
+            raise LitsError(
+                f"{path}: not a NIfTI file (.nii / .nii.gz); convert the CT to NIfTI first (e.g. dcm2niix for DICOM)"
+            )
         return [path]
     entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
     if not entries:
@@ -48,7 +58,9 @@ def find_inputs(input_path: str | Path) -> list[Path]:
         log.info("skipping %d LiTS label files in %s (%s ...)", len(skipped), path, skipped[0])
     files = [p for p in files if not SEGMENTATION_NAME.match(p.name)]
     if not files:
-        raise LitsError(f"{path}: no CT volumes (.nii / .nii.gz) among its {len(entries)} entries; pass a folder of NIfTI CTs")
+        raise LitsError(
+            f"{path}: no CT volumes (.nii / .nii.gz) among its {len(entries)} entries; pass a folder of NIfTI CTs"
+        )
     return files
 
 
@@ -58,12 +70,16 @@ def check_inputs(files: list[Path]) -> None:
         try:
             shape = nib.load(str(path)).shape
         except Exception as exc:
-            raise LitsError(f"{path}: cannot read NIfTI ({type(exc).__name__}); pass CT volumes in NIfTI format") from None
+            raise LitsError(
+                f"{path}: cannot read NIfTI ({type(exc).__name__}); pass CT volumes in NIfTI format"
+            ) from None
         while len(shape) > 3 and shape[-1] == 1:  # (X, Y, Z, 1) is a 3D volume, as the reader treats it
             shape = shape[:-1]
         if len(shape) != 3:
-            raise LitsError(f"{path}: expected a 3D CT volume, got shape {tuple(shape)}; pass single 3D volumes "
-                            "(split 4D series, stack 2D slices into a volume)")
+            raise LitsError(
+                f"{path}: expected a 3D CT volume, got shape {tuple(shape)}; pass single 3D volumes "
+                "(split 4D series, stack 2D slices into a volume)"
+            )
 
 
 def _output_names(inputs: list[Path], out_dir: Path, naming: str) -> list[str]:
@@ -71,7 +87,9 @@ def _output_names(inputs: list[Path], out_dir: Path, naming: str) -> list[str]:
     seen: dict[str, Path] = {}
     for path, name in zip(inputs, names):
         if name in seen:
-            raise LitsError(f"{path}: its output {name} would overwrite the one of {seen[name].name}; use naming=input or separate folders")
+            raise LitsError(
+                f"{path}: its output {name} would overwrite the one of {seen[name].name}; use naming=input or separate folders"
+            )
         seen[name] = path
         if (out_dir / name).resolve() == path.resolve():
             raise LitsError(f"{path}: the label map would overwrite this CT; choose another output=DIR")
@@ -87,8 +105,14 @@ def run(cfg) -> dict:
     model, train_cfg, state = load_model(cfg.ckpt, device)
     prep = Preprocessing.from_data_cfg(train_cfg.data)  # window (and in-plane resampling) the model was trained with
     post_cfg = PostprocessConfig.from_mapping(cfg.postprocess)
-    infer = dict(device=device, batch_size=cfg.batch_size, amp=cfg.amp, tta=cfg.tta, progress=cfg.progress,
-                 **network_settings(train_cfg, state))
+    infer = dict(
+        device=device,
+        batch_size=cfg.batch_size,
+        amp=cfg.amp,
+        tta=cfg.tta,
+        progress=cfg.progress,
+        **network_settings(train_cfg, state),
+    )
 
     rows = []
     for path, name in tqdm(list(zip(inputs, names)), desc="predicting", unit="volume", disable=not cfg.progress):
@@ -106,8 +130,15 @@ def run(cfg) -> dict:
         if cfg.save_probabilities:
             export_probabilities(out_dir / probability_name(name), probs, case.orientation, header)
         voxel_ml = float(np.prod(case.spacing)) / 1000.0
-        rows.append({"input": str(path), "output": str(out_dir / name), "liver_ml": float((labels >= 1).sum()) * voxel_ml,
-                     "tumor_ml": float((labels == 2).sum()) * voxel_ml, "lesions": predicted_lesions(labels == 2)[1]})
+        rows.append(
+            {
+                "input": str(path),
+                "output": str(out_dir / name),
+                "liver_ml": float((labels >= 1).sum()) * voxel_ml,
+                "tumor_ml": float((labels == 2).sum()) * voxel_ml,
+                "lesions": predicted_lesions(labels == 2)[1],
+            }
+        )
 
     write_csv(Path(cfg.paths.output_dir) / "predictions.csv", rows)
     shown = [{**r, "input": Path(r["input"]).name, "output": Path(r["output"]).name} for r in rows]

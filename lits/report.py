@@ -22,6 +22,7 @@ from lits.files import write_bytes_atomic
 LIVER_COLOR = np.array([0.2, 0.9, 0.2])
 TUMOR_COLOR = np.array([1.0, 0.2, 0.2])
 
+
 def write_atomic(path: str | Path, text: str) -> Path:
     return write_bytes_atomic(path, text.encode())
 
@@ -54,6 +55,7 @@ def write_csv(path: str | Path, rows: list[dict]) -> Path:
 
 def format_table(rows: list[dict], columns: list[str]) -> str:
     """A markdown table (also readable in a terminal); floats with 4 decimals, NaN / None as '-'."""
+
     def cell(v):
         if v is None or (isinstance(v, (float, np.floating)) and math.isnan(v)):
             return "-"
@@ -61,8 +63,10 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
 
     body = [[cell(row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in body)) for i, c in enumerate(columns)]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
     lines += ["| " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) + " |" for r in body]
     return "\n".join(lines)
 
@@ -118,8 +122,10 @@ def _crop_box(masks: Sequence[np.ndarray], margin: int | None) -> tuple[slice, s
         return full
     ys, xs = np.flatnonzero(fg.any(axis=1)), np.flatnonzero(fg.any(axis=0))
     h, w = fg.shape
-    return (slice(max(0, ys[0] - margin), min(h, ys[-1] + 1 + margin)),
-            slice(max(0, xs[0] - margin), min(w, xs[-1] + 1 + margin)))
+    return (
+        slice(max(0, ys[0] - margin), min(h, ys[-1] + 1 + margin)),
+        slice(max(0, xs[0] - margin), min(w, xs[-1] + 1 + margin)),
+    )
 
 
 def _png(fig) -> bytes:
@@ -131,8 +137,14 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def montage_png(images: Sequence[np.ndarray], truths: Sequence[np.ndarray], preds: Sequence[np.ndarray],
-                slices: Sequence[int], title: str, crop_margin: int | None = 24) -> bytes:
+def montage_png(
+    images: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    preds: Sequence[np.ndarray],
+    slices: Sequence[int],
+    title: str,
+    crop_margin: int | None = 24,
+) -> bytes:
     """PNG: one row per slice (index `slices[i]`) of [CT | reference outlines | prediction outlines], cropped
     around the liver. images in [0, 1], truths / preds label maps, all 2D (Y, X)."""
     from matplotlib.figure import Figure
@@ -172,13 +184,21 @@ def dice_volume_png(rows: Sequence[Mapping], title: str) -> bytes:
         # no volume to place them by: put them left of the smallest tumour, drawn differently
         left = (min(float(r["tumor_volume_ref_ml"]) for r in with_tumor) / 3) if with_tumor else 1.0
         y = [float(r["tumor_dice"]) for r in free]
-        ax.scatter([left] * len(free), y, s=30, marker="x", color="tab:gray",
-                   label="no tumour in reference (Dice 1 = none predicted)")
+        ax.scatter(
+            [left] * len(free),
+            y,
+            s=30,
+            marker="x",
+            color="tab:gray",
+            label="no tumour in reference (Dice 1 = none predicted)",
+        )
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("reference tumour volume (ml)")
     ax.set_ylabel("tumour Dice (per case)")
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)  # below: never on a point
+    ax.legend(
+        fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False
+    )  # below: never on a point
     fig.tight_layout()
     return _png(fig)

@@ -36,8 +36,16 @@ from tqdm import tqdm
 
 import lits
 from lits import distributed
-from lits.checkpoint import (check_compatible, config_differences, load_checkpoint, remove_stale_temps, resume_path,
-                             rng_state, save_checkpoint, set_rng_state)
+from lits.checkpoint import (
+    check_compatible,
+    config_differences,
+    load_checkpoint,
+    remove_stale_temps,
+    resume_path,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from lits.data.augment import AugmentConfig, BatchAugment
 from lits.data.prepare import prepare, write_split
 from lits.data.slices import LesionSampler, SamplingConfig, SliceIndex, TrainSlices, input_channels
@@ -46,8 +54,8 @@ from lits.errors import LitsError
 from lits.inference import autocast, network_settings, predict_volume
 from lits.loss import HybridLoss, alpha_at, targets_from_labels
 from lits.metrics import aggregate, case_metrics
-from lits.normalization import Normalization, from_training_cases
 from lits.model import build_model, count_parameters
+from lits.normalization import Normalization, from_training_cases
 from lits.optim import TimeBudget, build_optimizer, lr_at, set_lr
 from lits.postprocess import PostprocessConfig, postprocess, probabilities_to_labels
 from lits.report import comparison_grid, write_atomic, write_json
@@ -56,8 +64,17 @@ log = logging.getLogger(__name__)
 
 AUGMENT_SEED_STRIDE = 1_000_003  # rank r's augmentation generator starts at seed + r * stride (rank 0: the run seed)
 # Settings whose change on resume is expected (not worth a warning).
-RESUME_IGNORED = ("paths", "trainer.resume", "trainer.progress", "trainer.debug_nan_steps", "trainer.debug_kill_at_step",
-                  "trainer.debug_kill_signal", "trainer.debug_sample_log", "data.root", "data.cache_dir")
+RESUME_IGNORED = (
+    "paths",
+    "trainer.resume",
+    "trainer.progress",
+    "trainer.debug_nan_steps",
+    "trainer.debug_kill_at_step",
+    "trainer.debug_kill_signal",
+    "trainer.debug_sample_log",
+    "data.root",
+    "data.cache_dir",
+)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -81,8 +98,9 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     return amp
 
 
-def validate(model, cases, cfg, device, amp: str, post_cfg: PostprocessConfig,
-             normalization: Normalization | None = None) -> tuple[dict, list[dict], np.ndarray | None]:
+def validate(
+    model, cases, cfg, device, amp: str, post_cfg: PostprocessConfig, normalization: Normalization | None = None
+) -> tuple[dict, list[dict], np.ndarray | None]:
     """3D per-case Dice on whole validation volumes, raw and post-processed; plus an overlay picture.
 
     Under DDP only rank 0 calls this, on the unwrapped model: the numbers are those of a single-process evaluation
@@ -235,7 +253,9 @@ def _check_debug(t) -> tuple[set[int], int | None, int]:
 # ---------------------------------------------------------------------------------------------- the stage
 def run(cfg) -> dict:
     """Train with `cfg` in this process: alone, or as one rank of a torchrun job (process group from its env vars)."""
-    ctx = distributed.setup(cfg.trainer.device, cfg.trainer.get("dist_backend", "auto"), cfg.trainer.get("dist_timeout_min", 30))
+    ctx = distributed.setup(
+        cfg.trainer.device, cfg.trainer.get("dist_backend", "auto"), cfg.trainer.get("dist_timeout_min", 30)
+    )
     stop = StopRequest()
     stop.install()
     quiet = ctx.distributed and not ctx.is_main
@@ -259,19 +279,26 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     if int(t.max_bad_steps) < 1:
-        raise LitsError(f"trainer.max_bad_steps={t.max_bad_steps}: give the number of non-finite losses in a row that abort (>= 1)")
+        raise LitsError(
+            f"trainer.max_bad_steps={t.max_bad_steps}: give the number of non-finite losses in a row that abort (>= 1)"
+        )
     nan_steps, kill_step, kill_signal = _check_debug(t)
     context = int(cfg.data.get("context_slices", 0) or 0)
     if cfg.model.in_channels != input_channels(cfg.data):
-        raise LitsError(f"model.in_channels={cfg.model.in_channels} but data.context_slices={context} gives "
-                        f"{input_channels(cfg.data)} input channels; set model.in_channels={input_channels(cfg.data)}")
+        raise LitsError(
+            f"model.in_channels={cfg.model.in_channels} but data.context_slices={context} gives "
+            f"{input_channels(cfg.data)} input channels; set model.in_channels={input_channels(cfg.data)}"
+        )
     resolved = OmegaConf.to_container(cfg, resolve=True)
 
     # every rank writes into rank 0's run folder (hydra resolves ${now:...} per process)
     run_dirs = distributed.all_gather_object(str(Path(cfg.paths.output_dir).resolve()))
     run_dir = Path(run_dirs[0])
     if len(set(run_dirs)) > 1:
-        log.warning("ranks resolved different run folders %s; rank 0's is used: pass hydra.run.dir=... with torchrun", sorted(set(run_dirs)))
+        log.warning(
+            "ranks resolved different run folders %s; rank 0's is used: pass hydra.run.dir=... with torchrun",
+            sorted(set(run_dirs)),
+        )
     ckpt_dir = run_dir / "checkpoints"
 
     # resume: rank 0 finds, loads (weights_only) and checks the checkpoint, then hands it to the other ranks,
@@ -294,7 +321,9 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
         changed = config_differences(resume["config"], resolved, ignore=RESUME_IGNORED)
         log.info("resuming from %s (step %d)", resumed_from, resume.get("step", 0))
         if changed:
-            log.warning("resuming with changed settings (the run is no longer one uninterrupted run): %s", "; ".join(changed))
+            log.warning(
+                "resuming with changed settings (the run is no longer one uninterrupted run): %s", "; ".join(changed)
+            )
 
     # data: generate (synthetic), cache once, split by patient. Rank 0 first, then the first process of every node
     # (node-local storage), then the rest: no two processes build the same files at once.
@@ -302,7 +331,9 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
     prepared, error = None, None
     if main:
         try:
-            prepared = prepare(cfg.data, cfg.seed, splits=given, only=("train", "val"), progress=t.progress, report_dir=run_dir)
+            prepared = prepare(
+                cfg.data, cfg.seed, splits=given, only=("train", "val"), progress=t.progress, report_dir=run_dir
+            )
         except LitsError as exc:
             error = str(exc)
     error, given = distributed.broadcast_object((error, prepared[0] if prepared else None))
@@ -325,10 +356,18 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
     index = SliceIndex(cases["train"])
     weights = index.weights(sampling)
     lesion_share = weights[index.tumor > 0].sum()
-    log.info("train: %d cases, %d slices (%d with tumour, drawn %.0f%% of the time); val: %d cases",
-             len(cases["train"]), len(index), int((index.tumor > 0).sum()), 100 * lesion_share, len(cases["val"]))
-    sampler = PositionedSampler(LesionSampler(weights, sampling.samples_per_epoch, seed=cfg.seed, rank=ctx.rank,
-                                              world_size=ctx.world_size), record=bool(t.get("debug_sample_log")))
+    log.info(
+        "train: %d cases, %d slices (%d with tumour, drawn %.0f%% of the time); val: %d cases",
+        len(cases["train"]),
+        len(index),
+        int((index.tumor > 0).sum()),
+        100 * lesion_share,
+        len(cases["val"]),
+    )
+    sampler = PositionedSampler(
+        LesionSampler(weights, sampling.samples_per_epoch, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size),
+        record=bool(t.get("debug_sample_log")),
+    )
     loader_generator = torch.Generator()  # the loader's worker seeds come from here, not from the global torch RNG
     workers = cfg.data.num_workers
     loader = DataLoader(
@@ -344,21 +383,27 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
     )
     steps_per_epoch = len(sampler.sampler) // t.batch_size
     if steps_per_epoch == 0:
-        raise LitsError(f"data.sampling.samples_per_epoch={sampling.samples_per_epoch} gives {len(sampler.sampler)} samples per "
-                        f"process ({ctx.world_size} process(es)), fewer than trainer.batch_size={t.batch_size}; raise it")
+        raise LitsError(
+            f"data.sampling.samples_per_epoch={sampling.samples_per_epoch} gives {len(sampler.sampler)} samples per "
+            f"process ({ctx.world_size} process(es)), fewer than trainer.batch_size={t.batch_size}; raise it"
+        )
 
     # model, loss, optimisation (seeded here, after data preparation, so model init never depends on what it drew)
     seed_everything(cfg.seed, t.deterministic)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     model = build_model(cfg.model).to(device, memory_format=memory_format)  # the plain network: state_dict, validation
-    log.info("model %s: %.2fM parameters, device %s, amp %s", cfg.model.arch, count_parameters(model) / 1e6, device, amp)
+    log.info(
+        "model %s: %.2fM parameters, device %s, amp %s", cfg.model.arch, count_parameters(model) / 1e6, device, amp
+    )
     augment = BatchAugment(AugmentConfig.from_mapping(cfg.augment))
     loss_fn = HybridLoss(cfg.loss)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     lr_at(cfg.optim, 0.0, t.max_epochs)  # an unknown schedule fails here, before any training
     # the run's length: max_epochs, or what fits trainer.max_time (a resumed run keeps its plan and its spent time)
     plan = ((resume or {}).get("scheduler") or {}).get("planned_epochs") if t.get("max_time") else None
-    budget = TimeBudget(t.get("max_time"), t.max_epochs, spent_s=float((resume or {}).get("train_seconds", 0.0)), planned=plan)
+    budget = TimeBudget(
+        t.get("max_time"), t.max_epochs, spent_s=float((resume or {}).get("train_seconds", 0.0)), planned=plan
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     post_cfg = PostprocessConfig.from_mapping(cfg.postprocess)
     aug_generator = torch.Generator().manual_seed(cfg.seed + AUGMENT_SEED_STRIDE * ctx.rank)
@@ -374,8 +419,10 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
             optimizer.load_state_dict(resume["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise LitsError(f"{resumed_from}: its weights or optimizer state do not fit this run's model ({first}); "
-                            "resume with the settings it was trained with, or start a new run") from None
+            raise LitsError(
+                f"{resumed_from}: its weights or optimizer state do not fit this run's model ({first}); "
+                "resume with the settings it was trained with, or start a new run"
+            ) from None
         scaler.load_state_dict(resume["scaler"])
         position = resume.get("position") or {"epoch": resume["epoch"] + 1, "batch": 0}
         start_epoch, start_batch = int(position["epoch"]), int(position["batch"])
@@ -383,7 +430,9 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
         resumed_bad_in_row = int(resume.get("bad_in_row", 0))
         best, best_epoch = float(resume["best"]["value"]), int(resume["best"]["epoch"])
         ranks = resume.get("rank_states") or []
-        same_layout = (len(ranks) == ctx.world_size == resume.get("world_size")) and resume.get("batch_size") == t.batch_size
+        same_layout = (len(ranks) == ctx.world_size == resume.get("world_size")) and resume.get(
+            "batch_size"
+        ) == t.batch_size
         if same_layout:
             set_rng_state(ranks[ctx.rank]["rng"], device, generators)
             carried = ranks[ctx.rank].get("epoch_sums") if start_batch else None
@@ -392,17 +441,29 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
             start_batch = min(steps_per_epoch, consumed // (t.batch_size * ctx.world_size))
             seed_everything(cfg.seed + step, t.deterministic)
             aug_generator.manual_seed(cfg.seed + step + AUGMENT_SEED_STRIDE * ctx.rank)
-            log.warning("the checkpoint was written by %s process(es) with batch size %s (now %d x %d), or holds no RNG "
-                        "states: resuming at the nearest batch with fresh random streams, not exactly",
-                        resume.get("world_size", "?"), resume.get("batch_size", "?"), ctx.world_size, t.batch_size)
+            log.warning(
+                "the checkpoint was written by %s process(es) with batch size %s (now %d x %d), or holds no RNG "
+                "states: resuming at the nearest batch with fresh random streams, not exactly",
+                resume.get("world_size", "?"),
+                resume.get("batch_size", "?"),
+                ctx.world_size,
+                t.batch_size,
+            )
         start_batch = min(start_batch, steps_per_epoch)
 
     train_model = model
     if ctx.distributed:
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                              gradient_as_bucket_view=True)
-        log.info("DDP: %d processes (%s), batch %d per process = effective batch %d, lr %g", ctx.world_size, ctx.backend,
-                 t.batch_size, t.batch_size * ctx.world_size, cfg.optim.lr)
+        train_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True
+        )
+        log.info(
+            "DDP: %d processes (%s), batch %d per process = effective batch %d, lr %g",
+            ctx.world_size,
+            ctx.backend,
+            t.batch_size,
+            t.batch_size * ctx.world_size,
+            cfg.optim.lr,
+        )
     if t.get("compile"):
         train_model = torch.compile(train_model, mode=t.get("compile_mode") or None)
     guard = NormStatsGuard(model) if any(True for _ in model.buffers()) else None
@@ -410,7 +471,9 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
     history_path = run_dir / "history.jsonl"
     if main:
         remove_stale_temps(ckpt_dir)
-        _rewrite_history(history_path, start_epoch, Path(resumed_from).parent.parent / "history.jsonl" if resumed_from else None)
+        _rewrite_history(
+            history_path, start_epoch, Path(resumed_from).parent.parent / "history.jsonl" if resumed_from else None
+        )
         writer = SummaryWriter(str(run_dir / "tensorboard"))
         if resume is None:
             writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg, resolve=True) + "\n```")
@@ -420,8 +483,12 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
     if start_epoch >= budget.planned:
         log.info("%s: all %d epochs are already trained; nothing to do", resumed_from, budget.planned)
     if budget.enabled:
-        log.info("time budget trainer.max_time=%g min: the run lasts as many epochs as fit (planned after each epoch); "
-                 "the LR and loss schedules are stretched from trainer.max_epochs=%d onto it", t.max_time, t.max_epochs)
+        log.info(
+            "time budget trainer.max_time=%g min: the run lasts as many epochs as fit (planned after each epoch); "
+            "the LR and loss schedules are stretched from trainer.max_epochs=%d onto it",
+            t.max_time,
+            t.max_epochs,
+        )
     val_metrics: dict = {}
     started = time.time()
     bad_in_row = resumed_bad_in_row
@@ -454,7 +521,9 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
         """last.pt in the middle of `epoch`, after `batch_index` of its batches (a collective: every rank calls it)."""
         rank_states = distributed.all_gather_object({"rng": rng_state(device, generators), "epoch_sums": dict(sums)})
         if main:
-            save_checkpoint(checkpoint(epoch - 1, {"epoch": epoch, "batch": batch_index}, rank_states, {}), ckpt_dir / "last.pt")
+            save_checkpoint(
+                checkpoint(epoch - 1, {"epoch": epoch, "batch": batch_index}, rank_states, {}), ckpt_dir / "last.pt"
+            )
 
     epoch = start_epoch - 1
     while epoch + 1 < budget.planned:
@@ -467,11 +536,22 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
         sampler.set_epoch(epoch, skip=first * t.batch_size)
         loader_generator.manual_seed(cfg.seed * 7919 + epoch)
         train_model.train()
-        sums = dict(carried) if (carried and epoch == start_epoch) else {"loss": 0.0, "bce": 0.0, "dice": 0.0, "good": 0, "bad": 0}
+        sums = (
+            dict(carried)
+            if (carried and epoch == start_epoch)
+            else {"loss": 0.0, "bce": 0.0, "dice": 0.0, "good": 0, "bad": 0}
+        )
         batch_index, timed = first, 0
         epoch_start = time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{budget.planned} alpha={alpha:.2f}", leave=False, total=steps_per_epoch,
-                   initial=first, disable=not (t.progress and main), dynamic_ncols=True)
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{budget.planned} alpha={alpha:.2f}",
+            leave=False,
+            total=steps_per_epoch,
+            initial=first,
+            disable=not (t.progress and main),
+            dynamic_ncols=True,
+        )
         for batch in bar:
             if kill_step is not None and step == kill_step and ctx.rank == ctx.world_size - 1:
                 os.kill(os.getpid(), kill_signal)  # TEST ONLY (trainer.debug_kill_at_step)
@@ -488,8 +568,13 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
             loss, parts = supervised_loss(loss_fn, logits, targets_from_labels(label), alpha)
             values = torch.stack([loss.detach(), parts["bce"], parts["dice"]]).float()
             # one host sync per step; under DDP one tiny all-reduce, so every rank skips (or stops) together
-            flags = torch.stack([(~torch.isfinite(values[0])).float(), values.new_full((), float(stop.signum > 0)),
-                                 values.new_full((), float(budget.out_of_time(time.time() - started)))])
+            flags = torch.stack(
+                [
+                    (~torch.isfinite(values[0])).float(),
+                    values.new_full((), float(stop.signum > 0)),
+                    values.new_full((), float(budget.out_of_time(time.time() - started))),
+                ]
+            )
             if ctx.distributed:
                 distributed.all_reduce_(flags, "max")
             loss_value, bce_value, dice_value, bad, stop_now, out_of_time = torch.cat([values, flags]).tolist()
@@ -500,14 +585,21 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
                 bad_total += 1
                 sums["bad"] += 1
                 if main:  # the decision is the same on every rank: say it once
-                    log.warning("non-finite loss at epoch %d step %d: step skipped (%d in a row, trainer.max_bad_steps=%d)",
-                                epoch + 1, step, bad_in_row, t.max_bad_steps)
+                    log.warning(
+                        "non-finite loss at epoch %d step %d: step skipped (%d in a row, trainer.max_bad_steps=%d)",
+                        epoch + 1,
+                        step,
+                        bad_in_row,
+                        t.max_bad_steps,
+                    )
                 if bad_in_row >= t.max_bad_steps:
                     last = ckpt_dir / "last.pt"
                     where = f"; the last good checkpoint is {last}" if last.exists() else ""
-                    raise LitsError(f"{bad_in_row} non-finite losses in a row (epoch {epoch + 1}, step {step}, trainer.max_bad_steps="
-                                    f"{t.max_bad_steps}): training diverged or the data holds NaN/Inf; lower optim.lr, keep "
-                                    f"trainer.grad_clip on, try trainer.amp=bf16/off, or check the data{where}")
+                    raise LitsError(
+                        f"{bad_in_row} non-finite losses in a row (epoch {epoch + 1}, step {step}, trainer.max_bad_steps="
+                        f"{t.max_bad_steps}): training diverged or the data holds NaN/Inf; lower optim.lr, keep "
+                        f"trainer.grad_clip on, try trainer.amp=bf16/off, or check the data{where}"
+                    )
             else:
                 bad_in_row = 0
                 optimizer.zero_grad(set_to_none=True)
@@ -542,8 +634,11 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
             break
 
         # epoch means over every rank's good steps; the clock too, so every rank plans the same number of epochs
-        totals = torch.tensor([sums["loss"], sums["bce"], sums["dice"], sums["good"], time.time() - started],
-                              dtype=torch.float64, device=device)
+        totals = torch.tensor(
+            [sums["loss"], sums["bce"], sums["dice"], sums["good"], time.time() - started],
+            dtype=torch.float64,
+            device=device,
+        )
         distributed.all_reduce_(totals)
         good = max(1.0, float(totals[3]))
         if budget.enabled:
@@ -553,17 +648,31 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
                 budget.planned = epoch + 1
             if abs(budget.planned - planned) >= max(1, planned // 10):  # small corrections are routine
                 log.info("time budget: %d epochs planned (was %d)", budget.planned, planned)
-        train_metrics = {"train/loss": float(totals[0]) / good, "train/bce": float(totals[1]) / good,
-                         "train/dice": float(totals[2]) / good, "train/alpha": alpha, "train/lr": optimizer.param_groups[0]["lr"],
-                         "train/bad_steps": sums["bad"]}
+        train_metrics = {
+            "train/loss": float(totals[0]) / good,
+            "train/bce": float(totals[1]) / good,
+            "train/dice": float(totals[2]) / good,
+            "train/alpha": alpha,
+            "train/lr": optimizer.param_groups[0]["lr"],
+            "train/bad_steps": sums["bad"],
+        }
         if timed:
             train_metrics["train/samples_per_s"] = timed * t.batch_size * ctx.world_size / epoch_time
         if sampler.record:  # TEST/DEBUG ONLY (trainer.debug_sample_log): what this rank drew
             debug_dir = run_dir / "debug"
             debug_dir.mkdir(parents=True, exist_ok=True)
             with open(debug_dir / f"samples-rank{ctx.rank}.jsonl", "a") as f:
-                f.write(json.dumps({"epoch": epoch, "rank": ctx.rank, "slices": [s for s, _ in sampler.drawn],
-                                    "draws": [d for _, d in sampler.drawn]}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "epoch": epoch,
+                            "rank": ctx.rank,
+                            "slices": [s for s, _ in sampler.drawn],
+                            "draws": [d for _, d in sampler.drawn],
+                        }
+                    )
+                    + "\n"
+                )
 
         is_last = epoch == budget.planned - 1
         if main and ((epoch + 1) % t.val_every == 0 or is_last):
@@ -571,26 +680,46 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
             val_metrics, _, picture = validate(model, cases["val"], cfg, device, amp, post_cfg, normalization)
             if picture is not None:
                 writer.add_image("val/overlay", picture, epoch, dataformats="HWC")
-        rank_states = distributed.all_gather_object({"rng": rng_state(device, generators), "epoch_sums": None,
-                                                     "stop": stop.signum > 0})
+        rank_states = distributed.all_gather_object(
+            {"rng": rng_state(device, generators), "epoch_sums": None, "stop": stop.signum > 0}
+        )
         improved = monitor in val_metrics and val_metrics[monitor] > best
         if improved:
             best, best_epoch = val_metrics[monitor], epoch
         if main:
             for k, v in {**train_metrics, **val_metrics}.items():
                 writer.add_scalar(k, v, epoch)
-            record = {"epoch": epoch, "step": step, "elapsed_s": round(time.time() - started, 1), **train_metrics, **val_metrics}
+            record = {
+                "epoch": epoch,
+                "step": step,
+                "elapsed_s": round(time.time() - started, 1),
+                **train_metrics,
+                **val_metrics,
+            }
             with open(history_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             state = checkpoint(epoch, {"epoch": epoch + 1, "batch": 0}, rank_states, val_metrics)
             save_checkpoint(state, ckpt_dir / "last.pt")
             if improved:
                 save_checkpoint(state, ckpt_dir / "best.pt")
-        shown = " ".join(f"{k.split('/')[1]}={v:.4f}" for k, v in val_metrics.items() if k in (monitor, "val/liver_dice", "val/tumor_dice_post"))
-        log.info("epoch %d/%d alpha=%.2f loss=%.4f (bce %.4f dice %.4f) %.0f samples/s%s %s%s", epoch + 1, budget.planned,
-                 alpha, train_metrics["train/loss"], train_metrics["train/bce"], train_metrics["train/dice"],
-                 train_metrics.get("train/samples_per_s", 0.0), f" bad_steps={sums['bad']}" if sums["bad"] else "",
-                 shown, " *best*" if improved else "")
+        shown = " ".join(
+            f"{k.split('/')[1]}={v:.4f}"
+            for k, v in val_metrics.items()
+            if k in (monitor, "val/liver_dice", "val/tumor_dice_post")
+        )
+        log.info(
+            "epoch %d/%d alpha=%.2f loss=%.4f (bce %.4f dice %.4f) %.0f samples/s%s %s%s",
+            epoch + 1,
+            budget.planned,
+            alpha,
+            train_metrics["train/loss"],
+            train_metrics["train/bce"],
+            train_metrics["train/dice"],
+            train_metrics.get("train/samples_per_s", 0.0),
+            f" bad_steps={sums['bad']}" if sums["bad"] else "",
+            shown,
+            " *best*" if improved else "",
+        )
         val_metrics = {}
         if any(s["stop"] for s in rank_states):
             stopped = True
@@ -599,18 +728,39 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
     writer.close()
     if stopped:
         signum = stop.signum or signal.SIGTERM
-        log.warning("stopped by %s at step %d: last.pt saved in %s; continue with trainer.resume=auto (same hydra.run.dir)",
-                    signal.Signals(signum).name, step, ckpt_dir)
+        log.warning(
+            "stopped by %s at step %d: last.pt saved in %s; continue with trainer.resume=auto (same hydra.run.dir)",
+            signal.Signals(signum).name,
+            step,
+            ckpt_dir,
+        )
         raise SystemExit(128 + signum)
-    summary = {"best_metric": monitor, "best_value": best, "best_epoch": best_epoch, "epochs": epoch + 1,
-               "max_time": t.get("max_time"),
-               "minutes": round((time.time() - started) / 60, 2), "run_dir": str(run_dir), "bad_steps": bad_total,
-               "world_size": ctx.world_size, "resumed_from": resumed_from}
+    summary = {
+        "best_metric": monitor,
+        "best_value": best,
+        "best_epoch": best_epoch,
+        "epochs": epoch + 1,
+        "max_time": t.get("max_time"),
+        "minutes": round((time.time() - started) / 60, 2),
+        "run_dir": str(run_dir),
+        "bad_steps": bad_total,
+        "world_size": ctx.world_size,
+        "resumed_from": resumed_from,
+    }
     if main:
         write_json(run_dir / "train_summary.json", summary)
-        if cfg.get("evaluate_after"):  # the test-set numbers of this run, as `python evaluate.py ckpt=.../best.pt` gives
+        if cfg.get(
+            "evaluate_after"
+        ):  # the test-set numbers of this run, as `python evaluate.py ckpt=.../best.pt` gives
             from lits.evaluate import evaluate_run
 
             evaluate_run(ckpt_dir / "best.pt", run_dir / "evaluate", cfg.evaluate_after, cfg.postprocess, t.progress)
-    log.info("done in %.1f min: best %s=%.4f at epoch %d -> %s", summary["minutes"], monitor, best, best_epoch + 1, ckpt_dir / "best.pt")
+    log.info(
+        "done in %.1f min: best %s=%.4f at epoch %d -> %s",
+        summary["minutes"],
+        monitor,
+        best,
+        best_epoch + 1,
+        ckpt_dir / "best.pt",
+    )
     return summary

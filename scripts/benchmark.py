@@ -39,9 +39,11 @@ SUBCOMMANDS: dict[str, tuple] = {}
 
 def subcommand(name: str, help: str):
     """Register `fn(args)` as a subcommand; `fn.configure(parser)` adds its options."""
+
     def register(fn):
         SUBCOMMANDS[name] = (fn, help)
         return fn
+
     return register
 
 
@@ -115,8 +117,11 @@ class PeakMemory(threading.Thread):
         self._halt.set()
         self.join()
         self.sample()
-        return {"peak_pss_mb": round(self.peak_pss_mb, 1), "peak_rss_sum_mb": round(self.peak_rss_sum_mb, 1),
-                "main_peak_rss_mb": round(_status_kb(os.getpid(), "VmHWM") / 1024, 1)}
+        return {
+            "peak_pss_mb": round(self.peak_pss_mb, 1),
+            "peak_rss_sum_mb": round(self.peak_rss_sum_mb, 1),
+            "main_peak_rss_mb": round(_status_kb(os.getpid(), "VmHWM") / 1024, 1),
+        }
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -134,11 +139,23 @@ def synthetic_cases(data_dir: Path, num_cases: int, size: int, num_slices: tuple
 def data_cfg(root: Path, cache_dir: Path, workers: int = 2, margin=20):
     from omegaconf import OmegaConf
 
-    return OmegaConf.create({"layout": "lits", "root": str(root), "cache_dir": str(cache_dir), "window": [-200, 250],
-                             "on_error": "fail", "prepare_workers": workers, "liver_margin_mm": margin,
-                             "target_spacing_xy": None, "context_slices": 0, "synthetic": None,
-                             "split": {"val": 0.0, "test": 0.0, "train": None, "seed": None, "file": None},
-                             "fold": None, "num_folds": 5})
+    return OmegaConf.create(
+        {
+            "layout": "lits",
+            "root": str(root),
+            "cache_dir": str(cache_dir),
+            "window": [-200, 250],
+            "on_error": "fail",
+            "prepare_workers": workers,
+            "liver_margin_mm": margin,
+            "target_spacing_xy": None,
+            "context_slices": 0,
+            "synthetic": None,
+            "split": {"val": 0.0, "test": 0.0, "train": None, "seed": None, "file": None},
+            "fold": None,
+            "num_folds": 5,
+        }
+    )
 
 
 def run_child(argv: list[str]) -> dict:
@@ -151,8 +168,16 @@ def run_child(argv: list[str]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- pipelines
-AUG = {"p_rotate": 0.5, "max_rotate_deg": 15.0, "p_elastic": 0.3, "elastic_sigma": 25.0, "elastic_points": 3,
-       "p_intensity": 0.5, "intensity_scale": (0.9, 1.1), "intensity_shift": (-0.1, 0.1)}
+AUG = {
+    "p_rotate": 0.5,
+    "max_rotate_deg": 15.0,
+    "p_elastic": 0.3,
+    "elastic_sigma": 25.0,
+    "elastic_points": 3,
+    "p_intensity": 0.5,
+    "intensity_scale": (0.9, 1.1),
+    "intensity_shift": (-0.1, 0.1),
+}
 
 
 class AugmentInWorkers:
@@ -195,9 +220,15 @@ def ours(args) -> dict:
     index = SliceIndex(cases["train"])
     sampler = LesionSampler(index.weights(sampling), sampling.samples_per_epoch, seed=0)
     dataset = TrainSlices(index, args.crop, sampling, seed=0)
-    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                        persistent_workers=args.workers > 0, drop_last=True,
-                        collate_fn=AugmentInWorkers(AUG, 0) if in_workers else None)
+    loader = DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        sampler=sampler,
+        num_workers=args.workers,
+        persistent_workers=args.workers > 0,
+        drop_last=True,
+        collate_fn=AugmentInWorkers(AUG, 0) if in_workers else None,
+    )
     augment = BatchAugment(AugmentConfig(**AUG))
     generator = torch.Generator().manual_seed(0)
     setup = time.perf_counter() - started
@@ -212,8 +243,16 @@ def ours(args) -> dict:
         samples += image.shape[0]
         lesion += int((label == 2).flatten(1).any(1).sum())
     elapsed, cpu = time.perf_counter() - t0, tree_cpu_s() - cpu0
-    return {"pipeline": args.pipeline, "cpu_ms_per_sample": 1000 * cpu / samples, "cases": len(cases["train"]), "samples_per_s": samples / elapsed, "setup_s": setup,
-            "lesion_share": lesion / samples, "shape": list(image.shape), **memory.stop()}
+    return {
+        "pipeline": args.pipeline,
+        "cpu_ms_per_sample": 1000 * cpu / samples,
+        "cases": len(cases["train"]),
+        "samples_per_s": samples / elapsed,
+        "setup_s": setup,
+        "lesion_share": lesion / samples,
+        "shape": list(image.shape),
+        **memory.stop(),
+    }
 
 
 def monai(args) -> dict:
@@ -222,9 +261,22 @@ def monai(args) -> dict:
     import numpy as np
     import torch
     from monai.data import CacheDataset, DataLoader, list_data_collate
-    from monai.transforms import (CastToTyped, Compose, EnsureChannelFirstd, EnsureTyped, FgBgToIndicesd, LoadImaged,
-                                  Orientationd, Rand2DElasticd, RandCropByPosNegLabeld, RandRotated, RandScaleIntensityd,
-                                  RandShiftIntensityd, ScaleIntensityRanged, SqueezeDimd)
+    from monai.transforms import (
+        CastToTyped,
+        Compose,
+        EnsureChannelFirstd,
+        EnsureTyped,
+        FgBgToIndicesd,
+        LoadImaged,
+        Orientationd,
+        Rand2DElasticd,
+        RandCropByPosNegLabeld,
+        RandRotated,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        ScaleIntensityRanged,
+        SqueezeDimd,
+    )
 
     from lits.data.sources import find_lits
 
@@ -235,31 +287,60 @@ def monai(args) -> dict:
     files = [{"image": str(p.image), "label": str(p.label)} for p in pairs]
     keys = ("image", "label")
     num_samples = args.monai_samples_per_volume
-    transform = Compose([
-        LoadImaged(keys), EnsureChannelFirstd(keys), Orientationd(keys, axcodes="RAS"),
-        ScaleIntensityRanged("image", a_min=-200, a_max=250, b_min=0.0, b_max=1.0, clip=True),
-        CastToTyped("label", dtype=np.uint8),
-        FgBgToIndicesd("label"),  # cached with the volumes: crops need not scan the label every time
-        # ---- random, per sample, in the loader workers
-        RandCropByPosNegLabeld(keys, "label", spatial_size=(args.crop, args.crop, 1), pos=1.0, neg=1.0, num_samples=num_samples,
-                               fg_indices_key="label_fg_indices", bg_indices_key="label_bg_indices"),
-        SqueezeDimd(keys, dim=-1),
-        RandRotated(keys, range_x=np.deg2rad(AUG["max_rotate_deg"]), prob=AUG["p_rotate"], mode=("bilinear", "nearest"),
-                    padding_mode=("border", "zeros")),
-        Rand2DElasticd(keys, spacing=(args.crop // (AUG["elastic_points"] - 1),) * 2, magnitude_range=(AUG["elastic_sigma"],) * 2,
-                       prob=AUG["p_elastic"], mode=("bilinear", "nearest"), padding_mode=("border", "zeros")),
-        RandScaleIntensityd("image", factors=0.1, prob=AUG["p_intensity"]),
-        RandShiftIntensityd("image", offsets=0.1, prob=AUG["p_intensity"]),
-        EnsureTyped(keys, track_meta=False),
-    ])
+    transform = Compose(
+        [
+            LoadImaged(keys),
+            EnsureChannelFirstd(keys),
+            Orientationd(keys, axcodes="RAS"),
+            ScaleIntensityRanged("image", a_min=-200, a_max=250, b_min=0.0, b_max=1.0, clip=True),
+            CastToTyped("label", dtype=np.uint8),
+            FgBgToIndicesd("label"),  # cached with the volumes: crops need not scan the label every time
+            # ---- random, per sample, in the loader workers
+            RandCropByPosNegLabeld(
+                keys,
+                "label",
+                spatial_size=(args.crop, args.crop, 1),
+                pos=1.0,
+                neg=1.0,
+                num_samples=num_samples,
+                fg_indices_key="label_fg_indices",
+                bg_indices_key="label_bg_indices",
+            ),
+            SqueezeDimd(keys, dim=-1),
+            RandRotated(
+                keys,
+                range_x=np.deg2rad(AUG["max_rotate_deg"]),
+                prob=AUG["p_rotate"],
+                mode=("bilinear", "nearest"),
+                padding_mode=("border", "zeros"),
+            ),
+            Rand2DElasticd(
+                keys,
+                spacing=(args.crop // (AUG["elastic_points"] - 1),) * 2,
+                magnitude_range=(AUG["elastic_sigma"],) * 2,
+                prob=AUG["p_elastic"],
+                mode=("bilinear", "nearest"),
+                padding_mode=("border", "zeros"),
+            ),
+            RandScaleIntensityd("image", factors=0.1, prob=AUG["p_intensity"]),
+            RandShiftIntensityd("image", offsets=0.1, prob=AUG["p_intensity"]),
+            EnsureTyped(keys, track_meta=False),
+        ]
+    )
     # copy_cache=False: MONAI's fast setting (the default deep-copies the cached volume for every item); safe here
     # because the first random transform crops, so nothing writes into the cache
     dataset = CacheDataset(files, transform, cache_rate=1.0, num_workers=args.workers, progress=False, copy_cache=False)
     per_batch = max(1, args.batch_size // num_samples)
     total = (args.batches + args.warmup) * per_batch
     sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=total)
-    loader = DataLoader(dataset, batch_size=per_batch, sampler=sampler, num_workers=args.workers,
-                        persistent_workers=args.workers > 0, collate_fn=list_data_collate)
+    loader = DataLoader(
+        dataset,
+        batch_size=per_batch,
+        sampler=sampler,
+        num_workers=args.workers,
+        persistent_workers=args.workers > 0,
+        collate_fn=list_data_collate,
+    )
     setup = time.perf_counter() - started
     samples, lesion = 0, 0
     for step, batch in enumerate(loader):
@@ -268,8 +349,16 @@ def monai(args) -> dict:
         samples += batch["image"].shape[0]
         lesion += int((batch["label"] == 2).flatten(1).any(1).sum())
     elapsed, cpu = time.perf_counter() - t0, tree_cpu_s() - cpu0
-    return {"pipeline": "monai", "cpu_ms_per_sample": 1000 * cpu / samples, "cases": len(files), "samples_per_s": samples / elapsed, "setup_s": setup,
-            "lesion_share": lesion / samples, "shape": list(batch["image"].shape), **memory.stop()}
+    return {
+        "pipeline": "monai",
+        "cpu_ms_per_sample": 1000 * cpu / samples,
+        "cases": len(files),
+        "samples_per_s": samples / elapsed,
+        "setup_s": setup,
+        "lesion_share": lesion / samples,
+        "shape": list(batch["image"].shape),
+        **memory.stop(),
+    }
 
 
 @subcommand("loader", "our loader + batched augmentation vs MONAI dictionary transforms (samples/s, peak memory)")
@@ -289,43 +378,80 @@ def loader_benchmark(args) -> None:
     cached, _ = prepare_all(data_cfg(root, cache_dir, workers=args.workers), progress=True)
     prep = time.perf_counter() - t0
     slices = sum(c.image.shape[0] for c in cached.values())
-    common = ["loader", "--root", str(root), "--cache-dir", str(cache_dir), "--batches", str(args.batches), "--warmup", str(args.warmup),
-              "--batch-size", str(args.batch_size), "--crop", str(args.crop), "--workers", str(args.workers), "--threads", str(args.threads),
-              "--monai-samples-per-volume", str(args.monai_samples_per_volume)]
+    common = [
+        "loader",
+        "--root",
+        str(root),
+        "--cache-dir",
+        str(cache_dir),
+        "--batches",
+        str(args.batches),
+        "--warmup",
+        str(args.warmup),
+        "--batch-size",
+        str(args.batch_size),
+        "--crop",
+        str(args.crop),
+        "--workers",
+        str(args.workers),
+        "--threads",
+        str(args.threads),
+        "--monai-samples-per-volume",
+        str(args.monai_samples_per_volume),
+    ]
     runs: dict[str, list[dict]] = {name: [] for name in args.order}
     for repeat in range(args.repeats):  # alternate the order: other load on the machine hits both sides alike
-        for name in (args.order if repeat % 2 == 0 else args.order[::-1]):
+        for name in args.order if repeat % 2 == 0 else args.order[::-1]:
             print(f"run {repeat + 1}/{args.repeats}: {name} ...", file=sys.stderr, flush=True)
             runs[name].append(run_child([*common, "--pipeline", name]))
     rows = []
     for name, results in runs.items():
         speeds = [r["samples_per_s"] for r in results]
-        rows.append({**results[0], "samples_per_s": statistics.median(speeds), "all_speeds": speeds,
-                     "cpu_ms_per_sample": statistics.median(r["cpu_ms_per_sample"] for r in results),
-                     **{k: max(r[k] for r in results) for k in ("peak_pss_mb", "peak_rss_sum_mb", "main_peak_rss_mb", "setup_s")}})
+        rows.append(
+            {
+                **results[0],
+                "samples_per_s": statistics.median(speeds),
+                "all_speeds": speeds,
+                "cpu_ms_per_sample": statistics.median(r["cpu_ms_per_sample"] for r in results),
+                **{
+                    k: max(r[k] for r in results)
+                    for k in ("peak_pss_mb", "peak_rss_sum_mb", "main_peak_rss_mb", "setup_s")
+                },
+            }
+        )
     by = {r["pipeline"]: r for r in rows}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"\nloader benchmark: {len(cached)} synthetic cases {args.size}x{args.size} ({slices} slices), crop {args.crop}, "
-          f"batch {args.batch_size}, {args.workers} loader workers, {args.threads} torch threads, {os.cpu_count()} CPUs, "
-          f"load average {load:.1f}, {args.batches} timed batches x {args.repeats} runs (median)")
-    print(f"augmentation: rotate p={AUG['p_rotate']} +-{AUG['max_rotate_deg']} deg, elastic p={AUG['p_elastic']} sigma "
-          f"{AUG['elastic_sigma']} px on {AUG['elastic_points']}x{AUG['elastic_points']} points, intensity p={AUG['p_intensity']}")
+    print(
+        f"\nloader benchmark: {len(cached)} synthetic cases {args.size}x{args.size} ({slices} slices), crop {args.crop}, "
+        f"batch {args.batch_size}, {args.workers} loader workers, {args.threads} torch threads, {os.cpu_count()} CPUs, "
+        f"load average {load:.1f}, {args.batches} timed batches x {args.repeats} runs (median)"
+    )
+    print(
+        f"augmentation: rotate p={AUG['p_rotate']} +-{AUG['max_rotate_deg']} deg, elastic p={AUG['p_elastic']} sigma "
+        f"{AUG['elastic_sigma']} px on {AUG['elastic_points']}x{AUG['elastic_points']} points, intensity p={AUG['p_intensity']}"
+    )
     print(f"our one-off preparation (scripts/prepare_data.py; 0 s when already cached): {prep:.1f} s\n")
-    header = (f"{'pipeline':<12} {'samples/s':>10} {'(runs)':>16} {'CPU ms/sample':>14} {'setup s':>8} {'peak PSS MB':>12} "
-              f"{'sum RSS MB':>11} {'main RSS MB':>12} {'lesion share':>13}")
+    header = (
+        f"{'pipeline':<12} {'samples/s':>10} {'(runs)':>16} {'CPU ms/sample':>14} {'setup s':>8} {'peak PSS MB':>12} "
+        f"{'sum RSS MB':>11} {'main RSS MB':>12} {'lesion share':>13}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         every = "/".join(f"{v:.0f}" for v in r["all_speeds"])
-        print(f"{r['pipeline']:<12} {r['samples_per_s']:>10.1f} {every:>16} {r['cpu_ms_per_sample']:>14.1f} {r['setup_s']:>8.1f} "
-              f"{r['peak_pss_mb']:>12.0f} {r['peak_rss_sum_mb']:>11.0f} {r['main_peak_rss_mb']:>12.0f} {r['lesion_share']:>13.2f}")
+        print(
+            f"{r['pipeline']:<12} {r['samples_per_s']:>10.1f} {every:>16} {r['cpu_ms_per_sample']:>14.1f} {r['setup_s']:>8.1f} "
+            f"{r['peak_pss_mb']:>12.0f} {r['peak_rss_sum_mb']:>11.0f} {r['main_peak_rss_mb']:>12.0f} {r['lesion_share']:>13.2f}"
+        )
     print()
     for name in ("ours", "ours-workers"):
         if {name, "monai"} <= set(by):
             speed = by[name]["samples_per_s"] / by["monai"]["samples_per_s"]
             cpu = by["monai"]["cpu_ms_per_sample"] / by[name]["cpu_ms_per_sample"]
             mem = by[name]["peak_pss_mb"] / by["monai"]["peak_pss_mb"]
-            print(f"{name} / MONAI: throughput {speed:.1f}x, CPU time per sample {cpu:.1f}x less, peak memory (PSS) {mem:.2f}x")
+            print(
+                f"{name} / MONAI: throughput {speed:.1f}x, CPU time per sample {cpu:.1f}x less, peak memory (PSS) {mem:.2f}x"
+            )
 
 
 def _loader_options(p: argparse.ArgumentParser) -> None:
@@ -336,13 +462,26 @@ def _loader_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--crop", type=int, default=256)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers (and CacheDataset / preparation processes)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads in the main process (default: CPUs - workers, at least 1: no oversubscription)")
+    p.add_argument(
+        "--workers", type=int, default=2, help="DataLoader workers (and CacheDataset / preparation processes)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads in the main process (default: CPUs - workers, at least 1: no oversubscription)",
+    )
     p.add_argument("--monai-samples-per-volume", type=int, default=4, help="RandCropByPosNegLabeld num_samples")
-    p.add_argument("--order", nargs="+", default=["ours", "ours-workers", "monai"], choices=["ours", "ours-workers", "monai"],
-                   help="ours: augmentation in the main process (train.py); ours-workers: inside the loader workers")
-    p.add_argument("--repeats", type=int, default=1, help="runs per pipeline, alternating the order; the median is shown")
+    p.add_argument(
+        "--order",
+        nargs="+",
+        default=["ours", "ours-workers", "monai"],
+        choices=["ours", "ours-workers", "monai"],
+        help="ours: augmentation in the main process (train.py); ours-workers: inside the loader workers",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=1, help="runs per pipeline, alternating the order; the median is shown"
+    )
     p.add_argument("--data-dir", default="data/benchmark")
     p.add_argument("--pipeline", choices=["ours", "ours-workers", "monai"], help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
@@ -374,8 +513,14 @@ def training_like(args) -> dict:
         for rows in dataset._images + dataset._labels:
             rows.path = None
     sampler = LesionSampler(index.weights(sampling), sampling.samples_per_epoch, seed=0)
-    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                        persistent_workers=False, drop_last=True)
+    loader = DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        sampler=sampler,
+        num_workers=args.workers,
+        persistent_workers=False,
+        drop_last=True,
+    )
     augment = BatchAugment(AugmentConfig(**AUG))
     generator = torch.Generator().manual_seed(0)
     seen = 0
@@ -385,7 +530,14 @@ def training_like(args) -> dict:
             image, label = augment(batch["image"].float(), batch["label"], generator)
             seen += image.shape[0]
     cache_mb = sum(c.image.nbytes + c.label.nbytes for c in cases) / 2**20
-    return {"cases": len(cases), "slices": len(index), "samples": seen, "cache_mb": round(cache_mb, 1), "reader": args.reader, **memory.stop()}
+    return {
+        "cases": len(cases),
+        "slices": len(index),
+        "samples": seen,
+        "cache_mb": round(cache_mb, 1),
+        "reader": args.reader,
+        **memory.stop(),
+    }
 
 
 @subcommand("memory", "resident memory of a training-like loader run over 10 vs 100 cases")
@@ -399,26 +551,49 @@ def memory_benchmark(args) -> None:
     from lits.data.prepare import prepare_all
 
     prepare_all(data_cfg(root, cache_dir, workers=args.workers), progress=True)
-    common = ["memory", "--root", str(root), "--cache-dir", str(cache_dir), "--batches", str(args.batches), "--epochs", str(args.epochs),
-              "--batch-size", str(args.batch_size), "--crop", str(args.crop), "--workers", str(args.workers), "--threads", str(args.threads)]
+    common = [
+        "memory",
+        "--root",
+        str(root),
+        "--cache-dir",
+        str(cache_dir),
+        "--batches",
+        str(args.batches),
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--crop",
+        str(args.crop),
+        "--workers",
+        str(args.workers),
+        "--threads",
+        str(args.threads),
+    ]
     rows = []
     for reader in args.readers:
         for num in (args.small, args.large):
             print(f"running {num} cases ({reader}) ...", file=sys.stderr, flush=True)
             rows.append(run_child([*common, "--num", str(num), "--reader", reader]))
-    print(f"\nmemory: training-like loader runs ({args.epochs} epochs x {args.batches} batches of {args.batch_size} crops {args.crop}, "
-          f"{args.workers} workers, batch augmentation), synthetic {args.size}x{args.size} cases")
+    print(
+        f"\nmemory: training-like loader runs ({args.epochs} epochs x {args.batches} batches of {args.batch_size} crops {args.crop}, "
+        f"{args.workers} workers, batch augmentation), synthetic {args.size}x{args.size} cases"
+    )
     header = f"{'reader':<6} {'cases':>5} {'slices':>7} {'cache MB':>9} {'peak PSS MB':>12} {'sum RSS MB':>11} {'main RSS MB':>12}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['reader']:<6} {r['cases']:>5} {r['slices']:>7} {r['cache_mb']:>9.0f} {r['peak_pss_mb']:>12.0f} "
-              f"{r['peak_rss_sum_mb']:>11.0f} {r['main_peak_rss_mb']:>12.0f}")
+        print(
+            f"{r['reader']:<6} {r['cases']:>5} {r['slices']:>7} {r['cache_mb']:>9.0f} {r['peak_pss_mb']:>12.0f} "
+            f"{r['peak_rss_sum_mb']:>11.0f} {r['main_peak_rss_mb']:>12.0f}"
+        )
     for reader in args.readers:
         small, large = [r for r in rows if r["reader"] == reader]
-        print(f"{reader}: {large['cases']} vs {small['cases']} cases: peak PSS {large['peak_pss_mb'] - small['peak_pss_mb']:+.0f} MB, "
-              f"main RSS {large['main_peak_rss_mb'] - small['main_peak_rss_mb']:+.0f} MB "
-              f"(cache {large['cache_mb']:.0f} vs {small['cache_mb']:.0f} MB)")
+        print(
+            f"{reader}: {large['cases']} vs {small['cases']} cases: peak PSS {large['peak_pss_mb'] - small['peak_pss_mb']:+.0f} MB, "
+            f"main RSS {large['main_peak_rss_mb'] - small['main_peak_rss_mb']:+.0f} MB "
+            f"(cache {large['cache_mb']:.0f} vs {small['cache_mb']:.0f} MB)"
+        )
 
 
 def _memory_options(p: argparse.ArgumentParser) -> None:
@@ -431,9 +606,16 @@ def _memory_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--threads", type=int, default=None, help="torch threads in the main process (default: CPUs - workers, >= 1)")
-    p.add_argument("--readers", nargs="+", default=["pread", "mmap"], choices=["pread", "mmap"],
-                   help="pread: our positional reads; mmap: crops read through the memory maps, for comparison")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads in the main process (default: CPUs - workers, >= 1)"
+    )
+    p.add_argument(
+        "--readers",
+        nargs="+",
+        default=["pread", "mmap"],
+        choices=["pread", "mmap"],
+        help="pread: our positional reads; mmap: crops read through the memory maps, for comparison",
+    )
     p.add_argument("--data-dir", default="data/benchmark")
     p.add_argument("--num", type=int, help=argparse.SUPPRESS)
     p.add_argument("--reader", default="pread", help=argparse.SUPPRESS)

@@ -50,14 +50,19 @@ def synthetic_pair(shape=(300, 512, 512), seed=0):
     ref = np.zeros(shape, np.uint8)
     ref[ellipsoid(shape, c, r) | ellipsoid(shape, c + s * [0.05, 0.08, 0.12], r * [0.7, 0.6, 0.6])] = 1
     pred = np.zeros(shape, np.uint8)
-    pred[ellipsoid(shape, c + [2, 3, -4], r * [1.02, 0.98, 1.01])
-         | ellipsoid(shape, c + s * [0.05, 0.08, 0.12] + [1, -2, 3], r * [0.68, 0.62, 0.6])] = 1
-    tumours = [(c + s * off, rad) for off, rad in (
-        ([0.00, 0.00, -0.10], [8, 20, 20]),
-        ([0.08, -0.06, 0.05], [5, 12, 14]),
-        ([-0.10, 0.05, 0.02], [4, 9, 9]),
-        ([0.05, 0.10, 0.15], [3, 6, 6]),
-    )]
+    pred[
+        ellipsoid(shape, c + [2, 3, -4], r * [1.02, 0.98, 1.01])
+        | ellipsoid(shape, c + s * [0.05, 0.08, 0.12] + [1, -2, 3], r * [0.68, 0.62, 0.6])
+    ] = 1
+    tumours = [
+        (c + s * off, rad)
+        for off, rad in (
+            ([0.00, 0.00, -0.10], [8, 20, 20]),
+            ([0.08, -0.06, 0.05], [5, 12, 14]),
+            ([-0.10, 0.05, 0.02], [4, 9, 9]),
+            ([0.05, 0.10, 0.15], [3, 6, 6]),
+        )
+    ]
     for k, (tc, tr) in enumerate(tumours):
         ref[ellipsoid(shape, tc, tr) & (ref > 0)] = 2
         if k == 0:  # found, slightly shifted and larger
@@ -103,10 +108,12 @@ def whole_volume_monai(pred, ref, spacing):
     for s, fn in (("liver", lambda a: a >= 1), ("tumor", lambda a: a == 2)):
         p = torch.from_numpy(fn(pred))[None, None]
         g = torch.from_numpy(fn(ref))[None, None]
-        out[f"{s}_assd"] = float(compute_average_surface_distance(p, g, include_background=True, symmetric=True,
-                                                                  spacing=list(spacing)).item())
-        out[f"{s}_msd"] = float(compute_hausdorff_distance(p, g, include_background=True,
-                                                           spacing=list(spacing)).item())
+        out[f"{s}_assd"] = float(
+            compute_average_surface_distance(
+                p, g, include_background=True, symmetric=True, spacing=list(spacing)
+            ).item()
+        )
+        out[f"{s}_msd"] = float(compute_hausdorff_distance(p, g, include_background=True, spacing=list(spacing)).item())
     return out
 
 
@@ -130,35 +137,44 @@ def main(argv=None):
 
     t0 = time.perf_counter()
     pred, ref = synthetic_pair(shape)
-    print(f"synthetic pair {shape} spacing {spacing} mm built in {time.perf_counter() - t0:.1f} s: "
-          f"liver {np.count_nonzero(ref >= 1)} ref / {np.count_nonzero(pred >= 1)} pred voxels, "
-          f"tumour {np.count_nonzero(ref == 2)} ref / {np.count_nonzero(pred == 2)} pred voxels")
+    print(
+        f"synthetic pair {shape} spacing {spacing} mm built in {time.perf_counter() - t0:.1f} s: "
+        f"liver {np.count_nonzero(ref >= 1)} ref / {np.count_nonzero(pred >= 1)} pred voxels, "
+        f"tumour {np.count_nonzero(ref == 2)} ref / {np.count_nonzero(pred == 2)} pred voxels"
+    )
 
     t_ours, ours = timed(lambda: case_metrics(pred, ref, spacing), args.repeats)
     t_dice, _ = timed(lambda: case_metrics(pred, ref, spacing, detail="dice"), args.repeats)
     print(f"\nours  case_metrics(detail='full'): {t_ours:8.2f} s   (detail='dice': {t_dice:.2f} s)")
-    print("      lesions ref/pred {tumor_lesions_ref}/{tumor_lesions_pred}; IoU>0.5 TP/FP/FN "
-          "{tumor_lesion_tp_iou50}/{tumor_lesion_fp_iou50}/{tumor_lesion_fn_iou50}; IoU>0 TP/FP/FN "
-          "{tumor_lesion_tp_iou0}/{tumor_lesion_fp_iou0}/{tumor_lesion_fn_iou0}; merges "
-          "{tumor_lesion_merge_errors}, splits {tumor_lesion_split_errors}; tumour burden ref {tumor_burden_ref:.4f} "
-          "pred {tumor_burden_pred:.4f}".format(**ours))
+    print(
+        "      lesions ref/pred {tumor_lesions_ref}/{tumor_lesions_pred}; IoU>0.5 TP/FP/FN "
+        "{tumor_lesion_tp_iou50}/{tumor_lesion_fp_iou50}/{tumor_lesion_fn_iou50}; IoU>0 TP/FP/FN "
+        "{tumor_lesion_tp_iou0}/{tumor_lesion_fp_iou0}/{tumor_lesion_fn_iou0}; merges "
+        "{tumor_lesion_merge_errors}, splits {tumor_lesion_split_errors}; tumour burden ref {tumor_burden_ref:.4f} "
+        "pred {tumor_burden_pred:.4f}".format(**ours)
+    )
 
     baselines = ("medpy", "monai") if args.baseline == "both" else (args.baseline,)
     for name in baselines:
         fn = whole_volume_medpy if name == "medpy" else whole_volume_monai
         t_base, base = timed(lambda: fn(pred, ref, spacing), args.repeats)
-        label = {"medpy": "medpy.metric, whole volume (dc, jc, ravd, surface distances x2 per structure)",
-                 "monai": "MONAI compute_average_surface_distance + compute_hausdorff_distance, given the whole volume"}[name]
+        label = {
+            "medpy": "medpy.metric, whole volume (dc, jc, ravd, surface distances x2 per structure)",
+            "monai": "MONAI compute_average_surface_distance + compute_hausdorff_distance, given the whole volume",
+        }[name]
         print(f"\n{name:5s} {label}: {t_base:8.2f} s")
         print(f"ratio {name} / ours = {t_base / t_ours:.1f}x")
         print(f"\n  {'metric':12s} {'ours':>14s} {name:>14s} {'abs diff':>10s}")
         for k, v in base.items():
             print(f"  {k:12s} {ours[k]:14.6f} {v:14.6f} {abs(ours[k] - v):10.2e}")
     if "monai" in baselines:
-        print("\n  (MONAI is not quite whole-volume: get_mask_edges crops to the union bounding box itself. Its surface is "
-              "`seg ^ binary_erosion(seg)` with scipy's default 6-neighbour cross (medpy connectivity=1), while the "
-              "LiTS scorer erodes with the 18-neighbourhood: ASSD differs by definition; MSD coincides up to MONAI's "
-              "float32.)")
+        print(
+            "\n  (MONAI is not quite whole-volume: get_mask_edges crops to the union bounding box itself. Its surface is "
+            "`seg ^ binary_erosion(seg)` with scipy's default 6-neighbour cross (medpy connectivity=1), while the "
+            "LiTS scorer erodes with the 18-neighbourhood: ASSD differs by definition; MSD coincides up to MONAI's "
+            "float32.)"
+        )
+
 
 if __name__ == "__main__":
     main()

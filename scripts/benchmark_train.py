@@ -39,12 +39,25 @@ def compose_config(args, output_dir: Path):
     from hydra import compose, initialize_config_dir
 
     overrides = [
-        f"experiment={args.experiment}", f"model={args.model}", f"data.crop_size={args.crop}", f"trainer.batch_size={args.batch_size}",
-        f"data.num_workers={args.workers}", f"trainer.max_epochs={args.epochs}", f"trainer.val_every={args.epochs}",
-        f"data.sampling.samples_per_epoch={args.steps * args.batch_size}", f"trainer.amp={args.amp}",
-        f"trainer.compile={str(args.compile).lower()}", f"trainer.device={args.device}", "trainer.log_images=false",
-        "trainer.progress=false", "trainer.resume=null", f"data.synthetic.num_cases={args.cases}", f"data.synthetic.size={args.size}",
-        f"paths.root_dir={REPO}", f"paths.data_dir={Path(args.data_dir).resolve()}", f"paths.output_dir={output_dir}",
+        f"experiment={args.experiment}",
+        f"model={args.model}",
+        f"data.crop_size={args.crop}",
+        f"trainer.batch_size={args.batch_size}",
+        f"data.num_workers={args.workers}",
+        f"trainer.max_epochs={args.epochs}",
+        f"trainer.val_every={args.epochs}",
+        f"data.sampling.samples_per_epoch={args.steps * args.batch_size}",
+        f"trainer.amp={args.amp}",
+        f"trainer.compile={str(args.compile).lower()}",
+        f"trainer.device={args.device}",
+        "trainer.log_images=false",
+        "trainer.progress=false",
+        "trainer.resume=null",
+        f"data.synthetic.num_cases={args.cases}",
+        f"data.synthetic.size={args.size}",
+        f"paths.root_dir={REPO}",
+        f"paths.data_dir={Path(args.data_dir).resolve()}",
+        f"paths.output_dir={output_dir}",
     ]
     if args.threads:
         overrides.append(f"trainer.num_threads={args.threads}")
@@ -111,7 +124,9 @@ def one_batch(cfg):
     sampling = SamplingConfig(**cfg.data.sampling)
     index = SliceIndex(cases["train"])
     sampler = LesionSampler(index.weights(sampling), sampling.samples_per_epoch, seed=cfg.seed)
-    dataset = TrainSlices(index, cfg.data.crop_size, sampling, seed=cfg.seed, context_slices=int(cfg.data.get("context_slices", 0) or 0))
+    dataset = TrainSlices(
+        index, cfg.data.crop_size, sampling, seed=cfg.seed, context_slices=int(cfg.data.get("context_slices", 0) or 0)
+    )
     items = [dataset[i] for _, i in zip(range(cfg.trainer.batch_size), sampler)]
     image = torch.stack([it["image"] for it in items]).float()
     label = torch.stack([it["label"] for it in items])
@@ -130,7 +145,11 @@ def train_benchmark(args) -> None:
         cfg = compose_config(args, out / "run")
         if args.threads:
             torch.set_num_threads(args.threads)
-        print(f"preparing synthetic data ({args.cases} cases {args.size}x{args.size}) in {args.data_dir} (once) ...", file=sys.stderr, flush=True)
+        print(
+            f"preparing synthetic data ({args.cases} cases {args.size}x{args.size}) in {args.data_dir} (once) ...",
+            file=sys.stderr,
+            flush=True,
+        )
         prepare(cfg.data, cfg.seed, only=("train", "val"), progress=False)
         batch = one_batch(cfg)
         print("pure step (before) ...", file=sys.stderr, flush=True)
@@ -145,12 +164,16 @@ def train_benchmark(args) -> None:
     per_epoch = [h["train/samples_per_s"] for h in history]
     loop = statistics.median(per_epoch[1:] or per_epoch)
     pure_best = max(pure)
-    print(f"\ntrain benchmark: model {args.model}, crop {args.crop}, batch {args.batch_size}, amp {args.amp}, "
-          f"compile {args.compile}, {args.workers} loader workers, torch threads {torch.get_num_threads()}, "
-          f"{os.cpu_count()} CPUs, device {args.device}")
+    print(
+        f"\ntrain benchmark: model {args.model}, crop {args.crop}, batch {args.batch_size}, amp {args.amp}, "
+        f"compile {args.compile}, {args.workers} loader workers, torch threads {torch.get_num_threads()}, "
+        f"{os.cpu_count()} CPUs, device {args.device}"
+    )
     print(f"loop samples/s per epoch: {', '.join(f'{v:.1f}' for v in per_epoch)} (first epoch = warm-up, not counted)")
-    print(f"pure step samples/s: before {pure[0]:.1f}, after {pure[1]:.1f}; load average at start {load[0]:.1f}, at end "
-          f"{os.getloadavg()[0]:.1f} (other processes competing for the cores make both figures noisy)\n")
+    print(
+        f"pure step samples/s: before {pure[0]:.1f}, after {pure[1]:.1f}; load average at start {load[0]:.1f}, at end "
+        f"{os.getloadavg()[0]:.1f} (other processes competing for the cores make both figures noisy)\n"
+    )
     header = f"{'measure':<34} {'samples/s':>10}"
     print(header)
     print("-" * len(header))
@@ -168,9 +191,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=3, help="the first is warm-up; validation runs once, after the last")
     p.add_argument("--pure-steps", type=int, default=20, help="timed pure steps, before and after the loop")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads; 1 (default) keeps the figures stable on a shared machine, where OpenMP threads that "
-                        "spin-wait for busy cores make multi-threaded timings swing 10x; 0 = torch's choice")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads; 1 (default) keeps the figures stable on a shared machine, where OpenMP threads that "
+        "spin-wait for busy cores make multi-threaded timings swing 10x; 0 = torch's choice",
+    )
     p.add_argument("--amp", default="auto", help="auto | off | fp16 | bf16")
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile (trainer.compile=true) in both measurements")

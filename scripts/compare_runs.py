@@ -56,7 +56,9 @@ LEGEND = {
     "best": "validation split, history.jsonl `{key}` at the best epoch (train_summary.json best_epoch, the epoch of best.pt)",
     "last": "validation split, history.jsonl `{key}` at the last validated epoch (raw: thresholded, no post-processing)",
     "summary": "train_summary.json `{key}` (training wall time, validation included)",
-    "test": "test split, `<run>/evaluate/metrics.json` stage `" + EVAL_STAGE + "` (configured post-processing), `{key}`",
+    "test": "test split, `<run>/evaluate/metrics.json` stage `"
+    + EVAL_STAGE
+    + "` (configured post-processing), `{key}`",
 }
 
 
@@ -82,12 +84,19 @@ def finite(value) -> float | None:
 
 
 parser = argparse.ArgumentParser(
-    prog="compare_runs.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    prog="compare_runs.py",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
     epilog="Example: python train.py -m experiment=bce,dice,hybrid,progressive seed=0,1,2 && "
-           "python scripts/compare_runs.py outputs/multirun/<time> --out outputs/comparison",
+    "python scripts/compare_runs.py outputs/multirun/<time> --out outputs/comparison",
 )
-parser.add_argument("dirs", nargs="+", metavar="DIR", type=Path,
-                    help="folders searched recursively for run folders (.hydra/config.yaml + history.jsonl + train_summary.json)")
+parser.add_argument(
+    "dirs",
+    nargs="+",
+    metavar="DIR",
+    type=Path,
+    help="folders searched recursively for run folders (.hydra/config.yaml + history.jsonl + train_summary.json)",
+)
 parser.add_argument("--out", type=Path, metavar="DIR", help="also write DIR/results.md and DIR/curves.png")
 args = parser.parse_args()
 
@@ -101,14 +110,17 @@ for folder in args.dirs:
     finished = [d for d in found if (d / "history.jsonl").is_file() and (d / "train_summary.json").is_file()]
     unfinished += [d for d in found if (d / "history.jsonl").is_file() and d not in finished]
     if not finished:
-        fail(f"{folder}: no finished training runs below it (a run folder holds .hydra/config.yaml, history.jsonl and "
-             "train_summary.json); point at a train.py run or multirun folder")
+        fail(
+            f"{folder}: no finished training runs below it (a run folder holds .hydra/config.yaml, history.jsonl and "
+            "train_summary.json); point at a train.py run or multirun folder"
+        )
     run_dirs += [d for d in finished if d not in run_dirs]
 for d in unfinished:
     print(f"note: {d}: no train_summary.json (unfinished or stopped run), left out", file=sys.stderr)
 
 # ---- read them
 from omegaconf import OmegaConf  # noqa: E402  (after --help and the folder checks: they stay fast)
+
 from lits.report import format_table  # noqa: E402
 
 runs = []
@@ -129,15 +141,30 @@ for d in run_dirs:
         if test_split == "test" and isinstance(metrics.get(EVAL_STAGE), dict):
             test = metrics[EVAL_STAGE]
         else:
-            print(f"note: {metrics_path}: split {test_split}, stage {EVAL_STAGE} "
-                  f"{'present' if EVAL_STAGE in metrics else 'missing'}; not counted as test results", file=sys.stderr)
+            print(
+                f"note: {metrics_path}: split {test_split}, stage {EVAL_STAGE} "
+                f"{'present' if EVAL_STAGE in metrics else 'missing'}; not counted as test results",
+                file=sys.stderr,
+            )
     sources = {"best": at_best or {}, "last": validated[-1] if validated else {}, "summary": summary, "test": test}
     values = {column: finite(sources[source].get(key)) for column, source, key in COLUMNS}
-    runs.append({"dir": d, "name": str(config.get("name")), "seed": config.get("seed"), "values": values,
-                 "history": history, "epochs": len(history), "best_epoch": best_epoch, "evaluated": bool(test)})
+    runs.append(
+        {
+            "dir": d,
+            "name": str(config.get("name")),
+            "seed": config.get("seed"),
+            "values": values,
+            "history": history,
+            "epochs": len(history),
+            "best_epoch": best_epoch,
+            "evaluated": bool(test),
+        }
+    )
 
 # ---- group and summarise
-names = sorted({r["name"] for r in runs}, key=lambda n: (SEEDS_ORDER.index(n) if n in SEEDS_ORDER else len(SEEDS_ORDER), n))
+names = sorted(
+    {r["name"] for r in runs}, key=lambda n: (SEEDS_ORDER.index(n) if n in SEEDS_ORDER else len(SEEDS_ORDER), n)
+)
 groups = {n: sorted((r for r in runs if r["name"] == n), key=lambda r: (str(r["seed"]), str(r["dir"]))) for n in names}
 
 
@@ -154,7 +181,9 @@ def cell(values: list[float | None], digits: int) -> str:
 header = ["experiment", "runs", "seeds"] + [c for c, _, _ in COLUMNS]
 rows = []
 for name, members in groups.items():
-    seeds = sorted({r["seed"] for r in members}, key=lambda s: (not isinstance(s, int), s if isinstance(s, int) else 0, str(s)))
+    seeds = sorted(
+        {r["seed"] for r in members}, key=lambda s: (not isinstance(s, int), s if isinstance(s, int) else 0, str(s))
+    )
     row = [name, str(len(members)), ",".join(str(s) for s in seeds)]
     row += [cell([r["values"][c] for r in members], 2 if source == "summary" else 4) for c, source, _ in COLUMNS]
     rows.append(dict(zip(header, row)))
@@ -167,15 +196,33 @@ if args.out is None:
 # ---- results.md
 out = args.out
 out.mkdir(parents=True, exist_ok=True)
-lines = ["# Run comparison", "", f"{len(runs)} finished runs below {', '.join(f'`{d}`' for d in args.dirs)}, "
-         "grouped by experiment (`name`); cells are mean ± sample std over the runs (— : one run or no value; "
-         "(k/n): only k of n runs have the value).", "", table, "", "## Columns", ""]
+lines = [
+    "# Run comparison",
+    "",
+    f"{len(runs)} finished runs below {', '.join(f'`{d}`' for d in args.dirs)}, "
+    "grouped by experiment (`name`); cells are mean ± sample std over the runs (— : one run or no value; "
+    "(k/n): only k of n runs have the value).",
+    "",
+    table,
+    "",
+    "## Columns",
+    "",
+]
 lines += [f"- **{column}**: " + LEGEND[source].format(key=key) for column, source, key in COLUMNS]
-lines += ["", "![validation tumour Dice and alpha per epoch](curves.png)", "", "## Runs", "",
-          "| experiment | seed | epochs | best epoch | test evaluated | run folder |", "|---|---|---|---|---|---|"]
+lines += [
+    "",
+    "![validation tumour Dice and alpha per epoch](curves.png)",
+    "",
+    "## Runs",
+    "",
+    "| experiment | seed | epochs | best epoch | test evaluated | run folder |",
+    "|---|---|---|---|---|---|",
+]
 for name, members in groups.items():
-    lines += [f"| {name} | {r['seed']} | {r['epochs']} | {r['best_epoch']} | {'yes' if r['evaluated'] else 'no'} | `{r['dir']}` |"
-              for r in members]
+    lines += [
+        f"| {name} | {r['seed']} | {r['epochs']} | {r['best_epoch']} | {'yes' if r['evaluated'] else 'no'} | `{r['dir']}` |"
+        for r in members
+    ]
 (out / "results.md").write_text("\n".join(lines) + "\n")
 
 # ---- curves.png
@@ -202,8 +249,14 @@ for k, (name, members) in enumerate(groups.items()):
         mean = [statistics.fmean(by_epoch[e]) for e in epochs]
         panel.plot(epochs, mean, "o-", color=color, markersize=3, label=f"{name} (n={len(members)})")
         if len(members) > 1:
-            panel.fill_between(epochs, [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs],
-                               color=color, alpha=0.2, linewidth=0)
+            panel.fill_between(
+                epochs,
+                [min(by_epoch[e]) for e in epochs],
+                [max(by_epoch[e]) for e in epochs],
+                color=color,
+                alpha=0.2,
+                linewidth=0,
+            )
 low, high = top.get_ylim()
 top.set_ylim(max(low, -0.02), min(high, 1.02))
 top.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))

@@ -76,14 +76,22 @@ def main() -> None:
     steps = int(cfg.data.sampling.samples_per_epoch) // batch
     gpu_step = flops / (args.tflops * 1e12)
     gib = 1 << 30
-    print(f"recipe: model={cfg.model.arch} ({params / 1e6:.1f}M parameters), batch {batch} x {size}x{size}, "
-          f"optim {cfg.optim.name}, {steps} steps per epoch (data.sampling.samples_per_epoch={cfg.data.sampling.samples_per_epoch})")
-    print(f"measured: {flops / 1e9:.1f} GFLOP per training step; {sum(saved) / gib:.2f} GiB of saved activations in fp32; "
-          f"CPU step {cpu_step:.2f} s ({torch.get_num_threads()} threads) -> {steps * cpu_step / 60:.0f} min per epoch on this CPU")
-    print(f"estimated GPU memory with AMP: {memory / gib:.1f} GiB (weights+grads+optimizer {static / gib:.2f}, "
-          f"activations {activations / gib:.2f}, CUDA context/workspace {CONTEXT_BYTES / gib:.0f})")
-    print(f"estimated GPU time: {gpu_step * 1e3:.0f} ms per step at {args.tflops:g} TFLOP/s sustained -> "
-          f"{steps * gpu_step:.0f} s per epoch of compute (data loading and validation not included)")
+    print(
+        f"recipe: model={cfg.model.arch} ({params / 1e6:.1f}M parameters), batch {batch} x {size}x{size}, "
+        f"optim {cfg.optim.name}, {steps} steps per epoch (data.sampling.samples_per_epoch={cfg.data.sampling.samples_per_epoch})"
+    )
+    print(
+        f"measured: {flops / 1e9:.1f} GFLOP per training step; {sum(saved) / gib:.2f} GiB of saved activations in fp32; "
+        f"CPU step {cpu_step:.2f} s ({torch.get_num_threads()} threads) -> {steps * cpu_step / 60:.0f} min per epoch on this CPU"
+    )
+    print(
+        f"estimated GPU memory with AMP: {memory / gib:.1f} GiB (weights+grads+optimizer {static / gib:.2f}, "
+        f"activations {activations / gib:.2f}, CUDA context/workspace {CONTEXT_BYTES / gib:.0f})"
+    )
+    print(
+        f"estimated GPU time: {gpu_step * 1e3:.0f} ms per step at {args.tflops:g} TFLOP/s sustained -> "
+        f"{steps * gpu_step:.0f} s per epoch of compute (data loading and validation not included)"
+    )
 
 
 if __name__ == "__main__":

@@ -29,13 +29,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="target folder (must not exist or be empty)")
     p.add_argument("--num-cases", type=int, default=20, help="number of cases (default 20)")
     p.add_argument("--seed", type=int, default=0, help="data set seed (default 0)")
-    p.add_argument("--montage", type=Path, default=None,
-                   help="also write a PNG montage of the first tumour-bearing case")
+    p.add_argument(
+        "--montage", type=Path, default=None, help="also write a PNG montage of the first tumour-bearing case"
+    )
     p.add_argument("--size", type=int, default=d.size, help=f"in-plane voxels (default {d.size})")
-    p.add_argument("--min-slices", type=int, default=d.num_slices[0],
-                   help=f"minimum slices per case (default {d.num_slices[0]})")
-    p.add_argument("--max-slices", type=int, default=d.num_slices[1],
-                   help=f"maximum slices per case (default {d.num_slices[1]})")
+    p.add_argument(
+        "--min-slices", type=int, default=d.num_slices[0], help=f"minimum slices per case (default {d.num_slices[0]})"
+    )
+    p.add_argument(
+        "--max-slices", type=int, default=d.num_slices[1], help=f"maximum slices per case (default {d.num_slices[1]})"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -45,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = SyntheticParams(size=args.size, num_slices=(args.min_slices, args.max_slices))
         t0 = time.perf_counter()
-        root = generate_dataset(args.out, args.num_cases, seed=args.seed, params=params,
-                                progress=not args.quiet)
+        root = generate_dataset(args.out, args.num_cases, seed=args.seed, params=params, progress=not args.quiet)
         dt = time.perf_counter() - t0
         print(f"wrote {args.num_cases} cases to {root.resolve()} ({dt:.1f} s, {dt / args.num_cases:.2f} s/case)")
         if args.montage is not None:

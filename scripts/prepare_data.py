@@ -40,8 +40,8 @@ def compose_config(overrides: list[str]):
 def run(cfg) -> dict:
     import numpy as np
 
-    from lits.data.prepare import cache_folder, prepare_all
     from lits.data.cache import liver_z_range
+    from lits.data.prepare import cache_folder, prepare_all
     from lits.data.splits import make_splits
 
     data = cfg.data
@@ -55,15 +55,23 @@ def run(cfg) -> dict:
         raise LitsError(f"{data.root}: no usable cases; see the reasons above")
     slices = sum(len(c.stats["liver_voxels"]) for c in cached.values())
     margin = data.get("liver_margin_mm")
-    train_slices = sum(np.subtract(*liver_z_range(c.stats["liver_voxels"], c.spacing[0], margin)[::-1]) for c in cached.values())
+    train_slices = sum(
+        np.subtract(*liver_z_range(c.stats["liver_voxels"], c.spacing[0], margin)[::-1]) for c in cached.values()
+    )
     tumor_free = sum(int(c.stats["tumor_voxels"].sum() == 0) for c in cached.values())
     size = sum(f.stat().st_size for c in cached.values() for f in c.folder.iterdir())
     splits = make_splits(sorted(cached), data, cfg.seed)
     print(f"cache: {folder}")
-    print(f"{len(cached)} cases ({tumor_free} without tumour), {slices} slices, {train_slices} training slices "
-          f"(liver z-range + {margin} mm), {_human(size)}, {elapsed:.1f} s")
-    print("split (seed {}{}): ".format(cfg.seed, f", fold {data.fold}/{data.num_folds}" if data.get("fold") is not None else "")
-          + ", ".join(f"{name} {len(ids)}" for name, ids in splits.items()))
+    print(
+        f"{len(cached)} cases ({tumor_free} without tumour), {slices} slices, {train_slices} training slices "
+        f"(liver z-range + {margin} mm), {_human(size)}, {elapsed:.1f} s"
+    )
+    print(
+        "split (seed {}{}): ".format(
+            cfg.seed, f", fold {data.fold}/{data.num_folds}" if data.get("fold") is not None else ""
+        )
+        + ", ".join(f"{name} {len(ids)}" for name, ids in splits.items())
+    )
     if problems:
         print(f"skipped {len(problems)} case(s): see {folder / 'skipped_cases.json'}")
     return {"cases": len(cached), "skipped": len(problems), "folder": str(folder)}

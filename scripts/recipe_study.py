@@ -26,12 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 RECIPE = ["augment=nnunet", "data.normalization=ct", "model=dynunet", "optim=sgd", "trainer.grad_clip=12"]
 VARIANTS = {
-    "baseline": [],                                  # SEEDS.md's recipe, the defaults before this study
-    "nnunet_aug": ["augment=nnunet"],                # + scaling, mirroring, noise, blur, brightness, contrast, low-res, gamma
-    "ct_norm": ["data.normalization=ct"],            # + nnU-Net CT normalisation (foreground percentiles, z-score)
-    "deep_supervision": ["model=dynunet"],           # DynUNet (nnU-Net's network) with deep supervision
+    "baseline": [],  # SEEDS.md's recipe, the defaults before this study
+    "nnunet_aug": ["augment=nnunet"],  # + scaling, mirroring, noise, blur, brightness, contrast, low-res, gamma
+    "ct_norm": ["data.normalization=ct"],  # + nnU-Net CT normalisation (foreground percentiles, z-score)
+    "deep_supervision": ["model=dynunet"],  # DynUNet (nnU-Net's network) with deep supervision
     "sgd_poly": ["optim=sgd", "trainer.grad_clip=12"],  # SGD Nesterov 0.99, lr 1e-2, poly; nnU-Net's clip 12
-    "nnunet_recipe": RECIPE,                         # all of the above
+    "nnunet_recipe": RECIPE,  # all of the above
 }
 
 
@@ -65,6 +65,7 @@ def row(name: str, folder: Path) -> dict:
 
 def table(rows: list[dict]) -> str:
     """lits' markdown table, Dice with 3 decimals and samples/s as a whole number."""
+
     def shown(key, value):
         if not isinstance(value, float):
             return value
@@ -77,7 +78,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=5.0, help="training budget per variant (trainer.max_time)")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "recipe_study")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (after --)")
     args = parser.parse_args()
@@ -94,20 +97,44 @@ def main() -> None:
         if not (folder / "evaluate" / "metrics.json").exists():
             print(f"[{name}] training {args.minutes:g} min: {' '.join(VARIANTS[name]) or '(defaults)'}", flush=True)
             folder.mkdir(parents=True, exist_ok=True)
-            train = [sys.executable, "train.py", "experiment=progressive", f"name=study_{name}", f"seed={args.seed}",
-                     f"trainer.max_time={args.minutes}", "trainer.resume=null", "trainer.progress=false",
-                     f"hydra.run.dir={folder}", *VARIANTS[name], *args.overrides]
+            train = [
+                sys.executable,
+                "train.py",
+                "experiment=progressive",
+                f"name=study_{name}",
+                f"seed={args.seed}",
+                f"trainer.max_time={args.minutes}",
+                "trainer.resume=null",
+                "trainer.progress=false",
+                f"hydra.run.dir={folder}",
+                *VARIANTS[name],
+                *args.overrides,
+            ]
             seconds = run(train, folder / "train_stdout.log")  # train.log is Hydra's own log in the same folder
             print(f"[{name}] trained in {seconds / 60:.1f} min; evaluating the test split (flip TTA)", flush=True)
-            run([sys.executable, "evaluate.py", f"ckpt={folder}/checkpoints/best.pt", "tta=true", "progress=false",
-                 f"hydra.run.dir={folder}/evaluate"], folder / "evaluate.log")
+            run(
+                [
+                    sys.executable,
+                    "evaluate.py",
+                    f"ckpt={folder}/checkpoints/best.pt",
+                    "tta=true",
+                    "progress=false",
+                    f"hydra.run.dir={folder}/evaluate",
+                ],
+                folder / "evaluate.log",
+            )
         rows.append(row(name, folder))
         print(table(rows[-1:]), flush=True)
 
-    text = (f"# Recipe study: {args.minutes:g} min of training per variant, seed {args.seed}\n\n"
-            f"Each row changes the reported recipe as listed in scripts/recipe_study.py; tumour Dice per case is the "
-            f"post-processed stage of evaluate.py on the test split (+TTA: flip test-time augmentation).\n\n"
-            + table(rows) + "\n\nOverrides: " + "; ".join(f"{n}: {' '.join(VARIANTS[n]) or '-'}" for n in names) + "\n")
+    text = (
+        f"# Recipe study: {args.minutes:g} min of training per variant, seed {args.seed}\n\n"
+        f"Each row changes the reported recipe as listed in scripts/recipe_study.py; tumour Dice per case is the "
+        f"post-processed stage of evaluate.py on the test split (+TTA: flip test-time augmentation).\n\n"
+        + table(rows)
+        + "\n\nOverrides: "
+        + "; ".join(f"{n}: {' '.join(VARIANTS[n]) or '-'}" for n in names)
+        + "\n"
+    )
     (out / "study.md").write_text(text)
     print("\n" + table(rows))
     print(f"\nwrote {out / 'study.md'}")

@@ -17,8 +17,8 @@ OFF = dict(p_rotate=0.0, p_elastic=0.0, p_intensity=0.0)
 SPATIAL_NEW = ("p_scale", "p_mirror_x", "p_mirror_y")
 INTENSITY_NEW = ("p_noise", "p_blur", "p_brightness", "p_contrast", "p_lowres", "p_gamma_invert", "p_gamma")
 EVERY_P = ("p_rotate", "p_elastic", "p_intensity", *SPATIAL_NEW, *INTENSITY_NEW)
-ALL_ON = {k: 1.0 for k in EVERY_P}  # every transform for every sample
-HALF_ON = {k: 0.5 for k in EVERY_P}
+ALL_ON = dict.fromkeys(EVERY_P, 1.0)  # every transform for every sample
+HALF_ON = dict.fromkeys(EVERY_P, 0.5)
 
 
 def aug(**kw) -> BatchAugment:
@@ -151,7 +151,9 @@ def test_rotation_is_a_true_rotation_on_non_square_images():
     canvas = torch.zeros(1, 1, 32, 48)
     canvas[..., 8:40] = pattern
     out, _ = aug().apply_params(canvas, torch.zeros(1, 32, 48, dtype=torch.long), rotation(1, 90.0))
-    torch.testing.assert_close(out[..., 2:-2, 10:38], torch.rot90(pattern, 1, dims=(-2, -1))[..., 2:-2, 2:-2], rtol=0, atol=1e-4)
+    torch.testing.assert_close(
+        out[..., 2:-2, 10:38], torch.rot90(pattern, 1, dims=(-2, -1))[..., 2:-2, 2:-2], rtol=0, atol=1e-4
+    )
 
 
 def test_sampled_angles_and_probabilities():
@@ -164,7 +166,7 @@ def test_sampled_angles_and_probabilities():
     assert abs(p.intensity.float().mean().item() - 0.2) < 0.02
     assert p.displacement.shape == (20000, 2, 3, 3)
     assert abs(p.displacement.std().item() - 25.0) < 0.5
-    assert 0.9 <= p.scale.min() and p.scale.max() <= 1.1 and -0.1 <= p.shift.min() and p.shift.max() <= 0.1
+    assert p.scale.min() >= 0.9 and p.scale.max() <= 1.1 and p.shift.min() >= -0.1 and p.shift.max() <= 0.1
     # independent per-sample draws: selection for one transform says nothing about another
     both = (p.rotate & p.elastic).float().mean().item()
     assert abs(both - 0.15) < 0.02
@@ -362,7 +364,9 @@ def on(b: int, *idx: int) -> torch.Tensor:
 
 
 def disc(b: int, size: int, radius: float) -> torch.Tensor:
-    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
     c = (size - 1) / 2
     return (((yy - c) ** 2 + (xx - c) ** 2) <= radius**2).long().expand(b, size, size).clone()
 
@@ -436,7 +440,7 @@ def test_scale_range_one_is_not_selected_and_sampled_factors_in_range():
     p = a.sample_params(16, torch.Generator().manual_seed(0))
     assert not p.scaling.any()
     p = aug(p_scale=1.0, scale_range=[0.7, 1.4]).sample_params(5000, torch.Generator().manual_seed(0))
-    assert p.scaling.all() and 0.7 <= p.scale_factor.min() and p.scale_factor.max() <= 1.4
+    assert p.scaling.all() and p.scale_factor.min() >= 0.7 and p.scale_factor.max() <= 1.4
     assert abs(p.scale_factor.mean().item() - 1.05) < 0.01  # uniform
 
 
@@ -510,7 +514,7 @@ def test_noise_std_matches_the_drawn_std_and_sampled_stds_in_range():
     # different seeds, different fields; same seed, same field
     assert not torch.allclose((out[0] - 0.5) / 0.05, (out[2] - 0.5) / 0.01, atol=1e-3)
     q = aug(p_noise=1.0, noise_std=[0.0, 0.03], **OFF).sample_params(4000, torch.Generator().manual_seed(0))
-    assert q.noise.all() and 0 <= q.noise_std.min() and q.noise_std.max() <= 0.03
+    assert q.noise.all() and q.noise_std.min() >= 0 and q.noise_std.max() <= 0.03
     assert abs(q.noise_std.mean().item() - 0.015) < 0.001 and q.noise_seed.unique().numel() == 4000
 
 
@@ -585,7 +589,9 @@ def test_inverted_gamma_runs_before_gamma():
     g = torch.Generator().manual_seed(2)
     img = torch.rand(1, 1, 32, 32, generator=g)
     lab = torch.zeros(1, 32, 32, dtype=torch.long)
-    both = params(1, gamma_invert=on(1), gamma_invert_value=torch.tensor([0.7]), gamma=on(1), gamma_value=torch.tensor([1.4]))
+    both = params(
+        1, gamma_invert=on(1), gamma_invert_value=torch.tensor([0.7]), gamma=on(1), gamma_value=torch.tensor([1.4])
+    )
     out, _ = aug().apply_params(img, lab, both)
     want = gamma_reference(gamma_reference(img[0, 0], 0.7, True), 1.4, False)
     torch.testing.assert_close(out[0, 0], want, rtol=0, atol=1e-5)
@@ -644,7 +650,7 @@ def test_intensity_steps_run_in_order_noise_blur_brightness_contrast_lowres_gamm
 
 
 def test_number_of_generator_draws_does_not_depend_on_the_probabilities():
-    zero = {k: 0.0 for k in EVERY_P}
+    zero = dict.fromkeys(EVERY_P, 0.0)
     states = []
     for kw in (zero, ALL_ON, HALF_ON):
         g = torch.Generator().manual_seed(42)
@@ -666,8 +672,8 @@ def test_new_probabilities_and_nnunet_factor_sampling():
                        ("brightness", 0.15), ("contrast", 0.15), ("lowres", 0.25), ("gamma_invert", 0.1), ("gamma", 0.3)]:  # fmt: skip
         assert abs(getattr(p, name).float().mean().item() - prob) < 0.015, name
     assert abs((p.mirror_x & p.mirror_y).float().mean().item() - 0.25) < 0.015  # independent
-    assert 0.5 <= p.blur_sigma.min() and p.blur_sigma.max() <= 1.0 and p.blur_sigma.shape == (20000, 2)
-    assert 0.5 <= p.lowres_zoom.min() and p.lowres_zoom.max() <= 1.0
+    assert p.blur_sigma.min() >= 0.5 and p.blur_sigma.max() <= 1.0 and p.blur_sigma.shape == (20000, 2)
+    assert p.lowres_zoom.min() >= 0.5 and p.lowres_zoom.max() <= 1.0
     for name, (lo, hi) in [("brightness_factor", (0.75, 1.25)), ("contrast_factor", (0.75, 1.25)),
                            ("gamma_value", (0.7, 1.5)), ("gamma_invert_value", (0.7, 1.5))]:  # fmt: skip
         v = getattr(p, name)
@@ -683,9 +689,22 @@ def test_config_files_default_and_nnunet():
     assert default == AugmentConfig()  # the YAML and the dataclass defaults agree
     assert all(getattr(default, k) == 0.0 for k in (*SPATIAL_NEW, *INTENSITY_NEW))
     nn = AugmentConfig.from_mapping(OmegaConf.load(CONFIGS / "nnunet.yaml"))
-    assert (nn.p_scale, nn.scale_range, nn.p_rotate, nn.max_rotate_deg, nn.p_elastic) == (0.2, (0.7, 1.4), 0.2, 180.0, 0.0)
+    assert (nn.p_scale, nn.scale_range, nn.p_rotate, nn.max_rotate_deg, nn.p_elastic) == (
+        0.2,
+        (0.7, 1.4),
+        0.2,
+        180.0,
+        0.0,
+    )
     # blur and low resolution: nnU-Net's 0.2 / 0.25 per sample times its per-channel 0.5 (one CT channel)
-    assert (nn.p_mirror_x, nn.p_mirror_y, nn.p_noise, nn.p_blur, nn.p_brightness, nn.p_contrast) == (0.5, 0.5, 0.1, 0.1, 0.15, 0.15)
+    assert (nn.p_mirror_x, nn.p_mirror_y, nn.p_noise, nn.p_blur, nn.p_brightness, nn.p_contrast) == (
+        0.5,
+        0.5,
+        0.1,
+        0.1,
+        0.15,
+        0.15,
+    )
     assert (nn.p_lowres, nn.p_gamma, nn.p_gamma_invert, nn.p_intensity) == (0.125, 0.3, 0.1, 0.0)
     assert nn.enabled is True
     lab = blobs(8)

@@ -10,15 +10,26 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO
-from lits.checkpoint import (check_compatible, load_checkpoint, remove_stale_temps, resume_path, rng_state, save_checkpoint,
-                             set_rng_state)
+
+from lits.checkpoint import (
+    check_compatible,
+    load_checkpoint,
+    remove_stale_temps,
+    resume_path,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from lits.errors import LitsError
 
 
 def state(value: float) -> dict:
-    return {"model": {"w": torch.full((4, 4), value)}, "config": {"model": {"arch": "unet", "channels": [8, 16]}}, "epoch": int(value)}
+    return {
+        "model": {"w": torch.full((4, 4), value)},
+        "config": {"model": {"arch": "unet", "channels": [8, 16]}},
+        "epoch": int(value),
+    }
 
 
 # The child saves the previous checkpoint, then dies by SIGKILL in the middle of the next save: either while torch.save
@@ -46,7 +57,9 @@ CHILD = textwrap.dedent("""
 @pytest.mark.parametrize("where", ["write", "rename"])
 def test_kill_during_checkpoint_write_keeps_previous_last_pt(tmp_path, where):
     path = tmp_path / "checkpoints" / "last.pt"
-    result = subprocess.run([sys.executable, "-c", CHILD, str(path), where], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, str(path), where], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == -9, result.stderr[-2000:]
     loaded = load_checkpoint(path)
     assert loaded["epoch"] == 1 and torch.equal(loaded["model"]["w"], torch.full((4, 4), 1.0))
@@ -94,10 +107,20 @@ def test_resume_path(tmp_path):
 
 
 def test_incompatible_network_is_refused_with_the_differences(tmp_path):
-    saved = {"config": {"model": {"arch": "unet", "channels": [8, 16], "output_prior": [0.1, 0.01]}, "data": {"context_slices": 0}}}
-    same_net = {"model": {"arch": "unet", "channels": [8, 16], "output_prior": [0.2, 0.02]}, "data": {"context_slices": 0}}
+    saved = {
+        "config": {
+            "model": {"arch": "unet", "channels": [8, 16], "output_prior": [0.1, 0.01]},
+            "data": {"context_slices": 0},
+        }
+    }
+    same_net = {
+        "model": {"arch": "unet", "channels": [8, 16], "output_prior": [0.2, 0.02]},
+        "data": {"context_slices": 0},
+    }
     check_compatible(saved, same_net, "last.pt")  # the initial bias is not part of the network's shape
-    with pytest.raises(LitsError, match=r"last.pt: checkpoint of a different network \(model.channels: \[8, 16\] -> \[8, 32\]\)"):
+    with pytest.raises(
+        LitsError, match=r"last.pt: checkpoint of a different network \(model.channels: \[8, 16\] -> \[8, 32\]\)"
+    ):
         check_compatible(saved, {**same_net, "model": {**same_net["model"], "channels": [8, 32]}}, "last.pt")
     with pytest.raises(LitsError, match="context_slices: 0 -> 2"):
         check_compatible(saved, {**same_net, "data": {"context_slices": 2}}, "last.pt")
@@ -112,7 +135,9 @@ def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
     draws(generator)
     np.random.randn()  # leaves a cached gaussian in numpy's state
-    save_checkpoint({"model": {}, "config": {}, "rng": rng_state(torch.device("cpu"), {"augment": generator})}, tmp_path / "rng.pt")
+    save_checkpoint(
+        {"model": {}, "config": {}, "rng": rng_state(torch.device("cpu"), {"augment": generator})}, tmp_path / "rng.pt"
+    )
     expected = draws(generator)
     draws(generator)
     restored = load_checkpoint(tmp_path / "rng.pt")["rng"]

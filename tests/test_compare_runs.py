@@ -6,18 +6,42 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, one_line_error
 
 # configs/experiment/smoke.yaml's sizes as command-line overrides (the experiments themselves come from the sweep)
-SMOKE = ["data.crop_size=64", "data.num_workers=0", "data.split.val=0.2", "data.split.test=0.2",
-         "data.sampling.samples_per_epoch=32", "data.synthetic.num_cases=5", "data.synthetic.size=96",
-         "+data.synthetic.num_slices=[20,28]", "model.channels=[8,16,32]", "model.strides=[2,2]", "model.num_res_units=1",
-         "trainer.max_epochs=2", "trainer.batch_size=4", "trainer.val_every=1", "trainer.log_images=false",
-         "trainer.progress=false", "loss.schedule.bce_epochs=1", "loss.schedule.dice_epoch=2"]
-TEST_COLUMNS = ["test tumour Dice/case", "test tumour Dice global", "test liver Dice/case", "test lesion recall IoU>0.5"]
-VAL_COLUMNS = ["val tumour Dice post @best", "val tumour Dice @last", "val tumour Dice global @last", "val liver Dice @last",
-               "train min"]
+SMOKE = [
+    "data.crop_size=64",
+    "data.num_workers=0",
+    "data.split.val=0.2",
+    "data.split.test=0.2",
+    "data.sampling.samples_per_epoch=32",
+    "data.synthetic.num_cases=5",
+    "data.synthetic.size=96",
+    "+data.synthetic.num_slices=[20,28]",
+    "model.channels=[8,16,32]",
+    "model.strides=[2,2]",
+    "model.num_res_units=1",
+    "trainer.max_epochs=2",
+    "trainer.batch_size=4",
+    "trainer.val_every=1",
+    "trainer.log_images=false",
+    "trainer.progress=false",
+    "loss.schedule.bce_epochs=1",
+    "loss.schedule.dice_epoch=2",
+]
+TEST_COLUMNS = [
+    "test tumour Dice/case",
+    "test tumour Dice global",
+    "test liver Dice/case",
+    "test lesion recall IoU>0.5",
+]
+VAL_COLUMNS = [
+    "val tumour Dice post @best",
+    "val tumour Dice @last",
+    "val tumour Dice global @last",
+    "val liver Dice @last",
+    "train min",
+]
 
 
 def run(*args, cwd):
@@ -41,13 +65,24 @@ def compared(tmp_path_factory):
     """One smoke-sized sweep (data and outputs under a temporary folder, as test_end_to_end), bce evaluated."""
     work = tmp_path_factory.mktemp("compare")
     sweep = work / "outputs/multirun/sweep"
-    result = run(REPO / "train.py", "-m", "experiment=bce,progressive", "seed=0", *SMOKE, f"hydra.sweep.dir={sweep}", cwd=work)
+    result = run(
+        REPO / "train.py", "-m", "experiment=bce,progressive", "seed=0", *SMOKE, f"hydra.sweep.dir={sweep}", cwd=work
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = {p.name.split("_", 1)[1]: p for p in sweep.iterdir() if p.is_dir()}
     assert set(runs) == {"bce_seed0", "progressive_seed0"}, sorted(runs)
     bce = runs["bce_seed0"]
-    result = run(REPO / "evaluate.py", f"ckpt={bce}/checkpoints/best.pt", f"hydra.run.dir={bce}/evaluate", "ablation=false",
-                 "report.montages=false", "report.plot=false", "tensorboard_dir=null", "progress=false", cwd=work)
+    result = run(
+        REPO / "evaluate.py",
+        f"ckpt={bce}/checkpoints/best.pt",
+        f"hydra.run.dir={bce}/evaluate",
+        "ablation=false",
+        "report.montages=false",
+        "report.plot=false",
+        "tensorboard_dir=null",
+        "progress=false",
+        cwd=work,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = work / "comparison"
     result = compare(sweep, "--out", out, cwd=work)
@@ -64,7 +99,10 @@ def test_table_has_one_row_per_experiment_in_seeds_order(compared):
         assert (row["runs"], row["seeds"]) == ("1", "0")
         for column in VAL_COLUMNS:  # n = 1: "mean ± —"
             mean, std = row[column].split(" ± ")
-            assert std == "—" and 0.0 <= float(mean) and (column == "train min" or float(mean) <= 1.0), (column, row[column])
+            assert std == "—" and float(mean) >= 0.0 and (column == "train min" or float(mean) <= 1.0), (
+                column,
+                row[column],
+            )
 
 
 def test_test_columns_come_from_the_evaluated_run_only(compared):
@@ -79,8 +117,12 @@ def test_test_columns_come_from_the_evaluated_run_only(compared):
     history = [json.loads(line) for line in (runs["progressive_seed0"] / "history.jsonl").read_text().splitlines()]
     summary = json.loads((runs["progressive_seed0"] / "train_summary.json").read_text())
     best = next(h for h in history if h["epoch"] == summary["best_epoch"])
-    assert float(rows["progressive"]["val tumour Dice post @best"].split(" ± ")[0]) == pytest.approx(best["val/tumor_dice_post"], abs=5e-5)
-    assert float(rows["progressive"]["val liver Dice @last"].split(" ± ")[0]) == pytest.approx(history[-1]["val/liver_dice"], abs=5e-5)
+    assert float(rows["progressive"]["val tumour Dice post @best"].split(" ± ")[0]) == pytest.approx(
+        best["val/tumor_dice_post"], abs=5e-5
+    )
+    assert float(rows["progressive"]["val liver Dice @last"].split(" ± ")[0]) == pytest.approx(
+        history[-1]["val/liver_dice"], abs=5e-5
+    )
 
 
 def test_out_writes_results_and_curves(compared):
@@ -113,16 +155,33 @@ def test_help_explains_the_columns():
 def fake_run(folder, name, seed, post_dice, minutes=1.0, test=None):
     """A finished run's files as train.py writes them (two epochs, best = last), optionally evaluated."""
     (folder / ".hydra").mkdir(parents=True)
-    (folder / ".hydra/config.yaml").write_text(f"name: {name}\nseed: {seed}\npaths:\n  output_dir: ${{hydra:runtime.output_dir}}\n")
+    (folder / ".hydra/config.yaml").write_text(
+        f"name: {name}\nseed: {seed}\npaths:\n  output_dir: ${{hydra:runtime.output_dir}}\n"
+    )
     val = {"val/liver_dice": 0.9, "val/tumor_dice": post_dice - 0.1, "val/tumor_dice_global": 0.7}
-    history = [{"epoch": 0, "train/alpha": 0.0, **val, "val/tumor_dice_post": post_dice / 2},
-               {"epoch": 1, "train/alpha": 0.5, **val, "val/tumor_dice_post": post_dice}]
+    history = [
+        {"epoch": 0, "train/alpha": 0.0, **val, "val/tumor_dice_post": post_dice / 2},
+        {"epoch": 1, "train/alpha": 0.5, **val, "val/tumor_dice_post": post_dice},
+    ]
     (folder / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history) + '{"epoch": 2, "tor')
     (folder / "train_summary.json").write_text(json.dumps({"best_epoch": 1, "minutes": minutes}))
     if test is not None:
         (folder / "evaluate").mkdir()
-        (folder / "evaluate/metrics.json").write_text(json.dumps({"split": "test", "main_stage": "post", "raw": {}, "post": {
-            "tumor_dice_per_case": test, "tumor_dice_global": test, "liver_dice_per_case": test, "tumor_lesion_recall_iou50": test}}))
+        (folder / "evaluate/metrics.json").write_text(
+            json.dumps(
+                {
+                    "split": "test",
+                    "main_stage": "post",
+                    "raw": {},
+                    "post": {
+                        "tumor_dice_per_case": test,
+                        "tumor_dice_global": test,
+                        "liver_dice_per_case": test,
+                        "tumor_lesion_recall_iou50": test,
+                    },
+                }
+            )
+        )
 
 
 def test_seeds_are_summarised_and_rows_ordered(tmp_path):

@@ -1,10 +1,9 @@
 """Every experiment and config group composes; overrides reach the values the code reads."""
 
 import pytest
+from conftest import REPO
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-
-from conftest import REPO
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "configs/experiment").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (REPO / "configs/model").glob("*.yaml"))
@@ -12,7 +11,9 @@ MODELS = sorted(p.stem for p in (REPO / "configs/model").glob("*.yaml"))
 
 def compose_train(overrides):
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides + ["paths.root_dir=/tmp/lits-root", "paths.output_dir=/tmp/lits-root/out"])
+        cfg = compose(
+            "train", overrides=overrides + ["paths.root_dir=/tmp/lits-root", "paths.output_dir=/tmp/lits-root/out"]
+        )
     return cfg
 
 

@@ -13,25 +13,36 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
-
 from conftest import REPO, make_case, write_nifti
+from omegaconf import OmegaConf
+from test_sources import LPS, make_lits_tree, make_msd_tree, truncate
+
 from lits.data import nifti
 from lits.data.cache import cache_key, window_to_unit
 from lits.data.nifti import CasePaths, load_case
 from lits.data.prepare import SKIPPED_FILE, cache_folder, prepare, prepare_all
 from lits.data.slices import SliceIndex
 from lits.errors import LitsError
-from test_sources import LPS, make_lits_tree, make_msd_tree, truncate
 
 WINDOW = (-200.0, 250.0)
 
 
 def data_cfg(root, cache, **over):
-    cfg = {"layout": "lits", "root": str(root), "cache_dir": str(cache), "window": list(WINDOW), "on_error": "fail",
-           "prepare_workers": 1, "liver_margin_mm": None, "target_spacing_xy": None, "context_slices": 0,
-           "split": {"val": 0.2, "test": 0.2, "train": None, "seed": None, "file": None}, "fold": None, "num_folds": 5,
-           "synthetic": None}
+    cfg = {
+        "layout": "lits",
+        "root": str(root),
+        "cache_dir": str(cache),
+        "window": list(WINDOW),
+        "on_error": "fail",
+        "prepare_workers": 1,
+        "liver_margin_mm": None,
+        "target_spacing_xy": None,
+        "context_slices": 0,
+        "split": {"val": 0.2, "test": 0.2, "train": None, "seed": None, "file": None},
+        "fold": None,
+        "num_folds": 5,
+        "synthetic": None,
+    }
     cfg.update(over)
     return OmegaConf.create(cfg)
 
@@ -58,9 +69,14 @@ def assert_matches_source(case, pair):
     assert np.array_equal(case.label, label)
     assert case.spacing == pytest.approx(spacing)
     # and back: Orientation.to_source restores the file's voxel order
-    orientation = nifti.Orientation(np.array(case.meta["orientation"]["ornt"]), tuple(case.meta["orientation"]["source_shape"]),
-                                    np.array(case.meta["orientation"]["source_affine"]))
-    assert np.array_equal(orientation.to_source(np.asarray(case.label)), np.asarray(nib.load(str(pair.label)).dataobj).astype(np.uint8))
+    orientation = nifti.Orientation(
+        np.array(case.meta["orientation"]["ornt"]),
+        tuple(case.meta["orientation"]["source_shape"]),
+        np.array(case.meta["orientation"]["source_affine"]),
+    )
+    assert np.array_equal(
+        orientation.to_source(np.asarray(case.label)), np.asarray(nib.load(str(pair.label)).dataobj).astype(np.uint8)
+    )
 
 
 def test_lits_tree_cached_slices_equal_windowed_reoriented_source(tmp_path):
@@ -82,15 +98,29 @@ def test_lits_tree_cached_slices_equal_windowed_reoriented_source(tmp_path):
 
 def test_msd_and_csv_trees(tmp_path):
     task = make_msd_tree(tmp_path / "msd")
-    splits, cases = prepare(data_cfg(task, tmp_path / "cache", layout="msd", split={"val": [0], "test": [1]}), seed=0, progress=False)
+    splits, cases = prepare(
+        data_cfg(task, tmp_path / "cache", layout="msd", split={"val": [0], "test": [1]}), seed=0, progress=False
+    )
     assert splits == {"train": ["2", "3"], "val": ["0"], "test": ["1"]}
     for case in all_cases(cases):
-        assert_matches_source(case, CasePaths(case.case_id, task / f"imagesTr/liver_{case.case_id}.nii.gz",
-                                              task / f"labelsTr/liver_{case.case_id}.nii.gz"))
+        assert_matches_source(
+            case,
+            CasePaths(
+                case.case_id,
+                task / f"imagesTr/liver_{case.case_id}.nii.gz",
+                task / f"labelsTr/liver_{case.case_id}.nii.gz",
+            ),
+        )
     listing = tmp_path / "pairs.csv"
-    listing.write_text("image,label\n" + "".join(f"msd/Task03_Liver/imagesTr/liver_{i}.nii.gz,msd/Task03_Liver/labelsTr/liver_{i}.nii.gz\n"
-                                                  for i in range(4)))
-    splits_csv, cases_csv = prepare(data_cfg(listing, tmp_path / "cache", layout="csv", split={"val": [0], "test": [1]}), seed=0, progress=False)
+    listing.write_text(
+        "image,label\n"
+        + "".join(
+            f"msd/Task03_Liver/imagesTr/liver_{i}.nii.gz,msd/Task03_Liver/labelsTr/liver_{i}.nii.gz\n" for i in range(4)
+        )
+    )
+    splits_csv, cases_csv = prepare(
+        data_cfg(listing, tmp_path / "cache", layout="csv", split={"val": [0], "test": [1]}), seed=0, progress=False
+    )
     assert splits_csv == splits
     for a, b in zip(all_cases(cases), all_cases(cases_csv)):
         assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)
@@ -116,10 +146,15 @@ def test_on_error_fail_names_the_file_and_the_fix(tmp_path):
     assert "volume-0.nii: no segmentation-0.nii[.gz] beside it" in message and "data.on_error=skip" in message
     assert "\n" not in message
     write_nifti(root / "Training Batch 1" / "segmentation-0.nii", make_case(seed=0)[1], LPS)
-    with pytest.raises(LitsError, match=r"volume-1.nii.gz: cannot read NIfTI .*re-download or re-export the file; or set data.on_error=skip"):
+    with pytest.raises(
+        LitsError,
+        match=r"volume-1.nii.gz: cannot read NIfTI .*re-download or re-export the file; or set data.on_error=skip",
+    ):
         prepare(cfg, seed=0, progress=False)
     folder = cache_folder(cfg)
-    assert not [p for p in folder.iterdir() if p.name.startswith(".") and p.name != ".lock"]  # no temp folder left behind
+    assert not [
+        p for p in folder.iterdir() if p.name.startswith(".") and p.name != ".lock"
+    ]  # no temp folder left behind
     for case_dir in (p for p in folder.iterdir() if not p.name.startswith(".")):
         assert (case_dir / "meta.json").exists()  # whatever is there is complete
 
@@ -159,7 +194,9 @@ def test_streaming_in_small_slabs_gives_the_same_arrays(tmp_path, monkeypatch):
 def test_parallel_preparation_equals_serial(tmp_path):
     root = make_lits_tree(tmp_path / "LiTS", n=4)
     _, serial = prepare(data_cfg(root, tmp_path / "c1", split={"val": [1], "test": [2]}), seed=0, progress=False)
-    _, parallel = prepare(data_cfg(root, tmp_path / "c2", prepare_workers=2, split={"val": [1], "test": [2]}), seed=0, progress=False)
+    _, parallel = prepare(
+        data_cfg(root, tmp_path / "c2", prepare_workers=2, split={"val": [1], "test": [2]}), seed=0, progress=False
+    )
     for a, b in zip(all_cases(serial), all_cases(parallel)):
         assert a.case_id == b.case_id and np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)
         assert a.meta["orientation"] == b.meta["orientation"]
@@ -168,7 +205,9 @@ def test_parallel_preparation_equals_serial(tmp_path):
 def test_liver_margin_restricts_training_slices_only(tmp_path):
     root = make_lits_tree(tmp_path / "LiTS", n=3)  # liver on canonical slices 2..9 of 12, 2.5 mm apart (case 2: 3 mm)
     _, full = prepare(data_cfg(root, tmp_path / "cache", split={"val": [1], "test": [2]}), seed=0, progress=False)
-    _, near = prepare(data_cfg(root, tmp_path / "cache", liver_margin_mm=5, split={"val": [1], "test": [2]}), seed=0, progress=False)
+    _, near = prepare(
+        data_cfg(root, tmp_path / "cache", liver_margin_mm=5, split={"val": [1], "test": [2]}), seed=0, progress=False
+    )
     assert full["train"][0].meta["train_z_range"] == [0, 12]  # liver_margin_mm=None: every slice
     case = near["train"][0]
     liver = np.flatnonzero(case.stats["liver_voxels"])
@@ -187,7 +226,9 @@ def test_in_plane_resampling_keeps_the_native_grid_for_metrics(tmp_path):
     assert cache_folder(cfg).name == cache_key(WINDOW, root, (1.6, 1.6)) != cache_key(WINDOW, root)
     assert case.image.shape == (12, 18, 20) and case.spacing == pytest.approx((2.5, 1.6, 1.6))
     assert case.meta["resampled"] and case.native_spacing == pytest.approx((2.5, 0.8, 0.8))
-    source = load_case(CasePaths("0", root / "Training Batch 1/volume-0.nii", root / "Training Batch 1/segmentation-0.nii"))
+    source = load_case(
+        CasePaths("0", root / "Training Batch 1/volume-0.nii", root / "Training Batch 1/segmentation-0.nii")
+    )
     assert np.array_equal(case.native_label, source.label)
     # downsampled labels keep the nested structure and roughly the liver volume
     assert set(np.unique(case.label)) <= {0, 1, 2}
@@ -212,12 +253,21 @@ def test_changed_source_is_rebuilt_and_unchanged_reused(tmp_path):
     write_nifti(root / "Training Batch 1/volume-0.nii", make_case(seed=11)[0], LPS)
     _, cases = prepare(cfg, seed=0, progress=False)
     assert meta.stat().st_mtime_ns != stamp
-    assert_matches_source(cases["train"][0], CasePaths("0", root / "Training Batch 1/volume-0.nii", root / "Training Batch 1/segmentation-0.nii"))
+    assert_matches_source(
+        cases["train"][0],
+        CasePaths("0", root / "Training Batch 1/volume-0.nii", root / "Training Batch 1/segmentation-0.nii"),
+    )
 
 
 def prepare_cmd(root, cache, workers=1):
-    return [sys.executable, str(REPO / "scripts/prepare_data.py"), "data=lits", f"data.root={root}", f"data.cache_dir={cache}",
-            f"data.prepare_workers={workers}"]
+    return [
+        sys.executable,
+        str(REPO / "scripts/prepare_data.py"),
+        "data=lits",
+        f"data.root={root}",
+        f"data.cache_dir={cache}",
+        f"data.prepare_workers={workers}",
+    ]
 
 
 def big_tree(root: Path, n: int) -> Path:
@@ -234,8 +284,13 @@ def big_tree(root: Path, n: int) -> Path:
 def test_killed_prepare_data_resumes_and_nothing_is_corrupt(tmp_path):
     root, cache, n = big_tree(tmp_path / "LiTS", 16), tmp_path / "cache", 16
     folder = cache / cache_key(WINDOW, root)
-    proc = subprocess.Popen(prepare_cmd(root, cache), cwd=tmp_path, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        prepare_cmd(root, cache),
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:  # kill while a case is being written, after >= 2 are done
         names = [p.name for p in folder.iterdir()] if folder.exists() else []
@@ -254,21 +309,34 @@ def test_killed_prepare_data_resumes_and_nothing_is_corrupt(tmp_path):
     print(f"killed with {len(done)}/{n} cases done; half-written: {leftovers}")
     (folder / ".15.tmp-otherhost-1-abc").mkdir(exist_ok=True)  # and one from an earlier crash, for good measure
 
-    result = subprocess.run(prepare_cmd(root, cache, workers=2), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        prepare_cmd(root, cache, workers=2), cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"{n} cases" in result.stdout
     assert sorted(p.name for p in folder.iterdir() if p.name not in (".lock",)) == sorted(str(i) for i in range(n))
-    assert {p: (folder / p / "meta.json").stat().st_mtime_ns for p in stamps} == stamps  # finished cases were kept, not redone
+    assert {
+        p: (folder / p / "meta.json").stat().st_mtime_ns for p in stamps
+    } == stamps  # finished cases were kept, not redone
     _, cases = prepare(data_cfg(root, cache, split={"val": [0], "test": [1]}), seed=0, progress=False)
     for case in all_cases(cases):
-        assert_matches_source(case, CasePaths(case.case_id, root / f"volume-{case.case_id}.nii.gz", root / f"segmentation-{case.case_id}.nii.gz"))
+        assert_matches_source(
+            case,
+            CasePaths(
+                case.case_id, root / f"volume-{case.case_id}.nii.gz", root / f"segmentation-{case.case_id}.nii.gz"
+            ),
+        )
 
 
 @pytest.mark.slow
 def test_concurrent_preparers_wait_for_each_other(tmp_path):
     root, cache = big_tree(tmp_path / "LiTS", 6), tmp_path / "cache"
-    procs = [subprocess.Popen(prepare_cmd(root, cache), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            prepare_cmd(root, cache), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     # each case was preprocessed once: whoever got the lock second found the work done (or had waited for it)
@@ -279,10 +347,18 @@ def test_concurrent_preparers_wait_for_each_other(tmp_path):
 
 
 def test_prepare_data_script_errors_are_one_line(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "scripts/prepare_data.py"), "data=msd", f"data.root={tmp_path}"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts/prepare_data.py"), "data=msd", f"data.root={tmp_path}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path}: no imagesTr/ folder; point data.root at the MSD Task03_Liver folder (imagesTr/, labelsTr/)"
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == f"error: {tmp_path}: no imagesTr/ folder; point data.root at the MSD Task03_Liver folder (imagesTr/, labelsTr/)"
+    )
 
 
 def test_a_full_disk_is_an_error_even_with_skip(tmp_path, monkeypatch):
@@ -295,7 +371,10 @@ def test_a_full_disk_is_an_error_even_with_skip(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np.lib.format, "open_memmap", full)
     cfg = data_cfg(root, tmp_path / "cache", on_error="skip", split={"val": [1], "test": [2]})
-    with pytest.raises(LitsError, match=r"cannot write the preprocessing cache \(No space left on device\); free disk space or set data.cache_dir"):
+    with pytest.raises(
+        LitsError,
+        match=r"cannot write the preprocessing cache \(No space left on device\); free disk space or set data.cache_dir",
+    ):
         prepare(cfg, seed=0, progress=False)
     assert [p.name for p in cache_folder(cfg).iterdir()] == [".lock"]  # no temp folder left behind
 
@@ -306,4 +385,7 @@ def test_a_case_folder_missing_a_file_is_rebuilt(tmp_path):
     prepare(cfg, seed=0, progress=False)
     (cache_folder(cfg) / "0" / "image.npy").unlink()
     _, cases = prepare(cfg, seed=0, progress=False)
-    assert_matches_source(cases["train"][0], CasePaths("0", root / "Training Batch 1/volume-0.nii", root / "Training Batch 1/segmentation-0.nii"))
+    assert_matches_source(
+        cases["train"][0],
+        CasePaths("0", root / "Training Batch 1/volume-0.nii", root / "Training Batch 1/segmentation-0.nii"),
+    )

@@ -12,8 +12,16 @@ IDS = [str(i) for i in range(20)]
 
 
 def cfg(split=None, **data):
-    return OmegaConf.create({"split": split if split is not None else {"val": 0.15, "test": 0.15, "train": None, "seed": None, "file": None},
-                             "fold": None, "num_folds": 5, **data})
+    return OmegaConf.create(
+        {
+            "split": split
+            if split is not None
+            else {"val": 0.15, "test": 0.15, "train": None, "seed": None, "file": None},
+            "fold": None,
+            "num_folds": 5,
+            **data,
+        }
+    )
 
 
 def members(splits):
@@ -22,7 +30,9 @@ def members(splits):
 
 def test_default_fractions_are_the_original_seeded_split():
     assert make_splits(IDS, cfg(), seed=3) == split_cases(IDS, 0.15, 0.15, seed=3)
-    assert make_splits(IDS, cfg({"val": 0.15, "test": 0.15, "seed": 3}), seed=99) == split_cases(IDS, 0.15, 0.15, seed=3)
+    assert make_splits(IDS, cfg({"val": 0.15, "test": 0.15, "seed": 3}), seed=99) == split_cases(
+        IDS, 0.15, 0.15, seed=3
+    )
 
 
 def test_explicit_lists_and_mixtures():
@@ -35,14 +45,17 @@ def test_explicit_lists_and_mixtures():
     assert s == {"train": ["7", "8", "9"], "val": ["5"], "test": ["6"]}  # unlisted cases are unused
 
 
-@pytest.mark.parametrize("split, message", [
-    ({"val": [1, 99]}, r"data.split.val: case ids \['99'\] are not in the data"),
-    ({"val": [1], "test": [1]}, "case 1 is in both"),
-    ({"val": [1, 1]}, "listed twice"),
-    ({"val": 1.5}, "give a fraction in"),
-    ({"val": [1], "train": []}, "the train split is empty"),
-    ({"colour": 1}, "data.split.colour: unknown key"),
-])
+@pytest.mark.parametrize(
+    "split, message",
+    [
+        ({"val": [1, 99]}, r"data.split.val: case ids \['99'\] are not in the data"),
+        ({"val": [1], "test": [1]}, "case 1 is in both"),
+        ({"val": [1, 1]}, "listed twice"),
+        ({"val": 1.5}, "give a fraction in"),
+        ({"val": [1], "train": []}, "the train split is empty"),
+        ({"colour": 1}, "data.split.colour: unknown key"),
+    ],
+)
 def test_bad_split_settings(split, message):
     with pytest.raises(LitsError, match=message):
         make_splits(IDS, cfg({"val": 0.15, "test": 0.15, **split}), seed=0)
@@ -63,11 +76,14 @@ def test_folds_partition_the_non_test_cases():
     assert cv_only["test"] == [] and len(cv_only["val"]) == 4
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"fold": 5, "num_folds": 5}, r"data.fold=5: give an integer in 0..4"),
-    ({"fold": 0, "num_folds": 1}, "data.num_folds=1: give an integer >= 2"),
-    ({"fold": 0, "num_folds": 30}, "cannot make data.num_folds=30 folds"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"fold": 5, "num_folds": 5}, r"data.fold=5: give an integer in 0..4"),
+        ({"fold": 0, "num_folds": 1}, "data.num_folds=1: give an integer >= 2"),
+        ({"fold": 0, "num_folds": 30}, "cannot make data.num_folds=30 folds"),
+    ],
+)
 def test_bad_fold_settings(data, message):
     with pytest.raises(LitsError, match=message):
         make_splits(IDS, cfg(**data), seed=0)
@@ -86,8 +102,14 @@ def test_split_files(tmp_path):
     assert s["train"] == [str(i) for i in range(4, 20)]
 
     nnunet = tmp_path / "splits_final.json"  # nnU-Net: a list of folds, file-style ids
-    nnunet.write_text(json.dumps([{"train": [f"liver_{i}" for i in range(10)], "val": [f"liver_{i}" for i in range(10, 20)]},
-                                  {"train": [f"liver_{i}" for i in range(10, 20)], "val": [f"liver_{i}" for i in range(10)]}]))
+    nnunet.write_text(
+        json.dumps(
+            [
+                {"train": [f"liver_{i}" for i in range(10)], "val": [f"liver_{i}" for i in range(10, 20)]},
+                {"train": [f"liver_{i}" for i in range(10, 20)], "val": [f"liver_{i}" for i in range(10)]},
+            ]
+        )
+    )
     s = make_splits(IDS, cfg(str(nnunet), fold=1), seed=0)
     assert s["val"] == [str(i) for i in range(10)] and s["test"] == []
     with pytest.raises(LitsError, match=r"holds 2 folds; choose one with data.fold=0..1"):

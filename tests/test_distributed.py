@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO
 from omegaconf import OmegaConf
 
-from conftest import REPO
 from lits.loss import HybridLoss, targets_from_labels
 
 LOSS = OmegaConf.load(REPO / "configs/loss/hybrid.yaml")
@@ -18,13 +18,28 @@ LOSS = OmegaConf.load(REPO / "configs/loss/hybrid.yaml")
 
 # 2 CPU processes x batch 4, 32 draws per epoch: 4 steps per epoch, 8 in all; last.pt also at step 5 (mid-epoch 1).
 # NaN injected on rank 1 only at step 2: rank 0 must skip that step too (else the gradient all-reduce would hang).
-COMMON = ["experiment=smoke", "trainer.progress=false", "trainer.deterministic=true", "trainer.save_every_steps=5",
-          "loss.dice_reduction=global", "trainer.debug_nan_steps=[2]"]
+COMMON = [
+    "experiment=smoke",
+    "trainer.progress=false",
+    "trainer.deterministic=true",
+    "trainer.save_every_steps=5",
+    "loss.dice_reduction=global",
+    "trainer.debug_nan_steps=[2]",
+]
 
 
 def torchrun(work, run, *overrides):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train.py"),
-           *COMMON, f"hydra.run.dir=outputs/{run}", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(REPO / "train.py"),
+        *COMMON,
+        f"hydra.run.dir=outputs/{run}",
+        *overrides,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600, env=env)
 
@@ -43,11 +58,18 @@ def test_one_set_of_outputs_written_by_rank_0(ddp_run):
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert len(list((run_dir / "tensorboard").iterdir())) == 1  # one events file: rank 0's
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in history] == [0, 1] and [h["step"] for h in history] == [4, 8]  # 32 draws / (2 ranks x 4)
+    assert [h["epoch"] for h in history] == [0, 1] and [h["step"] for h in history] == [
+        4,
+        8,
+    ]  # 32 draws / (2 ranks x 4)
     assert [h["train/bad_steps"] for h in history] == [1, 0]  # both ranks skipped step 2 together
     assert (result.stdout + result.stderr).count("non-finite loss at epoch 1 step 2") == 1  # said once, by rank 0
     state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
-    assert state["world_size"] == 2 and len(state["rank_states"]) == 2 and state["config"]["loss"]["dice_reduction"] == "global"
+    assert (
+        state["world_size"] == 2
+        and len(state["rank_states"]) == 2
+        and state["config"]["loss"]["dice_reduction"] == "global"
+    )
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in state["model"])  # the plain network's weights
 
 
@@ -56,7 +78,10 @@ def test_ranks_draw_disjoint_samples_of_one_global_sequence(ddp_run):
     from lits.data.slices import LesionSampler, SamplingConfig, SliceIndex
 
     _, run_dir, _ = ddp_run
-    logs = {r: [json.loads(line) for line in (run_dir / f"debug/samples-rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)}
+    logs = {
+        r: [json.loads(line) for line in (run_dir / f"debug/samples-rank{r}.jsonl").read_text().splitlines()]
+        for r in (0, 1)
+    }
     state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
     cfg = OmegaConf.create(state["config"])
     _, cases = prepare(cfg.data, cfg.seed, splits=state["splits"], only=("train",), progress=False)
@@ -68,7 +93,9 @@ def test_ranks_draw_disjoint_samples_of_one_global_sequence(ddp_run):
         assert not set(r0["draws"]) & set(r1["draws"])
         one_process.set_epoch(epoch)
         expected = list(one_process)  # what a single process draws: the ranks split it position by position
-        assert sorted(zip(r0["draws"] + r1["draws"], r0["slices"] + r1["slices"])) == sorted((d, s) for s, d in expected)
+        assert sorted(zip(r0["draws"] + r1["draws"], r0["slices"] + r1["slices"])) == sorted(
+            (d, s) for s, d in expected
+        )
         assert r0["draws"] == [d for _, d in expected[0::2]] and r1["draws"] == [d for _, d in expected[1::2]]
 
 
@@ -85,7 +112,9 @@ def test_validation_equals_a_single_process_evaluation_of_the_same_weights(ddp_r
     model = build_model(cfg.model).to(memory_format=torch.channels_last)
     model.load_state_dict(state["model"])
     _, cases = prepare(cfg.data, cfg.seed, splits=state["splits"], only=("val",), progress=False)
-    metrics, _, _ = validate(model, cases["val"], cfg, torch.device("cpu"), "off", PostprocessConfig.from_mapping(cfg.postprocess))
+    metrics, _, _ = validate(
+        model, cases["val"], cfg, torch.device("cpu"), "off", PostprocessConfig.from_mapping(cfg.postprocess)
+    )
     assert metrics == {k: v for k, v in history[-1].items() if k.startswith("val/")} == state["metrics"]
 
 
@@ -97,7 +126,9 @@ def test_ddp_run_killed_mid_epoch_resumes_to_the_same_weights(ddp_run):
     assert (state["position"], state["step"]) == ({"epoch": 1, "batch": 1}, 5)
     resumed = torchrun(work, "killed")
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
-    straight, again = (torch.load(d / "checkpoints/last.pt", weights_only=True) for d in (run_dir, work / "outputs/killed"))
+    straight, again = (
+        torch.load(d / "checkpoints/last.pt", weights_only=True) for d in (run_dir, work / "outputs/killed")
+    )
     assert straight["step"] == again["step"] == 8
     assert all(torch.equal(straight["model"][k], again["model"][k]) for k in straight["model"])
     assert straight["metrics"] == again["metrics"]
@@ -127,7 +158,9 @@ def _ddp_worker(rank, world, port, out):
         ddp = DistributedDataParallel(model)
         image, target = batch()
         half = slice(2 * rank, 2 * rank + 2)
-        loss, parts = HybridLoss(OmegaConf.merge(LOSS, {"dice_reduction": "global"}))(ddp(image[half]), target[half], 0.6)
+        loss, parts = HybridLoss(OmegaConf.merge(LOSS, {"dice_reduction": "global"}))(
+            ddp(image[half]), target[half], 0.6
+        )
         loss.backward()  # DDP averages the gradients of the two ranks
         if rank == 0:
             torch.save({"dice": parts["dice"], "grads": [p.grad for p in model.parameters()]}, out)
@@ -140,7 +173,9 @@ def test_global_dice_over_two_ranks_equals_one_process_on_the_whole_batch(tmp_pa
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # fork: no re-import in the children (they run one thread and share nothing with this process but the code)
-    torch.multiprocessing.start_processes(_ddp_worker, args=(2, port, str(tmp_path / "rank0.pt")), nprocs=2, start_method="fork")
+    torch.multiprocessing.start_processes(
+        _ddp_worker, args=(2, port, str(tmp_path / "rank0.pt")), nprocs=2, start_method="fork"
+    )
     ddp = torch.load(tmp_path / "rank0.pt", weights_only=True)
     model = net()
     image, target = batch()

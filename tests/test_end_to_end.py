@@ -8,12 +8,13 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO
 
 
 def run(script, *overrides, cwd):
-    return subprocess.run([sys.executable, str(REPO / script), *overrides], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *overrides], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
@@ -80,15 +81,21 @@ def one_line_error(result):
 def test_missing_data_root_is_one_clear_line(tmp_path):
     result = run("train.py", "experiment=bce", "data=lits", "hydra.run.dir=run", cwd=tmp_path)
     assert "data.root" in one_line_error(result)
-    result = run("train.py", "experiment=bce", "data=lits", f"data.root={tmp_path}/nowhere", "hydra.run.dir=run", cwd=tmp_path)
+    result = run(
+        "train.py", "experiment=bce", "data=lits", f"data.root={tmp_path}/nowhere", "hydra.run.dir=run", cwd=tmp_path
+    )
     assert "nowhere: data folder not found" in one_line_error(result)
     assert not (tmp_path / "run/checkpoints").exists()
 
 
 def test_bad_checkpoints_are_refused(tmp_path):
-    assert "checkpoint not found" in one_line_error(run("evaluate.py", "ckpt=missing.pt", "hydra.run.dir=run", cwd=tmp_path))
+    assert "checkpoint not found" in one_line_error(
+        run("evaluate.py", "ckpt=missing.pt", "hydra.run.dir=run", cwd=tmp_path)
+    )
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
-    assert "not a readable lits checkpoint" in one_line_error(run("evaluate.py", "ckpt=corrupt.pt", "hydra.run.dir=run", cwd=tmp_path))
+    assert "not a readable lits checkpoint" in one_line_error(
+        run("evaluate.py", "ckpt=corrupt.pt", "hydra.run.dir=run", cwd=tmp_path)
+    )
     assert not (tmp_path / "run/metrics.json").exists()
 
 

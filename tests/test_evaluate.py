@@ -10,12 +10,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, write_nifti
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from scipy import ndimage
 
 import lits.evaluate
-from conftest import REPO, one_line_error, write_nifti
 from lits.errors import LitsError
 
 # x -> -z, y -> x, z -> -y (mm): canonical (Z, Y, X) arrays differ from the stored (i, j, k) order
@@ -72,24 +72,46 @@ def make_checkpoint(tmp_path, data_root, test_ids=("0", "1", "2"), prior=(0.5, 0
     prior 0.5: the untrained network's masks then depend on the input, so they are not trivially empty.
     """
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=smoke", "data=lits", f"data.root={data_root}", "data.synthetic=null",
-                                          f"data.cache_dir={tmp_path}/cache", f"model.output_prior=[{prior[0]},{prior[1]}]",
-                                          f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/run", *overrides])
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=smoke",
+                "data=lits",
+                f"data.root={data_root}",
+                "data.synthetic=null",
+                f"data.cache_dir={tmp_path}/cache",
+                f"model.output_prior=[{prior[0]},{prior[1]}]",
+                f"paths.root_dir={tmp_path}",
+                f"paths.output_dir={tmp_path}/run",
+                *overrides,
+            ],
+        )
     from lits.checkpoint import save_checkpoint
     from lits.model import build_model
 
     torch.manual_seed(0)
     model = build_model(cfg.model)
-    state = {"model": model.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True), "epoch": 3,
-             "splits": {"train": [], "val": [test_ids[0]], "test": list(test_ids)}}
+    state = {
+        "model": model.state_dict(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "epoch": 3,
+        "splits": {"train": [], "val": [test_ids[0]], "test": list(test_ids)},
+    }
     (tmp_path / "run/tensorboard").mkdir(parents=True, exist_ok=True)
     return save_checkpoint(state, tmp_path / "run/checkpoints/best.pt")
 
 
 def evaluate_cfg(tmp_path, *overrides, out="eval"):
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose("evaluate", overrides=[*overrides, "progress=false", f"paths.root_dir={tmp_path}",
-                                              f"paths.output_dir={tmp_path / out}"])
+        return compose(
+            "evaluate",
+            overrides=[
+                *overrides,
+                "progress=false",
+                f"paths.root_dir={tmp_path}",
+                f"paths.output_dir={tmp_path / out}",
+            ],
+        )
 
 
 def read_rows(path):
@@ -98,7 +120,9 @@ def read_rows(path):
 
 
 def run_cli(script, *overrides, cwd):
-    return subprocess.run([sys.executable, str(REPO / script), *overrides], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *overrides], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 # --------------------------------------------------------------------------------------- checkpoint mode
@@ -180,8 +204,17 @@ def test_saved_predictions_overlay_the_input_and_score_the_same(tmp_path, monkey
     monkeypatch.setattr(lits.evaluate, "predict_volume", fake_predict_volume)
     root = write_tree(tmp_path / "lits", cases=(0, 1))
     ckpt = make_checkpoint(tmp_path, root, test_ids=("0", "1"))
-    lits.evaluate.run(evaluate_cfg(tmp_path, f"ckpt={ckpt}", "postprocess.hysteresis=true", "save_predictions=true",
-                                   "save_probabilities=true", "ablation=false", "report.montages=false"))
+    lits.evaluate.run(
+        evaluate_cfg(
+            tmp_path,
+            f"ckpt={ckpt}",
+            "postprocess.hysteresis=true",
+            "save_predictions=true",
+            "save_probabilities=true",
+            "ablation=false",
+            "report.montages=false",
+        )
+    )
     for case in ("0", "1"):
         ref = nib.load(root / f"segmentation-{case}.nii.gz")
         exported = nib.load(tmp_path / f"eval/predictions/test-segmentation-{case}.nii")
@@ -196,8 +229,16 @@ def test_saved_predictions_overlay_the_input_and_score_the_same(tmp_path, monkey
         assert (tumor > 0.5).sum() == (CORE_VOXELS if case == "0" else 0) + 8 + 6 * 4 * 4
     # the exported folder, scored as predictions from any tool, gives the post stage's numbers
     post = json.loads((tmp_path / "eval/metrics.json").read_text())["post"]
-    lits.evaluate.run(evaluate_cfg(tmp_path, f"predictions={tmp_path}/eval/predictions", "data=lits", f"data.root={root}",
-                                   f"data.cache_dir={tmp_path}/cache", out="rescore"))
+    lits.evaluate.run(
+        evaluate_cfg(
+            tmp_path,
+            f"predictions={tmp_path}/eval/predictions",
+            "data=lits",
+            f"data.root={root}",
+            f"data.cache_dir={tmp_path}/cache",
+            out="rescore",
+        )
+    )
     given = json.loads((tmp_path / "rescore/metrics.json").read_text())["given"]
     assert given == post and given["tumor_dice_per_case"] == 1.0
 
@@ -208,8 +249,16 @@ def test_resampled_cache_is_scored_and_exported_on_the_native_grid(tmp_path, mon
     monkeypatch.setattr(lits.evaluate, "predict_volume", fake_predict_volume)
     root = write_tree(tmp_path / "lits", cases=(0,))
     ckpt = make_checkpoint(tmp_path, root, test_ids=("0",), overrides=["data.target_spacing_xy=[1.4,1.6]"])
-    lits.evaluate.run(evaluate_cfg(tmp_path, f"ckpt={ckpt}", "postprocess.hysteresis=true", "save_predictions=true",
-                                   "ablation=false", "tensorboard_dir=null"))
+    lits.evaluate.run(
+        evaluate_cfg(
+            tmp_path,
+            f"ckpt={ckpt}",
+            "postprocess.hysteresis=true",
+            "save_predictions=true",
+            "ablation=false",
+            "tensorboard_dir=null",
+        )
+    )
     [cached] = [p for p in (tmp_path / "cache").rglob("meta.json")]
     assert json.loads(cached.read_text())["resampled"]  # the network really saw another grid
     row = next(r for r in read_rows(tmp_path / "eval/cases.csv") if r["stage"] == "post")
@@ -238,8 +287,15 @@ def test_score_a_predictions_folder_from_the_command_line(tmp_path):
     missed[missed == 2] = 1  # tumour called liver: liver Dice stays 1, tumour Dice 0
     write_nifti(preds / "test-segmentation-2.nii", missed, AFFINE)
     (preds / "notes.txt").write_text("ignored")
-    result = run_cli("evaluate.py", f"predictions={preds}", "data=lits", f"data.root={root}", "hydra.run.dir=out",
-                     "progress=false", cwd=tmp_path)
+    result = run_cli(
+        "evaluate.py",
+        f"predictions={preds}",
+        "data=lits",
+        f"data.root={root}",
+        "hydra.run.dir=out",
+        "progress=false",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {r["case"]: r for r in read_rows(tmp_path / "out/cases.csv")}
     assert sorted(rows) == ["0", "2"] and {r["stage"] for r in rows.values()} == {"given"}
@@ -259,7 +315,9 @@ def test_prediction_off_the_reference_grid_is_refused(tmp_path):
     preds.mkdir()
     _, seg = phantom()
     write_nifti(preds / "segmentation-0.nii.gz", seg, np.diag([0.8, 0.7, 2.5, 1.0]))  # canonical, not the input's
-    cfg = evaluate_cfg(tmp_path, f"predictions={preds}", "data=lits", f"data.root={root}", f"data.cache_dir={tmp_path}/cache")
+    cfg = evaluate_cfg(
+        tmp_path, f"predictions={preds}", "data=lits", f"data.root={root}", f"data.cache_dir={tmp_path}/cache"
+    )
     with pytest.raises(LitsError, match="segmentation-0.nii.gz: affine differs from the reference volume-0.nii.gz"):
         lits.evaluate.run(cfg)
     assert not (tmp_path / "eval").exists()  # refused before anything was scored or written
@@ -271,16 +329,29 @@ def _bad_prediction(tmp_path, name, data, affine=AFFINE):
     preds.mkdir(exist_ok=True)
     if data is not None:
         write_nifti(preds / name, data, affine)
-    return evaluate_cfg(tmp_path, f"predictions={preds}", "data=lits", f"data.root={root}", f"data.cache_dir={tmp_path}/cache")
+    return evaluate_cfg(
+        tmp_path, f"predictions={preds}", "data=lits", f"data.root={root}", f"data.cache_dir={tmp_path}/cache"
+    )
 
 
-@pytest.mark.parametrize("name, data, message", [
-    ("segmentation-0.nii", np.zeros((40, 36, 11), np.uint8), r"shape \(40, 36, 11\) differs from the reference volume-0.nii.gz \(40, 36, 12\)"),
-    ("segmentation-0.nii", np.full(SHAPE, 3, np.uint8), r"segmentation-0.nii: values outside \{0, 1, 2\}"),
-    ("segmentation-0.nii", np.full(SHAPE, 0.5, np.float32), "segmentation-0.nii: non-integer voxel values"),
-    ("segmentation-7.nii", np.zeros(SHAPE, np.uint8), "segmentation-7.nii: no reference case with that number"),
-    ("prediction-0.nii", np.zeros(SHAPE, np.uint8), r"no segmentation-N.nii\[.gz\] or test-segmentation-N.nii\[.gz\] files \(1 other"),
-])
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        (
+            "segmentation-0.nii",
+            np.zeros((40, 36, 11), np.uint8),
+            r"shape \(40, 36, 11\) differs from the reference volume-0.nii.gz \(40, 36, 12\)",
+        ),
+        ("segmentation-0.nii", np.full(SHAPE, 3, np.uint8), r"segmentation-0.nii: values outside \{0, 1, 2\}"),
+        ("segmentation-0.nii", np.full(SHAPE, 0.5, np.float32), "segmentation-0.nii: non-integer voxel values"),
+        ("segmentation-7.nii", np.zeros(SHAPE, np.uint8), "segmentation-7.nii: no reference case with that number"),
+        (
+            "prediction-0.nii",
+            np.zeros(SHAPE, np.uint8),
+            r"no segmentation-N.nii\[.gz\] or test-segmentation-N.nii\[.gz\] files \(1 other",
+        ),
+    ],
+)
 def test_bad_prediction_files_are_refused(tmp_path, name, data, message):
     with pytest.raises(LitsError, match=message):
         lits.evaluate.run(_bad_prediction(tmp_path, name, data))
@@ -294,13 +365,16 @@ def test_two_files_for_one_case_are_refused(tmp_path):
         lits.evaluate.run(cfg)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ((), "nothing to evaluate: give ckpt=PATH"),
-    (("predictions=somewhere",), "needs the references: add data=lits data.root=DIR"),
-    (("predictions=somewhere", "ckpt=x.pt"), "both ckpt= and predictions= given"),
-    (("predictions=nowhere", "data=lits", "data.root=."), "nowhere: predictions folder not found"),
-    (("ckpt=x.pt", "data=lits"), "a checkpoint brings its own data config"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ((), "nothing to evaluate: give ckpt=PATH"),
+        (("predictions=somewhere",), "needs the references: add data=lits data.root=DIR"),
+        (("predictions=somewhere", "ckpt=x.pt"), "both ckpt= and predictions= given"),
+        (("predictions=nowhere", "data=lits", "data.root=."), "nowhere: predictions folder not found"),
+        (("ckpt=x.pt", "data=lits"), "a checkpoint brings its own data config"),
+    ],
+)
 def test_mode_errors(tmp_path, overrides, message):
     with pytest.raises(LitsError, match=message):
         lits.evaluate.run(evaluate_cfg(tmp_path, *overrides))

@@ -11,7 +11,14 @@ import pytest
 
 from lits.data.nifti import CasePaths, load_case
 from lits.errors import LitsError
-from lits.export import export_labels, export_probabilities, orientation_from_meta, output_name, probability_name, read_header
+from lits.export import (
+    export_labels,
+    export_probabilities,
+    orientation_from_meta,
+    output_name,
+    probability_name,
+    read_header,
+)
 
 
 def _oblique():
@@ -55,10 +62,21 @@ def test_label_map_round_trip_overlays_the_input(tmp_path, name):
         assert case.image.shape != hu.shape  # the canonical grid really is a different voxel order
     labels = label_rule(case.image)  # computed where lits computes: on the canonical (Z, Y, X) grid
     # as the preprocessing cache records the orientation (JSON lists)
-    meta = json.loads(json.dumps({"ornt": case.orientation.ornt.tolist(), "source_shape": list(case.orientation.source_shape),
-                                  "source_affine": case.orientation.source_affine.tolist()}))
-    out = export_labels(tmp_path / "out" / "test-segmentation-1.nii", labels, orientation_from_meta(meta),
-                        read_header(tmp_path / "ct.nii.gz"))
+    meta = json.loads(
+        json.dumps(
+            {
+                "ornt": case.orientation.ornt.tolist(),
+                "source_shape": list(case.orientation.source_shape),
+                "source_affine": case.orientation.source_affine.tolist(),
+            }
+        )
+    )
+    out = export_labels(
+        tmp_path / "out" / "test-segmentation-1.nii",
+        labels,
+        orientation_from_meta(meta),
+        read_header(tmp_path / "ct.nii.gz"),
+    )
     src, seg = nib.load(tmp_path / "ct.nii.gz"), nib.load(out)
     np.testing.assert_array_equal(np.asarray(seg.dataobj), label_rule(hu))  # voxel for voxel on the stored grid
     assert seg.shape == src.shape and seg.get_data_dtype() == np.uint8
@@ -80,8 +98,12 @@ def test_probability_maps_are_4d_on_the_input_grid(tmp_path):
     case = load_case(CasePaths("ct", tmp_path / "ct.nii", None))
     unit = lambda h: np.clip((h + 1024) / 1400, 0, 1)  # noqa: E731
     probs = np.stack([unit(case.image), 1 - unit(case.image)]).astype(np.float32)
-    out = export_probabilities(tmp_path / probability_name("test-segmentation-3.nii"), probs, case.orientation,
-                               read_header(tmp_path / "ct.nii"))
+    out = export_probabilities(
+        tmp_path / probability_name("test-segmentation-3.nii"),
+        probs,
+        case.orientation,
+        read_header(tmp_path / "ct.nii"),
+    )
     assert out.name == "test-segmentation-3_probabilities.nii.gz"
     img = nib.load(out)
     assert img.shape == (*hu.shape, 2) and img.get_data_dtype() == np.uint8
@@ -109,13 +131,16 @@ def test_files_are_whole_and_readable(tmp_path):
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask  # not the temp file's private 0600
 
 
-@pytest.mark.parametrize("name, naming, expected", [
-    ("volume-12.nii", "auto", "test-segmentation-12.nii"),
-    ("test-volume-3.nii.gz", "auto", "test-segmentation-3.nii"),
-    ("liver_7.nii.gz", "lits", "test-segmentation-7.nii"),
-    ("patient_a.nii.gz", "auto", "patient_a.nii.gz"),
-    ("volume-12.nii", "input", "volume-12.nii"),
-])
+@pytest.mark.parametrize(
+    "name, naming, expected",
+    [
+        ("volume-12.nii", "auto", "test-segmentation-12.nii"),
+        ("test-volume-3.nii.gz", "auto", "test-segmentation-3.nii"),
+        ("liver_7.nii.gz", "lits", "test-segmentation-7.nii"),
+        ("patient_a.nii.gz", "auto", "patient_a.nii.gz"),
+        ("volume-12.nii", "input", "volume-12.nii"),
+    ],
+)
 def test_output_names(name, naming, expected):
     assert output_name(f"/data/{name}", naming) == expected
 

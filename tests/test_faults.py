@@ -6,17 +6,27 @@ import math
 
 import pytest
 import torch
+from conftest import REPO
 from hydra import compose, initialize_config_dir
 
-from conftest import REPO
 from lits.errors import LitsError
 
 
 def config(work, run, *overrides):
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose("train", overrides=["experiment=smoke", "trainer.progress=false", "trainer.log_images=false",
-                                           "trainer.max_epochs=1", "trainer.num_threads=1", *overrides,
-                                           f"paths.root_dir={work}", f"paths.output_dir={work}/outputs/{run}"])
+        return compose(
+            "train",
+            overrides=[
+                "experiment=smoke",
+                "trainer.progress=false",
+                "trainer.log_images=false",
+                "trainer.max_epochs=1",
+                "trainer.num_threads=1",
+                *overrides,
+                f"paths.root_dir={work}",
+                f"paths.output_dir={work}/outputs/{run}",
+            ],
+        )
 
 
 @pytest.fixture
@@ -50,8 +60,11 @@ def test_nan_batches_are_skipped_counted_and_logged(work):
 def test_too_many_bad_steps_in_a_row_abort_with_a_clear_error(work):
     from lits.train import run
 
-    with pytest.raises(LitsError, match=r"3 non-finite losses in a row \(epoch 1, step 3, trainer.max_bad_steps=3\): "
-                                        r"training diverged or the data holds NaN/Inf; lower optim.lr"):
+    with pytest.raises(
+        LitsError,
+        match=r"3 non-finite losses in a row \(epoch 1, step 3, trainer.max_bad_steps=3\): "
+        r"training diverged or the data holds NaN/Inf; lower optim.lr",
+    ):
         run(config(work, "abort", "trainer.debug_nan_steps=[1,2,3,4]", "trainer.max_bad_steps=3"))
     assert not (work / "outputs/abort/checkpoints/last.pt").exists()
 

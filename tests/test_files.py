@@ -19,9 +19,8 @@ def test_success_replaces_target_with_plain_permissions(tmp_path):
 
 def test_failure_leaves_old_file_and_no_temp(tmp_path):
     target = write_bytes_atomic(tmp_path / "metrics.json", b"old")
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed mid-write")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

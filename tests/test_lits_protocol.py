@@ -79,8 +79,9 @@ def test_surface_metrics_match_medpy(seed, method, medpy_binary):
     ours = surface_metrics(p, g, SPACING, method=method)
     assert ours["assd"] == pytest.approx(medpy_binary.assd(p, g, SPACING, connectivity=2), abs=1e-6)
     assert ours["msd"] == pytest.approx(medpy_binary.hd(p, g, SPACING, connectivity=2), abs=1e-6)
-    d = np.concatenate([_medpy_surface_distances(medpy_binary, p, g, SPACING),
-                        _medpy_surface_distances(medpy_binary, g, p, SPACING)])
+    d = np.concatenate(
+        [_medpy_surface_distances(medpy_binary, p, g, SPACING), _medpy_surface_distances(medpy_binary, g, p, SPACING)]
+    )
     assert ours["rmsd"] == pytest.approx(math.sqrt(np.mean(d**2)), abs=1e-6)
     # the values are not trivially equal to something else: a real, non-zero disagreement between the masks
     assert ours["msd"] > ours["rmsd"] > ours["assd"] > 0

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from conftest import REPO
 from monai.losses import DiceLoss
 from omegaconf import OmegaConf
 
-from conftest import REPO
 from lits.loss import HybridLoss, alpha_at, targets_from_labels
 
 REPO_LOSS = OmegaConf.load(REPO / "configs/loss/hybrid.yaml")
@@ -22,7 +22,9 @@ def test_alpha_zero_is_bce_and_one_is_dice():
     loss = HybridLoss(REPO_LOSS)
     logits, target = batch()
     bce, _ = loss(logits, target, 0.0)
-    assert bce.item() == pytest.approx(torch.nn.functional.binary_cross_entropy_with_logits(logits, target).item(), rel=1e-6)
+    assert bce.item() == pytest.approx(
+        torch.nn.functional.binary_cross_entropy_with_logits(logits, target).item(), rel=1e-6
+    )
     dice, _ = loss(logits, target, 1.0)
     reference = DiceLoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
     expected = (reference(logits[:, :1], target[:, :1]) + reference(logits[:, 1:], target[:, 1:])) / 2
@@ -37,7 +39,9 @@ def test_soft_dice_matches_formula():
     logits, target = batch(1)
     p = torch.sigmoid(logits)
     eps = 1e-5
-    per_channel = [1 - (2 * (p[:, c] * target[:, c]).sum() + eps) / (p[:, c].sum() + target[:, c].sum() + eps) for c in range(2)]
+    per_channel = [
+        1 - (2 * (p[:, c] * target[:, c]).sum() + eps) / (p[:, c].sum() + target[:, c].sum() + eps) for c in range(2)
+    ]
     assert loss(logits, target, 1.0)[0].item() == pytest.approx(float(sum(per_channel) / 2), rel=1e-5)
 
 
@@ -82,7 +86,10 @@ def variant(**changes):
 
 def experiment_loss(name):
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={name}", "paths.root_dir=/tmp/lits-root", "paths.output_dir=/tmp/lits-root/out"])
+        cfg = compose(
+            "train",
+            overrides=[f"experiment={name}", "paths.root_dir=/tmp/lits-root", "paths.output_dir=/tmp/lits-root/out"],
+        )
     return cfg.loss
 
 
@@ -90,7 +97,9 @@ def test_defaults_are_dice_and_bce_with_aliases():
     assert (REPO_LOSS.region, REPO_LOSS.pixel, REPO_LOSS.scale) == ("dice", "bce", 1.0)
     logits, target = batch(2)
     total, parts = HybridLoss(REPO_LOSS)(logits, target, 0.4)
-    old_style = HybridLoss(OmegaConf.masked_copy(REPO_LOSS, ["temperature", "channel_weights", "dice", "dice_reduction", "schedule"]))
+    old_style = HybridLoss(
+        OmegaConf.masked_copy(REPO_LOSS, ["temperature", "channel_weights", "dice", "dice_reduction", "schedule"])
+    )
     assert total.item() == old_style(logits, target, 0.4)[0].item()  # a config without the new keys: same numbers
     assert parts["pixel"] is parts["bce"] and parts["region"] is parts["dice"]
 
@@ -100,15 +109,21 @@ def test_focal_is_monai_focal_loss(gamma):
     loss = HybridLoss(variant(pixel="focal", focal_gamma=gamma))
     logits, target = batch(3)
     value, parts = loss(logits, target, 0.0)
-    expected = FocalLoss(gamma=gamma, use_softmax=False)(logits, target)  # mean over every element = mean of channel means
+    expected = FocalLoss(gamma=gamma, use_softmax=False)(
+        logits, target
+    )  # mean over every element = mean of channel means
     assert value.item() == pytest.approx(expected.item(), rel=1e-6)
     assert parts["bce"].item() == pytest.approx(expected.item(), rel=1e-6)
     p = torch.sigmoid(logits)
     p_t = p * target + (1 - p) * (1 - target)
-    hand = ((1 - p_t) ** gamma * torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")).mean()
+    hand = (
+        (1 - p_t) ** gamma * torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    ).mean()
     assert value.item() == pytest.approx(hand.item(), rel=1e-5)
     if gamma == 0.0:
-        assert value.item() == pytest.approx(torch.nn.functional.binary_cross_entropy_with_logits(logits, target).item(), rel=1e-6)
+        assert value.item() == pytest.approx(
+            torch.nn.functional.binary_cross_entropy_with_logits(logits, target).item(), rel=1e-6
+        )
 
 
 @pytest.mark.parametrize("batch_sums", [True, False])
@@ -137,12 +152,15 @@ def test_log_dice_matches_formula(batch_sums):
     loss = HybridLoss(variant(region="log_dice", dice={"batch": batch_sums}))
     logits, target = batch(6)
     reference = DiceLoss(sigmoid=True, batch=batch_sums, smooth_nr=1e-5, smooth_dr=1e-5)
-    per_channel = [-torch.log(torch.clamp(1 - reference(logits[:, c : c + 1], target[:, c : c + 1]), min=0.01)) for c in range(2)]
+    per_channel = [
+        -torch.log(torch.clamp(1 - reference(logits[:, c : c + 1], target[:, c : c + 1]), min=0.01)) for c in range(2)
+    ]
     assert loss(logits, target, 1.0)[0].item() == pytest.approx(float(sum(per_channel) / 2), rel=1e-6)
     wrong = (1 - 2 * target) * 20  # confidently wrong everywhere: Dice ~ 0, clamped to the floor
     assert loss(wrong, target, 1.0)[0].item() == pytest.approx(-torch.log(torch.tensor(0.01)).item(), rel=1e-4)
     assert HybridLoss(variant(region="log_dice", log_dice_floor=0.1))(wrong, target, 1.0)[0].item() == pytest.approx(
-        -torch.log(torch.tensor(0.1)).item(), rel=1e-4)
+        -torch.log(torch.tensor(0.1)).item(), rel=1e-4
+    )
 
 
 def test_dice_ce_experiment_is_monai_dice_ce_per_channel():
@@ -167,16 +185,28 @@ def test_new_experiments_change_only_loss_and_name():
     for name in NEW_EXPERIMENTS:
         raw = OmegaConf.load(REPO / f"configs/experiment/{name}.yaml")
         assert set(raw) == {"name", "loss"} and raw.name == name
-    expected = {"focal": ("dice", "focal", 0.0), "generalized_dice": ("generalized_dice", "bce", 1.0),
-                "log_dice": ("log_dice", "bce", 1.0), "dice_ce": ("dice", "bce", 0.5)}
+    expected = {
+        "focal": ("dice", "focal", 0.0),
+        "generalized_dice": ("generalized_dice", "bce", 1.0),
+        "log_dice": ("log_dice", "bce", 1.0),
+        "dice_ce": ("dice", "bce", 0.5),
+    }
     for name, (region, pixel, alpha) in expected.items():
         cfg = experiment_loss(name)
         assert (cfg.region, cfg.pixel, cfg.schedule.kind, cfg.schedule.alpha) == (region, pixel, "constant", alpha)
         HybridLoss(cfg)
 
 
-@pytest.mark.parametrize("config", VARIANTS + [{"dice_reduction": "global"}, {"dice": {"squared": True}}, {"dice": {"jaccard": True}},
-                                               {"region": "log_dice", "dice": {"batch": False, "squared": True}}])
+@pytest.mark.parametrize(
+    "config",
+    VARIANTS
+    + [
+        {"dice_reduction": "global"},
+        {"dice": {"squared": True}},
+        {"dice": {"jaccard": True}},
+        {"region": "log_dice", "dice": {"batch": False, "squared": True}},
+    ],
+)
 def test_every_variant_has_finite_gradients_at_every_scale(config):
     loss = HybridLoss(variant(**config, temperature=2.0, channel_weights=[1.0, 2.0]))
     for size, seed in ((16, 0), (8, 1), (4, 2)):  # deep supervision calls the loss at coarser scales
@@ -200,7 +230,9 @@ def test_temperature_and_autocast_apply_to_every_variant(config):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         value, parts = HybridLoss(variant(**config))(logits.bfloat16(), target, 0.5)
     assert value.dtype == parts["dice"].dtype == parts["bce"].dtype == torch.float32
-    assert value.item() == pytest.approx(HybridLoss(variant(**config))(logits.bfloat16().float(), target, 0.5)[0].item(), rel=1e-6)
+    assert value.item() == pytest.approx(
+        HybridLoss(variant(**config))(logits.bfloat16().float(), target, 0.5)[0].item(), rel=1e-6
+    )
 
 
 def test_channel_weights_apply_to_pixel_and_region_terms():
@@ -211,7 +243,9 @@ def test_channel_weights_apply_to_pixel_and_region_terms():
         liver_only = HybridLoss(variant(**config, channel_weights=[1.0, 0.0]))
         single = HybridLoss(variant(**config, channel_weights=[1.0]))
         for alpha in (0.0, 1.0):
-            assert liver_only(logits, target, alpha)[0].item() == pytest.approx(single(logits[:, :1], target[:, :1], alpha)[0].item(), rel=1e-6)
+            assert liver_only(logits, target, alpha)[0].item() == pytest.approx(
+                single(logits[:, :1], target[:, :1], alpha)[0].item(), rel=1e-6
+            )
 
 
 def test_scale_multiplies_the_total_only():
@@ -222,17 +256,20 @@ def test_scale_multiplies_the_total_only():
     assert parts_two["dice"].item() == parts_one["dice"].item() and parts_two["bce"].item() == parts_one["bce"].item()
 
 
-@pytest.mark.parametrize("config, key", [
-    ({"region": "tversky"}, "loss.region=tversky"),
-    ({"pixel": "hinge"}, "loss.pixel=hinge"),
-    ({"region": "generalized_dice", "dice_reduction": "global"}, "loss.dice_reduction=global"),
-    ({"region": "log_dice", "dice_reduction": "global"}, "loss.dice_reduction=global"),
-    ({"region": "generalized_dice", "dice": {"squared": True}}, "loss.region=generalized_dice"),
-    ({"region": "log_dice", "log_dice_floor": 0.0}, "loss.log_dice_floor=0.0"),
-    ({"pixel": "focal", "focal_gamma": -1.0}, "loss.focal_gamma=-1.0"),
-    ({"scale": 0.0}, "loss.scale=0.0"),
-    ({"channel_weights": [0.0, 0.0]}, "loss.channel_weights"),
-])
+@pytest.mark.parametrize(
+    "config, key",
+    [
+        ({"region": "tversky"}, "loss.region=tversky"),
+        ({"pixel": "hinge"}, "loss.pixel=hinge"),
+        ({"region": "generalized_dice", "dice_reduction": "global"}, "loss.dice_reduction=global"),
+        ({"region": "log_dice", "dice_reduction": "global"}, "loss.dice_reduction=global"),
+        ({"region": "generalized_dice", "dice": {"squared": True}}, "loss.region=generalized_dice"),
+        ({"region": "log_dice", "log_dice_floor": 0.0}, "loss.log_dice_floor=0.0"),
+        ({"pixel": "focal", "focal_gamma": -1.0}, "loss.focal_gamma=-1.0"),
+        ({"scale": 0.0}, "loss.scale=0.0"),
+        ({"channel_weights": [0.0, 0.0]}, "loss.channel_weights"),
+    ],
+)
 def test_bad_settings_raise_one_line_errors_naming_the_key(config, key):
     with pytest.raises(LitsError) as info:
         HybridLoss(variant(**config))

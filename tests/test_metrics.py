@@ -117,9 +117,14 @@ def test_case_metrics_empty_conventions():
 def test_case_metrics_counts_are_ints_and_keys_plain():
     row = case_metrics(_label(), _label())
     expected = {
-        "liver_dice", "tumor_dice",
-        "liver_intersection", "liver_pred_voxels", "liver_ref_voxels",
-        "tumor_intersection", "tumor_pred_voxels", "tumor_ref_voxels",
+        "liver_dice",
+        "tumor_dice",
+        "liver_intersection",
+        "liver_pred_voxels",
+        "liver_ref_voxels",
+        "tumor_intersection",
+        "tumor_pred_voxels",
+        "tumor_ref_voxels",
     }
     assert expected <= set(row)
     assert all("/" not in k for k in row)
@@ -196,14 +201,18 @@ def test_aggregate_keys():
     s = aggregate(rows)
     assert set(s) == {
         "num_cases",
-        "liver_dice_per_case", "tumor_dice_per_case",
-        "liver_dice_global", "tumor_dice_global",
+        "liver_dice_per_case",
+        "tumor_dice_per_case",
+        "liver_dice_global",
+        "tumor_dice_global",
     }
     assert all("/" not in k for k in s)
     # ... full rows (the default) keep those keys with the same values and add the other LiTS groups
     full = aggregate(_two_cases())
     assert {k: full[k] for k in s} == s
-    assert {"liver_assd_mean", "tumor_assd_sentinel_cases", "tumor_lesion_recall_iou50", "tumor_burden_rmse"} <= set(full)
+    assert {"liver_assd_mean", "tumor_assd_sentinel_cases", "tumor_lesion_recall_iou50", "tumor_burden_rmse"} <= set(
+        full
+    )
     assert all("/" not in k for k in full)
 
 

@@ -5,8 +5,8 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import make_case, write_nifti
+
 from lits.data.cache import build_cache, cache_key, slice_stats, window_to_unit
 from lits.data.nifti import find_lits_pairs, load_case, to_canonical
 from lits.errors import LitsError
@@ -28,14 +28,17 @@ def test_missing_root_and_missing_label(tmp_path, lits_tree):
         find_lits_pairs(lits_tree)
 
 
-@pytest.mark.parametrize("problem, message", [
-    ("shape", "shapes"),
-    ("affine", "affines differ"),
-    ("labels", r"label values \[3\]"),
-    ("nan", "NaN or infinite"),
-    ("truncated", "cannot read NIfTI"),
-    ("4d", "expected a 3D CT volume"),
-])
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("shape", "shapes"),
+        ("affine", "affines differ"),
+        ("labels", r"label values \[3\]"),
+        ("nan", "NaN or infinite"),
+        ("truncated", "cannot read NIfTI"),
+        ("4d", "expected a 3D CT volume"),
+    ],
+)
 def test_validation_errors_name_the_file(tmp_path, problem, message):
     vol, seg = make_case()
     affine = np.diag([-0.8, -0.8, 2.5, 1.0])
@@ -84,7 +87,9 @@ def test_load_case_spacing_and_labels(lits_tree):
     assert case.image.shape == (12, 36, 40)  # (Z, Y, X)
     assert case.spacing == pytest.approx((2.5, 0.8, 0.8))
     assert set(np.unique(case.label)) == {0, 1, 2}
-    assert np.array_equal(case.orientation.to_source(case.label), np.asarray(nib.load(lits_tree / "segmentation-0.nii.gz").dataobj))
+    assert np.array_equal(
+        case.orientation.to_source(case.label), np.asarray(nib.load(lits_tree / "segmentation-0.nii.gz").dataobj)
+    )
 
 
 def test_window_to_unit():
@@ -136,5 +141,7 @@ def test_failed_case_leaves_nothing_half_written(lits_tree, tmp_path):
     with pytest.raises(LitsError, match="segmentation-1"):
         build_cache(find_lits_pairs(lits_tree), tmp_path / "cache", (-200, 250), lits_tree, progress=False)
     folder = tmp_path / "cache" / cache_key((-200, 250), lits_tree)
-    assert sorted(p.name for p in folder.iterdir() if p.name != ".lock") == ["0"]  # case 0 complete, no temp folder left
+    assert sorted(p.name for p in folder.iterdir() if p.name != ".lock") == [
+        "0"
+    ]  # case 0 complete, no temp folder left
     assert json.loads((folder / "0" / "meta.json").read_text())["case_id"] == "0"

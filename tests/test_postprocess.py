@@ -271,8 +271,15 @@ def test_unknown_config_key_raises_litserror():
 
 @pytest.mark.parametrize(
     "bad",
-    [{"threshold": 1.5}, {"threshold": "high"}, {"liver_dilation": -1}, {"min_tumor_voxels": 2.5},
-     {"tumor_in_liver": "yes"}, {"liver_dilation": float("nan")}, {"threshold": float("nan")}],
+    [
+        {"threshold": 1.5},
+        {"threshold": "high"},
+        {"liver_dilation": -1},
+        {"min_tumor_voxels": 2.5},
+        {"tumor_in_liver": "yes"},
+        {"liver_dilation": float("nan")},
+        {"threshold": float("nan")},
+    ],
 )
 def test_bad_config_values_raise_litserror(bad):
     with pytest.raises(LitsError, match=next(iter(bad))):
@@ -308,12 +315,12 @@ def _hysteresis_map():
     """Hand-built tumour probabilities inside a big liver: what hysteresis (low 0.3, high 0.7) keeps and drops."""
     liver, tumor = _probs()
     liver[2:22, 2:46, 2:46] = 0.9
-    tumor[8:12, 10:14, 10:14] = 0.9   # confident core
-    tumor[8:12, 10:14, 14:20] = 0.4   # low-confidence tail, face-connected to the core: grown into
-    tumor[8:12, 10:14, 20:22] = 0.2   # below low: never tumour
-    tumor[8:12, 30:36, 30:36] = 0.6   # above the plain threshold but nowhere confident: dropped
+    tumor[8:12, 10:14, 10:14] = 0.9  # confident core
+    tumor[8:12, 10:14, 14:20] = 0.4  # low-confidence tail, face-connected to the core: grown into
+    tumor[8:12, 10:14, 20:22] = 0.2  # below low: never tumour
+    tumor[8:12, 30:36, 30:36] = 0.6  # above the plain threshold but nowhere confident: dropped
     tumor[16:20, 10:14, 10:14] = 0.4  # low blob touching nothing confident: dropped
-    tumor[12, 14, 14] = 0.4           # meets the tail along an edge only (no shared face): not grown into
+    tumor[12, 14, 14] = 0.4  # meets the tail along an edge only (no shared face): not grown into
     return liver, tumor
 
 
@@ -348,8 +355,9 @@ def test_hysteresis_on_an_empty_map():
     assert not postprocess(liver, tumor, dataclasses.replace(ALL_OFF, hysteresis=True)).any()
 
 
-@pytest.mark.parametrize("bad", [{"hysteresis_low": 0.8, "hysteresis_high": 0.6}, {"hysteresis_high": 1.0},
-                                 {"hysteresis": "on"}])
+@pytest.mark.parametrize(
+    "bad", [{"hysteresis_low": 0.8, "hysteresis_high": 0.6}, {"hysteresis_high": 1.0}, {"hysteresis": "on"}]
+)
 def test_bad_hysteresis_settings_raise_litserror(bad):
     with pytest.raises(LitsError, match="hysteresis"):
         PostprocessConfig.from_mapping(bad)
@@ -358,7 +366,14 @@ def test_bad_hysteresis_settings_raise_litserror(bad):
 def test_ablation_stages_are_cumulative_and_take_the_configured_parameters():
     cfg = PostprocessConfig(threshold=0.4, liver_dilation=3, min_tumor_voxels=0, hysteresis_low=0.2)
     stages = pp.ablation_stages(cfg)
-    assert [name for name, _, _ in stages] == ["raw", "largest_liver", "fill_holes", "tumor_in_liver", "min_tumor", "hysteresis"]
+    assert [name for name, _, _ in stages] == [
+        "raw",
+        "largest_liver",
+        "fill_holes",
+        "tumor_in_liver",
+        "min_tumor",
+        "hysteresis",
+    ]
     raw = stages[0][2]
     assert not (raw.largest_liver_component or raw.fill_liver_holes or raw.tumor_in_liver or raw.hysteresis)
     assert raw.min_tumor_voxels == 0

@@ -8,14 +8,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, write_nifti
 from hydra import compose, initialize_config_dir
+from test_evaluate import AFFINE, SHAPE, evaluate_cfg, make_checkpoint, one_line_error, phantom, run_cli, write_tree
 
 import lits.evaluate
 import lits.predict
-from conftest import REPO, write_nifti
 from lits.errors import LitsError
 from lits.inference import TTA_FLIPS, predict_volume
-from test_evaluate import AFFINE, SHAPE, evaluate_cfg, make_checkpoint, one_line_error, phantom, run_cli, write_tree
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +27,28 @@ def setup(tmp_path_factory):
 
 def predict_cfg(tmp_path, *overrides):
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose("predict", overrides=[*overrides, "progress=false", f"paths.root_dir={tmp_path}",
-                                             f"paths.output_dir={tmp_path}/run"])
+        return compose(
+            "predict",
+            overrides=[*overrides, "progress=false", f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/run"],
+        )
 
 
 def test_predict_a_file(setup, tmp_path, capsys):
     _, root, ckpt = setup
-    lits.predict.run(predict_cfg(tmp_path, f"ckpt={ckpt}", f"input={root}/volume-0.nii.gz", f"output={tmp_path}/out",
-                                 "tta=true", "save_probabilities=true"))
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["test-segmentation-0.nii", "test-segmentation-0_probabilities.nii.gz"]
+    lits.predict.run(
+        predict_cfg(
+            tmp_path,
+            f"ckpt={ckpt}",
+            f"input={root}/volume-0.nii.gz",
+            f"output={tmp_path}/out",
+            "tta=true",
+            "save_probabilities=true",
+        )
+    )
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "test-segmentation-0.nii",
+        "test-segmentation-0_probabilities.nii.gz",
+    ]
     seg, ct = nib.load(tmp_path / "out/test-segmentation-0.nii"), nib.load(root / "volume-0.nii.gz")
     assert seg.shape == ct.shape == SHAPE and seg.get_data_dtype() == np.uint8
     np.testing.assert_allclose(seg.affine, ct.affine, atol=1e-6)
@@ -97,16 +110,19 @@ def make_input(kind, folder):
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("dicom", "ct.dcm: not a NIfTI file"),
-    ("missing", "missing.nii.gz: input not found"),
-    ("empty", "in: empty folder"),
-    ("no_nifti", r"no CT volumes \(.nii / .nii.gz\) among its 1 entries"),
-    ("4d", r"ct4d.nii.gz: expected a 3D CT volume, got shape \(8, 8, 4, 3\)"),
-    ("2d", r"slice.nii: expected a 3D CT volume, got shape \(8, 8\)"),
-    ("corrupt", "bad.nii: cannot read NIfTI"),
-    ("same_output", "would overwrite the one of"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("dicom", "ct.dcm: not a NIfTI file"),
+        ("missing", "missing.nii.gz: input not found"),
+        ("empty", "in: empty folder"),
+        ("no_nifti", r"no CT volumes \(.nii / .nii.gz\) among its 1 entries"),
+        ("4d", r"ct4d.nii.gz: expected a 3D CT volume, got shape \(8, 8, 4, 3\)"),
+        ("2d", r"slice.nii: expected a 3D CT volume, got shape \(8, 8\)"),
+        ("corrupt", "bad.nii: cannot read NIfTI"),
+        ("same_output", "would overwrite the one of"),
+    ],
+)
 def test_non_ct_input_is_refused_before_anything_is_written(setup, tmp_path, kind, message):
     _, _, ckpt = setup
     target = make_input(kind, tmp_path / "in")
@@ -118,13 +134,17 @@ def test_non_ct_input_is_refused_before_anything_is_written(setup, tmp_path, kin
 def test_output_may_not_overwrite_the_input(setup):
     tmp, root, ckpt = setup
     with pytest.raises(LitsError, match="would overwrite this CT"):
-        lits.predict.run(predict_cfg(tmp, f"ckpt={ckpt}", f"input={root}/volume-0.nii.gz", f"output={root}", "naming=input"))
+        lits.predict.run(
+            predict_cfg(tmp, f"ckpt={ckpt}", f"input={root}/volume-0.nii.gz", f"output={root}", "naming=input")
+        )
 
 
 def test_cli_error_is_one_line(setup, tmp_path):
     _, _, ckpt = setup
     _write(tmp_path / "ct4d.nii.gz", np.zeros((8, 8, 4, 3), np.int16))
-    line = one_line_error(run_cli("predict.py", f"ckpt={ckpt}", "input=ct4d.nii.gz", "output=out", "hydra.run.dir=run", cwd=tmp_path))
+    line = one_line_error(
+        run_cli("predict.py", f"ckpt={ckpt}", "input=ct4d.nii.gz", "output=out", "hydra.run.dir=run", cwd=tmp_path)
+    )
     assert "ct4d.nii.gz: expected a 3D CT volume" in line and not (tmp_path / "out").exists()
 
 
@@ -144,8 +164,17 @@ def test_predict_matches_what_evaluate_exports(tmp_path, spacing):
     extra = [f"data.target_spacing_xy={spacing}"] if spacing else []
     ckpt = make_checkpoint(tmp_path, root, test_ids=("1",), overrides=extra)
     lits.predict.run(predict_cfg(tmp_path, f"ckpt={ckpt}", f"input={root}/volume-1.nii.gz", f"output={tmp_path}/pred"))
-    lits.evaluate.run(evaluate_cfg(tmp_path, f"ckpt={ckpt}", "save_predictions=true", "ablation=false",
-                                   "report.montages=false", "report.plot=false", "tensorboard_dir=null"))
+    lits.evaluate.run(
+        evaluate_cfg(
+            tmp_path,
+            f"ckpt={ckpt}",
+            "save_predictions=true",
+            "ablation=false",
+            "report.montages=false",
+            "report.plot=false",
+            "tensorboard_dir=null",
+        )
+    )
     ours = np.asarray(nib.load(tmp_path / "pred/test-segmentation-1.nii").dataobj)
     theirs = np.asarray(nib.load(tmp_path / "eval/predictions/test-segmentation-1.nii").dataobj)
     assert ours.shape == SHAPE and 0 < np.count_nonzero(ours) < ours.size  # not a trivial mask
@@ -158,7 +187,9 @@ def test_tta_is_the_mean_of_identity_and_flips(context):
     from monai.networks.nets import UNet
 
     torch.manual_seed(0)
-    model = UNet(spatial_dims=2, in_channels=2 * context + 1, out_channels=2, channels=(4, 8), strides=(2,), num_res_units=0)
+    model = UNet(
+        spatial_dims=2, in_channels=2 * context + 1, out_channels=2, channels=(4, 8), strides=(2,), num_res_units=0
+    )
     image = np.random.default_rng(0).random((5, 13, 10)).astype(np.float16)  # odd sizes: padding must not shift flips
     args = dict(device=torch.device("cpu"), batch_size=2, size_multiple=4, context_slices=context)
     plain = predict_volume(model, image, **args)

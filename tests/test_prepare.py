@@ -21,14 +21,23 @@ def test_split_is_patient_level_deterministic_and_complete():
 
 def data_cfg(tmp_path, **synthetic):
     synth = {"num_cases": 4, "seed": 0, "size": 48, "num_slices": [16, 20], **synthetic}
-    return OmegaConf.create({"root": str(tmp_path / "synth"), "cache_dir": str(tmp_path / "cache"), "window": [-200, 250],
-                             "split": {"val": 0.25, "test": 0.25}, "synthetic": synth})
+    return OmegaConf.create(
+        {
+            "root": str(tmp_path / "synth"),
+            "cache_dir": str(tmp_path / "cache"),
+            "window": [-200, 250],
+            "split": {"val": 0.25, "test": 0.25},
+            "synthetic": synth,
+        }
+    )
 
 
 def test_synthetic_generated_once_then_reused(tmp_path):
     cfg = data_cfg(tmp_path)
     splits, cases = prepare(cfg, seed=0, progress=False)
-    assert sorted(p.name for p in (tmp_path / "synth").glob("volume-*.nii.gz")) == [f"volume-{i}.nii.gz" for i in range(4)]
+    assert sorted(p.name for p in (tmp_path / "synth").glob("volume-*.nii.gz")) == [
+        f"volume-{i}.nii.gz" for i in range(4)
+    ]
     assert [len(cases[k]) for k in ("train", "val", "test")] == [2, 1, 1]
     stamp = (tmp_path / "synth/volume-0.nii.gz").stat().st_mtime_ns
     prepare(cfg, seed=0, progress=False)

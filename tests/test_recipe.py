@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from omegaconf import OmegaConf
 
-from conftest import REPO
 from lits.deep_supervision import level_weights, supervised_loss
 from lits.errors import LitsError
 from lits.normalization import Normalization, from_training_cases
@@ -19,7 +19,9 @@ from lits.optim import TimeBudget, build_optimizer, lr_at
 
 # ---------------------------------------------------------------------------------------------- LR schedules
 def test_cosine_matches_torch_cosine_annealing_also_past_t_max():
-    cfg = OmegaConf.create({"name": "adamw", "lr": 3e-4, "weight_decay": 1e-5, "schedule": "cosine", "t_max": 20, "min_lr": 1e-6})
+    cfg = OmegaConf.create(
+        {"name": "adamw", "lr": 3e-4, "weight_decay": 1e-5, "schedule": "cosine", "t_max": 20, "min_lr": 1e-6}
+    )
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=20, eta_min=1e-6)
     for epoch in range(30):  # SEEDS.md's article: T_max 20 with 30 epochs (the LR rises again after 20)
@@ -29,8 +31,17 @@ def test_cosine_matches_torch_cosine_annealing_also_past_t_max():
 
 
 def test_poly_is_nnunets_schedule_and_sgd_is_nesterov():
-    cfg = OmegaConf.create({"name": "sgd", "lr": 1e-2, "momentum": 0.99, "nesterov": True, "weight_decay": 3e-5,
-                            "schedule": "poly", "poly_exponent": 0.9})
+    cfg = OmegaConf.create(
+        {
+            "name": "sgd",
+            "lr": 1e-2,
+            "momentum": 0.99,
+            "nesterov": True,
+            "weight_decay": 3e-5,
+            "schedule": "poly",
+            "poly_exponent": 0.9,
+        }
+    )
     assert [lr_at(cfg, e, 10) for e in (0, 5, 10, 12)] == pytest.approx([1e-2, 1e-2 * 0.5**0.9, 0.0, 0.0])
     opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg)
     assert isinstance(opt, torch.optim.SGD) and opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.99
@@ -62,9 +73,22 @@ def test_time_budget_plans_whole_epochs_and_stretches_the_schedule():
 
 def test_max_time_stops_training_with_a_validated_checkpoint(tmp_path):
     """A budget far below max_epochs ends the run early, validated and saved (a budget check, not a timing check)."""
-    result = subprocess.run([sys.executable, str(REPO / "train.py"), "experiment=smoke", "trainer.max_time=0.15",
-                             "trainer.max_epochs=400", "trainer.progress=false", "data.normalization=ct",
-                             "hydra.run.dir=outputs/run"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "experiment=smoke",
+            "trainer.max_time=0.15",
+            "trainer.max_epochs=400",
+            "trainer.progress=false",
+            "data.normalization=ct",
+            "hydra.run.dir=outputs/run",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "outputs/run"
     summary = json.loads((run_dir / "train_summary.json").read_text())

@@ -7,18 +7,28 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO
 
 # deterministic CPU smoke run: 2 epochs x 8 steps; last.pt also every 3 steps; one thread so results never depend
 # on how the machine's cores are shared
-COMMON = ["experiment=smoke", "trainer.progress=false", "trainer.num_threads=1", "trainer.deterministic=true",
-          "trainer.save_every_steps=3", "trainer.log_images=false"]
+COMMON = [
+    "experiment=smoke",
+    "trainer.progress=false",
+    "trainer.num_threads=1",
+    "trainer.deterministic=true",
+    "trainer.save_every_steps=3",
+    "trainer.log_images=false",
+]
 
 
 def train(work, run, *overrides):
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *COMMON, f"hydra.run.dir=outputs/{run}", *overrides],
-                          cwd=work, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *COMMON, f"hydra.run.dir=outputs/{run}", *overrides],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def load(work, run, name="last.pt"):
@@ -77,25 +87,33 @@ def test_interrupted_run_resumes_to_the_same_weights(work):
         assert straight[part] == resumed[part], part
     # the epoch means (carried across the kills) and the validation numbers match too; one record per epoch
     drop = ("elapsed_s", "train/samples_per_s")
-    clean = [[{k: v for k, v in r.items() if k not in drop} for r in history(work, run)] for run in ("straight", "broken")]
+    clean = [
+        [{k: v for k, v in r.items() if k not in drop} for r in history(work, run)] for run in ("straight", "broken")
+    ]
     assert clean[0] == clean[1] and [r["epoch"] for r in clean[1]] == [0, 1]
     assert not [p for p in (work / "outputs/broken/checkpoints").iterdir() if p.name.startswith(".")]
 
 
 def compose(work, run, *overrides):
     """The run's config composed in this process (paths pinned: no hydra runtime here)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     keep = [o for o in COMMON if not o.startswith("trainer.num_threads")]  # no global thread-count change in pytest
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return hydra_compose("train", overrides=[*keep, *overrides, f"paths.root_dir={work}", f"paths.output_dir={work}/outputs/{run}"])
+        return hydra_compose(
+            "train", overrides=[*keep, *overrides, f"paths.root_dir={work}", f"paths.output_dir={work}/outputs/{run}"]
+        )
 
 
 def test_checkpoint_of_another_network_is_refused(work):
     from lits.errors import LitsError
     from lits.train import run
 
-    with pytest.raises(LitsError, match=r"last.pt: checkpoint of a different network \(model.channels: \[8, 16, 32\] -> \[8, 16, 64\]\)"):
+    with pytest.raises(
+        LitsError,
+        match=r"last.pt: checkpoint of a different network \(model.channels: \[8, 16, 32\] -> \[8, 16, 64\]\)",
+    ):
         run(compose(work, "straight", "model.channels=[8,16,64]"))
 
 

@@ -8,13 +8,23 @@ import torch
 
 from lits.data.cache import build_cache
 from lits.data.nifti import find_lits_pairs
-from lits.data.slices import (LesionSampler, SamplingConfig, SliceIndex, TrainSlices, _NpyRows, context_batch, crop_origin,
-                              input_channels)
+from lits.data.slices import (
+    LesionSampler,
+    SamplingConfig,
+    SliceIndex,
+    TrainSlices,
+    _NpyRows,
+    context_batch,
+    crop_origin,
+    input_channels,
+)
 
 
 @pytest.fixture
 def index(lits_tree, tmp_path):
-    return SliceIndex(build_cache(find_lits_pairs(lits_tree), tmp_path / "cache", (-200, 250), lits_tree, progress=False))
+    return SliceIndex(
+        build_cache(find_lits_pairs(lits_tree), tmp_path / "cache", (-200, 250), lits_tree, progress=False)
+    )
 
 
 def test_weights_follow_config(index):
@@ -59,7 +69,7 @@ def test_lesion_centred_crops_contain_tumour(index):
         assert (item["label"] == 2).any()
         box = index.tumor_box[s]
         full = index.cases[index.case[s]].label[index.z[s]] == 2
-        assert full.sum() == full[box[0]:box[1], box[2]:box[3]].sum()  # the box holds every tumour voxel
+        assert full.sum() == full[box[0] : box[1], box[2] : box[3]].sum()  # the box holds every tumour voxel
     index.tumor_box = None  # caches without tumour boxes: the whole label slice is read, same distribution
     for draw, s in enumerate(tumor_slices):
         assert (ds[(int(s), draw)]["label"] == 2).any()
@@ -72,7 +82,10 @@ def test_liver_crops_touch_liver_and_small_slices_are_padded(index):
         item = ds[(int(s), draw)]
         assert item["image"].shape == (1, 64, 64)  # slices are 36 x 40: padded
         assert (item["label"] >= 1).any()
-    assert ds[(int(liver_slices[0]), 5)]["image"].numpy().tolist() == ds[(int(liver_slices[0]), 5)]["image"].numpy().tolist()
+    assert (
+        ds[(int(liver_slices[0]), 5)]["image"].numpy().tolist()
+        == ds[(int(liver_slices[0]), 5)]["image"].numpy().tolist()
+    )
 
 
 def test_crop_origin_stays_inside():

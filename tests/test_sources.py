@@ -9,9 +9,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import make_case, write_nifti
 from omegaconf import OmegaConf
 
-from conftest import make_case, write_nifti
 from lits.data.sources import discover, find_lits, find_msd, id_from_filename, read_pairs_csv
 from lits.errors import LitsError
 
@@ -154,7 +154,11 @@ def test_csv_pairs(tmp_path):
     cases, problems = read_pairs_csv(listing)
     assert [c.case_id for c in cases] == ["a0", "1"]
     assert cases[0].image.resolve() == (root / "Training Batch 1/volume-0.nii").resolve()
-    assert len(problems) == 1 and problems[0].case_id == "c2" and "missing.nii.gz: label file not found (listed in" in problems[0].reason
+    assert (
+        len(problems) == 1
+        and problems[0].case_id == "c2"
+        and "missing.nii.gz: label file not found (listed in" in problems[0].reason
+    )
     bad = tmp_path / "bad.csv"
     bad.write_text("volume,seg\na,b\n")
     with pytest.raises(LitsError, match="needs a header line with columns image,label"):

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 import importlib.util
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -92,14 +91,16 @@ def default_cases():
         vol, seg, _ = generate_case(idx, seed=0)
         liver, tumor = seg == 1, seg == 2
         zl = np.nonzero((seg >= 1).any(axis=(0, 1)))[0]
-        out.append(dict(
-            nz=seg.shape[2],
-            tumor_frac=tumor.mean(),
-            tumor_slices=int(tumor.any(axis=(0, 1)).sum()),
-            liver_z=(int(zl[0]), int(zl[-1]), len(zl)),
-            liver_hu=float(vol[liver].mean()),
-            tumor_hu=float(vol[tumor].mean()) if tumor.any() else None,
-        ))
+        out.append(
+            dict(
+                nz=seg.shape[2],
+                tumor_frac=tumor.mean(),
+                tumor_slices=int(tumor.any(axis=(0, 1)).sum()),
+                liver_z=(int(zl[0]), int(zl[-1]), len(zl)),
+                liver_hu=float(vol[liver].mean()),
+                tumor_hu=float(vol[tumor].mean()) if tumor.any() else None,
+            )
+        )
     return out
 
 
@@ -130,7 +131,13 @@ def test_generate_dataset_roundtrip_and_refusal(tmp_path):
     out = generate_dataset(root, 2, seed=3, params=TINY, progress=False)
     assert out == root
     names = sorted(p.name for p in root.iterdir())
-    assert names == ["segmentation-0.nii.gz", "segmentation-1.nii.gz", "synthetic.json", "volume-0.nii.gz", "volume-1.nii.gz"]
+    assert names == [
+        "segmentation-0.nii.gz",
+        "segmentation-1.nii.gz",
+        "synthetic.json",
+        "volume-0.nii.gz",
+        "volume-1.nii.gz",
+    ]
     assert json.loads((root / "synthetic.json").read_text())["seed"] == 3
     for i in range(2):
         vol, seg, aff = generate_case(i, seed=3, params=TINY)  # alone == inside the data set
@@ -190,8 +197,12 @@ def test_save_montage(tmp_path):
     assert any(liv[k] and not tum[k] for k in ks)
     # a RAS-reoriented copy with its affine gives the same picture input
     ras = nib.as_closest_canonical(nib.Nifti1Image(vol, aff))
-    save_montage(np.asarray(ras.dataobj), np.asarray(nib.as_closest_canonical(nib.Nifti1Image(seg, aff)).dataobj),
-                 tmp_path / "ras.png", affine=ras.affine)
+    save_montage(
+        np.asarray(ras.dataobj),
+        np.asarray(nib.as_closest_canonical(nib.Nifti1Image(seg, aff)).dataobj),
+        tmp_path / "ras.png",
+        affine=ras.affine,
+    )
     assert (tmp_path / "ras.png").stat().st_size > 1000
 
 
@@ -200,8 +211,25 @@ def test_cli(tmp_path, capsys):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "d"
-    rc = mod.main(["--out", str(out), "--num-cases", "1", "--seed", "1", "--size", "64", "--min-slices", "16",
-                   "--max-slices", "16", "--quiet", "--montage", str(tmp_path / "m.png")])
+    rc = mod.main(
+        [
+            "--out",
+            str(out),
+            "--num-cases",
+            "1",
+            "--seed",
+            "1",
+            "--size",
+            "64",
+            "--min-slices",
+            "16",
+            "--max-slices",
+            "16",
+            "--quiet",
+            "--montage",
+            str(tmp_path / "m.png"),
+        ]
+    )
     assert rc == 0 and (out / "segmentation-0.nii.gz").is_file() and (tmp_path / "m.png").is_file()
     assert str(out.resolve()) in capsys.readouterr().out
     assert mod.main(["--out", str(out), "--num-cases", "1", "--quiet"]) == 2  # refuses a non-empty target

@@ -211,8 +211,7 @@ class AugmentConfig:
         unknown = [str(k) for k in m if k not in known]
         if unknown:
             raise LitsError(
-                f"unknown augment config key(s) {', '.join(map(repr, unknown))}; "
-                f"valid keys are: {', '.join(known)}"
+                f"unknown augment config key(s) {', '.join(map(repr, unknown))}; valid keys are: {', '.join(known)}"
             )
         return cls(**dict(m))
 
@@ -444,7 +443,11 @@ class BatchAugment(torch.nn.Module):
         # samples whose only spatial transform is mirroring are flipped directly: exact, no resampling
         flips = [
             (torch.nonzero(mask & ~resample).flatten(), dims)
-            for mask, dims in ((mirror_x & ~mirror_y, (-1,)), (mirror_y & ~mirror_x, (-2,)), (mirror_x & mirror_y, (-2, -1)))
+            for mask, dims in (
+                (mirror_x & ~mirror_y, (-1,)),
+                (mirror_y & ~mirror_x, (-2,)),
+                (mirror_x & mirror_y, (-2, -1)),
+            )
         ]
         flips = [(idx, dims) for idx, dims in flips if idx.numel()]
 
@@ -655,7 +658,9 @@ class BatchAugment(torch.nn.Module):
         wy = wy.view(m, 1, h, 1)
         x = torch.lerp(x.gather(2, i0.view(m, 1, h, 1).expand(size)), x.gather(2, i1.view(m, 1, h, 1).expand(size)), wy)
         wx = wx.view(m, 1, 1, w)
-        return torch.lerp(x.gather(3, j0.view(m, 1, 1, w).expand(size)), x.gather(3, j1.view(m, 1, 1, w).expand(size)), wx)
+        return torch.lerp(
+            x.gather(3, j0.view(m, 1, 1, w).expand(size)), x.gather(3, j1.view(m, 1, 1, w).expand(size)), wx
+        )
 
     def _gamma_invert(self, x: torch.Tensor, params: AugmentParams, idx: torch.Tensor) -> torch.Tensor:
         return -self._gamma_retain_stats(-x, self._per_sample(params.gamma_invert_value, idx, x.device))

@@ -58,9 +58,13 @@ def _storage_errors(folder: Path):
         yield
     except OSError as exc:
         if exc.errno in _STORAGE_ERRORS:
-            raise CacheWriteError(f"{folder}: cannot write the preprocessing cache ({exc.strerror}); "
-                                  f"free disk space or set data.cache_dir to a writable folder") from None
+            raise CacheWriteError(
+                f"{folder}: cannot write the preprocessing cache ({exc.strerror}); "
+                f"free disk space or set data.cache_dir to a writable folder"
+            ) from None
         raise
+
+
 _TMP = ".tmp-"  # marks temporary case folders: .<case>.tmp-<host>-<pid>-<random>
 
 
@@ -79,7 +83,9 @@ def _check_window(window) -> tuple[float, float]:
     except (TypeError, ValueError):
         raise LitsError(f"data.window={window!r}: give [low, high] in HU, e.g. data.window=[-200,250]") from None
     if not high > low:
-        raise LitsError(f"data.window={list(window)}: the upper bound must exceed the lower bound, e.g. data.window=[-200,250]")
+        raise LitsError(
+            f"data.window={list(window)}: the upper bound must exceed the lower bound, e.g. data.window=[-200,250]"
+        )
     return low, high
 
 
@@ -102,15 +108,22 @@ class Preprocessing:
     @classmethod
     def from_data_cfg(cls, data_cfg) -> Preprocessing:
         spacing = data_cfg.get("target_spacing_xy")
-        return cls(window=tuple(data_cfg.window), target_spacing_xy=None if spacing is None else tuple(spacing),
-                   affine_atol=data_cfg.get("affine_atol", 1e-3))
+        return cls(
+            window=tuple(data_cfg.window),
+            target_spacing_xy=None if spacing is None else tuple(spacing),
+            affine_atol=data_cfg.get("affine_atol", 1e-3),
+        )
 
     def key(self, source_root: str | Path) -> str:
         return cache_key(self.window, source_root, self.target_spacing_xy)
 
 
 def cache_key(window: tuple[float, float], source_root: str | Path, target_spacing_xy=None) -> str:
-    params = {"version": FORMAT_VERSION, "window": [float(w) for w in window], "root": str(Path(source_root).expanduser().resolve())}
+    params = {
+        "version": FORMAT_VERSION,
+        "window": [float(w) for w in window],
+        "root": str(Path(source_root).expanduser().resolve()),
+    }
     if target_spacing_xy is not None:
         params["target_spacing_xy"] = [float(s) for s in target_spacing_xy]
     return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
@@ -163,7 +176,9 @@ def liver_z_range(liver_voxels: np.ndarray, spacing_z: float, margin_mm: float |
 
 def check_context_slices(k) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise LitsError(f"data.context_slices={k!r}: give an integer >= 0 (neighbouring slices on each side; 0 = plain 2D)")
+        raise LitsError(
+            f"data.context_slices={k!r}: give an integer >= 0 (neighbouring slices on each side; 0 = plain 2D)"
+        )
     return k
 
 
@@ -223,7 +238,9 @@ def open_cached(folder: Path) -> CachedCase:
             meta=meta,
         )
     except (OSError, ValueError, KeyError) as exc:  # someone edited or truncated files of a finished case
-        raise LitsError(f"{folder}: damaged cache folder ({type(exc).__name__}: {exc}); delete it and rerun to rebuild it") from None
+        raise LitsError(
+            f"{folder}: damaged cache folder ({type(exc).__name__}: {exc}); delete it and rerun to rebuild it"
+        ) from None
 
 
 def _is_current(folder: Path, paths: CasePaths) -> bool:
@@ -232,8 +249,11 @@ def _is_current(folder: Path, paths: CasePaths) -> bool:
     except (OSError, ValueError):
         return False
     needed = ["image.npy", "slices.npz"] + (["label.npy"] if paths.label is not None else [])
-    return (meta.get("format") == FORMAT_VERSION and meta.get("source") == _source_stamp(paths)
-            and all((folder / name).is_file() for name in needed))
+    return (
+        meta.get("format") == FORMAT_VERSION
+        and meta.get("source") == _source_stamp(paths)
+        and all((folder / name).is_file() for name in needed)
+    )
 
 
 def _publish(tmp: Path, folder: Path) -> None:
@@ -274,7 +294,9 @@ def _write_case(paths: CasePaths, folder: Path, prep: Preprocessing) -> None:
         if pair.label is not None:
             label = np.lib.format.open_memmap(tmp / "label.npy", mode="w+", dtype=np.uint8, shape=(z_count, *out_yx))
             if resampled:
-                native = np.lib.format.open_memmap(tmp / "label_native.npy", mode="w+", dtype=np.uint8, shape=(z_count, height, width))
+                native = np.lib.format.open_memmap(
+                    tmp / "label_native.npy", mode="w+", dtype=np.uint8, shape=(z_count, height, width)
+                )
         parts = []
         for z0, hu, lab in pair.chunks():
             unit = window_to_unit(hu, prep.window)
@@ -397,7 +419,9 @@ def cache_cases(
     return {c.case_id: open_cached(folder / c.case_id) for c in cases if c.case_id not in failed}, problems
 
 
-def _run(todo: list[CasePaths], folder: Path, prep: Preprocessing, progress: bool, workers: int, on_error: str) -> list[Problem]:
+def _run(
+    todo: list[CasePaths], folder: Path, prep: Preprocessing, progress: bool, workers: int, on_error: str
+) -> list[Problem]:
     problems: list[Problem] = []
     by_id = {c.case_id: c for c in todo}
 
@@ -408,8 +432,13 @@ def _run(todo: list[CasePaths], folder: Path, prep: Preprocessing, progress: boo
             raise LitsError(f"{error}; or set data.on_error=skip to leave such cases out")
         problems.append(Problem(case_id, str(by_id[case_id].image), error))
 
-    bar = tqdm(total=len(todo), desc=f"preprocessing {len(todo)} cases -> {folder}", unit="case",
-               disable=not progress or not todo, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(todo),
+        desc=f"preprocessing {len(todo)} cases -> {folder}",
+        unit="case",
+        disable=not progress or not todo,
+        dynamic_ncols=True,
+    )
     try:
         workers = max(1, min(int(workers), len(todo)))
         if workers == 1:
@@ -424,8 +453,10 @@ def _run(todo: list[CasePaths], folder: Path, prep: Preprocessing, progress: boo
                 try:
                     record(*future.result())
                 except BrokenProcessPool:
-                    raise LitsError(f"a preprocessing process died while preparing case {futures[future]} (out of memory?); "
-                                    f"lower data.prepare_workers (each holds one volume) and rerun: finished cases are kept") from None
+                    raise LitsError(
+                        f"a preprocessing process died while preparing case {futures[future]} (out of memory?); "
+                        f"lower data.prepare_workers (each holds one volume) and rerun: finished cases are kept"
+                    ) from None
                 bar.update()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -103,7 +103,9 @@ def _open(path: Path, scaled: bool = False) -> _Source:
         raise
     except Exception as exc:  # nibabel, gzip and zlib raise many types for truncated / corrupt files
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise LitsError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {detail}); re-download or re-export the file") from None
+        raise LitsError(
+            f"{path}: cannot read NIfTI ({type(exc).__name__}: {detail}); re-download or re-export the file"
+        ) from None
     while raw.ndim > 3 and raw.shape[-1] == 1:
         raw = raw[..., 0]
     if raw.ndim != 3:
@@ -167,8 +169,9 @@ class CasePair:
 
     @property
     def orientation(self) -> Orientation:
-        return Orientation(ornt=self.ornt, source_shape=tuple(int(n) for n in self.image.raw.shape),
-                           source_affine=self.image.affine)
+        return Orientation(
+            ornt=self.ornt, source_shape=tuple(int(n) for n in self.image.raw.shape), source_affine=self.image.affine
+        )
 
     def _image_view(self) -> np.ndarray:
         return np.transpose(nib.orientations.apply_orientation(self.image.raw, self.ornt), (2, 1, 0))
@@ -182,7 +185,9 @@ class CasePair:
             label_view = np.transpose(nib.orientations.apply_orientation(self.label.raw, self.ornt), (2, 1, 0))
         for z0 in range(0, image_view.shape[0], size):
             hu = self.image.scaled(image_view[z0 : z0 + size])
-            check = self.image.raw.dtype.kind == "f" or self.image.slope != 1.0 or self.image.inter != 0.0  # else integers: finite
+            check = (
+                self.image.raw.dtype.kind == "f" or self.image.slope != 1.0 or self.image.inter != 0.0
+            )  # else integers: finite
             if check and not np.isfinite(hu).all():
                 raise LitsError(f"{self.paths.image}: contains NaN or infinite intensities; fix or exclude this volume")
             label = None
@@ -190,7 +195,9 @@ class CasePair:
                 block = np.asarray(label_view[z0 : z0 + size])
                 bad = _label_values_ok(block)
                 if bad is not None:
-                    raise LitsError(f"{self.paths.label}: label values {bad} outside {{0,1,2}}; LiTS labels are 0 background, 1 liver, 2 tumour")
+                    raise LitsError(
+                        f"{self.paths.label}: label values {bad} outside {{0,1,2}}; LiTS labels are 0 background, 1 liver, 2 tumour"
+                    )
                 label = block.astype(np.uint8, copy=False)
             yield z0, hu, label
 
@@ -203,11 +210,15 @@ def open_pair(paths: CasePaths, affine_atol: float = 1e-3) -> CasePair:
         label = _open(paths.label, scaled=True)  # labels: small integers, whatever the stored type
         where = f"{paths.image} / {paths.label}"
         if label.raw.shape != image.raw.shape:
-            raise LitsError(f"{where}: shapes {image.raw.shape} vs {label.raw.shape} differ; the segmentation must share the volume's voxel grid")
+            raise LitsError(
+                f"{where}: shapes {image.raw.shape} vs {label.raw.shape} differ; the segmentation must share the volume's voxel grid"
+            )
         if not np.allclose(image.affine, label.affine, atol=affine_atol, rtol=0):
             diff = float(np.abs(image.affine - label.affine).max())
-            raise LitsError(f"{where}: affines differ by {diff:.3g} (more than data.affine_atol={affine_atol}); "
-                            f"resample the segmentation onto the volume's grid, or raise data.affine_atol if it is only header rounding")
+            raise LitsError(
+                f"{where}: affines differ by {diff:.3g} (more than data.affine_atol={affine_atol}); "
+                f"resample the segmentation onto the volume's grid, or raise data.affine_atol if it is only header rounding"
+            )
     ornt = nib.orientations.io_orientation(image.affine)
     return CasePair(paths, image, label, ornt, canonical_spacing(image.zooms, ornt))
 

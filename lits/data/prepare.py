@@ -42,7 +42,9 @@ def ensure_synthetic(data_cfg) -> None:
     known = {f.name for f in fields(SyntheticParams)}
     unknown = set(synth) - known - {"num_cases", "seed"}
     if unknown:
-        raise LitsError(f"data.synthetic.{sorted(unknown)[0]}: unknown generator setting; valid: {sorted(known | {'num_cases', 'seed'})}")
+        raise LitsError(
+            f"data.synthetic.{sorted(unknown)[0]}: unknown generator setting; valid: {sorted(known | {'num_cases', 'seed'})}"
+        )
     plain = OmegaConf.to_container(synth) if OmegaConf.is_config(synth) else dict(synth)
     params = SyntheticParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in plain.items() if k in known})
     root = Path(data_cfg.root)
@@ -52,7 +54,9 @@ def ensure_synthetic(data_cfg) -> None:
         if found is not None and found != wanted:
             changed = sorted(k for k in wanted["params"] if wanted["params"][k] != found["params"].get(k))
             changed += [k for k in ("num_cases", "seed") if wanted[k] != found[k]]
-            raise LitsError(f"{root}: generated with other synthetic settings ({', '.join(changed)}); delete the folder to regenerate or set data.root elsewhere")
+            raise LitsError(
+                f"{root}: generated with other synthetic settings ({', '.join(changed)}); delete the folder to regenerate or set data.root elsewhere"
+            )
         return
     print(f"generating {synth.num_cases} synthetic LiTS-format cases into {data_cfg.root} (once)")
     generate_dataset(data_cfg.root, num_cases=int(synth.num_cases), seed=int(synth.seed), params=params)
@@ -61,15 +65,21 @@ def ensure_synthetic(data_cfg) -> None:
 def _settings(data_cfg) -> tuple[str, int, float | None]:
     on_error = data_cfg.get("on_error", "fail") or "fail"
     if on_error not in ("fail", "skip"):
-        raise LitsError(f"data.on_error={on_error}: choose fail (stop at the first bad case) or skip (leave bad cases out, listed in the run dir)")
+        raise LitsError(
+            f"data.on_error={on_error}: choose fail (stop at the first bad case) or skip (leave bad cases out, listed in the run dir)"
+        )
     workers = data_cfg.get("prepare_workers", 1)
     if workers is None:
         workers = min(4, os.cpu_count() or 1)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise LitsError(f"data.prepare_workers={workers!r}: give the number of preprocessing processes (>= 1), or null for min(4, CPUs)")
+        raise LitsError(
+            f"data.prepare_workers={workers!r}: give the number of preprocessing processes (>= 1), or null for min(4, CPUs)"
+        )
     margin = data_cfg.get("liver_margin_mm")
     if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0):
-        raise LitsError(f"data.liver_margin_mm={margin!r}: give mm >= 0 around the liver's slices, or null to train on every slice")
+        raise LitsError(
+            f"data.liver_margin_mm={margin!r}: give mm >= 0 around the liver's slices, or null to train on every slice"
+        )
     check_context_slices(data_cfg.get("context_slices", 0) or 0)
     return on_error, workers, margin
 
@@ -105,9 +115,14 @@ def _discover(data_cfg, on_error: str) -> tuple[list, list[Problem]]:
     return found, problems
 
 
-def prepare(data_cfg, seed: int, splits: dict[str, list[str]] | None = None, only: tuple[str, ...] = SPLITS,
-            progress: bool = True, report_dir: str | Path | None = None,
-            ) -> tuple[dict[str, list[str]], dict[str, list[CachedCase]]]:
+def prepare(
+    data_cfg,
+    seed: int,
+    splits: dict[str, list[str]] | None = None,
+    only: tuple[str, ...] = SPLITS,
+    progress: bool = True,
+    report_dir: str | Path | None = None,
+) -> tuple[dict[str, list[str]], dict[str, list[CachedCase]]]:
     """Generate (synthetic), discover, split (unless `splits` is given, e.g. from a checkpoint) and cache.
 
     Returns the split (case ids; with data.on_error=skip, without the skipped cases) and the cached cases of
@@ -119,7 +134,9 @@ def prepare(data_cfg, seed: int, splits: dict[str, list[str]] | None = None, onl
     pairs = {p.case_id: p for p in found}
     if splits is None:
         if not pairs:
-            raise LitsError(f"{data_cfg.root}: no usable cases (all {len(problems)} have problems, see the log); fix the files")
+            raise LitsError(
+                f"{data_cfg.root}: no usable cases (all {len(problems)} have problems, see the log); fix the files"
+            )
         splits = make_splits(list(pairs), data_cfg, seed)
     else:
         unknown = [name for name in only if name not in splits]
@@ -128,7 +145,9 @@ def prepare(data_cfg, seed: int, splits: dict[str, list[str]] | None = None, onl
         skipped = {p.case_id for p in problems}
         missing = [cid for name in only for cid in splits[name] if cid not in pairs and cid not in skipped]
         if missing:
-            raise LitsError(f"{data_cfg.root}: cases {missing[:5]} of the split are missing; point data.root at the data the model was trained on")
+            raise LitsError(
+                f"{data_cfg.root}: cases {missing[:5]} of the split are missing; point data.root at the data the model was trained on"
+            )
     wanted = [pairs[cid] for name in only for cid in splits[name] if cid in pairs]
     cached, failed = cache_cases(wanted, data_cfg.cache_dir, prep, data_cfg.root, progress, workers, on_error)
     problems = sorted(problems + failed, key=lambda p: natural_key(p.case_id or ""))
@@ -140,7 +159,9 @@ def prepare(data_cfg, seed: int, splits: dict[str, list[str]] | None = None, onl
     return splits, {name: [cached[cid] for cid in splits[name]] for name in only}
 
 
-def prepare_all(data_cfg, progress: bool = True, report_dir: str | Path | None = None) -> tuple[dict[str, CachedCase], list[Problem]]:
+def prepare_all(
+    data_cfg, progress: bool = True, report_dir: str | Path | None = None
+) -> tuple[dict[str, CachedCase], list[Problem]]:
     """Cache every discovered case (scripts/prepare_data.py): ({case_id: CachedCase}, problems)."""
     on_error, workers, _ = _settings(data_cfg)
     prep = Preprocessing.from_data_cfg(data_cfg)

@@ -24,9 +24,13 @@ def check_target_spacing(value) -> tuple[float, float] | None:
     try:
         sy, sx = (float(v) for v in value)
     except (TypeError, ValueError):
-        raise LitsError(f"data.target_spacing_xy={value!r}: give [sy, sx] in mm, e.g. data.target_spacing_xy=[0.8,0.8], or null") from None
+        raise LitsError(
+            f"data.target_spacing_xy={value!r}: give [sy, sx] in mm, e.g. data.target_spacing_xy=[0.8,0.8], or null"
+        ) from None
     if not (sy > 0 and sx > 0 and np.isfinite(sy) and np.isfinite(sx)):
-        raise LitsError(f"data.target_spacing_xy={value!r}: spacings must be positive mm values, or null to keep the native grid")
+        raise LitsError(
+            f"data.target_spacing_xy={value!r}: spacings must be positive mm values, or null to keep the native grid"
+        )
     return sy, sx
 
 
@@ -39,8 +43,15 @@ def resize_inplane(array: np.ndarray, out_yx: tuple[int, int], order: int = 1) -
     flat = array.reshape((-1, *in_yx))
     ry, rx = in_yx[0] / out_yx[0], in_yx[1] / out_yx[1]
     src = flat if order == 0 else flat.astype(np.float32, copy=False)
-    out = ndimage.affine_transform(src, matrix=[1.0, ry, rx], offset=[0.0, 0.5 * ry - 0.5, 0.5 * rx - 0.5],
-                                   output_shape=(flat.shape[0], *out_yx), order=order, mode="nearest", prefilter=False)
+    out = ndimage.affine_transform(
+        src,
+        matrix=[1.0, ry, rx],
+        offset=[0.0, 0.5 * ry - 0.5, 0.5 * rx - 0.5],
+        output_shape=(flat.shape[0], *out_yx),
+        order=order,
+        mode="nearest",
+        prefilter=False,
+    )
     return out.reshape((*lead, *out_yx))
 
 

@@ -156,7 +156,9 @@ class _NpyRows:
         finally:
             os.close(fd)
         if got != out.nbytes:
-            raise LitsError(f"{self.path}: cache file is shorter than its header says; delete the case folder to rebuild it")
+            raise LitsError(
+                f"{self.path}: cache file is shorter than its header says; delete the case folder to rebuild it"
+            )
         return out
 
     def __getstate__(self):
@@ -172,7 +174,9 @@ class TrainSlices(Dataset):
     Items are {"image": (2k+1, S, S) float16, "label": (S, S) uint8} for k = context_slices.
     """
 
-    def __init__(self, index: SliceIndex, crop_size: int, sampling: SamplingConfig, seed: int = 0, context_slices: int = 0):
+    def __init__(
+        self, index: SliceIndex, crop_size: int, sampling: SamplingConfig, seed: int = 0, context_slices: int = 0
+    ):
         self.index, self.crop_size, self.sampling, self.seed = index, crop_size, sampling, seed
         self.context_slices = check_context_slices(context_slices)
         self._images = [_NpyRows(c.image) for c in index.cases]
@@ -199,7 +203,9 @@ class TrainSlices(Dataset):
         size = self.crop_size
         if self.index.tumor[slice_index] > 0 and rng.random() < self.sampling.p_lesion_center:
             # a uniformly drawn tumour voxel; only the rows of the slice's tumour box are read
-            ty0, ty1, tx0, tx1 = self.index.tumor_box[slice_index] if self.index.tumor_box is not None else (0, height, 0, width)
+            ty0, ty1, tx0, tx1 = (
+                self.index.tumor_box[slice_index] if self.index.tumor_box is not None else (0, height, 0, width)
+            )
             rows = labels.read(z, int(ty0), int(ty1))
             ys, xs = np.nonzero(rows[:, tx0:tx1] == 2)
             pick = rng.integers(len(ys))

@@ -56,15 +56,23 @@ def id_from_filename(name: str) -> str:
 def _visible_niftis(folder: Path, recursive: bool) -> list[Path]:
     """NIfTI files, skipping hidden ones (MSD archives ship `._liver_0.nii.gz` macOS resource forks)."""
     found = folder.rglob("*.nii*") if recursive else folder.glob("*.nii*")
-    return sorted(p for p in found if p.is_file() and not p.name.startswith(".") and _NIFTI.match(p.name)
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts[:-1]))
+    return sorted(
+        p
+        for p in found
+        if p.is_file()
+        and not p.name.startswith(".")
+        and _NIFTI.match(p.name)
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts[:-1])
+    )
 
 
 def find_lits(root: str | Path) -> tuple[list[CasePaths], list[Problem]]:
     """`volume-N.nii[.gz]` anywhere under root; its `segmentation-N` beside it, else the one elsewhere under root."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise LitsError(f"{root}: data folder not found; set data.root=DIR to a folder of LiTS volume-N/segmentation-N NIfTI pairs")
+        raise LitsError(
+            f"{root}: data folder not found; set data.root=DIR to a folder of LiTS volume-N/segmentation-N NIfTI pairs"
+        )
     volumes: dict[str, Path] = {}
     segmentations: dict[str, list[Path]] = {}
     for path in _visible_niftis(root, recursive=True):
@@ -90,13 +98,27 @@ def find_lits(root: str | Path) -> tuple[list[CasePaths], list[Problem]]:
             raise LitsError(f"{twins[1]}: case {case_id} also has segmentation {twins[0]}; keep one copy under {root}")
         label = (beside or candidates or [None])[0]
         if label is None:
-            problems.append(Problem(case_id, str(image), f"{image}: no segmentation-{case_id}.nii[.gz] beside it; add the label file or remove the volume"))
+            problems.append(
+                Problem(
+                    case_id,
+                    str(image),
+                    f"{image}: no segmentation-{case_id}.nii[.gz] beside it; add the label file or remove the volume",
+                )
+            )
             continue
         cases.append(CasePaths(case_id, image, label))
     for case_id, labels in segmentations.items():
         if case_id not in volumes:
-            problems.append(Problem(case_id, str(labels[0]), f"{labels[0]}: no volume-{case_id}.nii[.gz] for this segmentation; add the volume or remove the file"))
-    return sorted(cases, key=lambda c: natural_key(c.case_id)), sorted(problems, key=lambda p: natural_key(p.case_id or ""))
+            problems.append(
+                Problem(
+                    case_id,
+                    str(labels[0]),
+                    f"{labels[0]}: no volume-{case_id}.nii[.gz] for this segmentation; add the volume or remove the file",
+                )
+            )
+    return sorted(cases, key=lambda c: natural_key(c.case_id)), sorted(
+        problems, key=lambda p: natural_key(p.case_id or "")
+    )
 
 
 def _msd_images_dir(root: Path) -> Path:
@@ -108,8 +130,12 @@ def _msd_images_dir(root: Path) -> Path:
     if len(below) == 1:
         return below[0]
     if len(below) > 1:
-        raise LitsError(f"{root}: several MSD tasks found ({', '.join(str(p.parent.name) for p in below)}); set data.root to one of them")
-    raise LitsError(f"{root}: no imagesTr/ folder; point data.root at the MSD Task03_Liver folder (imagesTr/, labelsTr/)")
+        raise LitsError(
+            f"{root}: several MSD tasks found ({', '.join(str(p.parent.name) for p in below)}); set data.root to one of them"
+        )
+    raise LitsError(
+        f"{root}: no imagesTr/ folder; point data.root at the MSD Task03_Liver folder (imagesTr/, labelsTr/)"
+    )
 
 
 def find_msd(root: str | Path) -> tuple[list[CasePaths], list[Problem]]:
@@ -132,11 +158,23 @@ def find_msd(root: str | Path) -> tuple[list[CasePaths], list[Problem]]:
         seen[case_id] = image
         label = labels.pop(image.name, None)
         if label is None:
-            problems.append(Problem(case_id, str(image), f"{image}: no {labels_dir / image.name}; add the label file or remove the image"))
+            problems.append(
+                Problem(
+                    case_id,
+                    str(image),
+                    f"{image}: no {labels_dir / image.name}; add the label file or remove the image",
+                )
+            )
             continue
         cases.append(CasePaths(case_id, image, label))
     for name, label in labels.items():
-        problems.append(Problem(id_from_filename(name), str(label), f"{label}: no {images_dir / name} for this label; add the image or remove the file"))
+        problems.append(
+            Problem(
+                id_from_filename(name),
+                str(label),
+                f"{label}: no {images_dir / name} for this label; add the image or remove the file",
+            )
+        )
     return sorted(cases, key=lambda c: natural_key(c.case_id)), problems
 
 
@@ -149,10 +187,14 @@ def read_pairs_csv(path: str | Path) -> tuple[list[CasePaths], list[Problem]]:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = [r for r in csv.DictReader(line for line in f if line.strip() and not line.lstrip().startswith("#"))]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise LitsError(f"{path}: cannot read the CSV ({exc}); write a UTF-8 CSV with columns image,label[,case_id]") from None
+        raise LitsError(
+            f"{path}: cannot read the CSV ({exc}); write a UTF-8 CSV with columns image,label[,case_id]"
+        ) from None
     columns = {k.strip().lower() for k in (rows[0].keys() if rows else []) if k}
     if not {"image", "label"} <= columns:
-        raise LitsError(f"{path}: needs a header line with columns image,label (optional case_id), found {sorted(columns) or 'no rows'}")
+        raise LitsError(
+            f"{path}: needs a header line with columns image,label (optional case_id), found {sorted(columns) or 'no rows'}"
+        )
     base = path.parent
     seen: dict[str, int] = {}
     cases, problems = [], []
@@ -163,17 +205,39 @@ def read_pairs_csv(path: str | Path) -> tuple[list[CasePaths], list[Problem]]:
         image = (base / row["image"]).expanduser()
         case_id = row.get("case_id") or row.get("case") or id_from_filename(image.name)
         if not _SAFE_ID.match(case_id):
-            raise LitsError(f"{path}: line {line}: case id {case_id!r} must be letters, digits, '.', '_' or '-'; fix the case_id column")
+            raise LitsError(
+                f"{path}: line {line}: case id {case_id!r} must be letters, digits, '.', '_' or '-'; fix the case_id column"
+            )
         if case_id in seen:
-            raise LitsError(f"{path}: line {line}: case id {case_id} already used on line {seen[case_id]}; give each row its own case_id")
+            raise LitsError(
+                f"{path}: line {line}: case id {case_id} already used on line {seen[case_id]}; give each row its own case_id"
+            )
         seen[case_id] = line
         label = (base / row["label"]).expanduser() if row.get("label") else None
         if not image.is_file():
-            problems.append(Problem(case_id, str(image), f"{image}: image file not found (listed in {path} line {line}); fix the path or remove the line"))
+            problems.append(
+                Problem(
+                    case_id,
+                    str(image),
+                    f"{image}: image file not found (listed in {path} line {line}); fix the path or remove the line",
+                )
+            )
         elif label is None:
-            problems.append(Problem(case_id, str(image), f"{path}: line {line} ({image.name}) has no label path; add the segmentation or remove the line"))
+            problems.append(
+                Problem(
+                    case_id,
+                    str(image),
+                    f"{path}: line {line} ({image.name}) has no label path; add the segmentation or remove the line",
+                )
+            )
         elif not label.is_file():
-            problems.append(Problem(case_id, str(label), f"{label}: label file not found (listed in {path} line {line}); fix the path or remove the line"))
+            problems.append(
+                Problem(
+                    case_id,
+                    str(label),
+                    f"{label}: label file not found (listed in {path} line {line}); fix the path or remove the line",
+                )
+            )
         else:
             cases.append(CasePaths(case_id, image, label))
     if not cases and not problems:
@@ -186,5 +250,7 @@ def discover(data_cfg) -> tuple[list[CasePaths], list[Problem]]:
     layout = data_cfg.get("layout", "lits") or "lits"
     finders = {"lits": find_lits, "msd": find_msd, "csv": read_pairs_csv}
     if layout not in finders:
-        raise LitsError(f"data.layout={layout}: unknown layout; choose one of {', '.join(LAYOUTS)} (or data=lits / data=msd / data=csv)")
+        raise LitsError(
+            f"data.layout={layout}: unknown layout; choose one of {', '.join(LAYOUTS)} (or data=lits / data=msd / data=csv)"
+        )
     return finders[layout](data_cfg.root)

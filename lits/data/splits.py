@@ -33,7 +33,9 @@ def split_cases(case_ids: list[str], val_fraction: float, test_fraction: float, 
     n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
     n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
     if n - n_val - n_test < 1:
-        raise LitsError(f"only {n} cases: too few for data.split val={val_fraction} test={test_fraction}; add cases or lower the fractions")
+        raise LitsError(
+            f"only {n} cases: too few for data.split val={val_fraction} test={test_fraction}; add cases or lower the fractions"
+        )
     order = np.random.default_rng(seed).permutation(n)
     ids = [case_ids[i] for i in order]
     split = {"val": ids[:n_val], "test": ids[n_val : n_val + n_test], "train": ids[n_val + n_test :]}
@@ -53,7 +55,9 @@ def _resolve_ids(raw, known: set[str], where: str) -> list[str]:
         case_id = text if text in known else id_from_filename(text)
         (out if case_id in known else unknown).append(case_id if case_id in known else text)
     if unknown:
-        raise LitsError(f"{where}: case ids {unknown[:5]} are not in the data ({len(known)} cases found); fix the list or data.root")
+        raise LitsError(
+            f"{where}: case ids {unknown[:5]} are not in the data ({len(known)} cases found); fix the list or data.root"
+        )
     if len(set(out)) != len(out):
         dup = sorted({c for c in out if out.count(c) > 1}, key=natural_key)
         raise LitsError(f"{where}: case ids {dup[:5]} listed twice; list each case once")
@@ -62,7 +66,9 @@ def _resolve_ids(raw, known: set[str], where: str) -> list[str]:
 
 def _fraction(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise LitsError(f"data.split.{name}={value!r}: give a fraction in [0, 1) or a list of case ids, e.g. data.split.{name}=0.15")
+        raise LitsError(
+            f"data.split.{name}={value!r}: give a fraction in [0, 1) or a list of case ids, e.g. data.split.{name}=0.15"
+        )
     return float(value)
 
 
@@ -75,7 +81,9 @@ def _check(splits: dict[str, list[str]], where: str) -> dict[str, list[str]]:
     for name in SPLITS:
         for case_id in splits.get(name, []):
             if case_id in seen:
-                raise LitsError(f"{where}: case {case_id} is in both {seen[case_id]} and {name}; put each case in one split")
+                raise LitsError(
+                    f"{where}: case {case_id} is in both {seen[case_id]} and {name}; put each case in one split"
+                )
             seen[case_id] = name
     for name in ("train", "val"):
         if not splits.get(name):
@@ -101,7 +109,9 @@ def _fold_settings(data_cfg) -> tuple[int | None, int]:
     if isinstance(num_folds, bool) or not isinstance(num_folds, int) or num_folds < 2:
         raise LitsError(f"data.num_folds={num_folds!r}: give an integer >= 2")
     if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < num_folds:
-        raise LitsError(f"data.fold={fold!r}: give an integer in 0..{num_folds - 1} (data.num_folds={num_folds}), or null for no cross-validation")
+        raise LitsError(
+            f"data.fold={fold!r}: give an integer in 0..{num_folds - 1} (data.num_folds={num_folds}), or null for no cross-validation"
+        )
     return fold, num_folds
 
 
@@ -119,12 +129,16 @@ def read_split_file(path: str | Path, case_ids: list[str], fold: int | None) -> 
         if fold is None:
             raise LitsError(f"{path}: holds {len(spec)} folds; choose one with data.fold=0..{len(spec) - 1}")
         if fold >= len(spec) or not isinstance(spec[fold], dict):
-            raise LitsError(f"{path}: data.fold={fold} but the file holds {len(spec)} folds; choose data.fold=0..{len(spec) - 1}")
+            raise LitsError(
+                f"{path}: data.fold={fold} but the file holds {len(spec)} folds; choose data.fold=0..{len(spec) - 1}"
+            )
         entry = spec[fold]
         splits = {name: _resolve_ids(entry.get(name, []), known, f"{path} fold {fold} {name}") for name in SPLITS}
         return _check(splits, str(path))
     if not isinstance(spec, dict):
-        raise LitsError(f"{path}: expected a JSON object with train/val/test lists (or folds), or a list of folds; fix the file")
+        raise LitsError(
+            f"{path}: expected a JSON object with train/val/test lists (or folds), or a list of folds; fix the file"
+        )
     unknown = set(spec) - {"train", "val", "test", "folds"}
     if unknown:
         raise LitsError(f"{path}: unknown keys {sorted(unknown)}; use train, val, test (or folds + test)")
@@ -135,10 +149,16 @@ def read_split_file(path: str | Path, case_ids: list[str], fold: int | None) -> 
             count = len(folds) if isinstance(folds, list) else 0
             raise LitsError(f"{path}: holds {count} folds; choose one with data.fold=0..{max(count - 1, 0)}")
         parts = [_resolve_ids(part, known, f"{path} folds[{k}]") for k, part in enumerate(folds)]
-        splits = {"val": parts[fold], "train": [c for k, part in enumerate(parts) if k != fold for c in part], "test": test}
+        splits = {
+            "val": parts[fold],
+            "train": [c for k, part in enumerate(parts) if k != fold for c in part],
+            "test": test,
+        }
         return _check(splits, str(path))
     if fold is not None:
-        raise LitsError(f"{path}: has no folds but data.fold={fold} is set; set data.fold=null or use a file with folds")
+        raise LitsError(
+            f"{path}: has no folds but data.fold={fold} is set; set data.fold=null or use a file with folds"
+        )
     val = _resolve_ids(spec.get("val", []), known, f"{path} val")
     if "train" in spec:
         train = _resolve_ids(spec["train"], known, f"{path} train")
@@ -157,7 +177,9 @@ def make_splits(case_ids: list[str], data_cfg, seed: int) -> dict[str, list[str]
     if isinstance(spec, str):  # data.split=path/to/split.json
         spec = {"file": spec}
     if not isinstance(spec, dict):
-        raise LitsError(f"data.split={spec!r}: give a mapping (val, test, train, seed, file) or the path of a JSON split file")
+        raise LitsError(
+            f"data.split={spec!r}: give a mapping (val, test, train, seed, file) or the path of a JSON split file"
+        )
     unknown = set(spec) - {"val", "test", "train", "seed", "file"}
     if unknown:
         raise LitsError(f"data.split.{sorted(unknown)[0]}: unknown key; valid: val, test, train, seed, file")
@@ -175,7 +197,9 @@ def make_splits(case_ids: list[str], data_cfg, seed: int) -> dict[str, list[str]
     train = _resolve_ids(train_spec, known, "data.split.train") if train_spec is not None else None
     test = _resolve_ids(test_spec, known, "data.split.test") if isinstance(test_spec, list) else None
     if fold is not None and isinstance(val_spec, list):
-        raise LitsError(f"data.split.val is a list but data.fold={fold} is set: the fold is the validation set; drop one of them")
+        raise LitsError(
+            f"data.split.val is a list but data.fold={fold} is set: the fold is the validation set; drop one of them"
+        )
     val = _resolve_ids(val_spec, known, "data.split.val") if isinstance(val_spec, list) else None
     fixed = set(train or []) | set(test or []) | set(val or [])
     pool = [case_ids[i] for i in np.random.default_rng(seed).permutation(len(case_ids)) if case_ids[i] not in fixed]

@@ -101,9 +101,18 @@ class SyntheticParams:
                 f"fix data.synthetic.{name} in your config or on the command line"
             )
 
-        for name in ("num_slices", "spacing_xy", "spacing_z", "liver_hu", "vessel_contrast_hu",
-                     "tumor_contrast_hu", "low_contrast_hu", "tumor_diameter_range_mm",
-                     "noise_sd_hu", "psf_sigma_mm"):
+        for name in (
+            "num_slices",
+            "spacing_xy",
+            "spacing_z",
+            "liver_hu",
+            "vessel_contrast_hu",
+            "tumor_contrast_hu",
+            "low_contrast_hu",
+            "tumor_diameter_range_mm",
+            "noise_sd_hu",
+            "psf_sigma_mm",
+        ):
             v = getattr(self, name)
             if not (isinstance(v, tuple) and len(v) == 2 and v[0] <= v[1]):
                 raise bad(name, "expected [low, high] with low <= high")
@@ -362,7 +371,7 @@ class _Case:
         p_post = np.float32(rng.uniform(2.3, 3.0))
         rho_a = np.sqrt(du * du + dvn * dvn)
         adu, adv = np.abs(du), np.abs(dvn)
-        rho_p = (adu ** p_post + adv ** p_post) ** (1 / p_post)
+        rho_p = (adu**p_post + adv**p_post) ** (1 / p_post)
         rho = np.where(post, rho_p, rho_a)
         theta = np.arctan2(dvn, du)
         pert = np.ones_like(rho)
@@ -402,8 +411,11 @@ class _Case:
         v_canal = self.v_vb + self.vb_b + 9 * g
         # paraspinal muscles (in the posterior wall)
         for side in (-1, 1):
-            box = self.ellipsoid((cu + side * 33 * g, v_canal + 16 * g, self.zext / 2),
-                                 (27 * g, 24 * g, 10 * self.zext), angle=side * 0.15)
+            box = self.ellipsoid(
+                (cu + side * 33 * g, v_canal + 16 * g, self.zext / 2),
+                (27 * g, 24 * g, 10 * self.zext),
+                angle=side * 0.15,
+            )
             if box:
                 sl, q, *_ = box
                 self.paint(sl, q < 1, self.musc_hu + rng.uniform(-5, 5), where=self.body3)
@@ -425,17 +437,21 @@ class _Case:
             ring = np.where(q < 0.68, np.float32(rng.uniform(5, 20)), np.float32(rng.uniform(350, 550)))
             self.paint(sl, q < 1, ring)
         spin_end = self.cv + self.b_post * (1 - self.t_fat) - 14 * g
-        for p0, p1, r in (((cu, v_canal + 8 * g, 0), (cu, spin_end, 0), 4.5 * g),
-                          ((cu - 9 * g, v_canal + 3 * g, 0), (cu - 36 * g, v_canal + 2 * g, 0), 4.0 * g),
-                          ((cu + 9 * g, v_canal + 3 * g, 0), (cu + 36 * g, v_canal + 2 * g, 0), 4.0 * g)):
+        for p0, p1, r in (
+            ((cu, v_canal + 8 * g, 0), (cu, spin_end, 0), 4.5 * g),
+            ((cu - 9 * g, v_canal + 3 * g, 0), (cu - 36 * g, v_canal + 2 * g, 0), 4.0 * g),
+            ((cu + 9 * g, v_canal + 3 * g, 0), (cu + 36 * g, v_canal + 2 * g, 0), 4.0 * g),
+        ):
             # posterior elements are present only over part of each vertebral period
-            box = self.crop((min(p0[0], p1[0]) - r, min(p0[1], p1[1]) - r, 0),
-                            (max(p0[0], p1[0]) + r, max(p0[1], p1[1]) + r, self.zext))
+            box = self.crop(
+                (min(p0[0], p1[0]) - r, min(p0[1], p1[1]) - r, 0),
+                (max(p0[0], p1[0]) + r, max(p0[1], p1[1]) + r, self.zext),
+            )
             if box is None:
                 continue
             sl, U, V, W = box
             cap2 = self._segment_mask2d(U[:, :, 0], V[:, :, 0], p0, p1, r)
-            present = (((self.w[sl[2]] - period * 0.3) % period) < 0.55 * period)
+            present = ((self.w[sl[2]] - period * 0.3) % period) < 0.55 * period
             m = cap2[:, :, None] & present[None, None, :]
             self.paint(sl, m, np.float32(rng.uniform(350, 550)), where=self.body3)
         self.spine_cu, self.v_canal = cu, v_canal
@@ -459,8 +475,11 @@ class _Case:
             self.paint(sl, q < 1, self.ao_hu)
         self.ivc = (self.spine_cu - rng.uniform(20, 28) * g, self.ao[1] - rng.uniform(2, 8) * g)
         self.ivc_hu = self.ao_hu - rng.uniform(10, 45)
-        box = self.ellipsoid((self.ivc[0], self.ivc[1], self.zext / 2),
-                             (rng.uniform(11, 15) * g, rng.uniform(8, 11) * g, 10 * self.zext), angle=0.3)
+        box = self.ellipsoid(
+            (self.ivc[0], self.ivc[1], self.zext / 2),
+            (rng.uniform(11, 15) * g, rng.uniform(8, 11) * g, 10 * self.zext),
+            angle=0.3,
+        )
         if box:
             sl, q, *_ = box
             self.paint(sl, q < 1, self.ivc_hu)
@@ -476,14 +495,15 @@ class _Case:
         ul, vl = 0.42 * self.A + rng.normal(0, 6) * g, rng.normal(0, 8) * g
         kr, kl = rng.uniform(95, 130) * g, rng.uniform(95, 130) * g
         post = np.clip(V, 0, None)
-        dr = hr - ((U - ur) ** 2 + (V - vr) ** 2) / (2 * kr) - post ** 2 / (4 * kr)
-        dl = hl - ((U - ul) ** 2 + (V - vl) ** 2) / (2 * kl) - post ** 2 / (4 * kl)
+        dr = hr - ((U - ur) ** 2 + (V - vr) ** 2) / (2 * kr) - post**2 / (4 * kr)
+        dl = hl - ((U - ul) ** 2 + (V - vl) ** 2) / (2 * kl) - post**2 / (4 * kl)
         self.dome = np.maximum(dr, dl).astype(np.float32)  # diaphragm height D(u, v), mm
         self.dome_above = above = self.w[None, None, :] > self.dome[:, :, None]
         # heart with a pericardial fat rim, resting on the central tendon
         hc = (self.cu + rng.uniform(15, 35) * g, self.cv - 0.35 * self.Ba, max(hr, hl) + rng.uniform(55, 70) * g)
-        box = self.ellipsoid(hc, (rng.uniform(52, 62) * g, rng.uniform(40, 48) * g, rng.uniform(55, 65) * g),
-                             angle=-0.5, margin=1.1)
+        box = self.ellipsoid(
+            hc, (rng.uniform(52, 62) * g, rng.uniform(40, 48) * g, rng.uniform(55, 65) * g), angle=-0.5, margin=1.1
+        )
         if box:
             sl, q, *_ = box
             heart = np.where(q < 0.72, np.float32(self.ao_hu - rng.uniform(0, 30)), np.float32(rng.uniform(90, 120)))
@@ -499,8 +519,13 @@ class _Case:
         if len(ks):
             w_lo = float(self.w[ks[0]])
             for _ in range(int(rng.integers(30, 60))):
-                c = np.array([self.cu + rng.uniform(-0.9, 0.9) * self.A, self.cv + rng.uniform(-0.8, 0.9) * self.Bp,
-                              rng.uniform(w_lo, self.zext)])
+                c = np.array(
+                    [
+                        self.cu + rng.uniform(-0.9, 0.9) * self.A,
+                        self.cv + rng.uniform(-0.8, 0.9) * self.Bp,
+                        rng.uniform(w_lo, self.zext),
+                    ]
+                )
                 if not self.inside(lung, c):
                     continue
                 d = _unit(rng.normal(size=3)) * rng.uniform(8, 25) * g
@@ -531,16 +556,22 @@ class _Case:
             val = np.where(q < 0.72, medulla, cortex)
             # renal sinus fat at the medial hilum
             hu = cu - side * 0.55 * axes[0]
-            sinus = ((U - np.float32(hu)) / np.float32(9 * g)) ** 2 + ((V - np.float32(cv - 4 * g)) / np.float32(13 * g)) ** 2 \
-                + ((W - np.float32(wc)) / np.float32(0.55 * axes[2])) ** 2 < 1
+            sinus = ((U - np.float32(hu)) / np.float32(9 * g)) ** 2 + (
+                (V - np.float32(cv - 4 * g)) / np.float32(13 * g)
+            ) ** 2 + ((W - np.float32(wc)) / np.float32(0.55 * axes[2])) ** 2 < 1
             val = np.where(sinus, np.float32(rng.uniform(-90, -40)), val)
             self.paint(sl, q < 1, val, where=self.cav3)
 
     def spleen(self):
         rng, g = self.rng, self.g
         c = (self.cu + 0.62 * self.A, self.cv + 0.35 * self.Bp, self.w_top - rng.uniform(0.2, 0.35) * self.Lz)
-        box = self.ellipsoid(c, (rng.uniform(22, 30) * g, rng.uniform(45, 60) * g, rng.uniform(45, 60) * g),
-                             angle=-rng.uniform(0.5, 0.9), deform=0.15, deform_scale=30)
+        box = self.ellipsoid(
+            c,
+            (rng.uniform(22, 30) * g, rng.uniform(45, 60) * g, rng.uniform(45, 60) * g),
+            angle=-rng.uniform(0.5, 0.9),
+            deform=0.15,
+            deform_scale=30,
+        )
         if box:
             sl, q, *_ = box
             hu = np.float32(self.liver_hu + rng.uniform(-10, 15))
@@ -560,8 +591,9 @@ class _Case:
             content = np.float32(rng.uniform(0, 30))
         else:  # food: mottled
             content = np.float32(rng.uniform(20, 50)) + np.float32(25) * _smooth_field(
-                rng, (U.ravel(), V.ravel(), W.ravel()), 5 * g)
-        val = np.where(V < np.float32(gas_level), np.float32(-990), content)
+                rng, (U.ravel(), V.ravel(), W.ravel()), 5 * g
+            )
+        val = np.where(np.float32(gas_level) > V, np.float32(-990), content)
         val = np.where(q > wall, np.float32(rng.uniform(60, 90)), val)
         self.paint(sl, q < 1, val, where=self.cav3)
 
@@ -569,10 +601,17 @@ class _Case:
         rng, g = self.rng, self.g
         if rng.random() >= self.p.gallbladder_probability:
             return
-        c = (self.cu - rng.uniform(0.08, 0.2) * self.A, self.cv - rng.uniform(0.3, 0.45) * self.Ba,
-             self.w_bot + rng.uniform(0.2, 0.4) * self.Lz)
-        box = self.ellipsoid(c, (rng.uniform(11, 16) * g, rng.uniform(14, 20) * g, rng.uniform(25, 40) * g),
-                             angle=rng.uniform(-0.6, 0.2), deform=0.08)
+        c = (
+            self.cu - rng.uniform(0.08, 0.2) * self.A,
+            self.cv - rng.uniform(0.3, 0.45) * self.Ba,
+            self.w_bot + rng.uniform(0.2, 0.4) * self.Lz,
+        )
+        box = self.ellipsoid(
+            c,
+            (rng.uniform(11, 16) * g, rng.uniform(14, 20) * g, rng.uniform(25, 40) * g),
+            angle=rng.uniform(-0.6, 0.2),
+            deform=0.08,
+        )
         if box:
             sl, q, *_ = box
             val = np.where(q > 0.85, np.float32(rng.uniform(40, 70)), np.float32(rng.uniform(0, 25)))
@@ -581,10 +620,18 @@ class _Case:
     def pancreas(self):
         """Soft-tissue band in front of the aorta (a liver-like HU confounder outside the liver)."""
         rng, g = self.rng, self.g
-        c = (self.spine_cu + rng.uniform(0.05, 0.25) * self.A, self.ao[1] - self.r_ao - rng.uniform(12, 20) * g,
-             self.w_bot + rng.uniform(0.25, 0.45) * self.Lz)
-        box = self.ellipsoid(c, (rng.uniform(50, 65) * g, rng.uniform(10, 14) * g, rng.uniform(15, 22) * g),
-                             angle=-rng.uniform(0.1, 0.45), deform=0.15, deform_scale=15)
+        c = (
+            self.spine_cu + rng.uniform(0.05, 0.25) * self.A,
+            self.ao[1] - self.r_ao - rng.uniform(12, 20) * g,
+            self.w_bot + rng.uniform(0.25, 0.45) * self.Lz,
+        )
+        box = self.ellipsoid(
+            c,
+            (rng.uniform(50, 65) * g, rng.uniform(10, 14) * g, rng.uniform(15, 22) * g),
+            angle=-rng.uniform(0.1, 0.45),
+            deform=0.15,
+            deform_scale=15,
+        )
         if box:
             sl, q, *_ = box
             self.paint(sl, q < 1, np.float32(self.liver_hu - rng.uniform(0, 25)), where=self.cav3)
@@ -594,12 +641,14 @@ class _Case:
         from wrapping round the aorta and vertebra (it may still hug the IVC)."""
         rng, g = self.rng, self.g
         # crura: a muscular collar round the aorta in the upper abdomen (below the dome)
-        box = self.crop((self.ao[0] - 22 * g, self.ao[1] - 22 * g, self.w_bot + 0.35 * self.Lz),
-                        (self.ao[0] + 22 * g, self.ao[1] + 22 * g, self.zext))
+        box = self.crop(
+            (self.ao[0] - 22 * g, self.ao[1] - 22 * g, self.w_bot + 0.35 * self.Lz),
+            (self.ao[0] + 22 * g, self.ao[1] + 22 * g, self.zext),
+        )
         if box:
             sl, U, V, W = box
             r = np.sqrt((U - np.float32(self.ao[0])) ** 2 + (V - np.float32(self.ao[1])) ** 2)
-            ring = (r > self.r_ao) & (r < self.r_ao + rng.uniform(4, 7) * g) & (W > -np.inf)
+            ring = (r > self.r_ao) & (r < self.r_ao + rng.uniform(4, 7) * g) & (-np.inf < W)
             self.paint(sl, ring & ~self.dome_above[sl], np.float32(self.musc_hu))
         c = (self.spine_cu + rng.uniform(6, 12) * g, self.v_vb - 0.3 * self.vb_b, self.zext / 2)
         box = self.ellipsoid(c, (rng.uniform(34, 40) * g, self.vb_b + 28 * g, 10 * self.zext))
@@ -616,16 +665,26 @@ class _Case:
             return x * (1 + rng.uniform(-r, r))
 
         comps = [  # (u, v, w), (a, b, c): right lobe, its inferior tip, medial segment, left lobe, caudate
-            ((self.cu - jit(0.48 * A), self.cv + jit(0.02 * B, 1), wt - jit(0.40 * Lz)),
-             (jit(0.56 * A), jit(0.92 * B), jit(0.52 * Lz))),
-            ((self.cu - jit(0.62 * A), self.cv + jit(0.12 * B), wt - jit(0.74 * Lz)),
-             (jit(0.33 * A), jit(0.50 * B), jit(0.27 * Lz))),
-            ((self.cu - jit(0.08 * A), self.cv - jit(0.38 * B), wt - jit(0.42 * Lz)),
-             (jit(0.30 * A), jit(0.42 * B), jit(0.32 * Lz))),
-            ((self.cu + jit(0.18 * A, 0.4), self.cv - jit(0.50 * B), wt - jit(0.30 * Lz)),
-             (jit(0.46 * A, 0.25), jit(0.32 * B), jit(0.22 * Lz))),
-            ((self.cu - jit(0.06 * A), self.cv + jit(0.22 * B), wt - jit(0.35 * Lz)),
-             (jit(0.16 * A), jit(0.22 * B), jit(0.22 * Lz))),
+            (
+                (self.cu - jit(0.48 * A), self.cv + jit(0.02 * B, 1), wt - jit(0.40 * Lz)),
+                (jit(0.56 * A), jit(0.92 * B), jit(0.52 * Lz)),
+            ),
+            (
+                (self.cu - jit(0.62 * A), self.cv + jit(0.12 * B), wt - jit(0.74 * Lz)),
+                (jit(0.33 * A), jit(0.50 * B), jit(0.27 * Lz)),
+            ),
+            (
+                (self.cu - jit(0.08 * A), self.cv - jit(0.38 * B), wt - jit(0.42 * Lz)),
+                (jit(0.30 * A), jit(0.42 * B), jit(0.32 * Lz)),
+            ),
+            (
+                (self.cu + jit(0.18 * A, 0.4), self.cv - jit(0.50 * B), wt - jit(0.30 * Lz)),
+                (jit(0.46 * A, 0.25), jit(0.32 * B), jit(0.22 * Lz)),
+            ),
+            (
+                (self.cu - jit(0.06 * A), self.cv + jit(0.22 * B), wt - jit(0.35 * Lz)),
+                (jit(0.16 * A), jit(0.22 * B), jit(0.22 * Lz)),
+            ),
         ]
         lo = np.min([np.array(c) - np.array(a) for c, a in comps], axis=0) - 10 * g
         hi = np.max([np.array(c) + np.array(a) for c, a in comps], axis=0) + 10 * g
@@ -633,8 +692,11 @@ class _Case:
         sl, U, V, W = box
         q = None
         for c, a in comps:
-            qi = ((U - np.float32(c[0])) / np.float32(a[0])) ** 2 + ((V - np.float32(c[1])) / np.float32(a[1])) ** 2 \
+            qi = (
+                ((U - np.float32(c[0])) / np.float32(a[0])) ** 2
+                + ((V - np.float32(c[1])) / np.float32(a[1])) ** 2
                 + ((W - np.float32(c[2])) / np.float32(a[2])) ** 2
+            )
             q = qi if q is None else np.minimum(q, qi)
         coords = (U.ravel(), V.ravel(), W.ravel())
         f = 0.7 * _smooth_field(rng, coords, 45 * g) + 0.3 * _smooth_field(rng, coords, 20 * g)
@@ -643,7 +705,7 @@ class _Case:
         zok = np.zeros(k1 - k0, dtype=bool)  # hard guarantee of liver-free end slices
         ks = np.arange(k0, k1)
         zok[(ks >= self.m_lo) & (ks <= self.nz - 1 - self.m_hi)] = True
-        below_dome = W < (self.dome[sl[0], sl[1]][:, :, None] - np.float32(5 * g))
+        below_dome = (self.dome[sl[0], sl[1]][:, :, None] - np.float32(5 * g)) > W
         m = (q < 1) & self.cav3[sl] & ~self.occ[sl] & below_dome & zok[None, None, :]
         m = _largest_component(m)
         # parenchyma with a faint low-frequency mottle
@@ -687,8 +749,10 @@ class _Case:
             idx = np.argwhere(lm[sl])
             if len(idx):
                 pick = idx[rng.integers(len(idx))]
-                hilum = np.array([self.u[pick[0] + sl[0].start], self.v[pick[1] + sl[1].start],
-                                  self.w[pick[2] + sl[2].start]], dtype=float)
+                hilum = np.array(
+                    [self.u[pick[0] + sl[0].start], self.v[pick[1] + sl[1].start], self.w[pick[2] + sl[2].start]],
+                    dtype=float,
+                )
         rp = rng.uniform(6, 8) * g
         grow(hilum, (-1.0, rng.normal(0, 0.3), rng.uniform(0.0, 0.5)), 32 * g, rp, 4)
         grow(hilum, (0.8, -0.8, rng.uniform(0.1, 0.5)), 30 * g, rp * 0.85, 3)
@@ -742,7 +806,7 @@ class _Case:
                 med = p.satellite_diameter_mm
             diam = float(np.clip(med * math.exp(rng.normal(0, p.tumor_diameter_sigma)), lo_mm, hi_mm)) * g
             R = diam / 2
-            dband = depth[:, :, b0:b0 + band]
+            dband = depth[:, :, b0 : b0 + band]
             dmax = float(dband.max())
             if dmax <= 0:
                 break
@@ -767,8 +831,9 @@ class _Case:
         sl, U, V, W = box
         q = None
         for cc, r in spheres:
-            qi = np.sqrt((U - np.float32(cc[0])) ** 2 + (V - np.float32(cc[1])) ** 2 + (W - np.float32(cc[2])) ** 2) \
-                / np.float32(r)
+            qi = np.sqrt(
+                (U - np.float32(cc[0])) ** 2 + (V - np.float32(cc[1])) ** 2 + (W - np.float32(cc[2])) ** 2
+            ) / np.float32(r)
             q = qi if q is None else np.minimum(q, qi)
         coords = (U.ravel(), V.ravel(), W.ravel())
         q = q * (1 + np.float32(amp) * _smooth_field(rng, coords, max(0.6 * R, 3 * g)))
@@ -780,8 +845,10 @@ class _Case:
             delta = rng.uniform(*p.low_contrast_hu)
         else:
             delta = rng.uniform(*p.tumor_contrast_hu)
-        T = np.float32(self.liver_hu - delta) + np.float32(0.2 * delta) * _smooth_field(rng, coords, max(0.4 * R, 3 * g))
-        if R > 12 * g and rng.random() < 0.4:  # necrotic core
+        T = np.float32(self.liver_hu - delta) + np.float32(0.2 * delta) * _smooth_field(
+            rng, coords, max(0.4 * R, 3 * g)
+        )
+        if 12 * g < R and rng.random() < 0.4:  # necrotic core
             T = T - np.float32(rng.uniform(15, 40)) * np.clip((0.6 - q) / 0.2, 0, 1)
         if rng.random() < 0.2:  # enhancing rim
             T = T + np.float32(rng.uniform(15, 35) + delta * 0.5) * np.clip(1 - np.abs(q - 0.88) / 0.1, 0, 1)
@@ -799,16 +866,26 @@ class _Case:
         for t in range(n_loops + 2):
             colon = t < 2
             if colon:  # hepatic flexure near the liver tip, then the transverse colon
-                c = np.array([self.cu - 0.55 * self.A if t == 0 else self.cu + rng.uniform(-0.2, 0.3) * self.A,
-                              self.cv - (0.1 if t == 0 else 0.6) * self.Ba,
-                              self.w_bot + rng.uniform(-0.05, 0.15) * self.Lz])
+                c = np.array(
+                    [
+                        self.cu - 0.55 * self.A if t == 0 else self.cu + rng.uniform(-0.2, 0.3) * self.A,
+                        self.cv - (0.1 if t == 0 else 0.6) * self.Ba,
+                        self.w_bot + rng.uniform(-0.05, 0.15) * self.Lz,
+                    ]
+                )
                 r = rng.uniform(16, 24) * g
                 ln = rng.uniform(40, 80) * g
-                d = _unit(np.array([0.3, -1, 0.4]) if t == 0 else np.array([1.0, rng.normal(0, 0.2), rng.normal(0, 0.2)]))
+                d = _unit(
+                    np.array([0.3, -1, 0.4]) if t == 0 else np.array([1.0, rng.normal(0, 0.2), rng.normal(0, 0.2)])
+                )
             else:
-                c = np.array([self.cu + rng.uniform(-0.7, 0.75) * self.A,
-                              self.cv + rng.uniform(-0.85 * self.Ba, 0.35 * self.Bp),
-                              rng.uniform(0, w_hi)])
+                c = np.array(
+                    [
+                        self.cu + rng.uniform(-0.7, 0.75) * self.A,
+                        self.cv + rng.uniform(-0.85 * self.Ba, 0.35 * self.Bp),
+                        rng.uniform(0, w_hi),
+                    ]
+                )
                 r = rng.uniform(8, 17) * g
                 ln = rng.uniform(20, 60) * g
                 d = _unit(np.array([rng.normal(), rng.normal(), 0.5 * rng.normal()]))
@@ -859,8 +936,13 @@ class _Case:
                     frac = (ps - psi0) / (psi1 - psi0)
                     ww = w0 - drop * frac
                     sc = 1.0
-                    pts.append((self.cu + side * self.a_body * (1 - tf) * sc * math.sin(ps),
-                                self.cv + bb * (1 - tf - (self.t_fat_ant if cps < 0 else 0) * -cps) * cps, ww))
+                    pts.append(
+                        (
+                            self.cu + side * self.a_body * (1 - tf) * sc * math.sin(ps),
+                            self.cv + bb * (1 - tf - (self.t_fat_ant if cps < 0 else 0) * -cps) * cps,
+                            ww,
+                        )
+                    )
                 for a, b in zip(pts[:-1], pts[1:]):
                     if max(a[2], b[2]) < -r or min(a[2], b[2]) > self.zext + r:
                         continue
@@ -887,7 +969,7 @@ class _Case:
                 x = np.arange(-r, r + 1, dtype=np.float64)
                 wk = np.exp(-0.5 * (x / max(sgm, 1e-6)) ** 2)
                 wk /= wk.sum()
-                gain *= float(np.sum(wk ** 2))
+                gain *= float(np.sum(wk**2))
             noise = rng.standard_normal(self.shape, dtype=np.float32)
             noise *= np.float32(sd / math.sqrt(gain))
             img += noise
@@ -914,12 +996,12 @@ def _check_ids(index: int, seed: int) -> None:
     if int(index) != index or index < 0:
         raise LitsError(f"synthetic data: case index must be a non-negative integer, got {index!r}")
     if int(seed) != seed or seed < 0:
-        raise LitsError(f"synthetic data: seed must be a non-negative integer, got {seed!r}; "
-                        f"fix data.synthetic.seed")
+        raise LitsError(f"synthetic data: seed must be a non-negative integer, got {seed!r}; fix data.synthetic.seed")
 
 
-def generate_case(index: int, seed: int = 0, params: SyntheticParams = SyntheticParams()
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def generate_case(
+    index: int, seed: int = 0, params: SyntheticParams = SyntheticParams()
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Returns (volume int16 HU, segmentation uint8, affine float64 4x4); arrays in NIfTI voxel
     order (X, Y, Z), affine ``diag(-s, -s, sz)`` + origin (axis codes L, P, S).
 
@@ -927,8 +1009,6 @@ def generate_case(index: int, seed: int = 0, params: SyntheticParams = Synthetic
     _check_ids(index, seed)
     rng = np.random.default_rng([int(seed), int(index)])
     return _Case(rng, params).build()
-
-
 
 
 def _nifti(data: np.ndarray, affine: np.ndarray, descrip: str):
@@ -962,8 +1042,9 @@ def manifest(num_cases: int, seed: int, params: SyntheticParams) -> dict:
     return {"num_cases": int(num_cases), "seed": int(seed), "params": json.loads(json.dumps(asdict(params)))}
 
 
-def generate_dataset(root: str | Path, num_cases: int, seed: int = 0,
-                     params: SyntheticParams = SyntheticParams(), progress: bool = True) -> Path:
+def generate_dataset(
+    root: str | Path, num_cases: int, seed: int = 0, params: SyntheticParams = SyntheticParams(), progress: bool = True
+) -> Path:
     """Writes volume-N.nii.gz / segmentation-N.nii.gz (N = 0..num_cases-1) into ``root``.
 
     Atomic: the cases are generated into a temporary sibling directory that is renamed to
@@ -975,17 +1056,19 @@ def generate_dataset(root: str | Path, num_cases: int, seed: int = 0,
     root = Path(root).expanduser()
     _check_ids(0, seed)
     if int(num_cases) != num_cases or num_cases < 1:
-        raise LitsError(f"synthetic data: num_cases must be a positive integer, got {num_cases!r}; "
-                        f"fix data.synthetic.num_cases")
+        raise LitsError(
+            f"synthetic data: num_cases must be a positive integer, got {num_cases!r}; fix data.synthetic.num_cases"
+        )
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise LitsError(f"{root}: synthetic data target already exists and is not an empty folder; "
-                        f"delete it or choose another folder (data.root / --out)")
+        raise LitsError(
+            f"{root}: synthetic data target already exists and is not an empty folder; "
+            f"delete it or choose another folder (data.root / --out)"
+        )
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
         os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it private; the data set is not
-        for i in tqdm(range(int(num_cases)), desc=f"synthetic LiTS -> {root.name}", unit="case",
-                      disable=not progress):
+        for i in tqdm(range(int(num_cases)), desc=f"synthetic LiTS -> {root.name}", unit="case", disable=not progress):
             vol, seg, aff = generate_case(i, seed, params)
             vname, sname = case_filenames(i)
             _save_nifti(_nifti(vol, aff, f"lits synthetic seed={seed} case={i}"), tmp / vname)
@@ -994,8 +1077,10 @@ def generate_dataset(root: str | Path, num_cases: int, seed: int = 0,
         try:
             os.replace(tmp, root)  # replaces an empty directory atomically; fails if non-empty
         except OSError as exc:
-            raise LitsError(f"{root}: could not move the generated data set into place ({exc}); "
-                            f"another process may have written it meanwhile: delete it and rerun") from exc
+            raise LitsError(
+                f"{root}: could not move the generated data set into place ({exc}); "
+                f"another process may have written it meanwhile: delete it and rerun"
+            ) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -1040,8 +1125,14 @@ def _pick_slices(seg: np.ndarray, num_slices: int) -> list[int]:
     return sorted(picks)
 
 
-def save_montage(volume: np.ndarray, segmentation: np.ndarray, path: str | Path, num_slices: int = 6,
-                 affine: np.ndarray | None = None, window: tuple[float, float] = (-160.0, 240.0)) -> Path:
+def save_montage(
+    volume: np.ndarray,
+    segmentation: np.ndarray,
+    path: str | Path,
+    num_slices: int = 6,
+    affine: np.ndarray | None = None,
+    window: tuple[float, float] = (-160.0, 240.0),
+) -> Path:
     """PNG montage of a few axial slices (tumour slices and a tumour-free liver slice) in a
     soft-tissue window (W400/L40) with liver (green) and tumour (red) outlines and a tumour
     overlay, in radiological orientation (patient right on image left, anterior up).
@@ -1058,8 +1149,9 @@ def save_montage(volume: np.ndarray, segmentation: np.ndarray, path: str | Path,
     vol = np.asarray(volume)
     seg = np.asarray(segmentation)
     if vol.shape != seg.shape or vol.ndim != 3:
-        raise LitsError(f"{path}: montage needs a 3-D volume and segmentation of equal shape, "
-                        f"got {vol.shape} and {seg.shape}")
+        raise LitsError(
+            f"{path}: montage needs a 3-D volume and segmentation of equal shape, got {vol.shape} and {seg.shape}"
+        )
     if affine is not None:
         import nibabel as nib
         from nibabel import orientations as nio
@@ -1087,8 +1179,9 @@ def save_montage(volume: np.ndarray, segmentation: np.ndarray, path: str | Path,
             ax.contour(tum.astype(np.float32), levels=[0.5], colors=["red"], linewidths=0.9)
         if (lab >= 1).any():
             ax.contour((lab >= 1).astype(np.float32), levels=[0.5], colors=["lime"], linewidths=0.9)
-        ax.set_title(f"slice {k}: liver {int((lab >= 1).sum())} px, tumour {int(tum.sum())} px",
-                     color="white", fontsize=9)
+        ax.set_title(
+            f"slice {k}: liver {int((lab >= 1).sum())} px, tumour {int(tum.sum())} px", color="white", fontsize=9
+        )
         ax.text(0.01, 0.5, "R", color="yellow", transform=ax.transAxes, fontsize=9, va="center")
         ax.text(0.97, 0.5, "L", color="yellow", transform=ax.transAxes, fontsize=9, va="center")
         ax.text(0.5, 0.98, "A", color="yellow", transform=ax.transAxes, fontsize=9, ha="center", va="top")

@@ -24,7 +24,11 @@ def fmt(value, digits=3) -> str:
 
 def per_case(eval_dir: Path, stage: str) -> dict[str, tuple[float, float]]:
     with open(eval_dir / "cases.csv") as f:
-        return {r["case"]: (float(r["liver_dice"]), float(r["tumor_dice"])) for r in csv.DictReader(f) if r["stage"] == stage}
+        return {
+            r["case"]: (float(r["liver_dice"]), float(r["tumor_dice"]))
+            for r in csv.DictReader(f)
+            if r["stage"] == stage
+        }
 
 
 def main() -> None:
@@ -48,8 +52,18 @@ def main() -> None:
     rows, cases = [], []
     for stage, label in (("post", "lits (ours), post-processed `post`"), ("raw", "lits (ours), raw (threshold only)")):
         m = ours_metrics[stage]
-        rows.append([label, fmt(summary["minutes"], 2), fmt(cmd_min["ours_train"], 2), ours_steps, ours_epochs,
-                     fmt(m["liver_dice_per_case"]), fmt(m["tumor_dice_per_case"]), fmt(m["tumor_dice_global"])])
+        rows.append(
+            [
+                label,
+                fmt(summary["minutes"], 2),
+                fmt(cmd_min["ours_train"], 2),
+                ours_steps,
+                ours_epochs,
+                fmt(m["liver_dice_per_case"]),
+                fmt(m["tumor_dice_per_case"]),
+                fmt(m["tumor_dice_global"]),
+            ]
+        )
         cases.append((label, per_case(ours / "evaluate", stage)))
     for mode, label in (("tta", "nnU-Net 2d, mirroring TTA (its default)"), ("notta", "nnU-Net 2d, --disable_tta")):
         eval_dir = out / ("nnunet_eval" if mode == "tta" else "nnunet_eval_notta")
@@ -57,36 +71,78 @@ def main() -> None:
         if m is None or f"nnunet_score_{mode}" not in timings:
             continue
         g = m["given"]
-        rows.append([label, fmt(budget["train_seconds"] / 60, 2), fmt(cmd_min["nnunet_train"], 2), nn_steps, nn_epochs,
-                     fmt(g["liver_dice_per_case"]), fmt(g["tumor_dice_per_case"]), fmt(g["tumor_dice_global"])])
+        rows.append(
+            [
+                label,
+                fmt(budget["train_seconds"] / 60, 2),
+                fmt(cmd_min["nnunet_train"], 2),
+                nn_steps,
+                nn_epochs,
+                fmt(g["liver_dice_per_case"]),
+                fmt(g["tumor_dice_per_case"]),
+                fmt(g["tumor_dice_global"]),
+            ]
+        )
         cases.append((label, per_case(eval_dir, "given")))
 
-    head = ["method", "training min (loop)", "train command min", "steps x batch", "epochs", "liver Dice per case",
-            "tumour Dice per case", "tumour Dice global"]
-    lines = [f"# Peer benchmark: lits vs nnU-Net v2 2d, {minutes:g}-minute training budget each", "",
-             "Same synthetic data (data/synthetic-40x256-seed0), same patient split (our seed 0: 28 train / 6 val / "
-             "6 test), test cases scored by our `evaluate.py` (LiTS metrics; 'per case' = mean over the test cases).",
-             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head = [
+        "method",
+        "training min (loop)",
+        "train command min",
+        "steps x batch",
+        "epochs",
+        "liver Dice per case",
+        "tumour Dice per case",
+        "tumour Dice global",
+    ]
+    lines = [
+        f"# Peer benchmark: lits vs nnU-Net v2 2d, {minutes:g}-minute training budget each",
+        "",
+        "Same synthetic data (data/synthetic-40x256-seed0), same patient split (our seed 0: 28 train / 6 val / "
+        "6 test), test cases scored by our `evaluate.py` (LiTS metrics; 'per case' = mean over the test cases).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    lines += ["",
-              "- training min (loop): ours = train_summary.json `minutes` (training loop with its validations, data "
-              "preparation excluded); nnU-Net = budget.json `train_seconds` (first to last iteration, with its 10-batch "
-              "pseudo-validations; loader start-up excluded; its final validation skipped).",
-              "- train command min: the whole training command measured by the script (start-up, our data generation "
-              "and cache on first use, nnU-Net's unpacking, final validation and checkpoints).",
-              f"- nnU-Net: batch {budget['batch_size']} (planned {budget.get('planned_batch_size')}), "
-              f"{budget['iterations_per_epoch']} train / {budget['val_iterations_per_epoch']} val iterations per epoch, "
-              f"nnUNet_n_proc_DA={budget['n_proc_DA']}, torch threads {budget['torch_threads']}; "
-              "checkpoint_final.pth (the last epoch) is scored. Ours: best.pt (best val tumour Dice post), no TTA.",
-              "", "## Per case (liver Dice / tumour Dice)", ""]
+    lines += [
+        "",
+        "- training min (loop): ours = train_summary.json `minutes` (training loop with its validations, data "
+        "preparation excluded); nnU-Net = budget.json `train_seconds` (first to last iteration, with its 10-batch "
+        "pseudo-validations; loader start-up excluded; its final validation skipped).",
+        "- train command min: the whole training command measured by the script (start-up, our data generation "
+        "and cache on first use, nnU-Net's unpacking, final validation and checkpoints).",
+        f"- nnU-Net: batch {budget['batch_size']} (planned {budget.get('planned_batch_size')}), "
+        f"{budget['iterations_per_epoch']} train / {budget['val_iterations_per_epoch']} val iterations per epoch, "
+        f"nnUNet_n_proc_DA={budget['n_proc_DA']}, torch threads {budget['torch_threads']}; "
+        "checkpoint_final.pth (the last epoch) is scored. Ours: best.pt (best val tumour Dice post), no TTA.",
+        "",
+        "## Per case (liver Dice / tumour Dice)",
+        "",
+    ]
     ids = sorted({c for _, pc in cases for c in pc}, key=int)
     lines += ["| method | " + " | ".join(f"case {c}" for c in ids) + " |", "|" + "---|" * (len(ids) + 1)]
     for label, pc in cases:
-        lines.append(f"| {label} | " + " | ".join(f"{pc[c][0]:.3f} / {pc[c][1]:.3f}" if c in pc else "-" for c in ids) + " |")
+        lines.append(
+            f"| {label} | " + " | ".join(f"{pc[c][0]:.3f} / {pc[c][1]:.3f}" if c in pc else "-" for c in ids) + " |"
+        )
     lines += ["", "## Step wall-clock (s)", "", "| step | seconds |", "|---|---|"]
     lines += [f"| {k} | {float(v):.0f} |" for k, v in timings.items()]
-    lines += ["", "## Machine", "", "```", (out / "machine.txt").read_text().strip(), "```",
-              "", "## Commands", "", "```", (out / "commands.txt").read_text().strip(), "```", ""]
+    lines += [
+        "",
+        "## Machine",
+        "",
+        "```",
+        (out / "machine.txt").read_text().strip(),
+        "```",
+        "",
+        "## Commands",
+        "",
+        "```",
+        (out / "commands.txt").read_text().strip(),
+        "```",
+        "",
+    ]
     text = "\n".join(lines)
     (out / "results.md").write_text(text)
     print(text)

@@ -33,8 +33,10 @@ def main() -> None:
             sys.exit(f"from_nnunet: {pred_path.name}: no volume-{n}.nii[.gz] in {data_root}")
         pred, ref = nib.load(str(pred_path)), nib.load(str(ref_path))
         if pred.shape[:3] != ref.shape[:3] or not np.allclose(pred.affine, ref.affine, atol=1e-3, rtol=0):
-            sys.exit(f"from_nnunet: {pred_path.name} is not on {ref_path.name}'s grid "
-                     f"(shape {pred.shape} vs {ref.shape}, max affine diff {np.abs(pred.affine - ref.affine).max():.2g})")
+            sys.exit(
+                f"from_nnunet: {pred_path.name} is not on {ref_path.name}'s grid "
+                f"(shape {pred.shape} vs {ref.shape}, max affine diff {np.abs(pred.affine - ref.affine).max():.2g})"
+            )
         labels = np.asarray(pred.dataobj).astype(np.uint8)
         header = ref.header.copy()
         header.set_data_dtype(np.uint8)

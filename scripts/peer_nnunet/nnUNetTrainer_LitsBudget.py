@@ -32,13 +32,18 @@ from os.path import join
 from time import perf_counter
 
 import torch
-
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
 class nnUNetTrainer_LitsBudget(nnUNetTrainer):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),
+    ):
         super().__init__(plans, configuration, fold, dataset_json, device)
         minutes = float(os.environ.get("LITS_PEER_MINUTES", "10"))
         if minutes <= 0:
@@ -65,8 +70,10 @@ class nnUNetTrainer_LitsBudget(nnUNetTrainer):
         # nnUNetTrainer.run_training with a clock: a while loop because num_epochs is re-planned as we go
         self.on_train_start()
         start = perf_counter()
-        self.print_to_log_file(f"time budget {self.budget_s / 60:g} min, {self.num_iterations_per_epoch} train / "
-                               f"{self.num_val_iterations_per_epoch} val iterations per epoch")
+        self.print_to_log_file(
+            f"time budget {self.budget_s / 60:g} min, {self.num_iterations_per_epoch} train / "
+            f"{self.num_val_iterations_per_epoch} val iterations per epoch"
+        )
         out_of_time = False
         while self.current_epoch < self.num_epochs and not out_of_time:
             self.on_epoch_start()
@@ -82,25 +89,33 @@ class nnUNetTrainer_LitsBudget(nnUNetTrainer):
             self.on_train_epoch_end(train_outputs)
             with torch.no_grad():
                 self.on_validation_epoch_start()
-                val_outputs = [self.validation_step(next(self.dataloader_val))
-                               for _ in range(self.num_val_iterations_per_epoch)]
+                val_outputs = [
+                    self.validation_step(next(self.dataloader_val)) for _ in range(self.num_val_iterations_per_epoch)
+                ]
                 self.on_validation_epoch_end(val_outputs)
             self.on_epoch_end()  # increments current_epoch
             elapsed = perf_counter() - start
             out_of_time = out_of_time or elapsed >= self.budget_s
             if not out_of_time:
                 self._plan(self.current_epoch, elapsed)
-                self.print_to_log_file(f"{elapsed / 60:.2f} of {self.budget_s / 60:g} min used: "
-                                       f"planned epochs {self.num_epochs}")
+                self.print_to_log_file(
+                    f"{elapsed / 60:.2f} of {self.budget_s / 60:g} min used: planned epochs {self.num_epochs}"
+                )
         self.train_seconds = perf_counter() - start
         self.on_train_end()  # checkpoint_final.pth, as nnU-Net always ends
-        record = {"budget_minutes": self.budget_s / 60, "train_seconds": round(self.train_seconds, 1),
-                  "epochs": self.current_epoch, "iterations": self.iterations_done,
-                  "iterations_per_epoch": self.num_iterations_per_epoch,
-                  "val_iterations_per_epoch": self.num_val_iterations_per_epoch,
-                  "batch_size": self.batch_size, "planned_batch_size": self.configuration_manager.batch_size,
-                  "patch_size": list(self.configuration_manager.patch_size),
-                  "n_proc_DA": os.environ.get("nnUNet_n_proc_DA"), "torch_threads": torch.get_num_threads()}
+        record = {
+            "budget_minutes": self.budget_s / 60,
+            "train_seconds": round(self.train_seconds, 1),
+            "epochs": self.current_epoch,
+            "iterations": self.iterations_done,
+            "iterations_per_epoch": self.num_iterations_per_epoch,
+            "val_iterations_per_epoch": self.num_val_iterations_per_epoch,
+            "batch_size": self.batch_size,
+            "planned_batch_size": self.configuration_manager.batch_size,
+            "patch_size": list(self.configuration_manager.patch_size),
+            "n_proc_DA": os.environ.get("nnUNet_n_proc_DA"),
+            "torch_threads": torch.get_num_threads(),
+        }
         with open(join(self.output_folder, "budget.json"), "w") as f:
             json.dump(record, f, indent=1)
         self.print_to_log_file(f"budget run done: {record}")

@@ -63,8 +63,10 @@ def cmd_raw(args) -> None:
     out = Path(args.raw_dir) / args.dataset
     stamp = {"splits": splits, "data_root": str(Path(next(iter(cases.values())).image).parent)}
     if (out / "conversion.json").exists() and json.loads((out / "conversion.json").read_text()) == stamp:
-        print(f"to_nnunet: {out} is up to date (train {len(splits['train'])}, val {len(splits['val'])}, "
-              f"test {len(splits['test'])} cases)")
+        print(
+            f"to_nnunet: {out} is up to date (train {len(splits['train'])}, val {len(splits['val'])}, "
+            f"test {len(splits['test'])} cases)"
+        )
         return
     shutil.rmtree(out, ignore_errors=True)
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
@@ -85,8 +87,10 @@ def cmd_raw(args) -> None:
     }
     (out / "dataset.json").write_text(json.dumps(dataset, indent=1))
     (out / "conversion.json").write_text(json.dumps(stamp, indent=1))
-    print(f"to_nnunet: wrote {out}: imagesTr {dataset['numTraining']} (train {len(splits['train'])} + val "
-          f"{len(splits['val'])}), imagesTs {len(splits['test'])}")
+    print(
+        f"to_nnunet: wrote {out}: imagesTr {dataset['numTraining']} (train {len(splits['train'])} + val "
+        f"{len(splits['val'])}), imagesTs {len(splits['test'])}"
+    )
 
 
 def cmd_splits(args) -> None:
