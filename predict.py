@@ -2,12 +2,12 @@
 
 import hydra
 
-from lits.cli import run_stage
+from lits.core.cli import run_stage
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="predict")
 def main(cfg):
-    from lits.predict import run  # imported here so --help and config errors stay fast
+    from lits.infer.predict import run  # imported here so --help and config errors stay fast
 
     return run_stage(run, cfg)
 

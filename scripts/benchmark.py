@@ -190,7 +190,7 @@ class AugmentInWorkers:
         import torch
         from torch.utils.data import default_collate
 
-        from lits.data.augment import AugmentConfig, BatchAugment
+        from lits.train.augment import AugmentConfig, BatchAugment
 
         if self.augment is None:
             info = torch.utils.data.get_worker_info()
@@ -207,9 +207,9 @@ def ours(args) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from lits.data.augment import AugmentConfig, BatchAugment
     from lits.data.prepare import prepare
-    from lits.data.slices import LesionSampler, SamplingConfig, SliceIndex, TrainSlices
+    from lits.data.sampling import LesionSampler, SamplingConfig, SliceIndex, TrainSlices
+    from lits.train.augment import AugmentConfig, BatchAugment
 
     in_workers = args.pipeline == "ours-workers"
     memory = PeakMemory()
@@ -497,9 +497,9 @@ def training_like(args) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from lits.data.augment import AugmentConfig, BatchAugment
     from lits.data.prepare import prepare
-    from lits.data.slices import LesionSampler, SamplingConfig, SliceIndex, TrainSlices
+    from lits.data.sampling import LesionSampler, SamplingConfig, SliceIndex, TrainSlices
+    from lits.train.augment import AugmentConfig, BatchAugment
 
     torch.set_num_threads(args.threads)
     memory = PeakMemory()

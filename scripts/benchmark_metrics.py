@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Per-case LiTS metric time: ours (`lits.metrics.case_metrics`, cropped) vs a plain whole-volume computation.
+"""Per-case LiTS metric time: ours (`lits.evaluate.metrics.case_metrics`, cropped) vs a plain whole-volume computation.
 
 Builds a synthetic CT-sized pair (default 300 x 512 x 512, spacing 1.5 x 0.75 x 0.75 mm): a lobed liver with a
 few tumours, and an imperfect prediction (shifted/resized liver, one tumour missed, one split, one false
@@ -26,7 +26,7 @@ import warnings
 
 import numpy as np
 
-from lits.metrics import case_metrics
+from lits.evaluate.metrics import case_metrics
 
 
 def ellipsoid(shape, centre, radii, box=None):

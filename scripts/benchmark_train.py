@@ -69,11 +69,9 @@ def pure_step(cfg, batch, steps: int, warmup: int = 3) -> float:
     """samples/s of forward + loss + backward + clip + optimizer step on one batch already on the device."""
     import torch
 
-    from lits.distributed import resolve_device
-    from lits.inference import autocast
-    from lits.loss import HybridLoss, targets_from_labels
-    from lits.model import build_model
-    from lits.train import resolve_amp
+    from lits.core.device import autocast, resolve_amp, resolve_device
+    from lits.infer.networks import build_model
+    from lits.train.loss import HybridLoss, targets_from_labels
 
     device = resolve_device(cfg.trainer.device)
     amp = resolve_amp(cfg.trainer.amp, device)
@@ -116,9 +114,9 @@ def one_batch(cfg):
     """One augmented training batch from the real pipeline (prepare -> sampler -> crops -> augmentation)."""
     import torch
 
-    from lits.data.augment import AugmentConfig, BatchAugment
     from lits.data.prepare import prepare
-    from lits.data.slices import LesionSampler, SamplingConfig, SliceIndex, TrainSlices
+    from lits.data.sampling import LesionSampler, SamplingConfig, SliceIndex, TrainSlices
+    from lits.train.augment import AugmentConfig, BatchAugment
 
     _, cases = prepare(cfg.data, cfg.seed, only=("train",), progress=False)
     sampling = SamplingConfig(**cfg.data.sampling)
@@ -137,7 +135,7 @@ def train_benchmark(args) -> None:
     import torch
 
     from lits.data.prepare import prepare
-    from lits.train import run
+    from lits.train.fit import run
 
     load = os.getloadavg()
     out = Path(tempfile.mkdtemp(prefix="lits-bench-train-"))

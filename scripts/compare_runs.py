@@ -121,7 +121,7 @@ for d in unfinished:
 # ---- read them
 from omegaconf import OmegaConf  # noqa: E402  (after --help and the folder checks: they stay fast)
 
-from lits.report import format_table  # noqa: E402
+from lits.core.tables import format_table  # noqa: E402
 
 runs = []
 for d in run_dirs:

@@ -20,10 +20,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.utils.flop_counter import FlopCounterMode
 
-from lits.deep_supervision import supervised_loss
-from lits.loss import HybridLoss, targets_from_labels
-from lits.model import build_model, count_parameters
-from lits.optim import build_optimizer
+from lits.infer.networks import build_model, count_parameters
+from lits.train.deep_supervision import supervised_loss
+from lits.train.loss import HybridLoss, targets_from_labels
+from lits.train.optim import build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 CONTEXT_BYTES = 1 << 30

@@ -19,8 +19,8 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lits.core.errors import LitsError  # noqa: E402
 from lits.data.synthetic import SyntheticParams, case_filenames, generate_dataset, save_montage  # noqa: E402
-from lits.errors import LitsError  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:

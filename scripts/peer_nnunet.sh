@@ -165,7 +165,7 @@ main() {
     *) echo "peer_nnunet: PEER_NNUNET_TTA=$TTA_MODES: choose both, on or off" >&2; exit 2 ;; esac
   [[ $MINUTES =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "peer_nnunet: MINUTES=$MINUTES: give a number of minutes" >&2; exit 2; }
   cd "$REPO"
-  "$LITS_PYTHON" -c "import hydra, lits.evaluate" 2>/dev/null \
+  "$LITS_PYTHON" -c "import hydra, lits.evaluate.scoring" 2>/dev/null \
     || { echo "peer_nnunet: $LITS_PYTHON cannot import lits; activate the lits environment or set LITS_PYTHON" >&2; exit 2; }
   mkdir -p "$OUT/logs"
   rm -f "$OUT/timings.tsv" "$OUT/results.md"

@@ -50,7 +50,7 @@ def run(cfg) -> dict:
     cached, problems = prepare_all(data, progress=True, report_dir=folder)
     elapsed = time.time() - started
     if not cached:
-        from lits.errors import LitsError
+        from lits.core.errors import LitsError
 
         raise LitsError(f"{data.root}: no usable cases; see the reasons above")
     slices = sum(len(c.stats["liver_voxels"]) for c in cached.values())
@@ -93,7 +93,7 @@ def main(argv: list[str]) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from lits.cli import run_stage
+    from lits.core.cli import run_stage
 
     try:
         cfg = compose_config(argv)

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from lits.report import format_table
+from lits.core.tables import format_table
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,6 +6,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from lits.core.errors import LitsError
+from lits.data.cache import CachedCase, Preprocessing, cache_cases
+from lits.data.nifti import CasePaths
+from lits.data.sources import find_lits
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -46,3 +51,26 @@ def lits_tree(tmp_path):
         write_nifti(root / f"volume-{i}.nii.gz", vol, affine)
         write_nifti(root / f"segmentation-{i}.nii.gz", seg, affine)
     return root
+
+
+def find_lits_pairs(root) -> list[CasePaths]:
+    """All `volume-N.nii[.gz]` under root (recursively) with their `segmentation-N.nii[.gz]`; the first problem raises."""
+    cases, problems = find_lits(root)
+    if problems:
+        raise LitsError(problems[0].reason)
+    return cases
+
+
+def build_cache(
+    cases: list[CasePaths],
+    cache_root: str | Path,
+    window: tuple[float, float],
+    source_root: str | Path,
+    progress: bool = True,
+    target_spacing_xy=None,
+    workers: int = 1,
+) -> list[CachedCase]:
+    """Preprocess every case not yet cached (or whose source changed) and open them all; the first bad case raises."""
+    prep = Preprocessing(window=tuple(window), target_spacing_xy=target_spacing_xy)
+    cached, _ = cache_cases(cases, cache_root, prep, source_root, progress, workers, on_error="fail")
+    return [cached[c.case_id] for c in cases]

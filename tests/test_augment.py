@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lits.data.augment import AugmentConfig, AugmentParams, BatchAugment
-from lits.errors import LitsError
+from lits.core.errors import LitsError
+from lits.train.augment import AugmentConfig, AugmentParams, BatchAugment
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "augment"
 OFF = dict(p_rotate=0.0, p_elastic=0.0, p_intensity=0.0)

@@ -12,16 +12,16 @@ import pytest
 import torch
 from conftest import REPO
 
-from lits.checkpoint import (
+from lits.core.errors import LitsError
+from lits.infer.checkpoint import load_checkpoint
+from lits.train.checkpoint import (
     check_compatible,
-    load_checkpoint,
     remove_stale_temps,
     resume_path,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from lits.errors import LitsError
 
 
 def state(value: float) -> dict:
@@ -36,7 +36,7 @@ def state(value: float) -> dict:
 # is writing bytes into the temp file, or after the temp file is complete but before the rename.
 CHILD = textwrap.dedent("""
     import os, signal, sys, torch
-    import lits.checkpoint as ck
+    import lits.train.checkpoint as ck
     path, where = sys.argv[1], sys.argv[2]
     ck.save_checkpoint({"model": {"w": torch.full((4, 4), 1.0)}, "config": {}, "epoch": 1}, path)
     die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)

@@ -37,7 +37,7 @@ def test_ablation_experiments_set_their_alpha():
 def test_models_build_from_config(model):
     import torch
 
-    from lits.model import build_model, count_parameters, size_multiple
+    from lits.infer.networks import build_model, count_parameters, size_multiple
 
     cfg = compose_train([f"model={model}"])
     net = build_model(cfg.model).eval()  # eval: deep-supervision models return the main output only

@@ -17,12 +17,12 @@ from conftest import REPO, make_case, write_nifti
 from omegaconf import OmegaConf
 from test_sources import LPS, make_lits_tree, make_msd_tree, truncate
 
+from lits.core.errors import LitsError
 from lits.data import nifti
 from lits.data.cache import cache_key, window_to_unit
 from lits.data.nifti import CasePaths, load_case
 from lits.data.prepare import SKIPPED_FILE, cache_folder, prepare, prepare_all
-from lits.data.slices import SliceIndex
-from lits.errors import LitsError
+from lits.data.sampling import SliceIndex
 
 WINDOW = (-200.0, 250.0)
 

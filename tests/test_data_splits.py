@@ -5,8 +5,8 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
+from lits.core.errors import LitsError
 from lits.data.splits import make_splits, split_cases
-from lits.errors import LitsError
 
 IDS = [str(i) for i in range(20)]
 

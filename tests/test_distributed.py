@@ -11,7 +11,7 @@ import torch
 from conftest import REPO
 from omegaconf import OmegaConf
 
-from lits.loss import HybridLoss, targets_from_labels
+from lits.train.loss import HybridLoss, targets_from_labels
 
 LOSS = OmegaConf.load(REPO / "configs/loss/hybrid.yaml")
 
@@ -75,7 +75,7 @@ def test_one_set_of_outputs_written_by_rank_0(ddp_run):
 
 def test_ranks_draw_disjoint_samples_of_one_global_sequence(ddp_run):
     from lits.data.prepare import prepare
-    from lits.data.slices import LesionSampler, SamplingConfig, SliceIndex
+    from lits.data.sampling import LesionSampler, SamplingConfig, SliceIndex
 
     _, run_dir, _ = ddp_run
     logs = {
@@ -101,9 +101,9 @@ def test_ranks_draw_disjoint_samples_of_one_global_sequence(ddp_run):
 
 def test_validation_equals_a_single_process_evaluation_of_the_same_weights(ddp_run):
     from lits.data.prepare import prepare
-    from lits.model import build_model
-    from lits.postprocess import PostprocessConfig
-    from lits.train import validate
+    from lits.infer.networks import build_model
+    from lits.infer.postprocess import PostprocessConfig
+    from lits.train.fit import validate
 
     _, run_dir, _ = ddp_run
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
@@ -196,7 +196,7 @@ def test_global_dice_in_one_process_is_monai_dice(variant):
 
 
 def test_global_dice_needs_batch_sums():
-    from lits.errors import LitsError
+    from lits.core.errors import LitsError
 
     with pytest.raises(LitsError, match="needs loss.dice.batch=true"):
         HybridLoss(OmegaConf.merge(LOSS, {"dice_reduction": "global", "dice": {"batch": False}}))

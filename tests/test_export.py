@@ -9,9 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from lits.core.errors import LitsError
 from lits.data.nifti import CasePaths, load_case
-from lits.errors import LitsError
-from lits.export import (
+from lits.infer.export import (
     export_labels,
     export_probabilities,
     orientation_from_meta,

@@ -9,7 +9,7 @@ import torch
 from conftest import REPO
 from hydra import compose, initialize_config_dir
 
-from lits.errors import LitsError
+from lits.core.errors import LitsError
 
 
 def config(work, run, *overrides):
@@ -39,7 +39,7 @@ def work(tmp_path):
 def test_nan_batches_are_skipped_counted_and_logged(work):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from lits.train import run
+    from lits.train.fit import run
 
     # steps 3 and 4 in a row stay below max_bad_steps=3; a good step in between resets the count
     summary = run(config(work, "skip", "trainer.debug_nan_steps=[1,3,4]", "trainer.max_bad_steps=3"))
@@ -58,7 +58,7 @@ def test_nan_batches_are_skipped_counted_and_logged(work):
 
 
 def test_too_many_bad_steps_in_a_row_abort_with_a_clear_error(work):
-    from lits.train import run
+    from lits.train.fit import run
 
     with pytest.raises(
         LitsError,
@@ -70,7 +70,7 @@ def test_too_many_bad_steps_in_a_row_abort_with_a_clear_error(work):
 
 
 def test_skipped_step_puts_batchnorm_statistics_back():
-    from lits.train import NormStatsGuard
+    from lits.train.fit import NormStatsGuard
 
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4)).train()
     model(torch.rand(2, 1, 8, 8))

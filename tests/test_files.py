@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from lits.files import FILE_MODE, atomic_path, write_bytes_atomic
+from lits.core.files import FILE_MODE, atomic_path, write_bytes_atomic
 
 
 def test_success_replaces_target_with_plain_permissions(tmp_path):

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from lits import metrics
-from lits.metrics import (
+from lits.evaluate import metrics
+from lits.evaluate.metrics import (
     LARGE,
     aggregate,
     case_metrics,

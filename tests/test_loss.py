@@ -6,7 +6,7 @@ from conftest import REPO
 from monai.losses import DiceLoss
 from omegaconf import OmegaConf
 
-from lits.loss import HybridLoss, alpha_at, targets_from_labels
+from lits.train.loss import HybridLoss, alpha_at, targets_from_labels
 
 REPO_LOSS = OmegaConf.load(REPO / "configs/loss/hybrid.yaml")
 
@@ -74,7 +74,7 @@ def test_progressive_final_alpha_and_cap_are_knobs():
 from hydra import compose, initialize_config_dir  # noqa: E402
 from monai.losses import DiceCELoss, FocalLoss, GeneralizedDiceLoss  # noqa: E402
 
-from lits.errors import LitsError  # noqa: E402
+from lits.core.errors import LitsError  # noqa: E402
 
 NEW_EXPERIMENTS = ("focal", "generalized_dice", "log_dice", "dice_ce")
 VARIANTS = [{"region": r, "pixel": p} for r in ("dice", "generalized_dice", "log_dice") for p in ("bce", "focal")]
@@ -167,7 +167,7 @@ def test_dice_ce_experiment_is_monai_dice_ce_per_channel():
     """experiment=dice_ce's loss (composed from the configs as training does) equals MONAI DiceCELoss(sigmoid=True) with
     its defaults on each channel, averaged: per-sample Dice + BCE, 1:1. (On a 2-channel input MONAI would use softmax
     cross-entropy, which treats liver and tumour as exclusive classes; ours overlap.)"""
-    from lits.loss import alpha_at
+    from lits.train.loss import alpha_at
 
     cfg = experiment_loss("dice_ce")
     loss = HybridLoss(cfg)

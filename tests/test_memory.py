@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lits.data.cache import open_cached, slice_stats
-from lits.data.slices import SamplingConfig, SliceIndex, TrainSlices
+from lits.data.sampling import SamplingConfig, SliceIndex, TrainSlices
 
 STATUS = Path("/proc/self/status")
 pytestmark = pytest.mark.skipif(not STATUS.exists(), reason="needs Linux /proc")

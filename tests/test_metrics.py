@@ -5,8 +5,8 @@ import pytest
 import torch
 from monai.metrics import compute_dice
 
-from lits import metrics
-from lits.metrics import aggregate, case_metrics, dice
+from lits.evaluate import metrics
+from lits.evaluate.metrics import aggregate, case_metrics, dice
 
 
 def _box(shape, *slices):

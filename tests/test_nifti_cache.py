@@ -5,11 +5,11 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import make_case, write_nifti
+from conftest import build_cache, find_lits_pairs, make_case, write_nifti
 
-from lits.data.cache import build_cache, cache_key, slice_stats, window_to_unit
-from lits.data.nifti import find_lits_pairs, load_case, to_canonical
-from lits.errors import LitsError
+from lits.core.errors import LitsError
+from lits.data.cache import cache_key, slice_stats, window_to_unit
+from lits.data.nifti import load_case, to_canonical
 
 
 def test_find_pairs_sorted_by_case_number(lits_tree):

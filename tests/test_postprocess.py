@@ -7,9 +7,9 @@ import pytest
 from omegaconf import OmegaConf
 from scipy import ndimage
 
-from lits import postprocess as pp
-from lits.errors import LitsError
-from lits.postprocess import PostprocessConfig, postprocess, probabilities_to_labels
+from lits.core.errors import LitsError
+from lits.infer import postprocess as pp
+from lits.infer.postprocess import PostprocessConfig, postprocess, probabilities_to_labels
 
 SHAPE = (24, 48, 48)
 ALL_OFF = PostprocessConfig(

@@ -8,14 +8,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, write_nifti
+from conftest import REPO, one_line_error, write_nifti
 from hydra import compose, initialize_config_dir
-from test_evaluate import AFFINE, SHAPE, evaluate_cfg, make_checkpoint, one_line_error, phantom, run_cli, write_tree
+from test_evaluate import AFFINE, SHAPE, evaluate_cfg, make_checkpoint, phantom, run_cli, write_tree
 
-import lits.evaluate
-import lits.predict
-from lits.errors import LitsError
-from lits.inference import TTA_FLIPS, predict_volume
+import lits.evaluate.scoring
+import lits.infer.predict
+from lits.core.errors import LitsError
+from lits.infer.predictor import TTA_FLIPS, predict_volume
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def predict_cfg(tmp_path, *overrides):
 
 def test_predict_a_file(setup, tmp_path, capsys):
     _, root, ckpt = setup
-    lits.predict.run(
+    lits.infer.predict.run(
         predict_cfg(
             tmp_path,
             f"ckpt={ckpt}",
@@ -127,14 +127,14 @@ def test_non_ct_input_is_refused_before_anything_is_written(setup, tmp_path, kin
     _, _, ckpt = setup
     target = make_input(kind, tmp_path / "in")
     with pytest.raises(LitsError, match=message):
-        lits.predict.run(predict_cfg(tmp_path, f"ckpt={ckpt}", f"input={target}", f"output={tmp_path}/out"))
+        lits.infer.predict.run(predict_cfg(tmp_path, f"ckpt={ckpt}", f"input={target}", f"output={tmp_path}/out"))
     assert not (tmp_path / "out").exists()
 
 
 def test_output_may_not_overwrite_the_input(setup):
     tmp, root, ckpt = setup
     with pytest.raises(LitsError, match="would overwrite this CT"):
-        lits.predict.run(
+        lits.infer.predict.run(
             predict_cfg(tmp, f"ckpt={ckpt}", f"input={root}/volume-0.nii.gz", f"output={root}", "naming=input")
         )
 
@@ -163,8 +163,10 @@ def test_predict_matches_what_evaluate_exports(tmp_path, spacing):
     root = write_tree(tmp_path / "lits", cases=(1,))
     extra = [f"data.target_spacing_xy={spacing}"] if spacing else []
     ckpt = make_checkpoint(tmp_path, root, test_ids=("1",), overrides=extra)
-    lits.predict.run(predict_cfg(tmp_path, f"ckpt={ckpt}", f"input={root}/volume-1.nii.gz", f"output={tmp_path}/pred"))
-    lits.evaluate.run(
+    lits.infer.predict.run(
+        predict_cfg(tmp_path, f"ckpt={ckpt}", f"input={root}/volume-1.nii.gz", f"output={tmp_path}/pred")
+    )
+    lits.evaluate.scoring.run(
         evaluate_cfg(
             tmp_path,
             f"ckpt={ckpt}",

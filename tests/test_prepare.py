@@ -3,8 +3,8 @@
 import pytest
 from omegaconf import OmegaConf
 
+from lits.core.errors import LitsError
 from lits.data.prepare import ensure_synthetic, prepare, split_cases
-from lits.errors import LitsError
 
 
 def test_split_is_patient_level_deterministic_and_complete():

@@ -11,10 +11,10 @@ import torch
 from conftest import REPO
 from omegaconf import OmegaConf
 
-from lits.deep_supervision import level_weights, supervised_loss
-from lits.errors import LitsError
-from lits.normalization import Normalization, from_training_cases
-from lits.optim import TimeBudget, build_optimizer, lr_at
+from lits.core.errors import LitsError
+from lits.data.normalization import Normalization, from_training_cases
+from lits.train.deep_supervision import level_weights, supervised_loss
+from lits.train.optim import TimeBudget, build_optimizer, lr_at
 
 
 # ---------------------------------------------------------------------------------------------- LR schedules
@@ -157,7 +157,7 @@ def test_deep_supervision_weights_levels_by_halves():
 
 
 def test_dynunet_trains_with_deep_supervision_and_predicts_plainly():
-    from lits.model import build_model
+    from lits.infer.networks import build_model
 
     cfg = OmegaConf.load(REPO / "configs/model/dynunet.yaml")
     net = build_model(cfg)
@@ -173,7 +173,8 @@ def test_dynunet_trains_with_deep_supervision_and_predicts_plainly():
 
 def test_inference_feeds_the_network_what_training_fed_it():
     """evaluate/predict take the normalisation from the checkpoint and apply it before the network."""
-    from lits.inference import network_settings, predict_volume
+    from lits.infer.checkpoint import network_settings
+    from lits.infer.predictor import predict_volume
 
     norm = Normalization("ct", (-200.0, 250.0), (20.0, 190.0), 110.0, 27.0)
     cfg = OmegaConf.create({"model": {"arch": "unet", "strides": [2, 2]}, "loss": {"temperature": 1.0}, "data": {}})

@@ -107,8 +107,8 @@ def compose(work, run, *overrides):
 
 
 def test_checkpoint_of_another_network_is_refused(work):
-    from lits.errors import LitsError
-    from lits.train import run
+    from lits.core.errors import LitsError
+    from lits.train.fit import run
 
     with pytest.raises(
         LitsError,
@@ -118,8 +118,8 @@ def test_checkpoint_of_another_network_is_refused(work):
 
 
 def test_fresh_start_over_an_existing_run_is_refused(work):
-    from lits.errors import LitsError
-    from lits.train import run
+    from lits.core.errors import LitsError
+    from lits.train.fit import run
 
     with pytest.raises(LitsError, match="already holds a training run; continue it with trainer.resume=auto"):
         run(compose(work, "straight", "trainer.resume=null"))

@@ -5,19 +5,10 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import build_cache, find_lits_pairs
 
-from lits.data.cache import build_cache
-from lits.data.nifti import find_lits_pairs
-from lits.data.slices import (
-    LesionSampler,
-    SamplingConfig,
-    SliceIndex,
-    TrainSlices,
-    _NpyRows,
-    context_batch,
-    crop_origin,
-    input_channels,
-)
+from lits.data.context import context_batch, input_channels
+from lits.data.sampling import LesionSampler, SamplingConfig, SliceIndex, TrainSlices, _NpyRows, crop_origin
 
 
 @pytest.fixture

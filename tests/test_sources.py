@@ -12,8 +12,8 @@ import pytest
 from conftest import make_case, write_nifti
 from omegaconf import OmegaConf
 
+from lits.core.errors import LitsError
 from lits.data.sources import discover, find_lits, find_msd, id_from_filename, read_pairs_csv
-from lits.errors import LitsError
 
 LPS = np.diag([-0.8, -0.8, 2.5, 1.0])  # the usual LiTS / DICOM voxel axes
 # a non-canonical affine: voxel axes permuted and flipped (i -> -S, j -> +R, k -> -A), with an offset

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from lits.core.errors import LitsError
 from lits.data import synthetic as syn
 from lits.data.synthetic import SyntheticParams, generate_case, generate_dataset, save_montage
-from lits.errors import LitsError
 
 SMALL = SyntheticParams(size=96, num_slices=(24, 32))
 TINY = SyntheticParams(size=64, num_slices=(16, 20))

@@ -39,10 +39,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from lits.core.errors import LitsError
 from lits.data.nifti import CasePaths, open_pair
 from lits.data.resample import check_target_spacing, resize_inplane, resize_labels, target_shape, to_native
 from lits.data.sources import Problem
-from lits.errors import LitsError
 
 FORMAT_VERSION = 2
 _STORAGE_ERRORS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM}
@@ -172,14 +172,6 @@ def liver_z_range(liver_voxels: np.ndarray, spacing_z: float, margin_mm: float |
         return 0, z_count
     margin = int(np.ceil(float(margin_mm) / max(float(spacing_z), 1e-6) - 1e-9))
     return max(0, int(liver[0]) - margin), min(z_count, int(liver[-1]) + 1 + margin)
-
-
-def check_context_slices(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise LitsError(
-            f"data.context_slices={k!r}: give an integer >= 0 (neighbouring slices on each side; 0 = plain 2D)"
-        )
-    return k
 
 
 def _source_stamp(paths: CasePaths) -> dict:
@@ -463,18 +455,3 @@ def _run(
         return problems
     finally:
         bar.close()
-
-
-def build_cache(
-    cases: list[CasePaths],
-    cache_root: str | Path,
-    window: tuple[float, float],
-    source_root: str | Path,
-    progress: bool = True,
-    target_spacing_xy=None,
-    workers: int = 1,
-) -> list[CachedCase]:
-    """Preprocess every case not already cached (or whose source changed) and open them all; the first bad case raises."""
-    prep = Preprocessing(window=tuple(window), target_spacing_xy=target_spacing_xy)
-    cached, _ = cache_cases(cases, cache_root, prep, source_root, progress, workers, on_error="fail")
-    return [cached[c.case_id] for c in cases]

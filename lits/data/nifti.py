@@ -22,7 +22,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from lits.errors import LitsError
+from lits.core.errors import LitsError
 
 LABELS = (0, 1, 2)  # background, liver, tumour
 CHUNK_SLICES = 32  # canonical slices per slab when streaming a volume
@@ -57,16 +57,6 @@ class Case:
     label: np.ndarray | None  # (Z, Y, X) uint8 in {0,1,2}, canonical
     spacing: tuple[float, float, float]  # (sz, sy, sx) mm, canonical order
     orientation: Orientation
-
-
-def find_lits_pairs(root: str | Path) -> list[CasePaths]:
-    """All `volume-N.nii[.gz]` under root (recursively) with their `segmentation-N.nii[.gz]`; the first problem raises."""
-    from lits.data.sources import find_lits
-
-    cases, problems = find_lits(root)
-    if problems:
-        raise LitsError(problems[0].reason)
-    return cases
 
 
 @dataclass

@@ -22,11 +22,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lits.data.cache import CachedCase, Preprocessing, cache_cases, check_context_slices, liver_z_range
+from lits.core.errors import LitsError
+from lits.core.files import atomic_path
+from lits.data.cache import CachedCase, Preprocessing, cache_cases, liver_z_range
+from lits.data.context import check_context_slices
 from lits.data.sources import Problem, discover, natural_key
-from lits.data.splits import SPLITS, make_splits, split_cases  # noqa: F401  (split_cases: public, used by tests)
-from lits.errors import LitsError
-from lits.files import atomic_path
+from lits.data.splits import SPLITS, make_splits, split_cases  # noqa: F401  split_cases: public, used by tests
 
 log = logging.getLogger(__name__)
 SKIPPED_FILE = "skipped_cases.json"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from lits.errors import LitsError
+from lits.core.errors import LitsError
 
 
 def target_shape(shape_yx: tuple[int, int], spacing_yx: tuple[float, float], target_yx) -> tuple[int, int]:

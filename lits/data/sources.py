@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from lits.core.errors import LitsError
 from lits.data.nifti import CasePaths
-from lits.errors import LitsError
 
 LAYOUTS = ("lits", "msd", "csv")
 _LITS = re.compile(r"^(volume|segmentation)-(\d+)\.nii(\.gz)?$", re.IGNORECASE)

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
+from lits.core.errors import LitsError
 from lits.data.sources import id_from_filename, natural_key
-from lits.errors import LitsError
 
 SPLITS = ("train", "val", "test")
 

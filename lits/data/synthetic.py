@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from lits.errors import LitsError
-from lits.files import atomic_path, umask
+from lits.core.errors import LitsError
+from lits.core.files import atomic_path, umask
 
 __all__ = [
     "SyntheticParams",

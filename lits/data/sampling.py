@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from lits.data.cache import CachedCase, check_context_slices, liver_z_range  # noqa: F401  (re-exported)
-from lits.errors import LitsError
+from lits.core.errors import LitsError
+from lits.data.cache import CachedCase, liver_z_range  # noqa: F401  re-exported
+from lits.data.context import check_context_slices, context_indices
 
 
 @dataclass(frozen=True)
@@ -109,26 +110,6 @@ def crop_slice(array2d: np.ndarray, y0: int, x0: int, size: int, fill) -> np.nda
     part = array2d[y0 : y0 + size, x0 : x0 + size]
     out[: part.shape[0], : part.shape[1]] = part
     return out
-
-
-def context_indices(z: int, k: int, z_count: int) -> np.ndarray:
-    """Slices z-k .. z+k clamped to [0, z_count): the channels of a 2.5D input."""
-    return np.clip(np.arange(z - k, z + k + 1), 0, z_count - 1)
-
-
-def context_batch(image: np.ndarray, start: int, stop: int, context_slices: int = 0) -> np.ndarray:
-    """(stop-start, 2k+1, Y, X) float32 network input for slices start..stop-1 of a (Z, Y, X) volume (k=0: 1 channel)."""
-    z_count = image.shape[0]
-    k = int(context_slices)
-    lo, hi = max(0, start - k), min(z_count, stop + k)
-    slab = np.asarray(image[lo:hi], dtype=np.float32)  # one contiguous read of the slabs needed
-    rows = [context_indices(z, k, z_count) - lo for z in range(start, stop)]
-    return slab[np.stack(rows)]
-
-
-def input_channels(data_cfg) -> int:
-    """The network's in_channels for this data config: 2 * data.context_slices + 1."""
-    return 2 * check_context_slices(data_cfg.get("context_slices", 0) or 0) + 1
 
 
 class _NpyRows:

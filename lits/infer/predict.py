@@ -15,12 +15,16 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
+from lits.core.device import resolve_device
+from lits.core.errors import LitsError
+from lits.core.files import write_csv
+from lits.core.tables import format_table
 from lits.data.cache import Preprocessing, preprocess_image
 from lits.data.nifti import CasePaths, load_case
 from lits.data.resample import resize_inplane
-from lits.distributed import resolve_device
-from lits.errors import LitsError
-from lits.export import (
+from lits.evaluate.metrics import predicted_lesions
+from lits.infer.checkpoint import load_model, network_settings
+from lits.infer.export import (
     SEGMENTATION_NAME,
     export_labels,
     export_probabilities,
@@ -30,10 +34,8 @@ from lits.export import (
     probability_name,
     read_header,
 )
-from lits.inference import load_model, network_settings, predict_volume
-from lits.metrics import predicted_lesions
-from lits.postprocess import PostprocessConfig, postprocess
-from lits.report import format_table, write_csv
+from lits.infer.postprocess import PostprocessConfig, postprocess
+from lits.infer.predictor import predict_volume
 
 log = logging.getLogger(__name__)
 

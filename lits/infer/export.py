@@ -14,9 +14,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from lits.core.errors import LitsError
+from lits.core.files import atomic_path
 from lits.data.nifti import Orientation
-from lits.errors import LitsError
-from lits.files import atomic_path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NAMINGS = ("auto", "lits", "input")

@@ -41,7 +41,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import apply_hysteresis_threshold
 
-from lits.errors import LitsError
+from lits.core.errors import LitsError
 
 _CONN26 = np.ones((3, 3, 3), dtype=bool)
 
@@ -314,3 +314,9 @@ def _fill_holes(mask: np.ndarray) -> None:
     lab, _ = ndimage.label(~crop)  # default structure = 6-connectivity, as in binary_fill_holes
     outside = lab[(0,) * crop.ndim]  # the padding is background and connected to the outside
     mask[box] = lab[(slice(1, -1),) * crop.ndim] != outside  # object voxels (label 0) and enclosed holes
+
+
+def predicted_lesions(pred_tumor: np.ndarray) -> tuple[np.ndarray, int]:
+    """Predicted lesions: 6-connected components of the tumour mask (``scipy.ndimage.label`` default)."""
+    labels, n = ndimage.label(np.asarray(pred_tumor, dtype=bool))
+    return labels, int(n)

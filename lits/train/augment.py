@@ -91,7 +91,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lits.errors import LitsError
+from lits.core.errors import LitsError
 
 __all__ = ["AugmentConfig", "AugmentParams", "BatchAugment"]
 

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from lits.errors import LitsError
+from lits.core.errors import LitsError
 
 OPTIMIZERS = ("adamw", "sgd")
 

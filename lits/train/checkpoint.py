@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lits.errors import LitsError
-from lits.files import atomic_path
+from lits.core.errors import LitsError
+from lits.core.files import atomic_path
 
 # Model settings that do not change the network's tensors: a checkpoint that differs only in these still fits.
 NON_ARCHITECTURE_KEYS = ("output_prior", "dropout")
@@ -59,22 +59,6 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Load with weights_only=True (a checkpoint cannot run code); one-line errors for missing or corrupt files."""
-    path = Path(path)
-    if not path.is_file():
-        raise LitsError(f"{path}: checkpoint not found; pass ckpt=outputs/<experiment>/<run>/checkpoints/best.pt")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise LitsError(
-            f"{path}: not a readable lits checkpoint ({type(exc).__name__}); use a best.pt/last.pt written by train.py"
-        ) from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise LitsError(f"{path}: missing model weights or config; use a best.pt/last.pt written by train.py")
-    return state
 
 
 # ---------------------------------------------------------------------------------------------- resuming

@@ -5,7 +5,7 @@ Two sources of predictions, one scoring and reporting path:
 * checkpoint mode, ``evaluate.py ckpt=PATH [split=test]``: rebuild model + preprocessing + split from the
   checkpoint alone, predict (optionally with flip TTA), and score every post-processing stage: the cumulative
   ablation (raw, + largest liver component, + hole filling, + tumour in liver, + small-tumour removal,
-  + hysteresis; ``lits.postprocess.ablation_stages``) and ``post``, the configured pipeline (``postprocess.*``).
+  + hysteresis; ``lits.infer.postprocess.ablation_stages``) and ``post``, the configured pipeline (``postprocess.*``).
   With ``tta=true`` also ``post_no_tta``: the configured pipeline on the identity view alone.
 * predictions mode, ``evaluate.py predictions=DIR data=lits data.root=DIR``: score a folder of
   ``segmentation-N.nii[.gz]`` / ``test-segmentation-N.nii[.gz]`` from any tool against the references, as given
@@ -29,12 +29,17 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from lits.core.device import resolve_device
+from lits.core.errors import LitsError
+from lits.core.files import write_atomic, write_bytes_atomic, write_csv, write_json
+from lits.core.tables import format_table
 from lits.data.nifti import to_canonical
 from lits.data.prepare import prepare
 from lits.data.sources import discover, natural_key
-from lits.distributed import resolve_device
-from lits.errors import LitsError
-from lits.export import (
+from lits.evaluate.metrics import aggregate, case_metrics
+from lits.evaluate.pictures import dice_volume_png, error_slices, montage_png
+from lits.infer.checkpoint import load_model, network_settings
+from lits.infer.export import (
     SEGMENTATION_NAME,
     export_labels,
     export_probabilities,
@@ -44,19 +49,8 @@ from lits.export import (
     probability_name,
     read_header,
 )
-from lits.inference import TTA_FLIPS, load_model, network_settings, predict_volume
-from lits.metrics import aggregate, case_metrics
-from lits.postprocess import PostprocessConfig, ablation_stages, postprocess
-from lits.report import (
-    dice_volume_png,
-    error_slices,
-    format_table,
-    montage_png,
-    write_atomic,
-    write_bytes_atomic,
-    write_csv,
-    write_json,
-)
+from lits.infer.postprocess import PostprocessConfig, ablation_stages, postprocess
+from lits.infer.predictor import TTA_FLIPS, predict_volume
 
 log = logging.getLogger(__name__)
 

@@ -35,30 +35,33 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import lits
-from lits import distributed
-from lits.checkpoint import (
+from lits.core.device import autocast, resolve_amp
+from lits.core.errors import LitsError
+from lits.core.files import write_atomic, write_json
+from lits.data.context import input_channels
+from lits.data.normalization import Normalization, from_training_cases
+from lits.data.prepare import prepare, write_split
+from lits.data.sampling import LesionSampler, SamplingConfig, SliceIndex, TrainSlices
+from lits.evaluate.metrics import aggregate, case_metrics
+from lits.evaluate.pictures import comparison_grid
+from lits.infer.checkpoint import load_checkpoint, network_settings
+from lits.infer.networks import build_model, count_parameters
+from lits.infer.postprocess import PostprocessConfig, postprocess, probabilities_to_labels
+from lits.infer.predictor import predict_volume
+from lits.train import distributed
+from lits.train.augment import AugmentConfig, BatchAugment
+from lits.train.checkpoint import (
     check_compatible,
     config_differences,
-    load_checkpoint,
     remove_stale_temps,
     resume_path,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from lits.data.augment import AugmentConfig, BatchAugment
-from lits.data.prepare import prepare, write_split
-from lits.data.slices import LesionSampler, SamplingConfig, SliceIndex, TrainSlices, input_channels
-from lits.deep_supervision import supervised_loss
-from lits.errors import LitsError
-from lits.inference import autocast, network_settings, predict_volume
-from lits.loss import HybridLoss, alpha_at, targets_from_labels
-from lits.metrics import aggregate, case_metrics
-from lits.model import build_model, count_parameters
-from lits.normalization import Normalization, from_training_cases
-from lits.optim import TimeBudget, build_optimizer, lr_at, set_lr
-from lits.postprocess import PostprocessConfig, postprocess, probabilities_to_labels
-from lits.report import comparison_grid, write_atomic, write_json
+from lits.train.deep_supervision import supervised_loss
+from lits.train.loss import HybridLoss, alpha_at, targets_from_labels
+from lits.train.optim import TimeBudget, build_optimizer, lr_at, set_lr
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +89,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest kernels
-
-
-def resolve_amp(amp: str, device: torch.device) -> str:
-    if amp == "auto":
-        return "fp16" if device.type == "cuda" else "off"
-    if amp == "fp16" and device.type != "cuda":
-        raise LitsError("trainer.amp=fp16 needs CUDA; use trainer.amp=bf16 or off on CPU")
-    if amp not in ("off", "fp16", "bf16"):
-        raise LitsError(f"trainer.amp={amp}: choose auto, off, fp16 or bf16")
-    return amp
 
 
 def validate(
@@ -752,7 +745,7 @@ def train(cfg, ctx: distributed.Context, stop: StopRequest) -> dict:
         if cfg.get(
             "evaluate_after"
         ):  # the test-set numbers of this run, as `python evaluate.py ckpt=.../best.pt` gives
-            from lits.evaluate import evaluate_run
+            from lits.evaluate.scoring import evaluate_run
 
             evaluate_run(ckpt_dir / "best.pt", run_dir / "evaluate", cfg.evaluate_after, cfg.postprocess, t.progress)
     log.info(

@@ -114,6 +114,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from lits.infer.postprocess import predicted_lesions
+
 # Per-case score when prediction and reference are both empty (official scorer, see module docstring).
 LIVER_EMPTY_SCORE = 0.0
 TUMOR_EMPTY_SCORE = 1.0
@@ -347,12 +349,6 @@ def _axial_cross(ndim: int) -> np.ndarray:
     k = min(2, ndim)
     plane = ndimage.generate_binary_structure(k, 1)
     return plane.reshape((1,) * (ndim - k) + plane.shape)
-
-
-def predicted_lesions(pred_tumor: np.ndarray) -> tuple[np.ndarray, int]:
-    """Predicted lesions: 6-connected components of the tumour mask (``scipy.ndimage.label`` default)."""
-    labels, n = ndimage.label(np.asarray(pred_tumor, dtype=bool))
-    return labels, int(n)
 
 
 def reference_lesions(ref_tumor: np.ndarray) -> tuple[np.ndarray, int]:

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from lits.errors import LitsError
+from lits.core.device import resolve_device
+from lits.core.errors import LitsError
 
 
 @dataclass(frozen=True)
@@ -52,28 +53,6 @@ def env_ranks() -> tuple[int, int, int]:
             "RANK / WORLD_SIZE / LOCAL_RANK must be integers; start distributed runs with torchrun"
         ) from None
     return rank, world, local
-
-
-def resolve_device(name: str, local_rank: int = 0, key: str = "trainer.device") -> torch.device:
-    """A device setting (auto | cpu | cuda | cuda:N) -> the device of this process (cuda:LOCAL_RANK under torchrun).
-
-    `key` names the setting in errors (evaluate.py and predict.py call it `device`)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise LitsError(f"{key}={name} but CUDA is not available; use {key}=cpu (or auto)")
-        if device.index is None:
-            count = torch.cuda.device_count()
-            if local_rank >= count:
-                raise LitsError(
-                    f"LOCAL_RANK={local_rank} but only {count} GPU(s) are visible; start at most {count} "
-                    "processes per node (torchrun --nproc_per_node)"
-                )
-            device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    return device
 
 
 def setup(device_name: str = "auto", backend: str = "auto", timeout_min: float = 30.0) -> Context:

@@ -7,7 +7,7 @@ import math
 import torch
 from monai.networks.nets import DynUNet, FlexibleUNet, UNet
 
-from lits.errors import LitsError
+from lits.core.errors import LitsError
 
 OUT_CHANNELS = 2  # sigmoid channels: liver (label >= 1), tumour (label == 2)
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from lits.errors import LitsError
+from lits.core.errors import LitsError
 
 KINDS = ("window", "ct")
 SLICES_PER_CASE = 32  # foreground slices read per training case (evenly spaced through its liver)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from monai.losses import DiceLoss, FocalLoss, GeneralizedDiceLoss
 
-from lits.distributed import global_sum
-from lits.errors import LitsError
+from lits.core.errors import LitsError
+from lits.train.distributed import global_sum
 
 DICE_REDUCTIONS = ("local", "global")
 REGIONS = ("dice", "generalized_dice", "log_dice")

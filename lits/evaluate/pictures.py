@@ -6,69 +6,15 @@ they work on headless machines and in worker processes.
 
 from __future__ import annotations
 
-import csv
 import io
-import json
-import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 from skimage.segmentation import find_boundaries
 
-from lits.files import write_bytes_atomic
-
 # outline colours (RGB 0..1)
 LIVER_COLOR = np.array([0.2, 0.9, 0.2])
 TUMOR_COLOR = np.array([1.0, 0.2, 0.2])
-
-
-def write_atomic(path: str | Path, text: str) -> Path:
-    return write_bytes_atomic(path, text.encode())
-
-
-def _json_safe(value):
-    """NaN / inf -> null (JSON has no NaN; jq and browsers reject it); numpy scalars -> Python numbers."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.integer, np.bool_)):
-        return value.item()
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
-def write_json(path: str | Path, data) -> Path:
-    return write_atomic(path, json.dumps(_json_safe(data), indent=2, default=float) + "\n")
-
-
-def write_csv(path: str | Path, rows: list[dict]) -> Path:
-    buffer = io.StringIO()
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    return write_atomic(path, buffer.getvalue())
-
-
-def format_table(rows: list[dict], columns: list[str]) -> str:
-    """A markdown table (also readable in a terminal); floats with 4 decimals, NaN / None as '-'."""
-
-    def cell(v):
-        if v is None or (isinstance(v, (float, np.floating)) and math.isnan(v)):
-            return "-"
-        return f"{v:.4f}" if isinstance(v, (float, np.floating)) else str(v)
-
-    body = [[cell(row.get(c, "")) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in body)) for i, c in enumerate(columns)]
-    lines = [
-        "| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |",
-        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-    ]
-    lines += ["| " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) + " |" for r in body]
-    return "\n".join(lines)
 
 
 def overlay(image: np.ndarray, label: np.ndarray) -> np.ndarray:

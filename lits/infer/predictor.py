@@ -5,60 +5,18 @@ Also what every inference stage (evaluate, predict) needs first: the model rebui
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from lits.checkpoint import load_checkpoint
-from lits.data.slices import context_batch
-from lits.errors import LitsError
-from lits.model import build_model, size_multiple
-from lits.normalization import Normalization
+from lits.core.device import autocast
+from lits.data.context import context_batch
+from lits.data.normalization import Normalization
 
 # Flip test-time augmentation: identity, horizontal (X), vertical (Y) flips of each (N, 1, Y, X) slice batch.
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,))
-
-
-def autocast(device: torch.device, amp: str):
-    """amp: 'off', 'fp16' (CUDA) or 'bf16'; 'auto' = fp16 on CUDA, off on CPU."""
-    if amp == "auto":
-        amp = "fp16" if device.type == "cuda" else "off"
-    if amp == "off":
-        return contextlib.nullcontext()
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[amp]
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def load_model(ckpt_path: str | Path, device):
-    """Model (eval mode, on device), the training config and the checkpoint dict, from a checkpoint alone."""
-    state = load_checkpoint(ckpt_path)
-    train_cfg = OmegaConf.create(state["config"])
-    model = build_model(train_cfg.model)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise LitsError(
-            f"{ckpt_path}: weights do not fit the model its config describes ({first}); the checkpoint is damaged or edited"
-        ) from None
-    return model.to(device).eval(), train_cfg, state
-
-
-def network_settings(train_cfg, state: dict | None = None) -> dict:
-    """predict_volume's keyword arguments that a training run fixes: input size multiple, sigmoid temperature,
-    2.5D context slices (absent from older checkpoints' configs: 0) and, from the checkpoint `state`, the input
-    normalisation (absent: the HU window)."""
-    return {
-        "size_multiple": size_multiple(train_cfg.model),
-        "temperature": float(train_cfg.loss.temperature),
-        "context_slices": int(train_cfg.data.get("context_slices", 0) or 0),
-        "normalization": Normalization.from_dict((state or {}).get("normalization")),
-    }
 
 
 @torch.inference_mode()

@@ -7,10 +7,16 @@ writes results goes through `atomic_path`: reports, exports, checkpoints, montag
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
+import json
+import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+import numpy as np
 
 
 def umask() -> int:
@@ -46,3 +52,33 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def write_atomic(path: str | Path, text: str) -> Path:
+    return write_bytes_atomic(path, text.encode())
+
+
+def _json_safe(value):
+    """NaN / inf -> null (JSON has no NaN; jq and browsers reject it); numpy scalars -> Python numbers."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def write_json(path: str | Path, data) -> Path:
+    return write_atomic(path, json.dumps(_json_safe(data), indent=2, default=float) + "\n")
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> Path:
+    buffer = io.StringIO()
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_atomic(path, buffer.getvalue())

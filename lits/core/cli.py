@@ -6,7 +6,7 @@ import sys
 
 from omegaconf.errors import MissingMandatoryValue
 
-from lits.errors import LitsError
+from lits.core.errors import LitsError
 
 
 def run_stage(stage, cfg):
