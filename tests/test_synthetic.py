@@ -14,6 +14,9 @@ from scipy import ndimage
 from lits.core.errors import LitsError
 from lits.data import synthetic as syn
 from lits.data.synthetic import SyntheticParams, generate_case, generate_dataset, save_montage
+from lits.data.synthetic import dataset as syn_dataset
+from lits.data.synthetic.anatomy import Phantom
+from lits.data.synthetic.montage import pick_slices
 
 SMALL = SyntheticParams(size=96, num_slices=(24, 32))
 TINY = SyntheticParams(size=64, num_slices=(16, 20))
@@ -55,7 +58,7 @@ def test_tumour_inside_liver_by_construction():
     found = 0
     for idx in range(6):
         rng = np.random.default_rng([0, idx])
-        case = syn._Case(rng, SMALL)
+        case = Phantom(rng, SMALL)
         vol, seg, _ = case.build()
         assert not (case.tumor & ~case.liver).any()  # tumours were clipped to the liver mask
         assert np.array_equal(seg == 2, case.tumor)  # label 2 is exactly the tumour mask ...
@@ -164,12 +167,12 @@ def test_generate_dataset_roundtrip_and_refusal(tmp_path):
 def test_generate_dataset_is_atomic(tmp_path, monkeypatch):
     real = syn.generate_case
 
-    def flaky(index, seed=0, params=SyntheticParams()):
+    def flaky(index, seed, params):  # generate_dataset passes all three
         if index == 1:
             raise KeyboardInterrupt
         return real(index, seed, params)
 
-    monkeypatch.setattr(syn, "generate_case", flaky)
+    monkeypatch.setattr(syn_dataset, "generate_case", flaky)  # where generate_dataset looks it up
     with pytest.raises(KeyboardInterrupt):
         generate_dataset(tmp_path / "synth", 3, params=TINY, progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -189,7 +192,7 @@ def test_save_montage(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in path.parent.iterdir()] == ["montage.png"]
     # slice choice: tumour slices and at least one tumour-free liver slice
-    ks = syn._pick_slices(seg, 6)
+    ks = pick_slices(seg, 6)
     tum = (seg == 2).any(axis=(0, 1))
     liv = (seg >= 1).any(axis=(0, 1))
     if tum.any():
