@@ -71,6 +71,72 @@ class LesionMatch:
         return [g for g in self.groups if g.iou > self.thresholds[name]]
 
 
+@dataclass
+class _MergedReferences:
+    """Reference lesions after the scorer's merge step, one entry per (merged) column of ``overlap``."""
+
+    overlap: np.ndarray  # voxel overlap, touching predictions x merged columns
+    members: list[list[int]]  # reference lesion ids in each merged column
+    sources: list[list[int]]  # original column indices of each merged column
+    merge_errors: int
+
+
+def _overlap_matrix(
+    pred_labels: np.ndarray, ref_labels: np.ndarray, ref_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The predictions touching a reference lesion (sorted ids) and their int64 voxel overlap with every
+    reference lesion in ``ref_ids`` (rows: those predictions, columns: ``ref_ids``)."""
+    both = (pred_labels > 0) & (ref_labels > 0)
+    p_vox = pred_labels[both]
+    g_vox = ref_labels[both]
+    touching = np.unique(p_vox)
+    n_p, n_g = len(touching), len(ref_ids)
+    pi = np.searchsorted(touching, p_vox)
+    gi = np.searchsorted(ref_ids, g_vox)
+    overlap = np.bincount(pi * n_g + gi, minlength=n_p * n_g).reshape(n_p, n_g).astype(np.int64)
+    return touching, overlap
+
+
+def _merge_spanned_references(overlap: np.ndarray, ref_ids: np.ndarray) -> _MergedReferences:
+    """Scorer step 1: every reference column goes to the prediction row overlapping it most (first on ties);
+    the columns one prediction collects merge into one (merge errors += n - 1), rows visited in order."""
+    mat = overlap.copy()
+    members: list[list[int]] = [[int(g)] for g in ref_ids]
+    sources: list[list[int]] = [[j] for j in range(len(ref_ids))]
+    merge_errors = 0
+    for i in range(mat.shape[0]):
+        sel = [j for j in np.flatnonzero(mat[i]) if int(np.argmax(mat[:, j])) == i]
+        merge_errors += max(0, len(sel) - 1)
+        if len(sel) > 1:
+            keep, drop = sel[0], sel[1:]
+            mat[:, keep] = mat[:, sel].sum(axis=1)
+            members[keep] = [g for j in sel for g in members[j]]
+            sources[keep] = [c for j in sel for c in sources[j]]
+            mat = np.delete(mat, drop, axis=1)
+            for j in reversed(drop):
+                del members[j], sources[j]
+    return _MergedReferences(mat, members, sources, merge_errors)
+
+
+def _rows_per_column(merged: np.ndarray) -> list[list[int]]:
+    """Scorer step 2: each prediction row goes to the single merged column it overlaps most (first on ties)."""
+    rows_of_col: list[list[int]] = [[] for _ in range(merged.shape[1])]
+    for i, j in enumerate(np.argmax(merged, axis=1)):
+        rows_of_col[int(j)].append(i)
+    return rows_of_col
+
+
+def _count_detections(match: LesionMatch, n_groups: int, n_isolated_fp: int) -> None:
+    """Scorer step 4, per threshold: TP = reference lesions in detected groups, FP = predictions of undetected
+    groups + ``n_isolated_fp``, FN = undetected groups out of ``n_groups`` (each counted once, as the scorer)."""
+    for name, threshold in match.thresholds.items():
+        detected = [g for g in match.groups if g.iou > threshold]
+        missed = [g for g in match.groups if not g.iou > threshold]
+        match.tp[name] = sum(len(g.ref_ids) for g in detected)
+        match.fp[name] = n_isolated_fp + sum(len(g.pred_ids) for g in missed)
+        match.fn[name] = n_groups - len(detected)
+
+
 def match_lesions(
     pred_labels: np.ndarray,
     ref_labels: np.ndarray,
@@ -79,7 +145,8 @@ def match_lesions(
     """Port of the scorer's ``detect_lesions`` (see the package docstring) for several IoU thresholds at once.
 
     ``pred_labels``/``ref_labels``: integer component maps (0 = background) of the same shape, e.g. from
-    `predicted_lesions` / `reference_lesions`.
+    `predicted_lesions` / `reference_lesions`. ``thresholds`` maps names to IoUs (default
+    ``DETECTION_THRESHOLDS``). Raises ValueError if the shapes differ.
     """
     thresholds = dict(DETECTION_THRESHOLDS if thresholds is None else thresholds)
     pred_labels = np.asarray(pred_labels)
@@ -88,65 +155,36 @@ def match_lesions(
         raise ValueError(f"match_lesions: shapes differ, {pred_labels.shape} vs {ref_labels.shape}")
     pred_sizes = np.bincount(pred_labels.ravel())
     ref_sizes = np.bincount(ref_labels.ravel())
-    pred_all = np.flatnonzero(pred_sizes[1:]) + 1
+    pred_ids = np.flatnonzero(pred_sizes[1:]) + 1
     ref_ids = np.flatnonzero(ref_sizes[1:]) + 1
     zero = dict.fromkeys(thresholds, 0)
     out = LesionMatch(
-        n_ref=len(ref_ids), n_pred=len(pred_all), thresholds=thresholds, tp=dict(zero), fp=dict(zero), fn=dict(zero)
+        n_ref=len(ref_ids), n_pred=len(pred_ids), thresholds=thresholds, tp=dict(zero), fp=dict(zero), fn=dict(zero)
     )
     if len(ref_ids) == 0:
         return out  # scorer: early return, TP = FP = FN = 0
 
-    both = (pred_labels > 0) & (ref_labels > 0)
-    p_vox = pred_labels[both]
-    g_vox = ref_labels[both]
-    p_ids = np.unique(p_vox)  # predictions touching a reference lesion
-    n_isolated_fp = len(pred_all) - len(p_ids)
-    P, G = len(p_ids), len(ref_ids)
-    pi = np.searchsorted(p_ids, p_vox)
-    gi = np.searchsorted(ref_ids, g_vox)
-    full = np.bincount(pi * G + gi, minlength=P * G).reshape(P, G).astype(np.int64)
-
-    # 1. Merge reference lesions spanned by one prediction: each column goes to the row overlapping it most.
-    mat = full.copy()
-    cols: list[list[int]] = [[int(g)] for g in ref_ids]  # reference members of each (merged) column
-    col_src: list[list[int]] = [[j] for j in range(G)]  # original column indices, for the full matrix
-    for i in range(P):
-        sel = [j for j in np.flatnonzero(mat[i]) if int(np.argmax(mat[:, j])) == i]
-        out.merge_errors += max(0, len(sel) - 1)
-        if len(sel) > 1:
-            keep, drop = sel[0], sel[1:]
-            mat[:, keep] = mat[:, sel].sum(axis=1)
-            cols[keep] = [g for j in sel for g in cols[j]]
-            col_src[keep] = [c for j in sel for c in col_src[j]]
-            mat = np.delete(mat, drop, axis=1)
-            for j in reversed(drop):
-                del cols[j], col_src[j]
-    # 2. Match each prediction to the single (merged) reference column it overlaps most.
-    best = np.argmax(mat, axis=1)
-    rows_of_col: list[list[int]] = [[] for _ in cols]
-    for i, j in enumerate(best):
-        rows_of_col[int(j)].append(i)
-    # 3. Merge predictions matched to the same column (split errors), then test the IoU of every group.
-    detected_cols = {t: set() for t in thresholds}
-    for j, rows in enumerate(rows_of_col):
-        out.split_errors += max(0, len(rows) - len(cols[j]))
+    touching, overlap = _overlap_matrix(pred_labels, ref_labels, ref_ids)
+    merged = _merge_spanned_references(overlap, ref_ids)
+    out.merge_errors = merged.merge_errors
+    # Scorer step 3: the predictions matched to one merged column form a group; split errors count the
+    # predictions beyond the group's number of reference lesions.
+    for j, rows in enumerate(_rows_per_column(merged.overlap)):
+        members = merged.members[j]
+        out.split_errors += max(0, len(rows) - len(members))
         if not rows:
             continue
-        inter = int(full[np.ix_(rows, col_src[j])].sum())
-        size_p = int(pred_sizes[p_ids[rows]].sum())
-        size_g = int(ref_sizes[cols[j]].sum())
-        group = LesionGroup(tuple(cols[j]), tuple(int(p_ids[i]) for i in rows), inter, size_p, size_g)
-        out.groups.append(group)
-        for t, thr in thresholds.items():
-            if group.iou > thr:
-                detected_cols[t].add(j)
-            else:
-                out.fp[t] += len(rows)
-    for t in thresholds:
-        out.fp[t] += n_isolated_fp
-        out.tp[t] = sum(len(cols[j]) for j in detected_cols[t])
-        out.fn[t] = len(cols) - len(detected_cols[t])  # undetected groups count once (scorer)
+        group_preds = touching[rows]
+        out.groups.append(
+            LesionGroup(
+                ref_ids=tuple(members),
+                pred_ids=tuple(int(p) for p in group_preds),
+                intersection=int(overlap[np.ix_(rows, merged.sources[j])].sum()),
+                pred_voxels=int(pred_sizes[group_preds].sum()),
+                ref_voxels=int(ref_sizes[members].sum()),
+            )
+        )
+    _count_detections(out, len(merged.members), len(pred_ids) - len(touching))
     return out
 
 
@@ -154,6 +192,18 @@ def _union_box(objects: list, ids: Sequence[int]) -> tuple[slice, ...]:
     """Union of the bounding boxes of components ``ids`` (``objects`` from ``ndimage.find_objects``)."""
     boxes = [objects[i - 1] for i in ids]
     return tuple(slice(min(b[d].start for b in boxes), max(b[d].stop for b in boxes)) for d in range(len(boxes[0])))
+
+
+def _group_scores(group: LesionGroup, p_lab: np.ndarray, r_lab: np.ndarray, box, spacing) -> dict[str, float]:
+    """Segmentation scores of one matched group (its predictions vs its reference lesions) inside ``box``."""
+    d = dice_from_counts(group.intersection, group.pred_voxels, group.ref_voxels, 0.0)
+    scores = {
+        "dice": d,
+        "voe": volume_overlap_error(d),
+        "rvd": relative_volume_difference(group.pred_voxels, group.ref_voxels),
+    }
+    scores.update(surface_metrics(np.isin(p_lab[box], group.pred_ids), np.isin(r_lab[box], group.ref_ids), spacing))
+    return scores
 
 
 def lesion_metrics(pred_tumor: np.ndarray, ref_tumor: np.ndarray, spacing) -> dict[str, float]:
@@ -178,13 +228,7 @@ def lesion_metrics(pred_tumor: np.ndarray, ref_tumor: np.ndarray, spacing) -> di
         for g in detected:
             b_p, b_r = _union_box(p_obj, g.pred_ids), _union_box(r_obj, g.ref_ids)
             b = tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(b_p, b_r))
-            d = dice_from_counts(g.intersection, g.pred_voxels, g.ref_voxels, 0.0)
-            scores = {
-                "dice": d,
-                "voe": volume_overlap_error(d),
-                "rvd": relative_volume_difference(g.pred_voxels, g.ref_voxels),
-            }
-            scores.update(surface_metrics(np.isin(p_lab[b], g.pred_ids), np.isin(r_lab[b], g.ref_ids), spacing))
+            scores = _group_scores(g, p_lab, r_lab, b, spacing)
             for m in LESION_SCORE_METRICS:  # a merged group scores once per reference lesion in it (scorer)
                 sums[m] += len(g.ref_ids) * scores[m]
     for m in LESION_SCORE_METRICS:
