@@ -6,7 +6,7 @@ import torch
 from monai.metrics import compute_dice
 
 from lits.evaluate import metrics
-from lits.evaluate.metrics import aggregate, case_metrics, dice
+from lits.evaluate.metrics import aggregate, case_metrics, dice, overlap
 
 
 def _box(shape, *slices):
@@ -134,7 +134,7 @@ def test_case_metrics_counts_are_ints_and_keys_plain():
 
 def test_case_metrics_slabs_cover_whole_volume(monkeypatch):
     # force many tiny slabs, including a ragged last one, and compare with whole-volume counting
-    monkeypatch.setattr(metrics, "_SLAB_VOXELS", 50)
+    monkeypatch.setattr(overlap, "_SLAB_VOXELS", 50)
     rng = np.random.default_rng(7)
     pred = rng.integers(0, 3, size=(11, 6, 7), dtype=np.uint8)
     ref = rng.integers(0, 3, size=(11, 6, 7), dtype=np.uint8)

@@ -22,7 +22,6 @@ from lits.core.tables import format_table
 from lits.data.cache import Preprocessing, preprocess_image
 from lits.data.nifti import CasePaths, load_case
 from lits.data.resample import resize_inplane
-from lits.evaluate.metrics import predicted_lesions
 from lits.infer.checkpoint import load_model, network_settings
 from lits.infer.export import (
     SEGMENTATION_NAME,
@@ -34,7 +33,7 @@ from lits.infer.export import (
     probability_name,
     read_header,
 )
-from lits.infer.postprocess import PostprocessConfig, postprocess
+from lits.infer.postprocess import PostprocessConfig, postprocess, predicted_lesions
 from lits.infer.predictor import predict_volume
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,8 @@ def _output_names(inputs: list[Path], out_dir: Path, naming: str) -> list[str]:
     for path, name in zip(inputs, names):
         if name in seen:
             raise LitsError(
-                f"{path}: its output {name} would overwrite the one of {seen[name].name}; use naming=input or separate folders"
+                f"{path}: its output {name} would overwrite the one of {seen[name].name}; "
+                "use naming=input or separate folders"
             )
         seen[name] = path
         if (out_dir / name).resolve() == path.resolve():
