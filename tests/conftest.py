@@ -54,7 +54,8 @@ def lits_tree(tmp_path):
 
 
 def find_lits_pairs(root) -> list[CasePaths]:
-    """All `volume-N.nii[.gz]` under root (recursively) with their `segmentation-N.nii[.gz]`; the first problem raises."""
+    """All `volume-N.nii[.gz]` under root (recursively) with their `segmentation-N.nii[.gz]`; the first problem
+    raises."""
     cases, problems = find_lits(root)
     if problems:
         raise LitsError(problems[0].reason)

@@ -150,7 +150,8 @@ class _NpyRows:
 
 
 class TrainSlices(Dataset):
-    """ROI crops of cached slices: centred on a tumour voxel with probability p_lesion_center, else inside the liver box.
+    """ROI crops of cached slices: centred on a tumour voxel with probability p_lesion_center, else inside the liver
+    box.
 
     Items are {"image": (2k+1, S, S) float16, "label": (S, S) uint8} for k = context_slices.
     """

@@ -90,7 +90,8 @@ def _output_names(inputs: list[Path], out_dir: Path, naming: str) -> list[str]:
     for path, name in zip(inputs, names):
         if name in seen:
             raise LitsError(
-                f"{path}: its output {name} would overwrite the one of {seen[name].name}; use naming=input or separate folders"
+                f"{path}: its output {name} would overwrite the one of {seen[name].name}; "
+                f"use naming=input or separate folders"
             )
         seen[name] = path
         if (out_dir / name).resolve() == path.resolve():
