@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from lits.core.errors import LitsError
-from lits.data.cache import CachedCase, Preprocessing, cache_cases
+from lits.data.cache import CachedCase, cache_cases
 from lits.data.nifti import CasePaths
+from lits.data.preprocess import Preprocessing
 from lits.data.sources import find_lits
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,9 +19,10 @@ from test_sources import LPS, make_lits_tree, make_msd_tree, truncate
 
 from lits.core.errors import LitsError
 from lits.data import nifti
-from lits.data.cache import cache_key, window_to_unit
+from lits.data.cache import cache_key
 from lits.data.nifti import CasePaths, load_case
 from lits.data.prepare import SKIPPED_FILE, cache_folder, prepare, prepare_all
+from lits.data.preprocess import window_to_unit
 from lits.data.sampling import SliceIndex
 
 WINDOW = (-200.0, 250.0)

@@ -24,8 +24,9 @@ from omegaconf import OmegaConf
 
 from lits.core.errors import LitsError
 from lits.core.files import atomic_path
-from lits.data.cache import CachedCase, Preprocessing, cache_cases, liver_z_range
+from lits.data.cache import CachedCase, cache_cases, key_folder
 from lits.data.context import check_context_slices
+from lits.data.preprocess import Preprocessing, liver_z_range
 from lits.data.sources import Problem, discover, natural_key
 from lits.data.splits import SPLITS, make_splits, split_cases  # noqa: F401  split_cases: public, used by tests
 
@@ -181,7 +182,7 @@ def prepare_all(
 
 def cache_folder(data_cfg) -> Path:
     """Where this data config's cache lives: <data.cache_dir>/<key>."""
-    return Path(data_cfg.cache_dir).expanduser() / Preprocessing.from_data_cfg(data_cfg).key(data_cfg.root)
+    return key_folder(data_cfg.cache_dir, Preprocessing.from_data_cfg(data_cfg), data_cfg.root)
 
 
 def write_split(splits: dict[str, list[str]], path: Path) -> None:

@@ -21,8 +21,9 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from lits.core.errors import LitsError
-from lits.data.cache import CachedCase, liver_z_range  # noqa: F401  re-exported
+from lits.data.cache import CachedCase
 from lits.data.context import check_context_slices, context_indices
+from lits.data.preprocess import liver_z_range  # noqa: F401  re-exported
 
 
 @dataclass(frozen=True)
