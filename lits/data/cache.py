@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from lits.core.errors import LitsError
 from lits.data.cache_lock import exclusive_lock, remove_leftovers, temp_prefix, trash_path
-from lits.data.nifti import CasePaths, open_pair
+from lits.data.nifti import CasePair, CasePaths, open_pair
 from lits.data.preprocess import Preprocessing, slice_stats, window_to_unit
 from lits.data.resample import resize_inplane, resize_labels, target_shape, to_native
 from lits.data.sources import Problem
@@ -182,72 +182,85 @@ def write_case(paths: CasePaths, folder: Path, prep: Preprocessing) -> None:
 
 def _write_case(paths: CasePaths, folder: Path, prep: Preprocessing) -> None:
     pair = open_pair(paths, prep.affine_atol)
-    z_count, height, width = pair.shape
-    sz, sy, sx = pair.spacing
-    out_yx = (height, width)
+    out_yx = pair.shape[1:]
     if prep.target_spacing_xy is not None:
-        out_yx = target_shape((height, width), (sy, sx), prep.target_spacing_xy)
-    resampled = out_yx != (height, width)
-    spacing = (sz, sy * height / out_yx[0], sx * width / out_yx[1])
+        out_yx = target_shape(out_yx, pair.spacing[1:], prep.target_spacing_xy)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(folder), dir=folder.parent))
     try:
-        image = np.lib.format.open_memmap(tmp / "image.npy", mode="w+", dtype=np.float16, shape=(z_count, *out_yx))
-        label = native = None
-        if pair.label is not None:
-            label = np.lib.format.open_memmap(tmp / "label.npy", mode="w+", dtype=np.uint8, shape=(z_count, *out_yx))
-            if resampled:
-                native = np.lib.format.open_memmap(
-                    tmp / "label_native.npy", mode="w+", dtype=np.uint8, shape=(z_count, height, width)
-                )
-        parts = []
-        for z0, hu, lab in pair.chunks():
-            unit = window_to_unit(hu, prep.window)
-            del hu
-            if resampled:
-                unit = resize_inplane(unit, out_yx, order=1)
-            image[z0 : z0 + len(unit)] = unit
-            if lab is not None:
-                if resampled:
-                    native[z0 : z0 + len(lab)] = lab
-                    lab = resize_labels(lab, out_yx)
-                label[z0 : z0 + len(lab)] = lab
-                parts.append(slice_stats(lab))
-        for array in (image, label, native):
-            if array is not None:
-                array.flush()
-        del image, label, native
-        if parts:
-            stats = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        else:  # unlabelled: no liver anywhere
-            stats = slice_stats(np.zeros((z_count, 1, 1), np.uint8))
+        stats = _write_arrays(pair, out_yx, prep.window, tmp)
         np.savez(tmp / "slices.npz", **stats)
-        liver_z = np.flatnonzero(stats["liver_voxels"] > 0)
-        orientation = pair.orientation
-        meta = {
-            "format": FORMAT_VERSION,
-            "case_id": paths.case_id,
-            "shape": [z_count, *out_yx],
-            "spacing": list(spacing),
-            "window": list(prep.window),
-            "target_spacing_xy": None if prep.target_spacing_xy is None else list(prep.target_spacing_xy),
-            "resampled": resampled,
-            "native": {"shape": [z_count, height, width], "spacing": [sz, sy, sx]},
-            "liver_z": [int(liver_z[0]), int(liver_z[-1]) + 1] if len(liver_z) else None,
-            "source": _source_stamp(paths),
-            "source_dtype": str(pair.image.raw.dtype),
-            "scaling": [pair.image.slope, pair.image.inter],
-            "orientation": {
-                "ornt": orientation.ornt.tolist(),
-                "source_shape": list(orientation.source_shape),
-                "source_affine": orientation.source_affine.tolist(),
-            },
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        (tmp / "meta.json").write_text(json.dumps(_case_meta(paths, pair, prep, out_yx, stats), indent=1))
         _publish(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _write_arrays(
+    pair: CasePair, out_yx: tuple[int, int], window: tuple[float, float], tmp: Path
+) -> dict[str, np.ndarray]:
+    """Stream the pair slab by slab into tmp: image.npy, label.npy and, when out_yx is not the native in-plane size,
+    label_native.npy. Returns the slice statistics of the cached label (no liver anywhere when unlabelled)."""
+    z_count, height, width = pair.shape
+    resampled = out_yx != (height, width)
+    image = np.lib.format.open_memmap(tmp / "image.npy", mode="w+", dtype=np.float16, shape=(z_count, *out_yx))
+    label = native = None
+    if pair.label is not None:
+        label = np.lib.format.open_memmap(tmp / "label.npy", mode="w+", dtype=np.uint8, shape=(z_count, *out_yx))
+        if resampled:
+            native = np.lib.format.open_memmap(
+                tmp / "label_native.npy", mode="w+", dtype=np.uint8, shape=(z_count, height, width)
+            )
+    parts = []
+    for z0, hu, lab in pair.chunks():
+        unit = window_to_unit(hu, window)
+        del hu
+        if resampled:
+            unit = resize_inplane(unit, out_yx, order=1)
+        image[z0 : z0 + len(unit)] = unit
+        if lab is not None:
+            if resampled:
+                native[z0 : z0 + len(lab)] = lab
+                lab = resize_labels(lab, out_yx)
+            label[z0 : z0 + len(lab)] = lab
+            parts.append(slice_stats(lab))
+    for array in (image, label, native):
+        if array is not None:
+            array.flush()
+    del image, label, native
+    if parts:
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return slice_stats(np.zeros((z_count, 1, 1), np.uint8))  # unlabelled: no liver anywhere
+
+
+def _case_meta(
+    paths: CasePaths, pair: CasePair, prep: Preprocessing, out_yx: tuple[int, int], stats: dict[str, np.ndarray]
+) -> dict:
+    """meta.json of a case cached on an out_yx in-plane grid: what `open_cached` and `_is_current` read."""
+    z_count, height, width = pair.shape
+    sz, sy, sx = pair.spacing
+    liver_z = np.flatnonzero(stats["liver_voxels"] > 0)
+    orientation = pair.orientation
+    return {
+        "format": FORMAT_VERSION,
+        "case_id": paths.case_id,
+        "shape": [z_count, *out_yx],
+        "spacing": [sz, sy * height / out_yx[0], sx * width / out_yx[1]],
+        "window": list(prep.window),
+        "target_spacing_xy": None if prep.target_spacing_xy is None else list(prep.target_spacing_xy),
+        "resampled": out_yx != (height, width),
+        "native": {"shape": [z_count, height, width], "spacing": [sz, sy, sx]},
+        "liver_z": [int(liver_z[0]), int(liver_z[-1]) + 1] if len(liver_z) else None,
+        "source": _source_stamp(paths),
+        "source_dtype": str(pair.image.raw.dtype),
+        "scaling": [pair.image.slope, pair.image.inter],
+        "orientation": {
+            "ornt": orientation.ornt.tolist(),
+            "source_shape": list(orientation.source_shape),
+            "source_affine": orientation.source_affine.tolist(),
+        },
+    }
 
 
 def _write_job(paths: CasePaths, folder: str, prep: Preprocessing) -> tuple[str, str | None]:
