@@ -40,8 +40,8 @@ def compose_config(overrides: list[str]):
 def run(cfg) -> dict:
     import numpy as np
 
-    from lits.data.cache import liver_z_range
     from lits.data.prepare import cache_folder, prepare_all
+    from lits.data.preprocess import liver_z_range
     from lits.data.splits import make_splits
 
     data = cfg.data

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from lits.core.errors import LitsError
-from lits.data.cache import CachedCase, Preprocessing, cache_cases
+from lits.data.cache import CachedCase, cache_cases
 from lits.data.nifti import CasePaths
+from lits.data.preprocess import Preprocessing
 from lits.data.sources import find_lits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +55,8 @@ def lits_tree(tmp_path):
 
 
 def find_lits_pairs(root) -> list[CasePaths]:
-    """All `volume-N.nii[.gz]` under root (recursively) with their `segmentation-N.nii[.gz]`; the first problem raises."""
+    """All `volume-N.nii[.gz]` under root (recursively) with their `segmentation-N.nii[.gz]`; the first problem
+    raises."""
     cases, problems = find_lits(root)
     if problems:
         raise LitsError(problems[0].reason)

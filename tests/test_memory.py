@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lits.data.cache import open_cached, slice_stats
+from lits.data.cache import open_cached
+from lits.data.preprocess import slice_stats
 from lits.data.sampling import SamplingConfig, SliceIndex, TrainSlices
 
 STATUS = Path("/proc/self/status")

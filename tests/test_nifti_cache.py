@@ -8,8 +8,9 @@ import pytest
 from conftest import build_cache, find_lits_pairs, make_case, write_nifti
 
 from lits.core.errors import LitsError
-from lits.data.cache import cache_key, slice_stats, window_to_unit
+from lits.data.cache import cache_key
 from lits.data.nifti import load_case, to_canonical
+from lits.data.preprocess import slice_stats, window_to_unit
 
 
 def test_find_pairs_sorted_by_case_number(lits_tree):

@@ -4,9 +4,11 @@ Layout (nnU-Net style preprocess-once, with precomputed foreground locations):
 
     <cache_root>/<key>/<case_id>/image.npy         (Z, Y, X) float16, HU window scaled to [0, 1]
                                  label.npy         (Z, Y, X) uint8 {0, 1, 2}
-                                 slices.npz        per-slice liver / tumour voxel counts and liver bounding boxes
-                                 meta.json         spacing, source files (size, mtime), orientation, native grid, liver z-range
-                                 label_native.npy  only with data.target_spacing_xy: the label on the native grid (for metrics)
+                                 slices.npz        per-slice liver / tumour voxel counts and bounding boxes
+                                 meta.json         spacing, source files (size, mtime), orientation, native grid,
+                                                   liver z-range
+                                 label_native.npy  only with data.target_spacing_xy: the label on the native grid
+                                                   (for metrics)
     <cache_root>/<key>/.lock                       held while a process writes into <key> (other processes wait)
 
 `key` hashes everything that changes the arrays (format version, window, in-plane target spacing, source root),
@@ -16,6 +18,8 @@ them); the training slice range (liver z-range plus a margin) is chosen when the
 Each case is streamed slab by slab into a temporary folder and renamed into place, so an interrupted run
 never leaves a half-written case, and a rerun continues with the cases still missing; a case whose source file
 changed is rebuilt. Cases are preprocessed by a pool of processes (`workers`), each holding one volume.
+What is done to the arrays is in `lits.data.preprocess`; the lock and the cleanup after killed runs are in
+`lits.data.cache_lock`.
 """
 
 from __future__ import annotations
@@ -26,13 +30,10 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import socket
-import sys
 import tempfile
-import uuid
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +41,10 @@ import numpy as np
 from tqdm import tqdm
 
 from lits.core.errors import LitsError
-from lits.data.nifti import CasePaths, open_pair
-from lits.data.resample import check_target_spacing, resize_inplane, resize_labels, target_shape, to_native
+from lits.data.cache_lock import exclusive_lock, remove_leftovers, temp_prefix, trash_path
+from lits.data.nifti import CasePair, CasePaths, open_pair
+from lits.data.preprocess import Preprocessing, slice_stats, window_to_unit
+from lits.data.resample import resize_inplane, resize_labels, target_shape, to_native
 from lits.data.sources import Problem
 
 FORMAT_VERSION = 2
@@ -65,60 +68,9 @@ def _storage_errors(folder: Path):
         raise
 
 
-_TMP = ".tmp-"  # marks temporary case folders: .<case>.tmp-<host>-<pid>-<random>
-
-
-def window_to_unit(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """Clip HU to the window and scale linearly to [0, 1] (float32)."""
-    low, high = _check_window(window)
-    out = np.clip(np.asarray(hu, dtype=np.float32), low, high)
-    out -= np.float32(low)
-    out *= np.float32(1.0 / (high - low))
-    return out
-
-
-def _check_window(window) -> tuple[float, float]:
-    try:
-        low, high = (float(w) for w in window)
-    except (TypeError, ValueError):
-        raise LitsError(f"data.window={window!r}: give [low, high] in HU, e.g. data.window=[-200,250]") from None
-    if not high > low:
-        raise LitsError(
-            f"data.window={list(window)}: the upper bound must exceed the lower bound, e.g. data.window=[-200,250]"
-        )
-    return low, high
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Everything that decides the cached arrays (plus the affine tolerance, which only decides what is accepted)."""
-
-    window: tuple[float, float] = (-200.0, 250.0)
-    target_spacing_xy: tuple[float, float] | None = None  # in-plane mm; None keeps the native grid
-    affine_atol: float = 1e-3
-
-    def __post_init__(self):
-        object.__setattr__(self, "window", _check_window(self.window))
-        object.__setattr__(self, "target_spacing_xy", check_target_spacing(self.target_spacing_xy))
-        atol = self.affine_atol
-        if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not atol >= 0:
-            raise LitsError(f"data.affine_atol={atol!r}: give a tolerance >= 0 in mm, e.g. data.affine_atol=0.001")
-        object.__setattr__(self, "affine_atol", float(atol))
-
-    @classmethod
-    def from_data_cfg(cls, data_cfg) -> Preprocessing:
-        spacing = data_cfg.get("target_spacing_xy")
-        return cls(
-            window=tuple(data_cfg.window),
-            target_spacing_xy=None if spacing is None else tuple(spacing),
-            affine_atol=data_cfg.get("affine_atol", 1e-3),
-        )
-
-    def key(self, source_root: str | Path) -> str:
-        return cache_key(self.window, source_root, self.target_spacing_xy)
-
-
 def cache_key(window: tuple[float, float], source_root: str | Path, target_spacing_xy=None) -> str:
+    """The cache folder's name: 12 hex digits of a hash of the format version, window, resolved source root and, when
+    set, the in-plane target spacing."""
     params = {
         "version": FORMAT_VERSION,
         "window": [float(w) for w in window],
@@ -129,49 +81,9 @@ def cache_key(window: tuple[float, float], source_root: str | Path, target_spaci
     return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def preprocess_image(hu: np.ndarray, spacing: tuple[float, float, float], prep: Preprocessing) -> np.ndarray:
-    """What the cache does to one canonical (Z, Y, X) HU volume, for new CTs at prediction time: float32 in [0, 1].
-
-    Undo the resampling of predictions with `lits.data.resample.resize_inplane(probs, hu.shape[1:], order=1)`.
-    """
-    unit = window_to_unit(hu, prep.window)
-    if prep.target_spacing_xy is not None:
-        unit = resize_inplane(unit, target_shape(hu.shape[1:], spacing[1:], prep.target_spacing_xy), order=1)
-    return unit
-
-
-def _boxes(mask: np.ndarray) -> np.ndarray:
-    """Per-slice bounding boxes [y0, y1, x0, x1) of a (Z, Y, X) mask; -1 where a slice has none."""
-    boxes = np.full((mask.shape[0], 4), -1, dtype=np.int32)
-    rows, cols = mask.any(axis=2), mask.any(axis=1)  # (Z, Y), (Z, X)
-    z = np.flatnonzero(rows.any(axis=1))
-    boxes[z, 0] = rows[z].argmax(axis=1)
-    boxes[z, 1] = mask.shape[1] - rows[z, ::-1].argmax(axis=1)
-    boxes[z, 2] = cols[z].argmax(axis=1)
-    boxes[z, 3] = mask.shape[2] - cols[z, ::-1].argmax(axis=1)
-    return boxes
-
-
-def slice_stats(label: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-slice liver (label >= 1) and tumour (label == 2) voxel counts and boxes [y0, y1, x0, x1) (-1 if none)."""
-    liver = label >= 1
-    tumor = label == 2
-    return {
-        "liver_voxels": liver.sum(axis=(1, 2)).astype(np.int64),
-        "tumor_voxels": tumor.sum(axis=(1, 2)).astype(np.int64),
-        "liver_box": _boxes(liver),
-        "tumor_box": _boxes(tumor),  # lesion-centred crops read only these rows of the label
-    }
-
-
-def liver_z_range(liver_voxels: np.ndarray, spacing_z: float, margin_mm: float | None) -> tuple[int, int]:
-    """The liver's slice range widened by margin_mm on each side (all slices if margin_mm is None or no liver)."""
-    z_count = len(liver_voxels)
-    liver = np.flatnonzero(np.asarray(liver_voxels) > 0)
-    if margin_mm is None or not len(liver):
-        return 0, z_count
-    margin = int(np.ceil(float(margin_mm) / max(float(spacing_z), 1e-6) - 1e-9))
-    return max(0, int(liver[0]) - margin), min(z_count, int(liver[-1]) + 1 + margin)
+def key_folder(cache_root: str | Path, prep: Preprocessing, source_root: str | Path) -> Path:
+    """<cache_root>/<key>: the folder holding the cases of source_root preprocessed with prep."""
+    return Path(cache_root).expanduser() / cache_key(prep.window, source_root, prep.target_spacing_xy)
 
 
 def _source_stamp(paths: CasePaths) -> dict:
@@ -251,11 +163,9 @@ def _is_current(folder: Path, paths: CasePaths) -> bool:
 def _publish(tmp: Path, folder: Path) -> None:
     """Rename a finished temporary case folder into place (replacing a stale one); atomic for readers."""
     if folder.exists():  # stale (source changed) or written meanwhile by another process
-        trash = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
-        try:
+        trash = trash_path(folder)
+        with suppress(FileNotFoundError):
             os.replace(folder, trash)
-        except FileNotFoundError:
-            pass
         shutil.rmtree(trash, ignore_errors=True)
     try:
         os.replace(tmp, folder)
@@ -264,79 +174,93 @@ def _publish(tmp: Path, folder: Path) -> None:
 
 
 def write_case(paths: CasePaths, folder: Path, prep: Preprocessing) -> None:
-    """Validate, reorient, window (and resample) one case, streaming slabs into a temp folder; then rename it into place."""
+    """Validate, reorient, window (and resample) one case, streaming slabs into a temp folder; then rename it into
+    place. A full disk or an unwritable folder raises CacheWriteError."""
     with _storage_errors(folder.parent):
         _write_case(paths, folder, prep)
 
 
 def _write_case(paths: CasePaths, folder: Path, prep: Preprocessing) -> None:
     pair = open_pair(paths, prep.affine_atol)
-    z_count, height, width = pair.shape
-    sz, sy, sx = pair.spacing
-    out_yx = (height, width)
+    out_yx = pair.shape[1:]
     if prep.target_spacing_xy is not None:
-        out_yx = target_shape((height, width), (sy, sx), prep.target_spacing_xy)
-    resampled = out_yx != (height, width)
-    spacing = (sz, sy * height / out_yx[0], sx * width / out_yx[1])
+        out_yx = target_shape(out_yx, pair.spacing[1:], prep.target_spacing_xy)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}{_TMP}{socket.gethostname()}-{os.getpid()}-", dir=folder.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(folder), dir=folder.parent))
     try:
-        image = np.lib.format.open_memmap(tmp / "image.npy", mode="w+", dtype=np.float16, shape=(z_count, *out_yx))
-        label = native = None
-        if pair.label is not None:
-            label = np.lib.format.open_memmap(tmp / "label.npy", mode="w+", dtype=np.uint8, shape=(z_count, *out_yx))
-            if resampled:
-                native = np.lib.format.open_memmap(
-                    tmp / "label_native.npy", mode="w+", dtype=np.uint8, shape=(z_count, height, width)
-                )
-        parts = []
-        for z0, hu, lab in pair.chunks():
-            unit = window_to_unit(hu, prep.window)
-            del hu
-            if resampled:
-                unit = resize_inplane(unit, out_yx, order=1)
-            image[z0 : z0 + len(unit)] = unit
-            if lab is not None:
-                if resampled:
-                    native[z0 : z0 + len(lab)] = lab
-                    lab = resize_labels(lab, out_yx)
-                label[z0 : z0 + len(lab)] = lab
-                parts.append(slice_stats(lab))
-        for array in (image, label, native):
-            if array is not None:
-                array.flush()
-        del image, label, native
-        if parts:
-            stats = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        else:  # unlabelled: no liver anywhere
-            stats = slice_stats(np.zeros((z_count, 1, 1), np.uint8))
+        stats = _write_arrays(pair, out_yx, prep.window, tmp)
         np.savez(tmp / "slices.npz", **stats)
-        liver_z = np.flatnonzero(stats["liver_voxels"] > 0)
-        orientation = pair.orientation
-        meta = {
-            "format": FORMAT_VERSION,
-            "case_id": paths.case_id,
-            "shape": [z_count, *out_yx],
-            "spacing": list(spacing),
-            "window": list(prep.window),
-            "target_spacing_xy": None if prep.target_spacing_xy is None else list(prep.target_spacing_xy),
-            "resampled": resampled,
-            "native": {"shape": [z_count, height, width], "spacing": [sz, sy, sx]},
-            "liver_z": [int(liver_z[0]), int(liver_z[-1]) + 1] if len(liver_z) else None,
-            "source": _source_stamp(paths),
-            "source_dtype": str(pair.image.raw.dtype),
-            "scaling": [pair.image.slope, pair.image.inter],
-            "orientation": {
-                "ornt": orientation.ornt.tolist(),
-                "source_shape": list(orientation.source_shape),
-                "source_affine": orientation.source_affine.tolist(),
-            },
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        (tmp / "meta.json").write_text(json.dumps(_case_meta(paths, pair, prep, out_yx, stats), indent=1))
         _publish(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _write_arrays(
+    pair: CasePair, out_yx: tuple[int, int], window: tuple[float, float], tmp: Path
+) -> dict[str, np.ndarray]:
+    """Stream the pair slab by slab into tmp: image.npy, label.npy and, when out_yx is not the native in-plane size,
+    label_native.npy. Returns the slice statistics of the cached label (no liver anywhere when unlabelled)."""
+    z_count, height, width = pair.shape
+    resampled = out_yx != (height, width)
+    image = np.lib.format.open_memmap(tmp / "image.npy", mode="w+", dtype=np.float16, shape=(z_count, *out_yx))
+    label = native = None
+    if pair.label is not None:
+        label = np.lib.format.open_memmap(tmp / "label.npy", mode="w+", dtype=np.uint8, shape=(z_count, *out_yx))
+        if resampled:
+            native = np.lib.format.open_memmap(
+                tmp / "label_native.npy", mode="w+", dtype=np.uint8, shape=(z_count, height, width)
+            )
+    parts = []
+    for z0, hu, lab in pair.chunks():
+        unit = window_to_unit(hu, window)
+        del hu
+        if resampled:
+            unit = resize_inplane(unit, out_yx, order=1)
+        image[z0 : z0 + len(unit)] = unit
+        if lab is not None:
+            if resampled:
+                native[z0 : z0 + len(lab)] = lab
+                lab = resize_labels(lab, out_yx)
+            label[z0 : z0 + len(lab)] = lab
+            parts.append(slice_stats(lab))
+    for array in (image, label, native):
+        if array is not None:
+            array.flush()
+    del image, label, native
+    if parts:
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return slice_stats(np.zeros((z_count, 1, 1), np.uint8))  # unlabelled: no liver anywhere
+
+
+def _case_meta(
+    paths: CasePaths, pair: CasePair, prep: Preprocessing, out_yx: tuple[int, int], stats: dict[str, np.ndarray]
+) -> dict:
+    """meta.json of a case cached on an out_yx in-plane grid: what `open_cached` and `_is_current` read."""
+    z_count, height, width = pair.shape
+    sz, sy, sx = pair.spacing
+    liver_z = np.flatnonzero(stats["liver_voxels"] > 0)
+    orientation = pair.orientation
+    return {
+        "format": FORMAT_VERSION,
+        "case_id": paths.case_id,
+        "shape": [z_count, *out_yx],
+        "spacing": [sz, sy * height / out_yx[0], sx * width / out_yx[1]],
+        "window": list(prep.window),
+        "target_spacing_xy": None if prep.target_spacing_xy is None else list(prep.target_spacing_xy),
+        "resampled": out_yx != (height, width),
+        "native": {"shape": [z_count, height, width], "spacing": [sz, sy, sx]},
+        "liver_z": [int(liver_z[0]), int(liver_z[-1]) + 1] if len(liver_z) else None,
+        "source": _source_stamp(paths),
+        "source_dtype": str(pair.image.raw.dtype),
+        "scaling": [pair.image.slope, pair.image.inter],
+        "orientation": {
+            "ornt": orientation.ornt.tolist(),
+            "source_shape": list(orientation.source_shape),
+            "source_affine": orientation.source_affine.tolist(),
+        },
+    }
 
 
 def _write_job(paths: CasePaths, folder: str, prep: Preprocessing) -> tuple[str, str | None]:
@@ -348,35 +272,6 @@ def _write_job(paths: CasePaths, folder: str, prep: Preprocessing) -> tuple[str,
         raise
     except LitsError as exc:
         return paths.case_id, str(exc)
-
-
-@contextmanager
-def _exclusive(folder: Path, progress: bool):
-    """Hold <folder>/.lock: concurrent preparers (DDP ranks, a second prepare_data run) wait instead of racing."""
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: atomic renames still keep every case whole
-        yield
-        return
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if progress:
-                print(f"waiting for another process preparing {folder} ...", file=sys.stderr, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _remove_leftovers(folder: Path) -> None:
-    """Temporary folders of killed runs (we hold the lock, so nobody is writing them any more)."""
-    for path in folder.glob(".*"):
-        if path.is_dir() and (_TMP in path.name or ".old-" in path.name):
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def _pool_context():
@@ -399,12 +294,12 @@ def cache_cases(
     on_error="fail": the first bad case raises its LitsError (cases finished so far stay cached).
     on_error="skip": bad cases are returned as Problems and left out. Returns ({case_id: CachedCase}, problems).
     """
-    folder = Path(cache_root).expanduser() / prep.key(source_root)
+    folder = key_folder(cache_root, prep, source_root)
     problems: list[Problem] = []
     todo = [c for c in cases if not _is_current(folder / c.case_id, c)]
     if todo:
-        with _storage_errors(folder), _exclusive(folder, progress):
-            _remove_leftovers(folder)
+        with _storage_errors(folder), exclusive_lock(folder, progress):
+            remove_leftovers(folder)
             todo = [c for c in todo if not _is_current(folder / c.case_id, c)]  # another process may have done them
             problems = _run(todo, folder, prep, progress, workers, on_error)
     failed = {p.case_id for p in problems}

@@ -24,8 +24,9 @@ from omegaconf import OmegaConf
 
 from lits.core.errors import LitsError
 from lits.core.files import atomic_path
-from lits.data.cache import CachedCase, Preprocessing, cache_cases, liver_z_range
+from lits.data.cache import CachedCase, cache_cases, key_folder
 from lits.data.context import check_context_slices
+from lits.data.preprocess import Preprocessing, liver_z_range
 from lits.data.sources import Problem, discover, natural_key
 from lits.data.splits import SPLITS, make_splits, split_cases  # noqa: F401  split_cases: public, used by tests
 
@@ -44,7 +45,8 @@ def ensure_synthetic(data_cfg) -> None:
     unknown = set(synth) - known - {"num_cases", "seed"}
     if unknown:
         raise LitsError(
-            f"data.synthetic.{sorted(unknown)[0]}: unknown generator setting; valid: {sorted(known | {'num_cases', 'seed'})}"
+            f"data.synthetic.{sorted(unknown)[0]}: unknown generator setting; "
+            f"valid: {sorted(known | {'num_cases', 'seed'})}"
         )
     plain = OmegaConf.to_container(synth) if OmegaConf.is_config(synth) else dict(synth)
     params = SyntheticParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in plain.items() if k in known})
@@ -56,7 +58,8 @@ def ensure_synthetic(data_cfg) -> None:
             changed = sorted(k for k in wanted["params"] if wanted["params"][k] != found["params"].get(k))
             changed += [k for k in ("num_cases", "seed") if wanted[k] != found[k]]
             raise LitsError(
-                f"{root}: generated with other synthetic settings ({', '.join(changed)}); delete the folder to regenerate or set data.root elsewhere"
+                f"{root}: generated with other synthetic settings ({', '.join(changed)}); "
+                f"delete the folder to regenerate or set data.root elsewhere"
             )
         return
     print(f"generating {synth.num_cases} synthetic LiTS-format cases into {data_cfg.root} (once)")
@@ -67,14 +70,16 @@ def _settings(data_cfg) -> tuple[str, int, float | None]:
     on_error = data_cfg.get("on_error", "fail") or "fail"
     if on_error not in ("fail", "skip"):
         raise LitsError(
-            f"data.on_error={on_error}: choose fail (stop at the first bad case) or skip (leave bad cases out, listed in the run dir)"
+            f"data.on_error={on_error}: choose fail (stop at the first bad case) "
+            f"or skip (leave bad cases out, listed in the run dir)"
         )
     workers = data_cfg.get("prepare_workers", 1)
     if workers is None:
         workers = min(4, os.cpu_count() or 1)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise LitsError(
-            f"data.prepare_workers={workers!r}: give the number of preprocessing processes (>= 1), or null for min(4, CPUs)"
+            f"data.prepare_workers={workers!r}: give the number of preprocessing processes (>= 1), "
+            f"or null for min(4, CPUs)"
         )
     margin = data_cfg.get("liver_margin_mm")
     if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0):
@@ -86,7 +91,8 @@ def _settings(data_cfg) -> tuple[str, int, float | None]:
 
 
 def write_skipped(problems: list[Problem], splits: dict[str, list[str]], report_dir: str | Path) -> Path:
-    """`<report_dir>/skipped_cases.json`: one record per left-out case (case, split, path, reason), written atomically."""
+    """`<report_dir>/skipped_cases.json`: one record per left-out case (case, split, path, reason), written
+    atomically."""
     where = {cid: name for name, ids in splits.items() for cid in ids}
     records = [{**p.as_dict(), "split": where.get(p.case_id)} for p in problems]
     path = Path(report_dir) / SKIPPED_FILE
@@ -147,7 +153,8 @@ def prepare(
         missing = [cid for name in only for cid in splits[name] if cid not in pairs and cid not in skipped]
         if missing:
             raise LitsError(
-                f"{data_cfg.root}: cases {missing[:5]} of the split are missing; point data.root at the data the model was trained on"
+                f"{data_cfg.root}: cases {missing[:5]} of the split are missing; "
+                f"point data.root at the data the model was trained on"
             )
     wanted = [pairs[cid] for name in only for cid in splits[name] if cid in pairs]
     cached, failed = cache_cases(wanted, data_cfg.cache_dir, prep, data_cfg.root, progress, workers, on_error)
@@ -175,7 +182,7 @@ def prepare_all(
 
 def cache_folder(data_cfg) -> Path:
     """Where this data config's cache lives: <data.cache_dir>/<key>."""
-    return Path(data_cfg.cache_dir).expanduser() / Preprocessing.from_data_cfg(data_cfg).key(data_cfg.root)
+    return key_folder(data_cfg.cache_dir, Preprocessing.from_data_cfg(data_cfg), data_cfg.root)
 
 
 def write_split(splits: dict[str, list[str]], path: Path) -> None:

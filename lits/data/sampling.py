@@ -21,8 +21,9 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from lits.core.errors import LitsError
-from lits.data.cache import CachedCase, liver_z_range  # noqa: F401  re-exported
+from lits.data.cache import CachedCase
 from lits.data.context import check_context_slices, context_indices
+from lits.data.preprocess import liver_z_range  # noqa: F401  re-exported
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,8 @@ class _NpyRows:
 
 
 class TrainSlices(Dataset):
-    """ROI crops of cached slices: centred on a tumour voxel with probability p_lesion_center, else inside the liver box.
+    """ROI crops of cached slices: centred on a tumour voxel with probability p_lesion_center, else inside the liver
+    box.
 
     Items are {"image": (2k+1, S, S) float16, "label": (S, S) uint8} for k = context_slices.
     """

@@ -19,8 +19,8 @@ from lits.core.device import resolve_device
 from lits.core.errors import LitsError
 from lits.core.files import write_csv
 from lits.core.tables import format_table
-from lits.data.cache import Preprocessing, preprocess_image
 from lits.data.nifti import CasePaths, load_case
+from lits.data.preprocess import Preprocessing, preprocess_image
 from lits.data.resample import resize_inplane
 from lits.infer.checkpoint import load_model, network_settings
 from lits.infer.export import (
