@@ -2,14 +2,16 @@
 
 import hydra
 
-from lits.core.cli import run_stage
+from lits.core.cli import prepare_hydra, run_task
+
+prepare_hydra()
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
 def main(cfg):
-    from lits.evaluate.scoring import run  # imported here so --help and config errors stay fast
+    from lits.evaluate.scoring import evaluate  # imported here so --help and config errors stay fast
 
-    return run_stage(run, cfg)
+    return run_task(evaluate, cfg)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,17 @@
-"""Train a liver/tumour U-Net: python train.py experiment=progressive [key=value ...]"""
+"""Train a liver/tumour U-Net: python train.py experiment=progressive [key=value ...]   (--help lists the options)"""
 
 import hydra
 
-from lits.core.cli import run_stage
+from lits.core.cli import prepare_hydra, run_task
+
+prepare_hydra()
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg):
-    from lits.train.fit import run  # imported here so --help and config errors stay fast
+    from lits.train.task import train  # imported here so --help and config errors stay fast
 
-    return run_stage(run, cfg)
+    return run_task(train, cfg)
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ class CachedCase:
     @property
     def native_spacing(self) -> tuple[float, float, float]:
         """(sz, sy, sx) mm of the source volume's grid (canonical order): the grid metrics are computed on."""
-        return tuple(self.meta.get("native", {}).get("spacing", self.meta["spacing"]))
+        return tuple(self.meta["native"]["spacing"])
 
     @property
     def native_label(self) -> np.ndarray | None:

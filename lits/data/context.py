@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lits.core.config import DataConfig, typed
 from lits.core.errors import LitsError
 
 
@@ -30,6 +31,6 @@ def context_batch(image: np.ndarray, start: int, stop: int, context_slices: int 
     return slab[np.stack(rows)]
 
 
-def input_channels(data_cfg) -> int:
+def input_channels(data_cfg: DataConfig) -> int:
     """The network's in_channels for this data config: 2 * data.context_slices + 1."""
-    return 2 * check_context_slices(data_cfg.get("context_slices", 0) or 0) + 1
+    return typed(DataConfig, data_cfg, "data").input_channels

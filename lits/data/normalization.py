@@ -56,8 +56,8 @@ class Normalization:
             kind=d["kind"],
             window=tuple(float(w) for w in d["window"]),
             clip=None if clip is None else tuple(clip),
-            mean=float(d.get("mean", 0.0)),
-            std=float(d.get("std", 1.0)),
+            mean=float(d["mean"]),
+            std=float(d["std"]),
         )
 
     def describe(self) -> str:
@@ -88,7 +88,7 @@ def foreground_hu_sample(case, window: tuple[float, float], seed: int) -> np.nda
 
 def from_training_cases(data_cfg, cases: list, seed: int = 0) -> Normalization:
     """`data.normalization` for a run whose training cases are `cases` (computed once; stored in the checkpoint)."""
-    kind = data_cfg.get("normalization", "window") or "window"
+    kind = data_cfg.normalization
     if kind not in KINDS:
         raise LitsError(f"data.normalization={kind}: choose window (HU window -> [0, 1]) or ct (nnU-Net's CT z-score)")
     window = tuple(float(w) for w in data_cfg.window)

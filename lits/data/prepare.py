@@ -17,15 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import fields
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
+from lits.core.config import DataConfig, typed
 from lits.core.errors import LitsError
 from lits.core.files import atomic_path
 from lits.data.cache import CachedCase, cache_cases, key_folder
-from lits.data.context import check_context_slices
 from lits.data.preprocess import Preprocessing, liver_z_range
 from lits.data.sources import Problem, discover, natural_key
 from lits.data.splits import SPLITS, make_splits, split_cases  # noqa: F401  split_cases: public, used by tests
@@ -34,25 +31,17 @@ log = logging.getLogger(__name__)
 SKIPPED_FILE = "skipped_cases.json"
 
 
-def ensure_synthetic(data_cfg) -> None:
+def ensure_synthetic(data_cfg: DataConfig) -> None:
     """Generate the embedded synthetic data set into data.root on first use (data=synthetic only)."""
-    from lits.data.synthetic import MANIFEST, SyntheticParams, generate_dataset, manifest
+    from lits.data.synthetic import MANIFEST, generate_dataset, manifest
 
-    synth = data_cfg.get("synthetic")
-    if not synth or data_cfg.get("name", "synthetic") != "synthetic":  # e.g. smoke's generator keys under data=lits
+    data = typed(DataConfig, data_cfg, "data")
+    synth = data.synthetic
+    if synth is None or data.name != "synthetic":  # e.g. debug=smoke's generator keys under data=lits
         return
-    known = {f.name for f in fields(SyntheticParams)}
-    unknown = set(synth) - known - {"num_cases", "seed"}
-    if unknown:
-        raise LitsError(
-            f"data.synthetic.{sorted(unknown)[0]}: unknown generator setting; "
-            f"valid: {sorted(known | {'num_cases', 'seed'})}"
-        )
-    plain = OmegaConf.to_container(synth) if OmegaConf.is_config(synth) else dict(synth)
-    params = SyntheticParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in plain.items() if k in known})
-    root = Path(data_cfg.root)
+    root = Path(data.root)
     if root.exists():
-        wanted = manifest(synth.num_cases, synth.seed, params)
+        wanted = manifest(synth.num_cases, synth.seed, synth.params)
         found = json.loads((root / MANIFEST).read_text()) if (root / MANIFEST).exists() else None
         if found is not None and found != wanted:
             changed = sorted(k for k in wanted["params"] if wanted["params"][k] != found["params"].get(k))
@@ -62,32 +51,12 @@ def ensure_synthetic(data_cfg) -> None:
                 f"delete the folder to regenerate or set data.root elsewhere"
             )
         return
-    print(f"generating {synth.num_cases} synthetic LiTS-format cases into {data_cfg.root} (once)")
-    generate_dataset(data_cfg.root, num_cases=int(synth.num_cases), seed=int(synth.seed), params=params)
+    print(f"generating {synth.num_cases} synthetic LiTS-format cases into {data.root} (once)")
+    generate_dataset(data.root, num_cases=synth.num_cases, seed=synth.seed, params=synth.params)
 
 
-def _settings(data_cfg) -> tuple[str, int, float | None]:
-    on_error = data_cfg.get("on_error", "fail") or "fail"
-    if on_error not in ("fail", "skip"):
-        raise LitsError(
-            f"data.on_error={on_error}: choose fail (stop at the first bad case) "
-            f"or skip (leave bad cases out, listed in the run dir)"
-        )
-    workers = data_cfg.get("prepare_workers", 1)
-    if workers is None:
-        workers = min(4, os.cpu_count() or 1)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise LitsError(
-            f"data.prepare_workers={workers!r}: give the number of preprocessing processes (>= 1), "
-            f"or null for min(4, CPUs)"
-        )
-    margin = data_cfg.get("liver_margin_mm")
-    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0):
-        raise LitsError(
-            f"data.liver_margin_mm={margin!r}: give mm >= 0 around the liver's slices, or null to train on every slice"
-        )
-    check_context_slices(data_cfg.get("context_slices", 0) or 0)
-    return on_error, workers, margin
+def _workers(data: DataConfig) -> int:
+    return data.prepare_workers if data.prepare_workers is not None else min(4, os.cpu_count() or 1)
 
 
 def write_skipped(problems: list[Problem], splits: dict[str, list[str]], report_dir: str | Path) -> Path:
@@ -135,16 +104,16 @@ def prepare(
     Returns the split (case ids; with data.on_error=skip, without the skipped cases) and the cached cases of
     the splits named in `only`. `report_dir` (the run dir) receives skipped_cases.json when cases are skipped.
     """
-    on_error, workers, margin = _settings(data_cfg)
-    prep = Preprocessing.from_data_cfg(data_cfg)
-    found, problems = _discover(data_cfg, on_error)
+    data = typed(DataConfig, data_cfg, "data")
+    prep = Preprocessing.from_data_cfg(data)
+    found, problems = _discover(data, data.on_error)
     pairs = {p.case_id: p for p in found}
     if splits is None:
         if not pairs:
             raise LitsError(
-                f"{data_cfg.root}: no usable cases (all {len(problems)} have problems, see the log); fix the files"
+                f"{data.root}: no usable cases (all {len(problems)} have problems, see the log); fix the files"
             )
-        splits = make_splits(list(pairs), data_cfg, seed)
+        splits = make_splits(list(pairs), data, seed)
     else:
         unknown = [name for name in only if name not in splits]
         if unknown:
@@ -153,17 +122,18 @@ def prepare(
         missing = [cid for name in only for cid in splits[name] if cid not in pairs and cid not in skipped]
         if missing:
             raise LitsError(
-                f"{data_cfg.root}: cases {missing[:5]} of the split are missing; "
+                f"{data.root}: cases {missing[:5]} of the split are missing; "
                 f"point data.root at the data the model was trained on"
             )
     wanted = [pairs[cid] for name in only for cid in splits[name] if cid in pairs]
-    cached, failed = cache_cases(wanted, data_cfg.cache_dir, prep, data_cfg.root, progress, workers, on_error)
+    cached, failed = cache_cases(wanted, data.cache_dir, prep, data.root, progress, _workers(data), data.on_error)
     problems = sorted(problems + failed, key=lambda p: natural_key(p.case_id or ""))
     _report(problems, splits, report_dir)
     dropped = {p.case_id for p in problems}
     splits = {name: [cid for cid in ids if cid not in dropped] for name, ids in splits.items()}
     for case in cached.values():
-        case.meta["train_z_range"] = list(liver_z_range(case.stats["liver_voxels"], case.spacing[0], margin))
+        z_range = liver_z_range(case.stats["liver_voxels"], case.spacing[0], data.liver_margin_mm)
+        case.meta["train_z_range"] = list(z_range)
     return splits, {name: [cached[cid] for cid in splits[name]] for name in only}
 
 
@@ -171,10 +141,10 @@ def prepare_all(
     data_cfg, progress: bool = True, report_dir: str | Path | None = None
 ) -> tuple[dict[str, CachedCase], list[Problem]]:
     """Cache every discovered case (scripts/prepare_data.py): ({case_id: CachedCase}, problems)."""
-    on_error, workers, _ = _settings(data_cfg)
-    prep = Preprocessing.from_data_cfg(data_cfg)
-    found, problems = _discover(data_cfg, on_error)
-    cached, failed = cache_cases(found, data_cfg.cache_dir, prep, data_cfg.root, progress, workers, on_error)
+    data = typed(DataConfig, data_cfg, "data")
+    prep = Preprocessing.from_data_cfg(data)
+    found, problems = _discover(data, data.on_error)
+    cached, failed = cache_cases(found, data.cache_dir, prep, data.root, progress, _workers(data), data.on_error)
     problems = sorted(problems + failed, key=lambda p: natural_key(p.case_id or ""))
     _report(problems, {}, report_dir)
     return cached, problems
@@ -182,7 +152,8 @@ def prepare_all(
 
 def cache_folder(data_cfg) -> Path:
     """Where this data config's cache lives: <data.cache_dir>/<key>."""
-    return key_folder(data_cfg.cache_dir, Preprocessing.from_data_cfg(data_cfg), data_cfg.root)
+    data = typed(DataConfig, data_cfg, "data")
+    return key_folder(data.cache_dir, Preprocessing.from_data_cfg(data), data.root)
 
 
 def write_split(splits: dict[str, list[str]], path: Path) -> None:

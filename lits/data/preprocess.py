@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lits.core.config import DataConfig
 from lits.core.errors import LitsError
 from lits.data.resample import check_target_spacing, resize_inplane, target_shape
 
@@ -54,13 +55,10 @@ class Preprocessing:
         object.__setattr__(self, "affine_atol", float(atol))
 
     @classmethod
-    def from_data_cfg(cls, data_cfg) -> Preprocessing:
-        spacing = data_cfg.get("target_spacing_xy")
-        return cls(
-            window=tuple(data_cfg.window),
-            target_spacing_xy=None if spacing is None else tuple(spacing),
-            affine_atol=data_cfg.get("affine_atol", 1e-3),
-        )
+    def from_data_cfg(cls, data: DataConfig) -> Preprocessing:
+        spacing = data.target_spacing_xy
+        return cls(window=tuple(data.window), target_spacing_xy=None if spacing is None else tuple(spacing),
+                   affine_atol=data.affine_atol)  # fmt: skip
 
 
 def preprocess_image(hu: np.ndarray, spacing: tuple[float, float, float], prep: Preprocessing) -> np.ndarray:

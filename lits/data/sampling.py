@@ -14,31 +14,22 @@ the volume, i.e. edge slices repeat); `context_batch` builds the same stacks for
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from lits.core.config import SamplingConfig
 from lits.core.errors import LitsError
 from lits.data.cache import CachedCase
 from lits.data.context import check_context_slices, context_indices
 from lits.data.preprocess import liver_z_range  # noqa: F401  re-exported
 
 
-@dataclass(frozen=True)
-class SamplingConfig:
-    lesion_factor: float = 4.0  # weight of a slice with tumour relative to a liver-only slice
-    liver_weight: float = 1.0
-    background_weight: float = 0.1  # slices without liver: still seen, rarely
-    p_lesion_center: float = 0.5  # crop centred on a tumour voxel (tumour slices only)
-    samples_per_epoch: int = 512
-
-
 def train_z_range(case: CachedCase) -> tuple[int, int]:
     """Slices [z0, z1) of a case that training draws from: `meta["train_z_range"]` (set by prepare) or all."""
     z_count = len(case.stats["liver_voxels"])
-    z_range = case.meta.get("train_z_range") if isinstance(case.meta, dict) else None
+    z_range = case.meta.get("train_z_range") if isinstance(case.meta, dict) else None  # set by prepare
     if not z_range:
         return 0, z_count
     return max(0, int(z_range[0])), min(z_count, int(z_range[1]))

@@ -91,7 +91,7 @@ def find_lits(root: str | Path) -> tuple[list[CasePaths], list[Problem]]:
         raise LitsError(f"{root}: no volume-N.nii[.gz] files found{hint}; point data.root at a LiTS-layout folder")
     cases, problems = [], []
     for case_id, image in volumes.items():
-        candidates = segmentations.get(case_id, [])
+        candidates = segmentations.get(case_id) or []
         beside = [p for p in candidates if p.parent == image.parent]
         if len(beside) > 1 or (not beside and len(candidates) > 1):
             twins = beside if len(beside) > 1 else candidates
@@ -247,7 +247,7 @@ def read_pairs_csv(path: str | Path) -> tuple[list[CasePaths], list[Problem]]:
 
 def discover(data_cfg) -> tuple[list[CasePaths], list[Problem]]:
     """The cases of `data.root` in the `data.layout` format, and the per-case problems found on the way."""
-    layout = data_cfg.get("layout", "lits") or "lits"
+    layout = data_cfg.layout
     finders = {"lits": find_lits, "msd": find_msd, "csv": read_pairs_csv}
     if layout not in finders:
         raise LitsError(

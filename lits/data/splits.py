@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 
+from lits.core.config import DataConfig, typed
 from lits.core.errors import LitsError
 from lits.data.sources import id_from_filename, natural_key
 
@@ -40,10 +40,6 @@ def split_cases(case_ids: list[str], val_fraction: float, test_fraction: float, 
     ids = [case_ids[i] for i in order]
     split = {"val": ids[:n_val], "test": ids[n_val : n_val + n_test], "train": ids[n_val + n_test :]}
     return {k: sorted(v, key=natural_key) for k, v in split.items()}
-
-
-def _plain(value):
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def _resolve_ids(raw, known: set[str], where: str) -> list[str]:
@@ -79,7 +75,7 @@ def _count(n: int, fraction: float) -> int:
 def _check(splits: dict[str, list[str]], where: str) -> dict[str, list[str]]:
     seen: dict[str, str] = {}
     for name in SPLITS:
-        for case_id in splits.get(name, []):
+        for case_id in splits.get(name) or []:
             if case_id in seen:
                 raise LitsError(
                     f"{where}: case {case_id} is in both {seen[case_id]} and {name}; put each case in one split"
@@ -88,7 +84,7 @@ def _check(splits: dict[str, list[str]], where: str) -> dict[str, list[str]]:
     for name in ("train", "val"):
         if not splits.get(name):
             raise LitsError(f"{where}: the {name} split is empty; give it at least one case")
-    return {name: sorted(splits.get(name, []), key=natural_key) for name in SPLITS}
+    return {name: sorted(splits.get(name) or [], key=natural_key) for name in SPLITS}
 
 
 def _folds(ids: list[str], num_folds: int, fold: int, seed: int, where: str) -> tuple[list[str], list[str]]:
@@ -100,19 +96,6 @@ def _folds(ids: list[str], num_folds: int, fold: int, seed: int, where: str) -> 
     val = [str(c) for c in parts[fold]]
     train = [str(c) for k, part in enumerate(parts) if k != fold for c in part]
     return train, val
-
-
-def _fold_settings(data_cfg) -> tuple[int | None, int]:
-    fold, num_folds = data_cfg.get("fold"), data_cfg.get("num_folds", 5)
-    if fold is None:
-        return None, num_folds
-    if isinstance(num_folds, bool) or not isinstance(num_folds, int) or num_folds < 2:
-        raise LitsError(f"data.num_folds={num_folds!r}: give an integer >= 2")
-    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < num_folds:
-        raise LitsError(
-            f"data.fold={fold!r}: give an integer in 0..{num_folds - 1} (data.num_folds={num_folds}), or null for no cross-validation"
-        )
-    return fold, num_folds
 
 
 def read_split_file(path: str | Path, case_ids: list[str], fold: int | None) -> dict[str, list[str]]:
@@ -133,7 +116,7 @@ def read_split_file(path: str | Path, case_ids: list[str], fold: int | None) -> 
                 f"{path}: data.fold={fold} but the file holds {len(spec)} folds; choose data.fold=0..{len(spec) - 1}"
             )
         entry = spec[fold]
-        splits = {name: _resolve_ids(entry.get(name, []), known, f"{path} fold {fold} {name}") for name in SPLITS}
+        splits = {name: _resolve_ids(entry.get(name) or [], known, f"{path} fold {fold} {name}") for name in SPLITS}
         return _check(splits, str(path))
     if not isinstance(spec, dict):
         raise LitsError(
@@ -142,7 +125,7 @@ def read_split_file(path: str | Path, case_ids: list[str], fold: int | None) -> 
     unknown = set(spec) - {"train", "val", "test", "folds"}
     if unknown:
         raise LitsError(f"{path}: unknown keys {sorted(unknown)}; use train, val, test (or folds + test)")
-    test = _resolve_ids(spec.get("test", []), known, f"{path} test")
+    test = _resolve_ids(spec.get("test") or [], known, f"{path} test")
     if "folds" in spec:
         folds = spec["folds"]
         if fold is None or not isinstance(folds, list) or fold >= len(folds):
@@ -159,7 +142,7 @@ def read_split_file(path: str | Path, case_ids: list[str], fold: int | None) -> 
         raise LitsError(
             f"{path}: has no folds but data.fold={fold} is set; set data.fold=null or use a file with folds"
         )
-    val = _resolve_ids(spec.get("val", []), known, f"{path} val")
+    val = _resolve_ids(spec.get("val") or [], known, f"{path} val")
     if "train" in spec:
         train = _resolve_ids(spec["train"], known, f"{path} train")
     else:
@@ -168,27 +151,15 @@ def read_split_file(path: str | Path, case_ids: list[str], fold: int | None) -> 
     return _check({"train": train, "val": val, "test": test}, str(path))
 
 
-def make_splits(case_ids: list[str], data_cfg, seed: int) -> dict[str, list[str]]:
+def make_splits(case_ids: list[str], data_cfg: DataConfig, seed: int) -> dict[str, list[str]]:
     """The train/val/test case ids the config asks for (see the module docstring)."""
+    data = typed(DataConfig, data_cfg, "data")
     case_ids = sorted(case_ids, key=natural_key)
-    spec = _plain(data_cfg.get("split"))
-    if spec is None:
-        spec = {}
-    if isinstance(spec, str):  # data.split=path/to/split.json
-        spec = {"file": spec}
-    if not isinstance(spec, dict):
-        raise LitsError(
-            f"data.split={spec!r}: give a mapping (val, test, train, seed, file) or the path of a JSON split file"
-        )
-    unknown = set(spec) - {"val", "test", "train", "seed", "file"}
-    if unknown:
-        raise LitsError(f"data.split.{sorted(unknown)[0]}: unknown key; valid: val, test, train, seed, file")
-    fold, num_folds = _fold_settings(data_cfg)
-    if spec.get("file"):
-        return read_split_file(spec["file"], case_ids, fold)
-    split_seed = spec.get("seed")
-    seed = int(seed if split_seed is None else split_seed)
-    val_spec, test_spec, train_spec = spec.get("val", 0.15), spec.get("test", 0.15), spec.get("train")
+    spec, fold, num_folds = data.split, data.fold, data.num_folds
+    if spec.file:
+        return read_split_file(spec.file, case_ids, fold)
+    seed = int(seed if spec.seed is None else spec.seed)
+    val_spec, test_spec, train_spec = spec.val, spec.test, spec.train
     known = set(case_ids)
     plain_fractions = not isinstance(val_spec, list) and not isinstance(test_spec, list) and train_spec is None
     if plain_fractions and fold is None:  # the original seeded split, unchanged

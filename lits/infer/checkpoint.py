@@ -1,15 +1,14 @@
-"""Reading checkpoints: weights_only loading, and the network and settings inference needs from them."""
+"""Reading checkpoints: weights_only loading, and the network with its inference spec rebuilt from one."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from lits.core.errors import LitsError
-from lits.data.normalization import Normalization
-from lits.infer.networks import build_model, size_multiple
+from lits.infer.networks import build_model
+from lits.infer.spec import InferenceSpec, spec_from_checkpoint
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -28,28 +27,17 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
-def load_model(ckpt_path: str | Path, device):
-    """Model (eval mode, on device), the training config and the checkpoint dict, from a checkpoint alone."""
+def load_model(ckpt_path: str | Path, device: torch.device) -> tuple[torch.nn.Module, InferenceSpec, dict]:
+    """(network in eval mode on `device`, its inference spec, the checkpoint dict), from a checkpoint alone."""
     state = load_checkpoint(ckpt_path)
-    train_cfg = OmegaConf.create(state["config"])
-    model = build_model(train_cfg.model)
+    spec = spec_from_checkpoint(state, str(ckpt_path))
+    model = build_model(spec.network)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise LitsError(
-            f"{ckpt_path}: weights do not fit the model its config describes ({first}); the checkpoint is damaged or edited"
+            f"{ckpt_path}: weights do not fit the network its spec describes ({first}); "
+            "the checkpoint is damaged or edited"
         ) from None
-    return model.to(device).eval(), train_cfg, state
-
-
-def network_settings(train_cfg, state: dict | None = None) -> dict:
-    """predict_volume's keyword arguments that a training run fixes: input size multiple, sigmoid temperature,
-    2.5D context slices (absent from older checkpoints' configs: 0) and, from the checkpoint `state`, the input
-    normalisation (absent: the HU window)."""
-    return {
-        "size_multiple": size_multiple(train_cfg.model),
-        "temperature": float(train_cfg.loss.temperature),
-        "context_slices": int(train_cfg.data.get("context_slices", 0) or 0),
-        "normalization": Normalization.from_dict((state or {}).get("normalization")),
-    }
+    return model.to(device).eval(), spec, state

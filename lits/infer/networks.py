@@ -7,6 +7,7 @@ import math
 import torch
 from monai.networks.nets import DynUNet, FlexibleUNet, UNet
 
+from lits.core.config import ModelConfig, typed
 from lits.core.errors import LitsError
 
 OUT_CHANNELS = 2  # sigmoid channels: liver (label >= 1), tumour (label == 2)
@@ -52,19 +53,20 @@ def _dynunet(cfg) -> torch.nn.Module:
         norm_name=cfg.norm,
         deep_supervision=bool(cfg.deep_supervision),
         deep_supr_num=int(cfg.deep_supr_num),
-        res_block=bool(cfg.get("res_block", False)),
+        res_block=bool(cfg.res_block),
     )
 
 
 ARCHITECTURES = {"unet": _unet, "flexible_unet": _flexible_unet, "dynunet": _dynunet}
 
 
-def build_model(cfg) -> torch.nn.Module:
-    """The network named by cfg.arch, built from the model config alone."""
+def build_model(cfg: ModelConfig) -> torch.nn.Module:
+    """The network named by cfg.arch, built from the model settings alone (a mapping is validated first)."""
+    cfg = typed(ModelConfig, cfg, "model")
     if cfg.arch not in ARCHITECTURES:
         raise LitsError(f"model.arch={cfg.arch}: unknown architecture; choose one of {sorted(ARCHITECTURES)}")
     model = ARCHITECTURES[cfg.arch](cfg)
-    if cfg.get("output_prior"):
+    if cfg.output_prior:
         init_output_bias(model, cfg.output_prior)
     return model
 
@@ -94,14 +96,9 @@ def init_output_bias(model: torch.nn.Module, priors) -> None:
             head.bias.copy_(torch.tensor([math.log(p / (1 - p)) for p in priors]))
 
 
-def size_multiple(cfg) -> int:
-    """Input height/width must be a multiple of this (the total downsampling)."""
-    if cfg.arch in ("unet", "dynunet"):
-        m = 1
-        for s in cfg.strides:
-            m *= s
-        return m
-    return 32  # ResNet encoders downsample 5 times
+def size_multiple(cfg: ModelConfig) -> int:
+    """Input height/width must be a multiple of this (the total downsampling; ModelConfig.size_multiple)."""
+    return typed(ModelConfig, cfg, "model").size_multiple
 
 
 def count_parameters(model: torch.nn.Module) -> int:

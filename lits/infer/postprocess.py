@@ -34,92 +34,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 from skimage.filters import apply_hysteresis_threshold
 
-from lits.core.errors import LitsError
+from lits.core.config import PostprocessConfig
 
 _CONN26 = np.ones((3, 3, 3), dtype=bool)
-
-
-@dataclass(frozen=True)
-class PostprocessConfig:
-    """Post-processing switches; see the module docstring for the order in which they act."""
-
-    threshold: float = 0.5
-    largest_liver_component: bool = True
-    tumor_in_liver: bool = True
-    liver_dilation: int = 2
-    min_tumor_voxels: int = 50
-    fill_liver_holes: bool = False
-    hysteresis: bool = False
-    hysteresis_low: float = 0.3
-    hysteresis_high: float = 0.5
-
-    def __post_init__(self) -> None:
-        for name in ("threshold", "hysteresis_low", "hysteresis_high"):
-            t = getattr(self, name)
-            if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)):
-                _bad(name, t, "a number in [0, 1)")
-            t = float(t)
-            if not 0.0 <= t < 1.0:
-                _bad(name, t, "a number in [0, 1)")
-            object.__setattr__(self, name, t)
-        if self.hysteresis_low > self.hysteresis_high:
-            _bad("hysteresis_low", self.hysteresis_low, f"at most hysteresis_high={self.hysteresis_high}")
-        for name in ("largest_liver_component", "tumor_in_liver", "fill_liver_holes", "hysteresis"):
-            v = getattr(self, name)
-            if not isinstance(v, (bool, np.bool_)):
-                _bad(name, v, "true or false")
-            object.__setattr__(self, name, bool(v))
-        for name in ("liver_dilation", "min_tumor_voxels"):
-            v = getattr(self, name)
-            ok = not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating))
-            if not ok or not np.isfinite(v) or float(v) != int(v) or int(v) < 0:
-                _bad(name, v, "a non-negative integer")
-            object.__setattr__(self, name, int(v))
-
-    @classmethod
-    def from_mapping(cls, m: Any) -> PostprocessConfig:
-        """Build from a dict or OmegaConf node (e.g. ``cfg.postprocess``); ``None`` gives the defaults.
-
-        Missing keys take their defaults; an unknown key raises LitsError naming it and the known keys.
-        """
-        if m is None:
-            return cls()
-        if isinstance(m, cls):
-            return m
-        try:  # OmegaConf is a Hydra dependency; resolve interpolations before reading values
-            from omegaconf import DictConfig, OmegaConf
-
-            if isinstance(m, DictConfig):
-                m = OmegaConf.to_container(m, resolve=True)
-        except ImportError:  # pragma: no cover - omegaconf ships with hydra
-            pass
-        if not isinstance(m, Mapping):
-            raise LitsError(
-                f"postprocess config must be a mapping of options, got {type(m).__name__}; "
-                "fix the 'postprocess' section of the config"
-            )
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(str(k) for k in m if k not in known)
-        if unknown:
-            raise LitsError(
-                f"unknown postprocess config key(s) {', '.join(unknown)}; known keys are "
-                f"{', '.join(known)} - fix the name in the config file or the command-line override"
-            )
-        return cls(**{str(k): v for k, v in m.items()})
-
-
-def _bad(name: str, value: Any, expected: str) -> None:
-    raise LitsError(
-        f"postprocess.{name} must be {expected}, got {value!r}; fix the config file or the override "
-        f"(e.g. postprocess.{name}=...)"
-    )
 
 
 def probabilities_to_labels(liver_prob: np.ndarray, tumor_prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:

@@ -15,14 +15,15 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
+from lits.core.config import PredictConfig, typed
 from lits.core.device import resolve_device
 from lits.core.errors import LitsError
 from lits.core.files import write_csv
 from lits.core.tables import format_table
 from lits.data.nifti import CasePaths, load_case
-from lits.data.preprocess import Preprocessing, preprocess_image
+from lits.data.preprocess import preprocess_image
 from lits.data.resample import resize_inplane
-from lits.infer.checkpoint import load_model, network_settings
+from lits.infer.checkpoint import load_model
 from lits.infer.export import (
     SEGMENTATION_NAME,
     export_labels,
@@ -33,7 +34,7 @@ from lits.infer.export import (
     probability_name,
     read_header,
 )
-from lits.infer.postprocess import PostprocessConfig, postprocess, predicted_lesions
+from lits.infer.postprocess import postprocess, predicted_lesions
 from lits.infer.predictor import predict_volume
 
 log = logging.getLogger(__name__)
@@ -98,49 +99,38 @@ def _output_names(inputs: list[Path], out_dir: Path, naming: str) -> list[str]:
     return names
 
 
-def run(cfg) -> dict:
+def predict(cfg) -> dict:
+    """The predict task (predict.py): a composed predict config or PredictConfig in, one label map per input CT out."""
+    cfg = typed(PredictConfig, cfg)
     inputs = find_inputs(cfg.input)
     check_inputs(inputs)
     out_dir = Path(cfg.output)
     names = _output_names(inputs, out_dir, cfg.naming)
     device = resolve_device(cfg.device, key="device")
-    model, train_cfg, state = load_model(cfg.ckpt, device)
-    prep = Preprocessing.from_data_cfg(train_cfg.data)  # window (and in-plane resampling) the model was trained with
-    post_cfg = PostprocessConfig.from_mapping(cfg.postprocess)
-    infer = dict(
-        device=device,
-        batch_size=cfg.batch_size,
-        amp=cfg.amp,
-        tta=cfg.tta,
-        progress=cfg.progress,
-        **network_settings(train_cfg, state),
-    )
+    model, spec, _ = load_model(cfg.ckpt, device)
+    post = spec.postprocess.with_overrides(cfg.postprocess)
+    infer = dict(device=device, batch_size=cfg.batch_size, amp=cfg.amp, tta=cfg.tta, progress=cfg.progress,
+                 **spec.predictor_settings())  # fmt: skip
 
     rows = []
     for path, name in tqdm(list(zip(inputs, names)), desc="predicting", unit="volume", disable=not cfg.progress):
         case = load_case(CasePaths(nifti_stem(path), path, None))
         # float16 in [0, 1], exactly what the training cache stores, so predictions match evaluate.py's
-        image = preprocess_image(case.image, case.spacing, prep).astype(np.float16)
+        image = preprocess_image(case.image, case.spacing, spec.preprocessing).astype(np.float16)
         native_yx = case.image.shape[1:]
         case.image = None  # free the float32 HU copy before inference
         probs = predict_volume(model, image, **infer)
         if probs.shape[2:] != native_yx:  # the cache grid was resampled in-plane: back to the CT's own grid
             probs = resize_inplane(probs, native_yx, order=1)
-        labels = postprocess(probs[0], probs[1], post_cfg)
+        labels = postprocess(probs[0], probs[1], post)
         header = read_header(path)
         export_labels(out_dir / name, labels, case.orientation, header)
         if cfg.save_probabilities:
             export_probabilities(out_dir / probability_name(name), probs, case.orientation, header)
         voxel_ml = float(np.prod(case.spacing)) / 1000.0
-        rows.append(
-            {
-                "input": str(path),
-                "output": str(out_dir / name),
-                "liver_ml": float((labels >= 1).sum()) * voxel_ml,
-                "tumor_ml": float((labels == 2).sum()) * voxel_ml,
-                "lesions": predicted_lesions(labels == 2)[1],
-            }
-        )
+        rows.append({"input": str(path), "output": str(out_dir / name),
+                     "liver_ml": float((labels >= 1).sum()) * voxel_ml, "tumor_ml": float((labels == 2).sum()) * voxel_ml,
+                     "lesions": predicted_lesions(labels == 2)[1]})  # fmt: skip
 
     write_csv(Path(cfg.paths.output_dir) / "predictions.csv", rows)
     shown = [{**r, "input": Path(r["input"]).name, "output": Path(r["output"]).name} for r in rows]

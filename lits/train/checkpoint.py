@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lits.core.config.model import NON_ARCHITECTURE_KEYS
 from lits.core.errors import LitsError
 from lits.core.files import atomic_path
 
-# Model settings that do not change the network's tensors: a checkpoint that differs only in these still fits.
-NON_ARCHITECTURE_KEYS = ("output_prior", "dropout")
+UNSET = "<unset>"  # a key one of two configs lacks
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -106,22 +106,17 @@ def config_differences(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> li
     for key in sorted(set(a) | set(b)):
         if any(key == i or key.startswith(i + ".") for i in ignore):
             continue
-        if a.get(key, "<unset>") != b.get(key, "<unset>"):
-            out.append(f"{key}: {a.get(key, '<unset>')} -> {b.get(key, '<unset>')}")
+        before, after = (a[key] if key in a else UNSET), (b[key] if key in b else UNSET)
+        if before != after:
+            out.append(f"{key}: {before} -> {after}")
     return out
 
 
 def check_compatible(state: dict, config: dict, path: str | Path) -> None:
     """Refuse a checkpoint whose network (model.*, input channels) differs from `config` (the run's resolved config)."""
-    old = state.get("config", {})
-    old_net = {
-        "model": old.get("model", {}),
-        "context_slices": (old.get("data", {}) or {}).get("context_slices", 0) or 0,
-    }
-    new_net = {
-        "model": config.get("model", {}),
-        "context_slices": (config.get("data", {}) or {}).get("context_slices", 0) or 0,
-    }
+    old = state["config"]
+    old_net = {"model": old["model"], "context_slices": old["data"]["context_slices"]}
+    new_net = {"model": config["model"], "context_slices": config["data"]["context_slices"]}
     ignore = tuple(f"model.{k}" for k in NON_ARCHITECTURE_KEYS)
     diffs = config_differences(old_net, new_net, ignore=ignore)
     if diffs:

@@ -45,9 +45,9 @@ class Context:
 def env_ranks() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) outside torchrun."""
     try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+        world = int(os.getenv("WORLD_SIZE", "1"))
+        rank = int(os.getenv("RANK", "0"))
+        local = int(os.getenv("LOCAL_RANK", str(rank)))
     except ValueError:
         raise LitsError(
             "RANK / WORLD_SIZE / LOCAL_RANK must be integers; start distributed runs with torchrun"

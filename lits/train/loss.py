@@ -17,12 +17,9 @@ from __future__ import annotations
 import torch
 from monai.losses import DiceLoss, FocalLoss, GeneralizedDiceLoss
 
+from lits.core.config import LossConfig, typed
 from lits.core.errors import LitsError
 from lits.train.distributed import global_sum
-
-DICE_REDUCTIONS = ("local", "global")
-REGIONS = ("dice", "generalized_dice", "log_dice")
-PIXELS = ("bce", "focal")
 
 
 def alpha_at(epoch: int, schedule) -> float:
@@ -81,72 +78,24 @@ class HybridLoss(torch.nn.Module):
     differences of large numbers and lose too much in fp16.
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: LossConfig):
         super().__init__()
-        self.temperature = float(cfg.temperature)
-        self.region = str(cfg.get("region", "dice") or "dice")
-        self.pixel = str(cfg.get("pixel", "bce") or "bce")
-        if self.region not in REGIONS:
-            raise LitsError(f"loss.region={self.region}: unknown region term; choose {', '.join(REGIONS)}")
-        if self.pixel not in PIXELS:
-            raise LitsError(f"loss.pixel={self.pixel}: unknown pixel term; choose {', '.join(PIXELS)}")
-        self.scale = float(cfg.get("scale", 1.0))
-        if not self.scale > 0:
-            raise LitsError(
-                f"loss.scale={self.scale}: the total is multiplied by it; give a positive number (default 1.0)"
-            )
-        weights = torch.tensor(list(cfg.channel_weights), dtype=torch.float32)
-        if weights.ndim != 1 or len(weights) == 0 or (weights < 0).any() or weights.sum() <= 0:
-            raise LitsError(
-                f"loss.channel_weights={list(cfg.channel_weights)}: give one non-negative weight per channel "
-                "(liver, tumour), not all zero"
-            )
-        self.channel_weights = weights
-        self.dice = DiceLoss(
-            sigmoid=True,
-            squared_pred=cfg.dice.squared,
-            jaccard=cfg.dice.jaccard,
-            batch=cfg.dice.batch,
-            smooth_nr=cfg.dice.eps,
-            smooth_dr=cfg.dice.eps,
-        )
+        cfg = typed(LossConfig, cfg, "loss")  # validated there: choices, ranges, combinations
+        self.temperature, self.region, self.pixel, self.scale = cfg.temperature, cfg.region, cfg.pixel, cfg.scale
+        self.channel_weights = torch.tensor(cfg.channel_weights, dtype=torch.float32)
+        dice = cfg.dice
+        self.dice = DiceLoss(sigmoid=True, squared_pred=dice.squared, jaccard=dice.jaccard, batch=dice.batch,
+                             smooth_nr=dice.eps, smooth_dr=dice.eps)  # fmt: skip
         if self.region == "generalized_dice":
-            if cfg.dice.squared or cfg.dice.jaccard:
-                raise LitsError(
-                    "loss.region=generalized_dice has no squared or Jaccard form; "
-                    "set loss.dice.squared=false loss.dice.jaccard=false"
-                )
-            self.generalized_dice = WeightedGeneralizedDiceLoss(
-                weights, sigmoid=True, batch=cfg.dice.batch, smooth_nr=cfg.dice.eps, smooth_dr=cfg.dice.eps
-            )
-        self.log_dice_floor = float(cfg.get("log_dice_floor", 0.01))
-        if self.region == "log_dice" and not 0 < self.log_dice_floor <= 1:
-            raise LitsError(
-                f"loss.log_dice_floor={self.log_dice_floor}: the Dice is clamped to it before the log; "
-                "give a value in (0, 1], e.g. 0.01"
-            )
-        self.focal_gamma = float(cfg.get("focal_gamma", 2.0))
+            self.generalized_dice = WeightedGeneralizedDiceLoss(self.channel_weights, sigmoid=True, batch=dice.batch,
+                                                                smooth_nr=dice.eps, smooth_dr=dice.eps)  # fmt: skip
+        self.log_dice_floor, self.focal_gamma = cfg.log_dice_floor, cfg.focal_gamma
         if self.pixel == "focal":
-            if self.focal_gamma < 0:
-                raise LitsError(
-                    f"loss.focal_gamma={self.focal_gamma}: give a value >= 0 (0 is BCE, 2 the usual focal loss)"
-                )
             self.focal = FocalLoss(gamma=self.focal_gamma, use_softmax=False, reduction="none")
         # local: MONAI DiceLoss on this process's batch; global: intersection and sums all-reduced over DDP ranks
-        # before forming Dice (SEEDS.md), i.e. the Dice of the whole effective batch. Same value in one process.
-        self.reduction = cfg.get("dice_reduction", "local") or "local"
-        if self.reduction not in DICE_REDUCTIONS:
-            raise LitsError(
-                f"loss.dice_reduction={self.reduction}: choose local (per process) or global (all-reduced over ranks)"
-            )
-        if self.reduction == "global" and not cfg.dice.batch:
-            raise LitsError("loss.dice_reduction=global sums over the whole batch; it needs loss.dice.batch=true")
-        if self.reduction == "global" and self.region != "dice":
-            raise LitsError(
-                f"loss.dice_reduction=global is implemented for loss.region=dice only (got {self.region}); "
-                "set loss.dice_reduction=local"
-            )
-        self.squared, self.jaccard, self.eps = bool(cfg.dice.squared), bool(cfg.dice.jaccard), float(cfg.dice.eps)
+        # before forming Dice (the published multi-GPU recipe), i.e. the Dice of the whole effective batch
+        self.reduction = cfg.dice_reduction
+        self.squared, self.jaccard, self.eps = dice.squared, dice.jaccard, dice.eps
 
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, alpha: float

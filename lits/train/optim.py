@@ -1,7 +1,7 @@
 """Optimizers, learning-rate schedules and the time budget that stretches both schedules onto a run.
 
 Two recipes (config group `optim`):
-* adamw: AdamW + cosine annealing over `optim.t_max` epochs (SEEDS.md's reported recipe);
+* adamw: AdamW + cosine annealing over `optim.t_max` epochs (the published LiTS2017 recipe);
 * sgd:   SGD with Nesterov momentum + polynomial decay lr * (1 - e / E) ** 0.9 (nnU-Net's).
 
 Schedules are functions of the *schedule position*, an epoch count on the reference length `trainer.max_epochs`.
@@ -13,16 +13,21 @@ The LR is set explicitly at the start of every epoch, so a resumed run needs no 
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 
+from lits.core.config import OptimConfig, typed
 from lits.core.errors import LitsError
+
+log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "sgd")
 
 
-def build_optimizer(params, cfg) -> torch.optim.Optimizer:
+def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    cfg = typed(OptimConfig, cfg, "optim")
     if cfg.name == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.name == "sgd":
@@ -32,9 +37,10 @@ def build_optimizer(params, cfg) -> torch.optim.Optimizer:
     raise LitsError(f"optim.name={cfg.name}: unknown optimizer; use optim=adamw or optim=sgd")
 
 
-def lr_at(cfg, position: float, reference_epochs: int) -> float:
+def lr_at(cfg: OptimConfig, position: float, reference_epochs: int) -> float:
     """Learning rate at schedule position `position` (epochs on the reference length)."""
-    schedule = cfg.get("schedule", "cosine")
+    cfg = typed(OptimConfig, cfg, "optim")
+    schedule = cfg.schedule
     if schedule == "cosine":
         # closed form of torch's CosineAnnealingLR (periodic beyond t_max, as torch's is)
         t_max = float(cfg.t_max)
@@ -85,6 +91,17 @@ class TimeBudget:
         cost = total / epochs_done
         self.planned = max(epochs_done, epochs_done + int((self.seconds - total) // cost))
         return self.planned
+
+    def after_epoch(self, epochs_done: int, elapsed_s: float, out_of_time: bool) -> None:
+        """Re-plan after an epoch (`elapsed_s`: this session's seconds); an epoch cut short by the clock is the last."""
+        if self.seconds is None:
+            return
+        before = self.planned
+        self.replan(epochs_done, elapsed_s)
+        if out_of_time:
+            self.planned = epochs_done
+        if abs(self.planned - before) >= max(1, before // 10):  # small corrections are routine
+            log.info("time budget: %d epochs planned (was %d)", self.planned, before)
 
     @property
     def enabled(self) -> bool:

@@ -31,9 +31,10 @@ shape primitives), trunk / thorax / abdomen / liver (the organs), anatomy (the b
 acquisition (blur, noise, affine), dataset (cases and NIfTI folders), montage (pictures).
 """
 
+from lits.core.config.synthetic import SyntheticParams
 from lits.data.synthetic.dataset import MANIFEST, case_filenames, generate_case, generate_dataset, manifest
 from lits.data.synthetic.montage import save_montage
-from lits.data.synthetic.params import HU_MAX, HU_MIN, SyntheticParams
+from lits.data.synthetic.params import HU_MAX, HU_MIN
 
 __all__ = [
     "SyntheticParams",

@@ -7,7 +7,8 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from lits.data.synthetic.params import HU_MAX, HU_MIN, SyntheticParams
+from lits.core.config.synthetic import SyntheticParams
+from lits.data.synthetic.params import HU_MAX, HU_MIN
 
 
 def acquire(

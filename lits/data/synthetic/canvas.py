@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 
+from lits.core.config.synthetic import SyntheticParams
 from lits.data.synthetic.fields import smooth_field
-from lits.data.synthetic.params import SyntheticParams
 
 _REF_FOV_MM = 360.0  # anatomy lengths below are in mm for this field of view
 _REF_SIZE = 256  # in-plane size the z geometry is calibrated for

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lits.core.config.synthetic import SyntheticParams
 from lits.core.errors import LitsError
 from lits.core.files import umask
 from lits.data.synthetic.anatomy import Phantom
-from lits.data.synthetic.params import SyntheticParams
 
 _DEFAULT_PARAMS = SyntheticParams()  # frozen: one shared default is safe
 _COMPRESSLEVEL = 1  # gzip level for .nii.gz: level 1 is ~5x faster than 9 and only ~10% larger

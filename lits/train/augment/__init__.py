@@ -35,8 +35,8 @@ takes ~9-11 ms with the ``default`` recipe and ~11-14 ms with the ``nnunet`` rec
 ~3-5 vs ~6-8 ms; measured side by side on a shared machine when the nnU-Net transforms were added).
 """
 
+from lits.core.config.augment import AugmentConfig
 from lits.train.augment.batch import BatchAugment
-from lits.train.augment.config import AugmentConfig
 from lits.train.augment.params import AugmentParams
 
 __all__ = ["AugmentConfig", "AugmentParams", "BatchAugment"]

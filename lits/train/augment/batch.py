@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lits.train.augment.config import AugmentConfig
+from lits.core.config.augment import AugmentConfig
 from lits.train.augment.intensity import apply_nnunet_intensity, apply_scale_shift
 from lits.train.augment.params import AugmentParams, sample_params
 from lits.train.augment.spatial import apply_spatial

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from lits.train.augment.config import AugmentConfig
+from lits.core.config.augment import AugmentConfig
 
 __all__ = ["AugmentParams", "sample_params"]
 

@@ -1,16 +1,15 @@
-"""Augmentation settings: the ``augment`` config group as a validated, frozen dataclass.
-
-Kept free of the rest of the augmentation code: it only names and checks the knobs; what each one does
-is documented where it is applied (``spatial``, ``intensity``) and drawn (``params``).
-"""
+"""The `augment` group: batched on-device augmentation (lits/train/augment/), each transform with a per-sample
+probability. This names and checks the knobs; what each one does is documented where it is applied (`spatial`,
+`intensity`) and drawn (`params`). Defaults: the original recipe (rotation, elastic, intensity scale and shift);
+configs/augment/nnunet.yaml holds nnU-Net v2's probabilities."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
+from lits.core.config.typed import Schema
 from lits.core.errors import LitsError
 
 __all__ = ["AugmentConfig"]
@@ -34,13 +33,15 @@ def _as_pair(name: str, value: Any) -> tuple[float, float]:
     return lo, hi
 
 
-@dataclass(frozen=True)
-class AugmentConfig:
+@dataclass(unsafe_hash=True)  # mutable: Hydra overrides it; hashable once normalised
+class AugmentConfig(Schema):
     """Augmentation knobs (the ``augment`` config group). Probabilities are per sample.
 
     Every probability added after the original rotate/elastic/intensity set defaults to 0, so the
     defaults reproduce the original recipe; ``configs/augment/nnunet.yaml`` holds the nnU-Net v2 values.
     """
+
+    PREFIX = "augment"
 
     enabled: bool = True
     p_rotate: float = 0.5
@@ -110,25 +111,3 @@ class AugmentConfig:
             if lo < floor or (lo == floor and not floor_ok) or hi > ceil:
                 raise bad(name, what)
             object.__setattr__(self, name, (lo, hi))
-
-    @classmethod
-    def from_mapping(cls, m: Any) -> AugmentConfig:
-        """Build from a dict or an OmegaConf ``DictConfig``; an unknown key raises ``LitsError`` naming it."""
-        if m is None:
-            return cls()
-        try:  # OmegaConf is a dependency of the app (Hydra) but not of this module
-            from omegaconf import DictConfig, OmegaConf
-
-            if isinstance(m, DictConfig):
-                m = OmegaConf.to_container(m, resolve=True)
-        except ImportError:  # pragma: no cover
-            pass
-        if not isinstance(m, Mapping):
-            raise LitsError(f"augment config must be a mapping of keys to values, got {type(m).__name__}")
-        known = [f.name for f in fields(cls)]
-        unknown = [str(k) for k in m if k not in known]
-        if unknown:
-            raise LitsError(
-                f"unknown augment config key(s) {', '.join(map(repr, unknown))}; valid keys are: {', '.join(known)}"
-            )
-        return cls(**dict(m))

@@ -1,0 +1,147 @@
+"""Post-processing (`postprocess`, also part of a checkpoint's inference spec) and the evaluate / predict tasks."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+from omegaconf import MISSING
+
+import lits.core.config.checks as checks
+from lits.core.config.data import DataConfig
+from lits.core.config.typed import Schema
+
+NAMINGS = ("auto", "lits", "input")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(unsafe_hash=True)  # mutable: Hydra overrides it; hashable once normalised
+class PostprocessConfig(Schema):
+    """Connected-component clean-up of predictions (lits/infer/postprocess.py applies the steps in this order)."""
+
+    PREFIX = "postprocess"
+
+    threshold: float = 0.5  # probability threshold of both heads
+    largest_liver_component: bool = True  # keep the largest 3D liver component
+    tumor_in_liver: bool = True  # tumour kept only inside the (dilated) liver
+    liver_dilation: int = 2  # voxels
+    min_tumor_voxels: int = 50  # drop smaller 3D tumour components (0 = off)
+    fill_liver_holes: bool = False  # fill enclosed 3D cavities of the liver mask
+    hysteresis: bool = False  # tumour mask by hysteresis instead of `threshold`: voxels above low ...
+    hysteresis_low: float = 0.3  # ... connected to a voxel above high ...
+    hysteresis_high: float = 0.5  # ... (high = threshold only grows confident detections)
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "hysteresis_low", "hysteresis_high"):
+            value = getattr(self, name)
+            if not (checks.is_number(value) and 0.0 <= float(value) < 1.0):
+                raise checks.fail(f"postprocess.{name}", value, "give a number in [0, 1)")
+            object.__setattr__(self, name, float(value))
+        if self.hysteresis_low > self.hysteresis_high:
+            raise checks.fail("postprocess.hysteresis_low", self.hysteresis_low,
+                              f"give at most hysteresis_high={self.hysteresis_high}")  # fmt: skip
+        for name in ("largest_liver_component", "tumor_in_liver", "fill_liver_holes", "hysteresis"):
+            object.__setattr__(self, name, checks.flag(f"postprocess.{name}", getattr(self, name)))
+        for name in ("liver_dilation", "min_tumor_voxels"):
+            object.__setattr__(self, name, checks.integer(f"postprocess.{name}", getattr(self, name), 0))
+
+    def with_overrides(self, overrides: PostprocessOverrides) -> PostprocessConfig:
+        """This configuration with every non-null setting of `overrides` replacing its own."""
+        given = {k: v for k, v in dataclasses.asdict(overrides).items() if v is not None}
+        return PostprocessConfig.from_mapping({**dataclasses.asdict(self), **given})
+
+
+def _overrides_class() -> type:
+    """PostprocessConfig's keys, each optional with default null: evaluate/predict start from the checkpoint's
+    post-processing and replace only what the command line sets (`postprocess.min_tumor_voxels=100`)."""
+    hints = typing.get_type_hints(PostprocessConfig)
+    specs = [(f.name, hints[f.name] | None, field(default=None)) for f in dataclasses.fields(PostprocessConfig)]
+    overrides = dataclasses.make_dataclass("PostprocessOverrides", specs)
+    overrides.__module__ = __name__
+    return overrides
+
+
+PostprocessOverrides = _overrides_class()
+
+
+@dataclass
+class ReportConfig:
+    """What evaluate.py draws beside its tables."""
+
+    montages: bool = True  # montages/case-N.png: the slices with the largest tumour error
+    montage_slices: int = 3
+    crop_margin: int | None = 24  # pixels kept around the liver in montages (null: whole slice)
+    plot: bool = True  # tumor_dice_vs_volume.png
+
+    def __post_init__(self) -> None:
+        self.montage_slices = checks.integer("report.montage_slices", self.montage_slices, 1)
+        self.crop_margin = checks.optional(checks.integer, "report.crop_margin", self.crop_margin, 0)
+
+
+@dataclass
+class PathsConfig:
+    """Where things go, relative to the folder you run from."""
+
+    root_dir: str = "${hydra:runtime.cwd}"
+    data_dir: str = "${paths.root_dir}/data"  # generated data and preprocessing caches
+    output_root: str = "${paths.root_dir}/outputs"
+    output_dir: str = "${hydra:runtime.output_dir}"  # this run's folder
+
+
+@dataclass
+class InferenceSettings:
+    """What evaluate and predict share: device, precision, batch and test-time augmentation."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto (fp16 on CUDA, off on CPU) | off | fp16 | bf16
+    batch_size: int = 16  # slices per forward pass
+    tta: bool = False  # flip test-time augmentation: mean of identity, horizontal and vertical flips
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.amp = checks.choice("amp", self.amp, ("auto", "off", "fp16", "bf16"), "precision")
+        self.batch_size = checks.integer("batch_size", self.batch_size, 1)
+
+
+@dataclass
+class EvaluateConfig(InferenceSettings):
+    """python evaluate.py ckpt=PATH [split=test|val] | predictions=DIR data=lits data.root=DIR"""
+
+    name: str = "evaluate"
+    ckpt: str | None = MISSING  # a checkpoint (best.pt / last.pt) ...
+    predictions: str | None = None  # ... or a folder of segmentation-N.nii[.gz] predictions to score instead
+    split: str = "test"  # test | val | train (checkpoint mode)
+    data_root: str | None = None  # where the data lives now, if it moved since training
+    data: DataConfig | None = None  # predictions mode only: data=lits data.root=DIR (where the references are)
+    ablation: bool = True  # score every cumulative post-processing step (false: only raw and post)
+    save_predictions: bool = False  # write the post stage as NIfTI label maps to <run>/predictions/
+    save_probabilities: bool = False  # ... and <name>_probabilities.nii.gz (liver, tumour) beside them
+    naming: str = "lits"  # lits: test-segmentation-N.nii | input: the input CT's file name | auto
+    tensorboard_dir: str | None = "auto"  # auto: the checkpoint's run dir tensorboard/ | null: off | a folder
+    postprocess: PostprocessOverrides = field(default_factory=PostprocessOverrides)  # null: the checkpoint's
+    report: ReportConfig = field(default_factory=ReportConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.split = checks.choice("split", self.split, SPLITS, "split")
+        self.naming = checks.choice("naming", self.naming, NAMINGS, "naming")
+
+
+@dataclass
+class PredictConfig(InferenceSettings):
+    """python predict.py ckpt=PATH input=FILE_OR_DIR output=DIR"""
+
+    name: str = "predict"
+    ckpt: str = MISSING
+    input: str = MISSING  # a .nii / .nii.gz CT, or a folder of them (LiTS segmentation-N files in it are skipped)
+    output: str = MISSING  # folder for the label maps (created)
+    naming: str = "auto"  # lits: test-segmentation-N.nii | input: the input's file name | auto: lits with a case number
+    save_probabilities: bool = False  # also <name>_probabilities.nii.gz: 4D (X, Y, Z, 2) liver / tumour probabilities
+    postprocess: PostprocessOverrides = field(default_factory=PostprocessOverrides)  # null: the checkpoint's
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.naming = checks.choice("naming", self.naming, NAMINGS, "naming")

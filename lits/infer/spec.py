@@ -1,0 +1,123 @@
+"""The inference spec: everything a checkpoint's network needs around it to segment a CT, versioned.
+
+A training run writes it into every checkpoint (`inference`); evaluate.py and predict.py read only this (plus the
+patient split and the data location for evaluation), never the training config's layout:
+
+    version             SPEC_VERSION
+    network             the model settings (lits.core.config.ModelConfig) the weights belong to
+    window              HU window mapped to [0, 1] (the preprocessing cache's)
+    target_spacing_xy   in-plane resampling before the network (null: native grid)
+    context_slices      2.5D neighbours each side, stacked as channels
+    temperature         sigmoid temperature of the logits (the loss's)
+    normalization       what the network sees: the window values or nnU-Net's CT z-score (lits/data/normalization.py)
+    postprocess         the post-processing settings (lits.core.config.PostprocessConfig)
+
+Checkpoints written before the spec existed (no `format` key) are migrated from their training config: same network,
+window, resampling, context and temperature; post-processing = the defaults, which is what evaluate.py and predict.py
+applied to them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+from lits.core.config import DataConfig, ModelConfig, PostprocessConfig, typed
+from lits.core.errors import LitsError
+from lits.data.normalization import Normalization
+from lits.data.preprocess import Preprocessing
+
+log = logging.getLogger(__name__)
+
+SPEC_VERSION = 1
+
+
+@dataclass(frozen=True)
+class InferenceSpec:
+    network: ModelConfig
+    window: tuple[float, float]
+    target_spacing_xy: tuple[float, float] | None
+    context_slices: int
+    temperature: float
+    normalization: Normalization
+    postprocess: PostprocessConfig
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The cache's windowing and resampling for a new CT (predict.py)."""
+        return Preprocessing(window=self.window, target_spacing_xy=self.target_spacing_xy)
+
+    def predictor_settings(self) -> dict:
+        """The keyword arguments of `predict_volume` that the trained network fixes."""
+        return {"size_multiple": self.network.size_multiple, "temperature": self.temperature,
+                "context_slices": self.context_slices, "normalization": self.normalization}  # fmt: skip
+
+    def with_postprocess(self, postprocess: PostprocessConfig) -> InferenceSpec:
+        return dataclasses.replace(self, postprocess=postprocess)
+
+    def to_dict(self) -> dict:
+        return {
+            "version": SPEC_VERSION,
+            "network": dataclasses.asdict(self.network),
+            "window": list(self.window),
+            "target_spacing_xy": None if self.target_spacing_xy is None else list(self.target_spacing_xy),
+            "context_slices": self.context_slices,
+            "temperature": self.temperature,
+            "normalization": self.normalization.to_dict(),
+            "postprocess": dataclasses.asdict(self.postprocess),
+        }
+
+    @classmethod
+    def from_dict(cls, spec: dict, where: str) -> InferenceSpec:
+        if spec.get("version") != SPEC_VERSION:
+            raise LitsError(f"{where}: inference spec version {spec.get('version')} is not {SPEC_VERSION}; "
+                            "use the lits version that wrote this checkpoint, or retrain")  # fmt: skip
+        spacing = spec["target_spacing_xy"]
+        return cls(
+            network=typed(ModelConfig, spec["network"], "model"),
+            window=tuple(float(w) for w in spec["window"]),
+            target_spacing_xy=None if spacing is None else tuple(float(s) for s in spacing),
+            context_slices=int(spec["context_slices"]),
+            temperature=float(spec["temperature"]),
+            normalization=Normalization.from_dict(spec["normalization"]),
+            postprocess=PostprocessConfig.from_mapping(spec["postprocess"]),
+        )
+
+    @classmethod
+    def for_training(cls, model: ModelConfig, data: DataConfig, temperature: float, normalization: Normalization,
+                     postprocess: PostprocessConfig) -> InferenceSpec:  # fmt: skip
+        return cls(model, tuple(data.window), data.target_spacing_xy, data.context_slices, float(temperature),
+                   normalization, postprocess)  # fmt: skip
+
+
+def _legacy_section(config: dict, name: str, schema: type, where: str):
+    """A section of an old checkpoint's training config as today's schema; keys the schema no longer has are dropped."""
+    known = {f.name for f in dataclasses.fields(schema)}
+    section = dict(config[name])
+    dropped = sorted(set(section) - known)
+    if dropped:
+        log.warning("%s: ignoring %s settings of an older lits: %s", where, name, ", ".join(dropped))
+    return typed(schema, {k: v for k, v in section.items() if k in known}, name)
+
+
+def spec_from_checkpoint(state: dict, where: str) -> InferenceSpec:
+    """The checkpoint's inference spec; older checkpoints (no `format`) are migrated from their training config."""
+    if "format" in state:
+        return InferenceSpec.from_dict(state["inference"], where)
+    config = state["config"]
+    data = config["data"]
+    return InferenceSpec(
+        network=_legacy_section(config, "model", ModelConfig, where),
+        window=tuple(float(w) for w in data["window"]),
+        target_spacing_xy=None if data.get("target_spacing_xy") is None else tuple(data["target_spacing_xy"]),
+        context_slices=int(data.get("context_slices") or 0),  # absent before 2.5D existed: plain 2D
+        temperature=float(config["loss"]["temperature"]),
+        normalization=Normalization.from_dict(state.get("normalization")),  # absent: the HU window
+        postprocess=PostprocessConfig(),
+    )
+
+
+def data_from_checkpoint(state: dict, where: str) -> DataConfig:
+    """Where the run's cases are (root, layout, cache, window ...): its training data config, migrated if older."""
+    return _legacy_section(state["config"], "data", DataConfig, where)

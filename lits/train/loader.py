@@ -1,0 +1,72 @@
+"""The training loader: lesion-oversampled draws (resumable mid-epoch) -> ROI crops read by worker processes."""
+
+from __future__ import annotations
+
+import signal
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from lits.core.config import TrainConfig
+from lits.core.errors import LitsError
+from lits.data.sampling import LesionSampler, SliceIndex, TrainSlices
+
+
+class PositionedSampler(Sampler):
+    """The LesionSampler, started `skip` draws into the epoch (resume mid-epoch), optionally recording its draws.
+
+    The draws are a pure function of (seed, epoch, rank, world_size) and each crop is seeded by its draw id, so
+    skipping the draws already consumed resumes the epoch exactly, without reading their crops.
+    """
+
+    def __init__(self, sampler: LesionSampler):
+        self.sampler = sampler
+        self.skip, self.record, self.drawn = 0, False, []
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.sampler.set_epoch(epoch)
+        self.skip, self.drawn = skip, []
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
+
+    def __iter__(self):
+        for i, item in enumerate(self.sampler):
+            if i < self.skip:
+                continue
+            if self.record:
+                self.drawn.append(item)
+            yield item
+
+
+def _quiet_worker(_worker_id: int) -> None:
+    """Loader workers ignore SIGINT/SIGTERM: the main process handles them (finishes the step, saves) and then
+    shuts the workers down itself; a worker dying first would abort the loop instead."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def build_loader(cfg: TrainConfig, index: SliceIndex, weights, rank: int, world_size: int, device: torch.device):
+    """(loader, positioned sampler, the loader's seed generator, steps per epoch) for this rank."""
+    sampling = cfg.data.sampling
+    sampler = PositionedSampler(LesionSampler(weights, sampling.samples_per_epoch, cfg.seed, rank, world_size))
+    generator = torch.Generator()  # the loader's worker seeds come from here, not from the global torch RNG
+    workers = cfg.data.num_workers
+    loader = DataLoader(
+        TrainSlices(index, cfg.data.crop_size, sampling, seed=cfg.seed, context_slices=cfg.data.context_slices),
+        batch_size=cfg.trainer.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        drop_last=True,
+        worker_init_fn=_quiet_worker if workers > 0 else None,
+        generator=generator,
+    )
+    steps = len(sampler.sampler) // cfg.trainer.batch_size
+    if steps == 0:
+        raise LitsError(
+            f"data.sampling.samples_per_epoch={sampling.samples_per_epoch} gives {len(sampler.sampler)} samples per "
+            f"process ({world_size} process(es)), fewer than trainer.batch_size={cfg.trainer.batch_size}; raise it"
+        )
+    return loader, sampler, generator, steps

@@ -1,0 +1,232 @@
+"""Setting up a training run: resume negotiated across ranks, data prepared once per node, then the loader, model,
+optimiser and TrainState. `build_run` returns a `Run`, everything `fit` needs, in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from lits.core.config import TrainConfig
+from lits.core.device import resolve_amp
+from lits.core.errors import LitsError
+from lits.data.normalization import Normalization, from_training_cases
+from lits.data.prepare import prepare, write_split
+from lits.data.sampling import SliceIndex
+from lits.infer.checkpoint import load_checkpoint
+from lits.infer.networks import build_model, count_parameters
+from lits.infer.spec import InferenceSpec
+from lits.train import distributed
+from lits.train.augment import BatchAugment
+from lits.train.checkpoint import check_compatible, config_differences, resume_path
+from lits.train.hooks import Hooks, build_hooks
+from lits.train.loader import PositionedSampler, build_loader
+from lits.train.loss import HybridLoss
+from lits.train.optim import TimeBudget, build_optimizer
+from lits.train.signals import StopRequest
+from lits.train.state import Best, TrainState
+from lits.train.step import NormStatsGuard
+
+log = logging.getLogger(__name__)
+
+AUGMENT_SEED_STRIDE = 1_000_003  # rank r's augmentation generator starts at seed + r * stride (rank 0: the run seed)
+# Settings whose change on resume is expected (not worth a warning).
+RESUME_IGNORED = ("paths", "trainer.resume", "trainer.progress", "faults", "data.root", "data.cache_dir")
+
+
+@dataclass
+class Run:
+    """One training run as `fit` sees it (this process's share of it under DDP)."""
+
+    cfg: TrainConfig
+    ctx: distributed.Context
+    device: torch.device
+    amp: str
+    run_dir: Path
+    record: dict  # what every checkpoint of the run carries unchanged (config, splits, inference spec ...)
+    cases: dict  # {"train": [...], "val": [...]} cached cases
+    normalization: Normalization
+    spec: InferenceSpec
+    loader: torch.utils.data.DataLoader
+    sampler: PositionedSampler
+    loader_generator: torch.Generator
+    steps_per_epoch: int
+    train_model: torch.nn.Module  # what the steps run: the network, DDP-wrapped and/or compiled
+    augment: BatchAugment
+    loss_fn: HybridLoss
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    memory_format: torch.memory_format
+    guard: NormStatsGuard | None
+    state: TrainState
+    budget: TimeBudget
+    stop: StopRequest
+    resumed_from: str | None
+    hooks: Hooks = None
+    started: float = 0.0  # time.time() when the loop started
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def previous_run_dir(self) -> Path | None:
+        """The run folder of the checkpoint this run resumed from (None for a fresh start)."""
+        return Path(self.resumed_from).parent.parent if self.resumed_from else None
+
+    def elapsed_s(self) -> float:
+        """Seconds of training in this session."""
+        return time.time() - self.started
+
+    def checkpoint(self, rank_states: list, metrics: dict) -> dict:
+        plan = {"planned_epochs": self.budget.planned, "train_seconds": self.budget.spent_s + self.elapsed_s()}
+        return self.state.checkpoint(self.record, rank_states, metrics, plan)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest kernels
+
+
+def _run_dir(cfg: TrainConfig) -> Path:
+    """Rank 0's run folder: every rank writes there (Hydra resolves ${now:...} per process)."""
+    run_dirs = distributed.all_gather_object(str(Path(cfg.paths.output_dir).resolve()))
+    if len(set(run_dirs)) > 1:
+        log.warning("ranks resolved different run folders %s; rank 0's is used: pass hydra.run.dir=... with torchrun",
+                    sorted(set(run_dirs)))  # fmt: skip
+    return Path(run_dirs[0])
+
+
+def _negotiate_resume(cfg: TrainConfig, config: dict, run_dir: Path, is_main: bool) -> tuple[dict | None, str | None]:
+    """Rank 0 finds, loads (weights_only) and checks the checkpoint to resume from and hands it to the others, so a
+    multi-node job needs the run folder on rank 0's node only. (checkpoint or None, its path or None)."""
+    payload = None
+    if is_main:
+        try:
+            path = resume_path(cfg.trainer.resume, run_dir)
+            saved = load_checkpoint(path) if path else None
+            if saved is not None:
+                check_compatible(saved, config, path)
+                if "format" not in saved:
+                    raise LitsError(f"{path}: written by an older lits, which evaluate.py and predict.py still read "
+                                    "but training cannot continue; start a new run (another hydra.run.dir)")  # fmt: skip
+            payload = {"path": str(path) if path else None, "state": saved}
+        except LitsError as exc:
+            payload = {"error": str(exc)}
+    payload = distributed.broadcast_object(payload)
+    if "error" in payload:
+        raise LitsError(payload["error"])
+    saved, path = payload["state"], payload["path"]
+    if saved is not None and is_main:
+        log.info("resuming from %s (step %d)", path, saved["step"])
+        changed = config_differences(saved["config"], config, ignore=RESUME_IGNORED)
+        if changed:
+            log.warning("resuming with changed settings (the run is no longer one uninterrupted run): %s",
+                        "; ".join(changed))  # fmt: skip
+    return saved, path
+
+
+def _prepare_data(cfg: TrainConfig, ctx: distributed.Context, splits: dict | None, run_dir: Path):
+    """Generate (synthetic), cache once and split by patient: rank 0 first, then the first process of every node
+    (node-local storage), then the rest, so no two processes build the same files at once."""
+    prepared, error = None, None
+    if ctx.is_main:
+        try:
+            prepared = prepare(cfg.data, cfg.seed, splits=splits, only=("train", "val"), progress=cfg.trainer.progress,
+                               report_dir=run_dir)  # fmt: skip
+        except LitsError as exc:
+            error = str(exc)
+    error, splits = distributed.broadcast_object((error, prepared[0] if prepared else None))
+    if error:
+        raise LitsError(error)
+    for local_first in (True, False):
+        if not ctx.is_main and (ctx.local_rank == 0) == local_first:
+            prepared = prepare(cfg.data, cfg.seed, splits=splits, only=("train", "val"), progress=False)
+        distributed.barrier()
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_split(prepared[0], run_dir / "split.json")
+    return prepared
+
+
+def _sampling_index(cfg: TrainConfig, cases: dict) -> tuple[SliceIndex, np.ndarray]:
+    index = SliceIndex(cases["train"])
+    weights = index.weights(cfg.data.sampling)
+    log.info("train: %d cases, %d slices (%d with tumour, drawn %.0f%% of the time); val: %d cases",
+             len(cases["train"]), len(index), int((index.tumor > 0).sum()), 100 * weights[index.tumor > 0].sum(),
+             len(cases["val"]))  # fmt: skip
+    return index, weights
+
+
+def _wrap(model: torch.nn.Module, cfg: TrainConfig, ctx: distributed.Context, device: torch.device):
+    """What the steps run: DDP around the network under torchrun, torch.compile on request."""
+    wrapped = model
+    if ctx.distributed:
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                          gradient_as_bucket_view=True)  # fmt: skip
+        t = cfg.trainer
+        log.info("DDP: %d processes (%s), batch %d per process = effective batch %d, lr %g", ctx.world_size,
+                 ctx.backend, t.batch_size, t.batch_size * ctx.world_size, cfg.optim.lr)  # fmt: skip
+    if cfg.trainer.compile:
+        wrapped = torch.compile(wrapped, mode=cfg.trainer.compile_mode)
+    return wrapped
+
+
+def build_run(cfg: TrainConfig, ctx: distributed.Context, stop: StopRequest) -> Run:
+    """Everything a run needs, resumed from its checkpoint when trainer.resume finds one."""
+    t, device = cfg.trainer, ctx.device
+    amp = resolve_amp(t.amp, device)
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    config = dataclasses.asdict(cfg)
+    run_dir = _run_dir(cfg)
+    saved, resumed_from = _negotiate_resume(cfg, config, run_dir, ctx.is_main)
+    splits, cases = _prepare_data(cfg, ctx, saved["splits"] if saved else None, run_dir)
+    if saved is not None:
+        normalization = Normalization.from_dict(saved["normalization"])
+    else:  # deterministic from the training cases: every rank computes the same
+        normalization = from_training_cases(cfg.data, cases["train"], cfg.seed)
+    log.info("input normalisation: %s", normalization.describe())
+    index, weights = _sampling_index(cfg, cases)
+    loader, sampler, loader_generator, steps = build_loader(cfg, index, weights, ctx.rank, ctx.world_size, device)
+
+    seed_everything(cfg.seed, t.deterministic)  # after data preparation: model init never depends on what it drew
+    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+    model = build_model(cfg.model).to(device, memory_format=memory_format)
+    log.info("model %s: %.2fM parameters, device %s, amp %s", cfg.model.arch, count_parameters(model) / 1e6, device,
+             amp)  # fmt: skip
+    optimizer = build_optimizer(model.parameters(), cfg.optim)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    generator = torch.Generator().manual_seed(cfg.seed + AUGMENT_SEED_STRIDE * ctx.rank)
+    state = TrainState(model, optimizer, scaler, generator, Best(t.monitor))
+    plan = saved["scheduler"]["planned_epochs"] if saved and t.max_time else None
+    budget = TimeBudget(t.max_time, t.max_epochs, spent_s=saved["train_seconds"] if saved else 0.0, planned=plan)
+    if saved is not None:
+
+        def reseed(step: int) -> None:
+            seed_everything(cfg.seed + step, t.deterministic)
+            generator.manual_seed(cfg.seed + step + AUGMENT_SEED_STRIDE * ctx.rank)
+
+        state.resume(saved, resumed_from, ctx.rank, ctx.world_size, t.batch_size, steps, device, reseed)
+    spec = InferenceSpec.for_training(cfg.model, cfg.data, cfg.loss.temperature, normalization, cfg.postprocess)
+    record = {"config": config, "splits": splits, "normalization": normalization.to_dict(),
+              "inference": spec.to_dict(), "world_size": ctx.world_size, "batch_size": t.batch_size}  # fmt: skip
+    guard = NormStatsGuard(model) if any(True for _ in model.buffers()) else None
+    run = Run(cfg, ctx, device, amp, run_dir, record, cases, normalization, spec, loader, sampler, loader_generator,
+              steps, _wrap(model, cfg, ctx, device), BatchAugment(cfg.augment), HybridLoss(cfg.loss), optimizer,
+              scaler, memory_format, guard, state, budget, stop, resumed_from)  # fmt: skip
+    run.hooks = build_hooks(run)
+    return run

@@ -1,0 +1,144 @@
+"""TrainState: what a run carries from step to step and across a restart, and its checkpoint format.
+
+The state owns the model, optimizer and GradScaler, the position (epoch in progress, batches of it done, global
+step), the best monitored value, the fault counters, the time-budget plan and every random generator of this
+process. `checkpoint()` turns it into the dict saved as last.pt / best.pt (plain tensors and Python values, loadable
+with `torch.load(weights_only=True)`); `resume()` puts a loaded checkpoint back, exactly when the process layout
+(world size, batch size) is unchanged.
+
+Checkpoint format 1 keys: model, optimizer, scaler, scheduler {planned_epochs}, train_seconds, epoch (last completed,
+0-based; -1 before the first), step, best {metric, value, epoch}, metrics, position {epoch, batch}, world_size,
+batch_size, rank_states [{rng, epoch_sums}], bad_steps, bad_in_row, and what the run fixes once: config (the
+resolved training config), splits, normalization, inference (the versioned inference spec, lits/infer/spec.py),
+lits_version, format.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+import lits
+from lits.core.errors import LitsError
+from lits.train.checkpoint import rng_state, set_rng_state
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class EpochSums:
+    """Running sums of the epoch in progress on this rank (carried through a mid-epoch checkpoint)."""
+
+    loss: float = 0.0
+    bce: float = 0.0
+    dice: float = 0.0
+    good: int = 0
+    bad: int = 0
+
+
+@dataclass
+class Best:
+    """The best value of the monitored metric so far and the (0-based) epoch that reached it."""
+
+    metric: str
+    value: float = -math.inf
+    epoch: int = -1
+
+
+@dataclass
+class TrainState:
+    model: torch.nn.Module  # the plain network (not DDP-wrapped or compiled): its state_dict is what is saved
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    augment_generator: torch.Generator
+    best: Best
+    epoch: int = 0  # the epoch in progress (0-based) = epochs completed
+    batch: int = 0  # batches of `epoch` this rank has done
+    step: int = 0  # global optimizer steps attempted (skipped ones included)
+    bad_total: int = 0
+    bad_in_row: int = 0
+    sums: EpochSums = field(default_factory=EpochSums)
+
+    @property
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"augment": self.augment_generator}
+
+    def begin_epoch(self) -> None:
+        """Start `self.epoch` from its first batch unless a resumed position already points into it."""
+        if self.batch == 0:
+            self.sums = EpochSums()
+
+    def end_epoch(self, value: float | None) -> bool:
+        """Close the epoch in progress with its monitored value (None: not validated); True if it is the new best."""
+        improved = value is not None and value > self.best.value
+        if improved:
+            self.best.value, self.best.epoch = float(value), self.epoch
+        self.epoch, self.batch = self.epoch + 1, 0
+        return improved
+
+    def rank_state(self, device: torch.device, with_sums: bool) -> dict:
+        """This rank's part of a checkpoint: its random generators and (mid-epoch) its running sums."""
+        return {"rng": rng_state(device, self.generators), "epoch_sums": dict(vars(self.sums)) if with_sums else None}
+
+    def checkpoint(self, run_record: dict, rank_states: list, metrics: dict, plan: dict) -> dict:
+        """The checkpoint dict at the current position. `run_record`: what the run fixes once (config, splits,
+        normalization, inference spec, world_size, batch_size); `plan`: the time budget's {planned_epochs,
+        train_seconds}."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "lits_version": lits.__version__,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "scheduler": {"planned_epochs": plan["planned_epochs"]},  # the LR is a function of the epoch (optim.py)
+            "train_seconds": plan["train_seconds"],
+            "epoch": self.epoch - 1,  # the last completed epoch
+            "step": self.step,
+            "best": {"metric": self.best.metric, "value": self.best.value, "epoch": self.best.epoch},
+            "metrics": metrics,
+            "position": {"epoch": self.epoch, "batch": self.batch},
+            "rank_states": rank_states,
+            "bad_steps": self.bad_total,
+            "bad_in_row": self.bad_in_row,
+            **run_record,
+        }
+
+    def resume(self, saved: dict, path: str, rank: int, world_size: int, batch_size: int, steps_per_epoch: int,
+               device: torch.device, reseed) -> None:  # fmt: skip
+        """Load a checkpoint written by `checkpoint()`. With the same world size and batch size every generator
+        continues exactly; otherwise training resumes at the nearest batch with fresh random streams
+        (`reseed(step)` seeds them) and a warning."""
+        try:
+            self.model.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LitsError(
+                f"{path}: its weights or optimizer state do not fit this run's model ({first}); "
+                "resume with the settings it was trained with, or start a new run"
+            ) from None
+        self.scaler.load_state_dict(saved["scaler"])
+        self.epoch, self.batch = int(saved["position"]["epoch"]), int(saved["position"]["batch"])
+        self.step, self.bad_total = int(saved["step"]), int(saved["bad_steps"])
+        self.bad_in_row = int(saved["bad_in_row"])
+        self.best = Best(saved["best"]["metric"], float(saved["best"]["value"]), int(saved["best"]["epoch"]))
+        ranks = saved["rank_states"]
+        if len(ranks) == world_size == saved["world_size"] and saved["batch_size"] == batch_size:
+            set_rng_state(ranks[rank]["rng"], device, self.generators)
+            carried = ranks[rank]["epoch_sums"] if self.batch else None
+            self.sums = EpochSums(**carried) if carried else EpochSums()
+        else:
+            consumed = self.batch * int(saved["batch_size"]) * int(saved["world_size"])
+            self.batch = consumed // (batch_size * world_size)
+            reseed(self.step)
+            log.warning(
+                "the checkpoint was written by %s process(es) with batch size %s (now %d x %d): resuming at the "
+                "nearest batch with fresh random streams, not exactly",
+                saved["world_size"], saved["batch_size"], world_size, batch_size,
+            )  # fmt: skip
+        self.batch = min(self.batch, steps_per_epoch)
