@@ -1,0 +1,90 @@
+"""The package's shape: stage folders whose imports flow one way, no import cycles, functions and modules of a size
+one can read. (The limits the code is reviewed against, checked on every run so they hold without anyone looking.)"""
+
+import ast
+import functools
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "lits"
+# A module may import from its own stage and the stages before it: training validates with the predictor and the
+# metrics that evaluate.py uses, so train comes last.
+STAGES = ("core", "data", "infer", "evaluate", "train")
+MAX_FUNCTION_LINES = 80
+MAX_MODULE_LINES = 400
+
+
+@functools.cache
+def modules() -> dict[str, ast.Module]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        out[name] = ast.parse(path.read_text(), str(path))
+        out[name].line_count = len(path.read_text().splitlines())
+    return out
+
+
+def lits_imports(name: str, tree: ast.Module) -> set[str]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith("lits"):
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("lits"))
+    return found
+
+
+def stage(module: str) -> int | None:
+    parts = module.split(".")
+    return STAGES.index(parts[1]) if len(parts) > 1 and parts[1] in STAGES else None
+
+
+def test_every_module_lives_in_a_stage_folder():
+    loose = [m for m in modules() if m != "lits" and stage(m) is None]
+    assert not loose, f"modules outside the stage folders {STAGES}: {loose}"
+
+
+def test_imports_flow_from_earlier_stages_only():
+    wrong = []
+    for name, tree in modules().items():
+        for target in lits_imports(name, tree):
+            if stage(name) is not None and stage(target) is not None and stage(target) > stage(name):
+                wrong.append(f"{name} imports {target}")
+    assert not wrong, wrong
+
+
+def test_no_import_cycles():
+    mods = modules()
+    graph = {}
+    for name, tree in mods.items():
+        graph[name] = {t for t in lits_imports(name, tree) if t in mods and t != name and not name.startswith(t + ".")}
+    state, cycle = {}, []
+
+    def visit(node, path):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycle.extend(path[path.index(nxt) :] + [node, nxt] if nxt in path else [node, nxt])
+                return True
+            if nxt not in state and visit(nxt, path + [node]):
+                return True
+        state[node] = "done"
+        return False
+
+    assert not any(visit(n, []) for n in sorted(graph) if n not in state), f"import cycle: {' -> '.join(cycle)}"
+
+
+@pytest.mark.parametrize("name", sorted(modules()))
+def test_functions_and_modules_stay_readable(name):
+    tree = modules()[name]
+    lines = tree.line_count
+    assert lines <= MAX_MODULE_LINES, f"{name}: {lines} lines (limit {MAX_MODULE_LINES})"
+    long = [
+        f"{node.name} {node.end_lineno - node.lineno + 1}"
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert not long, f"{name}: functions over {MAX_FUNCTION_LINES} lines: {long}"

@@ -1,0 +1,71 @@
+"""Checkpoints written before the versioned inference spec (lits at fe4a8f4, tests/fixtures/legacy-fe4a8f4/) are
+migrated on load: evaluate and predict give exactly what that version gave on the same CT."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from lits.core.config import ModelConfig, PostprocessConfig
+from lits.evaluate.scoring import evaluate
+from lits.infer.predict import predict
+from lits.infer.spec import SPEC_VERSION, InferenceSpec, spec_from_checkpoint
+
+FIXTURES = Path(__file__).parent / "fixtures" / "legacy-fe4a8f4"
+EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
+CHECKPOINTS = ("window", "ct_context")
+
+
+@pytest.mark.parametrize("name", CHECKPOINTS)
+def test_the_spec_is_migrated_from_the_training_config(name):
+    state = torch.load(FIXTURES / f"{name}.pt", weights_only=True)
+    assert "format" not in state and "inference" not in state  # really an old checkpoint
+    spec = spec_from_checkpoint(state, name)
+    config = state["config"]
+    assert spec.network == ModelConfig(**config["model"])
+    assert spec.window == tuple(config["data"]["window"]) and spec.target_spacing_xy is None
+    assert spec.context_slices == config["data"]["context_slices"]
+    assert spec.temperature == config["loss"]["temperature"]
+    assert spec.normalization.to_dict() == state["normalization"]
+    assert spec.postprocess == PostprocessConfig()  # what evaluate.py / predict.py applied to old checkpoints
+    again = InferenceSpec.from_dict(json.loads(json.dumps(spec.to_dict())), name)  # survives the new format
+    assert again == spec and spec.to_dict()["version"] == SPEC_VERSION
+
+
+def test_a_checkpoint_older_still_without_normalization_reads_as_the_window():
+    state = torch.load(FIXTURES / "window.pt", weights_only=True)
+    del state["normalization"], state["config"]["data"]["context_slices"]
+    spec = spec_from_checkpoint(state, "older")
+    assert spec.normalization.kind == "window" and spec.context_slices == 0
+
+
+@pytest.mark.parametrize("name", CHECKPOINTS)
+def test_predict_writes_the_same_label_map(name, tmp_path):
+    predict({"ckpt": str(FIXTURES / f"{name}.pt"), "input": str(FIXTURES / "volume-4.nii.gz"),
+             "output": str(tmp_path / "out"), "progress": False, "paths": {"output_dir": str(tmp_path / "run")}})  # fmt: skip
+    written = np.asarray(nib.load(tmp_path / "out" / "test-segmentation-4.nii").dataobj)
+    expected = np.asarray(nib.load(FIXTURES / f"{name}-prediction-4.nii.gz").dataobj)
+    np.testing.assert_array_equal(written, expected)
+    counts = EXPECTED[name]["predict_volume_4"]
+    assert (int((written >= 1).sum()), int((written == 2).sum())) == (counts["liver_voxels"], counts["tumor_voxels"])
+
+
+@pytest.mark.parametrize("name", CHECKPOINTS)
+def test_evaluate_scores_the_same_voxels(name, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for file in ("volume-4.nii.gz", "segmentation-4.nii.gz"):
+        shutil.copy(FIXTURES / file, data / file)
+    result = evaluate({"ckpt": str(FIXTURES / f"{name}.pt"), "data_root": str(data), "tensorboard_dir": None,
+                       "ablation": False, "progress": False, "report": {"montages": False, "plot": False},
+                       "paths": {"output_dir": str(tmp_path / "run")}})  # fmt: skip
+    assert result["num_cases"] == 1 and result["split"] == "test"
+    with open(tmp_path / "run" / "cases.csv") as f:
+        rows = list(csv.DictReader(f))
+    for stage, counts in EXPECTED[name]["evaluate_test_case_4"].items():
+        assert [{k: int(r[k]) for k in counts} for r in rows if r["stage"] == stage] == [counts]
