@@ -15,7 +15,8 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from lits.core.config.store import register
 from lits.core.errors import LitsError
 
-_DETAIL_PREFIXES = ("full_key:", "reference_type", "object_type", "Set the environment variable HYDRA_FULL_ERROR")
+_DETAIL_PREFIXES = ("full_key:", "reference_type", "object_type", "Set the environment variable HYDRA_FULL_ERROR",
+                    "To append to your config use")  # the last: Hydra's hint for new keys, misleading for a typo
 
 
 def one_line(exc: BaseException) -> str:
@@ -28,6 +29,8 @@ def one_line(exc: BaseException) -> str:
             line = line.strip()
             if line and not line.startswith(_DETAIL_PREFIXES) and line not in parts:
                 parts.append(line.rstrip("."))
+    if any(" not in '" in part or "not in struct" in part for part in parts):
+        parts.append("check the name: --cfg job prints every key")
     return "; ".join(parts)
 
 

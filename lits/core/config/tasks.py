@@ -23,9 +23,9 @@ class TrainConfig:
     evaluate_after: str | None = None  # test | val: when training ends, score best.pt on that split (<run>/evaluate)
     data: DataConfig = MISSING
     model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # before optim: its t_max follows max_epochs
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
