@@ -3,12 +3,10 @@
 import json
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, SMOKE, run_python
 from omegaconf import OmegaConf
 
 from lits.train.loss import HybridLoss, targets_from_labels
@@ -19,7 +17,7 @@ LOSS = OmegaConf.load(REPO / "configs/loss/hybrid.yaml")
 # 2 CPU processes x batch 4, 32 draws per epoch: 4 steps per epoch, 8 in all; last.pt also at step 5 (mid-epoch 1).
 # NaN injected on rank 1 only at step 2: rank 0 must skip that step too (else the gradient all-reduce would hang).
 COMMON = [
-    "experiment=smoke",
+    *SMOKE,
     "trainer.progress=false",
     "trainer.deterministic=true",
     "trainer.save_every_steps=5",
@@ -29,19 +27,9 @@ COMMON = [
 
 
 def torchrun(work, run, *overrides):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(REPO / "train.py"),
-        *COMMON,
-        f"hydra.run.dir=outputs/{run}",
-        *overrides,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600, env=env)
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    args = [*COMMON, f"hydra.run.dir=outputs/{run}", *overrides]
+    return run_python(*launcher, REPO / "train.py", *args, cwd=work, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="module")

@@ -6,27 +6,14 @@ import math
 
 import pytest
 import torch
-from conftest import REPO
-from hydra import compose, initialize_config_dir
+from conftest import train_config
 
 from lits.core.errors import LitsError
 
 
 def config(work, run, *overrides):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                "experiment=smoke",
-                "trainer.progress=false",
-                "trainer.log_images=false",
-                "trainer.max_epochs=1",
-                "trainer.num_threads=1",
-                *overrides,
-                f"paths.root_dir={work}",
-                f"paths.output_dir={work}/outputs/{run}",
-            ],
-        )
+    """A one-epoch, one-thread smoke training."""
+    return train_config(work, run, "trainer.max_epochs=1", "trainer.num_threads=1", *overrides)
 
 
 @pytest.fixture
