@@ -1,5 +1,8 @@
 """Shared test toolbox: Hydra composition, the smoke training, the entry-point runner and tiny NIfTI phantoms.
 
+    pytest -m "not slow"   quick inner loop: skips subprocess and end-to-end trainings, evaluations and predictions
+    pytest                 everything, as CI runs it
+
 The smoke training is spelled out here only (SMOKE, SMOKE_SIZES, train_args, train_config), so that a change of the
 config layout touches this file alone.
 """

@@ -66,6 +66,7 @@ def compared(tmp_path_factory):
     return result.stdout, out, runs
 
 
+@pytest.mark.slow
 def test_table_has_one_row_per_experiment_in_seeds_order(compared):
     stdout, _, _ = compared
     header, rows = parse_table(stdout)
@@ -81,6 +82,7 @@ def test_table_has_one_row_per_experiment_in_seeds_order(compared):
             )
 
 
+@pytest.mark.slow
 def test_test_columns_come_from_the_evaluated_run_only(compared):
     stdout, _, runs = compared
     _, rows = parse_table(stdout)
@@ -101,6 +103,7 @@ def test_test_columns_come_from_the_evaluated_run_only(compared):
     )
 
 
+@pytest.mark.slow
 def test_out_writes_results_and_curves(compared):
     stdout, out, runs = compared
     results = (out / "results.md").read_text()

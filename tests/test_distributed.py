@@ -40,6 +40,7 @@ def ddp_run(tmp_path_factory):
     return work, work / "outputs/ddp", result
 
 
+@pytest.mark.slow
 def test_one_set_of_outputs_written_by_rank_0(ddp_run):
     work, run_dir, result = ddp_run
     assert [p.name for p in (work / "outputs").iterdir()] == ["ddp"]  # (checked before the resume test adds its run)
@@ -61,6 +62,7 @@ def test_one_set_of_outputs_written_by_rank_0(ddp_run):
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in state["model"])  # the plain network's weights
 
 
+@pytest.mark.slow
 def test_ranks_draw_disjoint_samples_of_one_global_sequence(ddp_run):
     from lits.data.prepare import prepare
     from lits.data.sampling import LesionSampler, SamplingConfig, SliceIndex
@@ -87,6 +89,7 @@ def test_ranks_draw_disjoint_samples_of_one_global_sequence(ddp_run):
         assert r0["draws"] == [d for _, d in expected[0::2]] and r1["draws"] == [d for _, d in expected[1::2]]
 
 
+@pytest.mark.slow
 def test_validation_equals_a_single_process_evaluation_of_the_same_weights(ddp_run):
     from lits.data.prepare import prepare
     from lits.infer.networks import build_model
@@ -106,6 +109,7 @@ def test_validation_equals_a_single_process_evaluation_of_the_same_weights(ddp_r
     assert metrics == {k: v for k, v in history[-1].items() if k.startswith("val/")} == state["metrics"]
 
 
+@pytest.mark.slow
 def test_ddp_run_killed_mid_epoch_resumes_to_the_same_weights(ddp_run):
     work, run_dir, _ = ddp_run
     killed = torchrun(work, "killed", "trainer.debug_kill_at_step=7")  # rank 1 SIGKILLs itself; torchrun stops rank 0

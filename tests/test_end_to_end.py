@@ -7,6 +7,9 @@ import pytest
 import torch
 from conftest import SMOKE, read_csv_rows, run_cli
 
+# every test here runs train.py or evaluate.py in a child process
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

@@ -191,6 +191,7 @@ def test_resampled_cache_is_scored_and_exported_on_the_native_grid(tmp_path, mon
 # -------------------------------------------------------------------------------------- predictions mode
 
 
+@pytest.mark.slow
 def test_score_a_predictions_folder_from_the_command_line(tmp_path):
     root = write_phantom_tree(tmp_path / "lits")
     preds = tmp_path / "preds"

@@ -23,6 +23,7 @@ def work(tmp_path):
     torch.set_num_threads(threads)  # run() applied trainer.num_threads to this pytest process
 
 
+@pytest.mark.slow
 def test_nan_batches_are_skipped_counted_and_logged(work):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -44,6 +45,7 @@ def test_nan_batches_are_skipped_counted_and_logged(work):
     assert [e.value for e in events.Scalars("train/bad_steps")] == [3]
 
 
+@pytest.mark.slow
 def test_too_many_bad_steps_in_a_row_abort_with_a_clear_error(work):
     from lits.train.fit import run
 

@@ -68,6 +68,7 @@ def test_predict_a_file(setup, tmp_path, capsys):
     assert "tumor_ml" in out and "wrote 1 label maps" in out
 
 
+@pytest.mark.slow
 def test_predict_a_folder_from_the_command_line(setup, tmp_path):
     _, root, ckpt = setup
     folder = tmp_path / "cts"
@@ -149,6 +150,7 @@ def test_output_may_not_overwrite_the_input(setup):
         )
 
 
+@pytest.mark.slow
 def test_cli_error_is_one_line(setup, tmp_path):
     _, _, ckpt = setup
     _write(tmp_path / "ct4d.nii.gz", np.zeros((8, 8, 4, 3), np.int16))

@@ -69,6 +69,7 @@ def test_time_budget_plans_whole_epochs_and_stretches_the_schedule():
         TimeBudget(0, 30)
 
 
+@pytest.mark.slow
 def test_max_time_stops_training_with_a_validated_checkpoint(tmp_path):
     """A budget far below max_epochs ends the run early, validated and saved (a budget check, not a timing check)."""
     result = run_cli(

@@ -7,6 +7,9 @@ import pytest
 import torch
 from conftest import run_cli, train_args, train_config
 
+# every test here starts from a smoke training run in a child process
+pytestmark = pytest.mark.slow
+
 # deterministic CPU smoke run: 2 epochs x 8 steps; last.pt also every 3 steps
 RESUMABLE = ["trainer.deterministic=true", "trainer.save_every_steps=3"]
 
