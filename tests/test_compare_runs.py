@@ -67,7 +67,7 @@ def compared(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_table_has_one_row_per_experiment_in_seeds_order(compared):
+def test_table_has_one_row_per_experiment_in_ablation_order(compared):
     stdout, _, _ = compared
     header, rows = parse_table(stdout)
     assert header == ["experiment", "runs", "seeds", *VAL_COLUMNS, *TEST_COLUMNS]

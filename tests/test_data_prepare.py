@@ -347,10 +347,10 @@ def test_concurrent_preparers_wait_for_each_other(tmp_path):
 def test_prepare_data_script_errors_are_one_line(tmp_path):
     result = run_cli(PREPARE_DATA, "data=msd", f"data.root={tmp_path}", cwd=tmp_path, timeout=120)
     assert result.returncode == 2
-    assert (
-        result.stderr.strip().splitlines()[-1]
-        == f"error: {tmp_path}: no imagesTr/ folder; point data.root at the MSD Task03_Liver folder (imagesTr/, labelsTr/)"
+    expected = (
+        f"error: {tmp_path}: no imagesTr/ folder; point data.root at the MSD Task03_Liver folder (imagesTr/, labelsTr/)"
     )
+    assert result.stderr.strip().splitlines()[-1] == expected
 
 
 def test_a_full_disk_is_an_error_even_with_skip(tmp_path, monkeypatch):
@@ -365,7 +365,8 @@ def test_a_full_disk_is_an_error_even_with_skip(tmp_path, monkeypatch):
     cfg = data_cfg(root, tmp_path / "cache", on_error="skip", split={"val": [1], "test": [2]})
     with pytest.raises(
         LitsError,
-        match=r"cannot write the preprocessing cache \(No space left on device\); free disk space or set data.cache_dir",
+        match=r"cannot write the preprocessing cache \(No space left on device\); "
+        r"free disk space or set data.cache_dir",
     ):
         prepare(cfg, seed=0, progress=False)
     assert [p.name for p in cache_folder(cfg).iterdir()] == [".lock"]  # no temp folder left behind

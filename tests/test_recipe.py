@@ -1,4 +1,4 @@
-"""The training-recipe options of issue 7: LR schedules, time budget, CT normalisation, deep supervision."""
+"""The training-recipe options: LR schedules, time budget, CT normalisation, deep supervision."""
 
 import json
 from types import SimpleNamespace
@@ -22,7 +22,7 @@ def test_cosine_matches_torch_cosine_annealing_also_past_t_max():
     )
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=20, eta_min=1e-6)
-    for epoch in range(30):  # SEEDS.md's article: T_max 20 with 30 epochs (the LR rises again after 20)
+    for epoch in range(30):  # the README's LiTS recipe: T_max 20 with 30 epochs (the LR rises again after 20)
         assert lr_at(cfg, epoch, 30) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9, abs=1e-15), epoch
         opt.step()
         sched.step()
