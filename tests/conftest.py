@@ -1,10 +1,24 @@
-"""Shared test helpers: tiny LiTS-layout NIfTI pairs written by the tests themselves."""
+"""Shared test toolbox: Hydra composition, the smoke training, the entry-point runner and tiny NIfTI phantoms.
 
+    pytest -m "not slow"   quick inner loop: skips subprocess and end-to-end trainings, evaluations and predictions
+    pytest                 everything, as CI runs it
+
+The smoke training is spelled out here only (SMOKE, SMOKE_SIZES, train_args, train_config), so that a change of the
+config layout touches this file alone.
+"""
+
+import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from omegaconf import OmegaConf
 
 from lits.core.errors import LitsError
 from lits.data.cache import CachedCase, cache_cases
@@ -14,12 +28,80 @@ from lits.data.sources import find_lits
 
 REPO = Path(__file__).resolve().parents[1]
 
+# ---------------------------------------------------------------------------------------------- configs
 
-def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_xyzt_units("mm")
-    nib.save(img, str(path))
-    return path
+
+def compose(config_name: str, *overrides: str):
+    """configs/<config_name>.yaml with overrides, through Hydra's compose API (no Hydra runtime: nothing sets the
+    run folder, so callers that resolve paths give paths.root_dir / paths.output_dir themselves)."""
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return hydra_compose(config_name, overrides=list(overrides))
+
+
+# placeholder paths for configs whose values are only read, never used to write anything
+PLACEHOLDER_PATHS = ("paths.root_dir=/tmp/lits-root", "paths.output_dir=/tmp/lits-root/out")
+
+
+def compose_train(*overrides: str):
+    """The training config for tests that read its values (paths pinned to a placeholder root)."""
+    return compose("train", *overrides, *PLACEHOLDER_PATHS)
+
+
+# The smoke training: tiny synthetic data, a small network and two epochs, about a minute on CPU.
+SMOKE = ("experiment=smoke",)
+# The same settings as plain overrides, for sweeps that choose the experiment themselves (train.py -m experiment=a,b)
+SMOKE_SIZES = (
+    "data.crop_size=64",
+    "data.num_workers=0",
+    "data.split.val=0.2",
+    "data.split.test=0.2",
+    "data.sampling.samples_per_epoch=32",
+    "data.synthetic.num_cases=5",
+    "data.synthetic.size=96",
+    "+data.synthetic.num_slices=[20,28]",
+    "model.channels=[8,16,32]",
+    "model.strides=[2,2]",
+    "model.num_res_units=1",
+    "trainer.max_epochs=2",
+    "trainer.batch_size=4",
+    "loss.schedule.bce_epochs=1",
+    "loss.schedule.dice_epoch=2",
+)
+QUIET_TRAINING = ("trainer.progress=false", "trainer.log_images=false")  # no progress bars, no TensorBoard images
+
+
+def train_args(run: str, *overrides: str) -> list[str]:
+    """train.py's command line for the smoke training of run `run` (in outputs/<run> of the working folder)."""
+    return [*SMOKE, *QUIET_TRAINING, *overrides, f"hydra.run.dir=outputs/{run}"]
+
+
+def train_config(work, run: str, *overrides: str):
+    """The config of `train.py *train_args(run, *overrides)` run from `work`, composed in this process (paths
+    pinned: no Hydra runtime here)."""
+    return compose(
+        "train", *SMOKE, *QUIET_TRAINING, *overrides, f"paths.root_dir={work}", f"paths.output_dir={work}/outputs/{run}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- subprocesses
+
+
+def run_python(*args, cwd, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python args...` in a child process (this interpreter), output captured as text; env None: inherited."""
+    return subprocess.run(
+        [sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def run_cli(script: str, *args, cwd, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """A script of the repository (train.py, scripts/compare_runs.py, ...) run as a user would, from `cwd`."""
+    return run_python(REPO / script, *args, cwd=cwd, timeout=timeout, env=env)
+
+
+def read_csv_rows(path) -> list[dict]:
+    """A CSV report (cases.csv, predictions.csv, ...) as one dict per row."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def one_line_error(result):
@@ -28,6 +110,26 @@ def one_line_error(result):
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
     return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------- NIfTI phantoms
+
+LPS = np.diag([-0.8, -0.8, 2.5, 1.0])  # the usual LiTS / DICOM voxel axes
+# a non-canonical affine: voxel axes permuted and flipped (i -> -S, j -> +R, k -> -A), with an offset
+ODD = np.array([[0, 0.75, 0, -20], [0, 0, -0.9, 30], [-3.0, 0, 0, 40], [0, 0, 0, 1]])
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(path))
+    return path
+
+
+def truncate(path: Path) -> None:
+    """Cut a file in half, as an interrupted copy leaves it."""
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
 
 
 def make_case(shape=(40, 36, 12), seed=0, tumor=True):
@@ -46,12 +148,67 @@ def lits_tree(tmp_path):
     """A folder with three LiTS-layout pairs (one without tumour), non-trivial affine."""
     root = tmp_path / "lits"
     root.mkdir()
-    affine = np.diag([-0.8, -0.8, 2.5, 1.0])
     for i in range(3):
         vol, seg = make_case(seed=i, tumor=i != 1)
-        write_nifti(root / f"volume-{i}.nii.gz", vol, affine)
-        write_nifti(root / f"segmentation-{i}.nii.gz", seg, affine)
+        write_nifti(root / f"volume-{i}.nii.gz", vol, LPS)
+        write_nifti(root / f"segmentation-{i}.nii.gz", seg, LPS)
     return root
+
+
+def odd_case(seed=0, tumor=True):
+    """make_case data re-laid out for the ODD affine (same anatomy, different voxel order)."""
+    vol, seg = make_case(seed=seed, tumor=tumor)  # (X, Y, Z)
+    return np.ascontiguousarray(np.transpose(vol, (2, 0, 1))), np.ascontiguousarray(np.transpose(seg, (2, 0, 1)))
+
+
+def write_scaled(path: Path, hu: np.ndarray, affine: np.ndarray) -> Path:
+    """Float HU stored as int16 with scl_slope / scl_inter (nibabel picks them to fit the data)."""
+    img = nib.Nifti1Image(hu.astype(np.float32), affine)
+    img.set_data_dtype(np.int16)
+    nib.save(img, str(path))
+    assert nib.load(str(path)).dataobj.slope != 1.0
+    return path
+
+
+def make_lits_tree(root: Path, n: int = 6) -> Path:
+    """n cases split over 'Training Batch 1/2' like the LiTS download, .nii and .nii.gz. Case 1 is tumour-free,
+    case 2 has a non-canonical affine, case 3 int16 with scl_slope/inter, case 4 float32 HU with int16 labels,
+    case 5 uint8 voxels with float64 labels."""
+    for i in range(n):
+        folder = root / f"Training Batch {1 + i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        ext = ".nii" if i % 3 == 0 else ".nii.gz"
+        vol, seg = make_case(seed=i, tumor=i != 1)
+        affine = LPS
+        if i == 2:
+            vol, seg = odd_case(seed=i)
+            affine = ODD
+        if i == 3:
+            write_scaled(folder / f"volume-{i}{ext}", vol * 1.37 + 0.3, affine)
+        else:
+            if i == 4:
+                vol, seg = vol.astype(np.float32) + 0.25, seg.astype(np.int16)
+            if i == 5:
+                vol, seg = np.clip(vol + 60, 0, 255).astype(np.uint8), seg.astype(np.float64)
+            write_nifti(folder / f"volume-{i}{ext}", vol, affine)
+        write_nifti(folder / f"segmentation-{i}{ext}", seg, affine)
+    return root
+
+
+def make_msd_tree(root: Path, n: int = 4) -> Path:
+    """Task03_Liver: imagesTr/liver_N.nii.gz + labelsTr/liver_N.nii.gz, macOS '._' junk, an unlabelled imagesTs."""
+    task = root / "Task03_Liver"
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (task / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        vol, seg = odd_case(seed=i) if i == 1 else make_case(seed=i)
+        affine = ODD if i == 1 else LPS
+        write_nifti(task / "imagesTr" / f"liver_{i}.nii.gz", vol, affine)
+        write_nifti(task / "labelsTr" / f"liver_{i}.nii.gz", seg, affine)
+        (task / "imagesTr" / f"._liver_{i}.nii.gz").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    write_nifti(task / "imagesTs" / "liver_200.nii.gz", make_case()[0], LPS)
+    (task / "dataset.json").write_text("{}")
+    return task
 
 
 def find_lits_pairs(root) -> list[CasePaths]:
@@ -76,3 +233,82 @@ def build_cache(
     prep = Preprocessing(window=tuple(window), target_spacing_xy=target_spacing_xy)
     cached, _ = cache_cases(cases, cache_root, prep, source_root, progress, workers, on_error="fail")
     return [cached[c.case_id] for c in cases]
+
+
+# ------------------------------------------------------------------- post-processing phantoms and checkpoints
+# Tiny noise-free cases on a flipped + permuted (non-canonical) grid, for the evaluate and predict tests.
+
+# x -> -z, y -> x, z -> -y (mm): canonical (Z, Y, X) arrays differ from the stored (i, j, k) order
+PHANTOM_AFFINE = np.array([[0, 0, -2.5, 10], [0.8, 0, 0, -5], [0, -0.7, 0, 3], [0, 0, 0, 1.0]])
+PHANTOM_SHAPE = (40, 36, 12)
+# phantom intensities (HU); the evaluate tests' fake model reads probabilities off them
+BACKGROUND_HU, LIVER_HU, CORE_HU, RIM_HU, OUTSIDE_TUMOR_HU = -100, 100, 40, 20, -60
+
+
+def ablation_phantom(tumor=True):
+    """(CT HU int16, segmentation uint8) in stored order, each post-processing step with an artefact to remove.
+
+    Liver block; tumour = a confident core (prob 0.9) inside a low-confidence rim (0.4) that only hysteresis
+    recovers; a second 'liver' (spleen, label 0) the largest-component step removes; tumour-looking voxels
+    sticking out of the liver (label 0) that tumour-in-liver trims and small-component removal finishes; an
+    8-voxel false tumour inside the liver that small-component removal drops.
+    """
+    vol = np.full(PHANTOM_SHAPE, BACKGROUND_HU, np.int16)
+    seg = np.zeros(PHANTOM_SHAPE, np.uint8)
+    vol[6:26, 6:28, 2:10], seg[6:26, 6:28, 2:10] = LIVER_HU, 1
+    if tumor:
+        vol[11:19, 11:19, 4:7], seg[11:19, 11:19, 4:7] = RIM_HU, 2
+        vol[12:18, 12:18, 4:7] = CORE_HU
+    vol[30:36, 6:12, 2:6] = LIVER_HU  # spleen
+    vol[26:32, 14:18, 4:8] = OUTSIDE_TUMOR_HU  # touches the liver face x=25
+    vol[22:24, 22:24, 7:9] = CORE_HU  # small false tumour inside the liver (label stays 1)
+    return vol, seg
+
+
+def write_phantom_tree(root, cases=(0, 1, 2), affine=PHANTOM_AFFINE):
+    """LiTS-layout ablation phantoms (case 1 without tumour) in root."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i in cases:
+        vol, seg = ablation_phantom(tumor=i != 1)
+        write_nifti(root / f"volume-{i}.nii.gz", vol, affine)
+        write_nifti(root / f"segmentation-{i}.nii.gz", seg, affine)
+    return root
+
+
+def make_checkpoint(tmp_path, data_root, test_ids=("0", "1", "2"), prior=(0.5, 0.5), overrides=()):
+    """A checkpoint as train.py writes it (smoke-sized, untrained) for data=lits at data_root, in
+    tmp_path/outputs/run/checkpoints/ beside an empty tensorboard/ folder.
+
+    prior 0.5: the untrained network's masks then depend on the input, so they are not trivially empty.
+    """
+    from lits.infer.networks import build_model
+    from lits.train.checkpoint import save_checkpoint
+
+    cfg = train_config(
+        tmp_path,
+        "run",
+        "data=lits",
+        f"data.root={data_root}",
+        "data.synthetic=null",
+        f"data.cache_dir={tmp_path}/cache",
+        f"model.output_prior=[{prior[0]},{prior[1]}]",
+        *overrides,
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    state = {
+        "model": model.state_dict(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "epoch": 3,
+        "splits": {"train": [], "val": [test_ids[0]], "test": list(test_ids)},
+    }
+    run_dir = Path(cfg.paths.output_dir)
+    (run_dir / "tensorboard").mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(state, run_dir / "checkpoints/best.pt")
+
+
+def evaluate_cfg(tmp_path, *overrides, out="eval"):
+    """evaluate.py's config without progress bars, writing to tmp_path/<out>."""
+    return compose(
+        "evaluate", *overrides, "progress=false", f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / out}"
+    )

@@ -342,8 +342,9 @@ def test_config_unknown_key_raises_lits_error_naming_it():
      {"p_scale": 2.0}, {"p_mirror_x": -0.5}, {"p_mirror_y": True}, {"p_noise": "often"}, {"p_blur": 1.01},
      {"p_brightness": -1}, {"p_contrast": 3}, {"p_lowres": 1.5}, {"p_gamma": -0.1}, {"p_gamma_invert": 2},
      {"scale_range": [0.0, 1.4]}, {"scale_range": [1.4, 0.7]}, {"scale_range": 1.2}, {"noise_std": [-0.01, 0.03]},
-     {"noise_std": [0.03, 0.0]}, {"blur_sigma": [0.0, 1.0]}, {"blur_sigma": [1.0, 0.5]}, {"brightness_range": [-0.1, 1.2]},
-     {"brightness_range": [1.2]}, {"contrast_range": [-1.0, 1.0]}, {"contrast_range": [1.3, 1.2]},
+     {"noise_std": [0.03, 0.0]}, {"blur_sigma": [0.0, 1.0]}, {"blur_sigma": [1.0, 0.5]},
+     {"brightness_range": [-0.1, 1.2]}, {"brightness_range": [1.2]}, {"contrast_range": [-1.0, 1.0]},
+     {"contrast_range": [1.3, 1.2]},
      {"lowres_zoom": [0.0, 1.0]}, {"lowres_zoom": [0.5, 1.2]}, {"lowres_zoom": [0.9, 0.5]}, {"gamma_range": [0.0, 1.5]},
      {"gamma_range": [1.5, 0.7]}, {"gamma_range": [0.7, float("inf")]}],
 )  # fmt: skip
@@ -447,7 +448,8 @@ def test_scale_range_one_is_not_selected_and_sampled_factors_in_range():
 @pytest.mark.parametrize(
     "kw",
     [dict(p_scale=1.0), dict(p_rotate=1.0, max_rotate_deg=180.0), dict(p_elastic=1.0, elastic_sigma=4.0),
-     dict(p_mirror_x=1.0, p_mirror_y=0.5), dict(p_scale=1.0, p_rotate=1.0, p_elastic=1.0, p_mirror_x=0.5, p_mirror_y=0.5)],
+     dict(p_mirror_x=1.0, p_mirror_y=0.5),
+     dict(p_scale=1.0, p_rotate=1.0, p_elastic=1.0, p_mirror_x=0.5, p_mirror_y=0.5)],
 )  # fmt: skip
 @pytest.mark.parametrize("values", [(0, 1), (0, 1, 2)])
 def test_labels_keep_their_value_set_under_every_spatial_transform(kw, values):
@@ -668,8 +670,10 @@ def test_new_probabilities_and_nnunet_factor_sampling():
     a = aug(p_scale=0.2, p_mirror_x=0.5, p_mirror_y=0.5, p_noise=0.1, p_blur=0.2, p_brightness=0.15, p_contrast=0.15,
             p_lowres=0.25, p_gamma_invert=0.1, p_gamma=0.3)  # fmt: skip
     p = a.sample_params(20000, torch.Generator().manual_seed(0))
-    for name, prob in [("scaling", 0.2), ("mirror_x", 0.5), ("mirror_y", 0.5), ("noise", 0.1), ("blur", 0.2),
-                       ("brightness", 0.15), ("contrast", 0.15), ("lowres", 0.25), ("gamma_invert", 0.1), ("gamma", 0.3)]:  # fmt: skip
+    expected = [("scaling", 0.2), ("mirror_x", 0.5), ("mirror_y", 0.5), ("noise", 0.1), ("blur", 0.2),
+                ("brightness", 0.15), ("contrast", 0.15), ("lowres", 0.25), ("gamma_invert", 0.1),
+                ("gamma", 0.3)]  # fmt: skip
+    for name, prob in expected:
         assert abs(getattr(p, name).float().mean().item() - prob) < 0.015, name
     assert abs((p.mirror_x & p.mirror_y).float().mean().item() - 0.25) < 0.015  # independent
     assert p.blur_sigma.min() >= 0.5 and p.blur_sigma.max() <= 1.0 and p.blur_sigma.shape == (20000, 2)

@@ -3,14 +3,12 @@ the incompatible-network refusal, and RNG states that survive a weights_only rou
 
 import os
 import random
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, run_python
 
 from lits.core.errors import LitsError
 from lits.infer.checkpoint import load_checkpoint
@@ -57,9 +55,7 @@ CHILD = textwrap.dedent("""
 @pytest.mark.parametrize("where", ["write", "rename"])
 def test_kill_during_checkpoint_write_keeps_previous_last_pt(tmp_path, where):
     path = tmp_path / "checkpoints" / "last.pt"
-    result = subprocess.run(
-        [sys.executable, "-c", CHILD, str(path), where], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    result = run_python("-c", CHILD, path, where, cwd=REPO, timeout=120)
     assert result.returncode == -9, result.stderr[-2000:]
     loaded = load_checkpoint(path)
     assert loaded["epoch"] == 1 and torch.equal(loaded["model"]["w"], torch.full((4, 4), 1.0))

@@ -2,33 +2,13 @@
 evaluated into <run>/evaluate, then the table, results.md and curves.png; and its one-line errors."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO, one_line_error
+from conftest import REPO, SMOKE_SIZES, one_line_error, run_cli
 
-# configs/experiment/smoke.yaml's sizes as command-line overrides (the experiments themselves come from the sweep)
-SMOKE = [
-    "data.crop_size=64",
-    "data.num_workers=0",
-    "data.split.val=0.2",
-    "data.split.test=0.2",
-    "data.sampling.samples_per_epoch=32",
-    "data.synthetic.num_cases=5",
-    "data.synthetic.size=96",
-    "+data.synthetic.num_slices=[20,28]",
-    "model.channels=[8,16,32]",
-    "model.strides=[2,2]",
-    "model.num_res_units=1",
-    "trainer.max_epochs=2",
-    "trainer.batch_size=4",
-    "trainer.val_every=1",
-    "trainer.log_images=false",
-    "trainer.progress=false",
-    "loss.schedule.bce_epochs=1",
-    "loss.schedule.dice_epoch=2",
-]
+# the smoke training's settings as command-line overrides (the experiments themselves come from the sweep), every
+# epoch validated, quietly
+SWEEP = [*SMOKE_SIZES, "trainer.val_every=1", "trainer.log_images=false", "trainer.progress=false"]
 TEST_COLUMNS = [
     "test tumour Dice/case",
     "test tumour Dice global",
@@ -44,12 +24,8 @@ VAL_COLUMNS = [
 ]
 
 
-def run(*args, cwd):
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=600)
-
-
 def compare(*args, cwd):
-    return run(REPO / "scripts/compare_runs.py", *args, cwd=cwd)
+    return run_cli("scripts/compare_runs.py", *args, cwd=cwd)
 
 
 def parse_table(text):
@@ -65,15 +41,15 @@ def compared(tmp_path_factory):
     """One smoke-sized sweep (data and outputs under a temporary folder, as test_end_to_end), bce evaluated."""
     work = tmp_path_factory.mktemp("compare")
     sweep = work / "outputs/multirun/sweep"
-    result = run(
-        REPO / "train.py", "-m", "experiment=bce,progressive", "seed=0", *SMOKE, f"hydra.sweep.dir={sweep}", cwd=work
+    result = run_cli(
+        "train.py", "-m", "experiment=bce,progressive", "seed=0", *SWEEP, f"hydra.sweep.dir={sweep}", cwd=work
     )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = {p.name.split("_", 1)[1]: p for p in sweep.iterdir() if p.is_dir()}
     assert set(runs) == {"bce_seed0", "progressive_seed0"}, sorted(runs)
     bce = runs["bce_seed0"]
-    result = run(
-        REPO / "evaluate.py",
+    result = run_cli(
+        "evaluate.py",
         f"ckpt={bce}/checkpoints/best.pt",
         f"hydra.run.dir={bce}/evaluate",
         "ablation=false",
@@ -90,7 +66,8 @@ def compared(tmp_path_factory):
     return result.stdout, out, runs
 
 
-def test_table_has_one_row_per_experiment_in_seeds_order(compared):
+@pytest.mark.slow
+def test_table_has_one_row_per_experiment_in_ablation_order(compared):
     stdout, _, _ = compared
     header, rows = parse_table(stdout)
     assert header == ["experiment", "runs", "seeds", *VAL_COLUMNS, *TEST_COLUMNS]
@@ -105,6 +82,7 @@ def test_table_has_one_row_per_experiment_in_seeds_order(compared):
             )
 
 
+@pytest.mark.slow
 def test_test_columns_come_from_the_evaluated_run_only(compared):
     stdout, _, runs = compared
     _, rows = parse_table(stdout)
@@ -125,6 +103,7 @@ def test_test_columns_come_from_the_evaluated_run_only(compared):
     )
 
 
+@pytest.mark.slow
 def test_out_writes_results_and_curves(compared):
     stdout, out, runs = compared
     results = (out / "results.md").read_text()

@@ -1,26 +1,14 @@
 """Every data source config group composes and carries the same, documented keys."""
 
 import pytest
-from conftest import REPO
-from hydra import compose, initialize_config_dir
+from conftest import REPO, compose_train
 from omegaconf import OmegaConf
 
 GROUPS = sorted(p.stem for p in (REPO / "configs/data").glob("*.yaml"))
 
 
 def compose_data(group, *overrides):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"data={group}",
-                "data.root=/x",
-                *overrides,
-                "paths.root_dir=/tmp/lits-root",
-                "paths.output_dir=/tmp/lits-root/out",
-            ],
-        )
-    return cfg.data
+    return compose_train(f"data={group}", "data.root=/x", *overrides).data
 
 
 def test_all_sources_have_the_same_keys():

@@ -13,9 +13,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import REPO, make_case, write_nifti
+from conftest import LPS, REPO, make_case, make_lits_tree, make_msd_tree, run_cli, truncate, write_nifti
 from omegaconf import OmegaConf
-from test_sources import LPS, make_lits_tree, make_msd_tree, truncate
 
 from lits.core.errors import LitsError
 from lits.data import nifti
@@ -260,15 +259,16 @@ def test_changed_source_is_rebuilt_and_unchanged_reused(tmp_path):
     )
 
 
+PREPARE_DATA = "scripts/prepare_data.py"
+
+
+def prepare_args(root, cache, workers=1):
+    return ["data=lits", f"data.root={root}", f"data.cache_dir={cache}", f"data.prepare_workers={workers}"]
+
+
 def prepare_cmd(root, cache, workers=1):
-    return [
-        sys.executable,
-        str(REPO / "scripts/prepare_data.py"),
-        "data=lits",
-        f"data.root={root}",
-        f"data.cache_dir={cache}",
-        f"data.prepare_workers={workers}",
-    ]
+    """The command line for a preparer in a child process this test controls (killed, or two at once)."""
+    return [sys.executable, str(REPO / PREPARE_DATA), *prepare_args(root, cache, workers)]
 
 
 def big_tree(root: Path, n: int) -> Path:
@@ -310,9 +310,7 @@ def test_killed_prepare_data_resumes_and_nothing_is_corrupt(tmp_path):
     print(f"killed with {len(done)}/{n} cases done; half-written: {leftovers}")
     (folder / ".15.tmp-otherhost-1-abc").mkdir(exist_ok=True)  # and one from an earlier crash, for good measure
 
-    result = subprocess.run(
-        prepare_cmd(root, cache, workers=2), cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
+    result = run_cli(PREPARE_DATA, *prepare_args(root, cache, workers=2), cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"{n} cases" in result.stdout
     assert sorted(p.name for p in folder.iterdir() if p.name not in (".lock",)) == sorted(str(i) for i in range(n))
@@ -348,13 +346,7 @@ def test_concurrent_preparers_wait_for_each_other(tmp_path):
 
 
 def test_prepare_data_script_errors_are_one_line(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(REPO / "scripts/prepare_data.py"), "data=msd", f"data.root={tmp_path}"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_cli(PREPARE_DATA, "data=msd", f"data.root={tmp_path}", cwd=tmp_path, timeout=120)
     assert result.returncode == 2
     expected = (
         f"error: {tmp_path}: no imagesTr/ folder; point data.root at the MSD Task03_Liver folder (imagesTr/, labelsTr/)"

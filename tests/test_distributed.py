@@ -3,12 +3,10 @@
 import json
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, SMOKE, run_python
 from omegaconf import OmegaConf
 
 from lits.train.loss import HybridLoss, targets_from_labels
@@ -19,7 +17,7 @@ LOSS = OmegaConf.load(REPO / "configs/loss/hybrid.yaml")
 # 2 CPU processes x batch 4, 32 draws per epoch: 4 steps per epoch, 8 in all; last.pt also at step 5 (mid-epoch 1).
 # NaN injected on rank 1 only at step 2: rank 0 must skip that step too (else the gradient all-reduce would hang).
 COMMON = [
-    "experiment=smoke",
+    *SMOKE,
     "trainer.progress=false",
     "trainer.deterministic=true",
     "trainer.save_every_steps=5",
@@ -29,19 +27,9 @@ COMMON = [
 
 
 def torchrun(work, run, *overrides):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(REPO / "train.py"),
-        *COMMON,
-        f"hydra.run.dir=outputs/{run}",
-        *overrides,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600, env=env)
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    args = [*COMMON, f"hydra.run.dir=outputs/{run}", *overrides]
+    return run_python(*launcher, REPO / "train.py", *args, cwd=work, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +40,7 @@ def ddp_run(tmp_path_factory):
     return work, work / "outputs/ddp", result
 
 
+@pytest.mark.slow
 def test_one_set_of_outputs_written_by_rank_0(ddp_run):
     work, run_dir, result = ddp_run
     assert [p.name for p in (work / "outputs").iterdir()] == ["ddp"]  # (checked before the resume test adds its run)
@@ -73,6 +62,7 @@ def test_one_set_of_outputs_written_by_rank_0(ddp_run):
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in state["model"])  # the plain network's weights
 
 
+@pytest.mark.slow
 def test_ranks_draw_disjoint_samples_of_one_global_sequence(ddp_run):
     from lits.data.prepare import prepare
     from lits.data.sampling import LesionSampler, SamplingConfig, SliceIndex
@@ -99,6 +89,7 @@ def test_ranks_draw_disjoint_samples_of_one_global_sequence(ddp_run):
         assert r0["draws"] == [d for _, d in expected[0::2]] and r1["draws"] == [d for _, d in expected[1::2]]
 
 
+@pytest.mark.slow
 def test_validation_equals_a_single_process_evaluation_of_the_same_weights(ddp_run):
     from lits.data.prepare import prepare
     from lits.infer.networks import build_model
@@ -118,6 +109,7 @@ def test_validation_equals_a_single_process_evaluation_of_the_same_weights(ddp_r
     assert metrics == {k: v for k, v in history[-1].items() if k.startswith("val/")} == state["metrics"]
 
 
+@pytest.mark.slow
 def test_ddp_run_killed_mid_epoch_resumes_to_the_same_weights(ddp_run):
     work, run_dir, _ = ddp_run
     killed = torchrun(work, "killed", "trainer.debug_kill_at_step=7")  # rank 1 SIGKILLs itself; torchrun stops rank 0

@@ -1,26 +1,20 @@
 """The user's path, through the real entry points: train (smoke) -> evaluate from the checkpoint alone; bad input."""
 
-import csv
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import SMOKE, read_csv_rows, run_cli
 
-
-def run(script, *overrides, cwd):
-    return subprocess.run(
-        [sys.executable, str(REPO / script), *overrides], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
+# every test here runs train.py or evaluate.py in a child process
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
-    result = run("train.py", "experiment=smoke", "hydra.run.dir=outputs/smoke/run", cwd=work)
+    result = run_cli("train.py", *SMOKE, "hydra.run.dir=outputs/smoke/run", cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]
     return work, work / "outputs/smoke/run"
 
@@ -58,9 +52,9 @@ def test_evaluate_from_the_checkpoint_alone(trained, tmp_path):
     ckpt = tmp_path / "moved.pt"
     shutil.copy(run_dir / "checkpoints/best.pt", ckpt)
     shutil.rmtree(work / "data/cache")  # preprocessing is rebuilt from what the checkpoint records
-    result = run("evaluate.py", f"ckpt={ckpt}", "hydra.run.dir=outputs/eval", cwd=work)
+    result = run_cli("evaluate.py", f"ckpt={ckpt}", "hydra.run.dir=outputs/eval", cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = list(csv.DictReader(open(work / "outputs/eval/cases.csv")))
+    rows = read_csv_rows(work / "outputs/eval/cases.csv")
     test_ids = json.loads((run_dir / "split.json").read_text())["test"]
     assert sorted({r["case"] for r in rows}) == sorted(test_ids)
     assert {r["stage"] for r in rows} == {"raw", "post"}
@@ -71,7 +65,8 @@ def test_evaluate_from_the_checkpoint_alone(trained, tmp_path):
     assert "tumor_dice" in result.stdout
 
 
-def one_line_error(result):
+def last_line_error(result):
+    """Looser than conftest.one_line_error: any failing exit status, and the last stderr line is the error."""
     assert result.returncode != 0
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert lines and lines[-1].startswith("error: "), result.stderr[-2000:]
@@ -79,26 +74,26 @@ def one_line_error(result):
 
 
 def test_missing_data_root_is_one_clear_line(tmp_path):
-    result = run("train.py", "experiment=bce", "data=lits", "hydra.run.dir=run", cwd=tmp_path)
-    assert "data.root" in one_line_error(result)
-    result = run(
+    result = run_cli("train.py", "experiment=bce", "data=lits", "hydra.run.dir=run", cwd=tmp_path)
+    assert "data.root" in last_line_error(result)
+    result = run_cli(
         "train.py", "experiment=bce", "data=lits", f"data.root={tmp_path}/nowhere", "hydra.run.dir=run", cwd=tmp_path
     )
-    assert "nowhere: data folder not found" in one_line_error(result)
+    assert "nowhere: data folder not found" in last_line_error(result)
     assert not (tmp_path / "run/checkpoints").exists()
 
 
 def test_bad_checkpoints_are_refused(tmp_path):
-    assert "checkpoint not found" in one_line_error(
-        run("evaluate.py", "ckpt=missing.pt", "hydra.run.dir=run", cwd=tmp_path)
+    assert "checkpoint not found" in last_line_error(
+        run_cli("evaluate.py", "ckpt=missing.pt", "hydra.run.dir=run", cwd=tmp_path)
     )
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
-    assert "not a readable lits checkpoint" in one_line_error(
-        run("evaluate.py", "ckpt=corrupt.pt", "hydra.run.dir=run", cwd=tmp_path)
+    assert "not a readable lits checkpoint" in last_line_error(
+        run_cli("evaluate.py", "ckpt=corrupt.pt", "hydra.run.dir=run", cwd=tmp_path)
     )
     assert not (tmp_path / "run/metrics.json").exists()
 
 
 def test_unknown_override_fails(tmp_path):
-    result = run("train.py", "trainer.max_epoch=3", cwd=tmp_path)
+    result = run_cli("train.py", "trainer.max_epoch=3", cwd=tmp_path)
     assert result.returncode != 0 and "max_epoch" in result.stderr

@@ -1,51 +1,33 @@
 """evaluate.py: the post-processing ablation, reports, TensorBoard, prediction export, and scoring a folder of
 predictions from any tool. Data: tiny noise-free phantoms on a flipped + permuted (non-canonical) grid."""
 
-import csv
 import json
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from conftest import REPO, write_nifti
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from conftest import (
+    CORE_HU,
+    OUTSIDE_TUMOR_HU,
+    PHANTOM_AFFINE,
+    PHANTOM_SHAPE,
+    RIM_HU,
+    ablation_phantom,
+    evaluate_cfg,
+    make_checkpoint,
+    read_csv_rows,
+    run_cli,
+    write_nifti,
+    write_phantom_tree,
+)
 from scipy import ndimage
 
 import lits.evaluate.scoring
 from lits.core.errors import LitsError
 
-# x -> -z, y -> x, z -> -y (mm): canonical (Z, Y, X) arrays differ from the stored (i, j, k) order
-AFFINE = np.array([[0, 0, -2.5, 10], [0.8, 0, 0, -5], [0, -0.7, 0, 3], [0, 0, 0, 1.0]])
 SPACING_ML = 0.8 * 0.7 * 2.5 / 1000
-SHAPE = (40, 36, 12)
-# phantom intensities (HU); the fake model below reads probabilities off them
-BACKGROUND, LIVER, CORE, RIM, OUTSIDE_TUMOR = -100, 100, 40, 20, -60
 CORE_VOXELS, TUMOR_VOXELS = 6 * 6 * 3, 8 * 8 * 3
 STAGES = ["raw", "largest_liver", "fill_holes", "tumor_in_liver", "min_tumor", "hysteresis", "post"]
-
-
-def phantom(tumor=True):
-    """(CT HU int16, segmentation uint8) in stored order, each post-processing step with an artefact to remove.
-
-    Liver block; tumour = a confident core (prob 0.9) inside a low-confidence rim (0.4) that only hysteresis
-    recovers; a second 'liver' (spleen, label 0) the largest-component step removes; tumour-looking voxels
-    sticking out of the liver (label 0) that tumour-in-liver trims and small-component removal finishes; an
-    8-voxel false tumour inside the liver that small-component removal drops.
-    """
-    vol = np.full(SHAPE, BACKGROUND, np.int16)
-    seg = np.zeros(SHAPE, np.uint8)
-    vol[6:26, 6:28, 2:10], seg[6:26, 6:28, 2:10] = LIVER, 1
-    if tumor:
-        vol[11:19, 11:19, 4:7], seg[11:19, 11:19, 4:7] = RIM, 2
-        vol[12:18, 12:18, 4:7] = CORE
-    vol[30:36, 6:12, 2:6] = LIVER  # spleen
-    vol[26:32, 14:18, 4:8] = OUTSIDE_TUMOR  # touches the liver face x=25
-    vol[22:24, 22:24, 7:9] = CORE  # small false tumour inside the liver (label stays 1)
-    return vol, seg
 
 
 def fake_predict_volume(model, image, *args, **kwargs):
@@ -53,76 +35,8 @@ def fake_predict_volume(model, image, *args, **kwargs):
     hu = np.asarray(image, np.float32) * 450 - 200
     near = lambda value: np.abs(hu - value) < 5  # noqa: E731
     liver = np.where(hu > -20, 0.9, 0.05)
-    tumor = np.select([near(CORE) | near(OUTSIDE_TUMOR), near(RIM)], [0.9, 0.4], 0.02)
+    tumor = np.select([near(CORE_HU) | near(OUTSIDE_TUMOR_HU), near(RIM_HU)], [0.9, 0.4], 0.02)
     return np.stack([liver, tumor]).astype(np.float32)
-
-
-def write_tree(root, cases=(0, 1, 2), affine=AFFINE):
-    root.mkdir(parents=True, exist_ok=True)
-    for i in cases:
-        vol, seg = phantom(tumor=i != 1)
-        write_nifti(root / f"volume-{i}.nii.gz", vol, affine)
-        write_nifti(root / f"segmentation-{i}.nii.gz", seg, affine)
-    return root
-
-
-def make_checkpoint(tmp_path, data_root, test_ids=("0", "1", "2"), prior=(0.5, 0.5), overrides=()):
-    """A checkpoint as train.py writes it (smoke-sized, untrained) for data=lits at data_root, in run/checkpoints/.
-
-    prior 0.5: the untrained network's masks then depend on the input, so they are not trivially empty.
-    """
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "experiment=smoke",
-                "data=lits",
-                f"data.root={data_root}",
-                "data.synthetic=null",
-                f"data.cache_dir={tmp_path}/cache",
-                f"model.output_prior=[{prior[0]},{prior[1]}]",
-                f"paths.root_dir={tmp_path}",
-                f"paths.output_dir={tmp_path}/run",
-                *overrides,
-            ],
-        )
-    from lits.infer.networks import build_model
-    from lits.train.checkpoint import save_checkpoint
-
-    torch.manual_seed(0)
-    model = build_model(cfg.model)
-    state = {
-        "model": model.state_dict(),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "epoch": 3,
-        "splits": {"train": [], "val": [test_ids[0]], "test": list(test_ids)},
-    }
-    (tmp_path / "run/tensorboard").mkdir(parents=True, exist_ok=True)
-    return save_checkpoint(state, tmp_path / "run/checkpoints/best.pt")
-
-
-def evaluate_cfg(tmp_path, *overrides, out="eval"):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose(
-            "evaluate",
-            overrides=[
-                *overrides,
-                "progress=false",
-                f"paths.root_dir={tmp_path}",
-                f"paths.output_dir={tmp_path / out}",
-            ],
-        )
-
-
-def read_rows(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
-def run_cli(script, *overrides, cwd):
-    return subprocess.run(
-        [sys.executable, str(REPO / script), *overrides], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
 
 
 # --------------------------------------------------------------------------------------- checkpoint mode
@@ -132,7 +46,7 @@ def run_cli(script, *overrides, cwd):
 def evaluated(tmp_path_factory):
     """Checkpoint-mode evaluation of three phantom cases with the fake model; returns (tmp_path, out dir, metrics)."""
     tmp_path = tmp_path_factory.mktemp("evaluated")
-    ckpt = make_checkpoint(tmp_path, write_tree(tmp_path / "lits"))
+    ckpt = make_checkpoint(tmp_path, write_phantom_tree(tmp_path / "lits"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(lits.evaluate.scoring, "predict_volume", fake_predict_volume)
         lits.evaluate.scoring.run(evaluate_cfg(tmp_path, f"ckpt={ckpt}"))
@@ -143,7 +57,7 @@ def evaluated(tmp_path_factory):
 def test_ablation_rows_show_what_each_step_buys(evaluated):
     _, out, metrics = evaluated
     assert [s["name"] for s in metrics["stages"]] == STAGES and metrics["main_stage"] == "post"
-    rows = read_rows(out / "ablation_cases.csv")
+    rows = read_csv_rows(out / "ablation_cases.csv")
     assert sorted((r["stage"], r["case"]) for r in rows) == sorted((s, c) for s in STAGES for c in "012")
     by = {(r["stage"], r["case"]): r for r in rows}
     spleen, outside, small = 6 * 6 * 4, 6 * 4 * 4, 8
@@ -170,7 +84,7 @@ def test_ablation_rows_show_what_each_step_buys(evaluated):
 
 def test_report_files_name_every_case_and_stage(evaluated):
     _, out, metrics = evaluated
-    rows = read_rows(out / "cases.csv")
+    rows = read_csv_rows(out / "cases.csv")
     assert {r["stage"] for r in rows} == {"raw", "post"} and sorted({r["case"] for r in rows}) == ["0", "1", "2"]
     for key in ("liver_assd", "tumor_msd", "tumor_lesion_tp_iou50", "tumor_burden_error", "tumor_volume_pred_ml"):
         assert key in rows[0]  # every metric per case
@@ -189,7 +103,7 @@ def test_metrics_go_to_the_training_runs_tensorboard(evaluated):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tmp_path, _, metrics = evaluated
-    events = EventAccumulator(str(tmp_path / "run/tensorboard"))
+    events = EventAccumulator(str(tmp_path / "outputs/run/tensorboard"))
     events.Reload()
     scalars = events.Tags()["scalars"]
     for stage in ("raw", "post", "hysteresis"):
@@ -202,7 +116,7 @@ def test_saved_predictions_overlay_the_input_and_score_the_same(tmp_path, monkey
     # hysteresis on: the fake model's post-processed output is exactly the reference, so the exported file
     # must equal segmentation-N voxel for voxel on the stored (non-canonical) grid
     monkeypatch.setattr(lits.evaluate.scoring, "predict_volume", fake_predict_volume)
-    root = write_tree(tmp_path / "lits", cases=(0, 1))
+    root = write_phantom_tree(tmp_path / "lits", cases=(0, 1))
     ckpt = make_checkpoint(tmp_path, root, test_ids=("0", "1"))
     lits.evaluate.scoring.run(
         evaluate_cfg(
@@ -218,12 +132,12 @@ def test_saved_predictions_overlay_the_input_and_score_the_same(tmp_path, monkey
     for case in ("0", "1"):
         ref = nib.load(root / f"segmentation-{case}.nii.gz")
         exported = nib.load(tmp_path / f"eval/predictions/test-segmentation-{case}.nii")
-        assert exported.get_data_dtype() == np.uint8 and exported.shape == SHAPE
-        np.testing.assert_allclose(exported.affine, AFFINE, atol=1e-6)
+        assert exported.get_data_dtype() == np.uint8 and exported.shape == PHANTOM_SHAPE
+        np.testing.assert_allclose(exported.affine, PHANTOM_AFFINE, atol=1e-6)
         np.testing.assert_array_equal(np.asarray(exported.dataobj), np.asarray(ref.dataobj))
         assert nib.aff2axcodes(exported.affine) == nib.aff2axcodes(ref.affine)
         probs = nib.load(tmp_path / f"eval/predictions/test-segmentation-{case}_probabilities.nii.gz")
-        assert probs.shape == (*SHAPE, 2)
+        assert probs.shape == (*PHANTOM_SHAPE, 2)
         tumor = probs.get_fdata()[..., 1]  # the fake model's raw tumour map: core and both false blobs at 0.9
         assert tumor.max() == pytest.approx(0.9, abs=0.01)
         assert (tumor > 0.5).sum() == (CORE_VOXELS if case == "0" else 0) + 8 + 6 * 4 * 4
@@ -247,7 +161,7 @@ def test_resampled_cache_is_scored_and_exported_on_the_native_grid(tmp_path, mon
     # data.target_spacing_xy: the network sees a coarser in-plane grid; probabilities go back to the CT's own
     # grid before post-processing, scoring and export
     monkeypatch.setattr(lits.evaluate.scoring, "predict_volume", fake_predict_volume)
-    root = write_tree(tmp_path / "lits", cases=(0,))
+    root = write_phantom_tree(tmp_path / "lits", cases=(0,))
     ckpt = make_checkpoint(tmp_path, root, test_ids=("0",), overrides=["data.target_spacing_xy=[1.4,1.6]"])
     lits.evaluate.scoring.run(
         evaluate_cfg(
@@ -259,15 +173,15 @@ def test_resampled_cache_is_scored_and_exported_on_the_native_grid(tmp_path, mon
             "tensorboard_dir=null",
         )
     )
-    [cached] = [p for p in (tmp_path / "cache").rglob("meta.json")]
+    [cached] = list((tmp_path / "cache").rglob("meta.json"))
     assert json.loads(cached.read_text())["resampled"]  # the network really saw another grid
-    row = next(r for r in read_rows(tmp_path / "eval/cases.csv") if r["stage"] == "post")
+    row = next(r for r in read_csv_rows(tmp_path / "eval/cases.csv") if r["stage"] == "post")
     assert int(row["liver_ref_voxels"]) == 20 * 22 * 8  # the reference on its native grid
     # a flip or shift of the grid would cost the liver > 5 points of Dice; the fake model's intensity
     # matching is blurred by the resampling, so the tumour only has to be found
     assert float(row["liver_dice"]) > 0.95 and float(row["tumor_dice"]) > 0.2
     exported = nib.load(tmp_path / "eval/predictions/test-segmentation-0.nii")
-    assert exported.shape == SHAPE
+    assert exported.shape == PHANTOM_SHAPE
     ref = np.asarray(nib.load(root / "segmentation-0.nii.gz").dataobj)
     # overlays the input up to one voxel at the edges (resampling there and back)
     liver, ref_liver = np.asarray(exported.dataobj) >= 1, ref >= 1
@@ -277,15 +191,16 @@ def test_resampled_cache_is_scored_and_exported_on_the_native_grid(tmp_path, mon
 # -------------------------------------------------------------------------------------- predictions mode
 
 
+@pytest.mark.slow
 def test_score_a_predictions_folder_from_the_command_line(tmp_path):
-    root = write_tree(tmp_path / "lits")
+    root = write_phantom_tree(tmp_path / "lits")
     preds = tmp_path / "preds"
     preds.mkdir()
-    _, seg0 = phantom()
-    write_nifti(preds / "segmentation-0.nii.gz", seg0, AFFINE)  # perfect
+    _, seg0 = ablation_phantom()
+    write_nifti(preds / "segmentation-0.nii.gz", seg0, PHANTOM_AFFINE)  # perfect
     missed = seg0.copy()
     missed[missed == 2] = 1  # tumour called liver: liver Dice stays 1, tumour Dice 0
-    write_nifti(preds / "test-segmentation-2.nii", missed, AFFINE)
+    write_nifti(preds / "test-segmentation-2.nii", missed, PHANTOM_AFFINE)
     (preds / "notes.txt").write_text("ignored")
     result = run_cli(
         "evaluate.py",
@@ -295,9 +210,10 @@ def test_score_a_predictions_folder_from_the_command_line(tmp_path):
         "hydra.run.dir=out",
         "progress=false",
         cwd=tmp_path,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = {r["case"]: r for r in read_rows(tmp_path / "out/cases.csv")}
+    rows = {r["case"]: r for r in read_csv_rows(tmp_path / "out/cases.csv")}
     assert sorted(rows) == ["0", "2"] and {r["stage"] for r in rows.values()} == {"given"}
     assert float(rows["0"]["tumor_dice"]) == 1.0 and float(rows["0"]["tumor_assd"]) == 0.0
     assert float(rows["2"]["tumor_dice"]) == 0.0 and float(rows["2"]["liver_dice"]) == 1.0
@@ -310,10 +226,10 @@ def test_score_a_predictions_folder_from_the_command_line(tmp_path):
 
 
 def test_prediction_off_the_reference_grid_is_refused(tmp_path):
-    root = write_tree(tmp_path / "lits", cases=(0,))
+    root = write_phantom_tree(tmp_path / "lits", cases=(0,))
     preds = tmp_path / "preds"
     preds.mkdir()
-    _, seg = phantom()
+    _, seg = ablation_phantom()
     write_nifti(preds / "segmentation-0.nii.gz", seg, np.diag([0.8, 0.7, 2.5, 1.0]))  # canonical, not the input's
     cfg = evaluate_cfg(
         tmp_path, f"predictions={preds}", "data=lits", f"data.root={root}", f"data.cache_dir={tmp_path}/cache"
@@ -323,8 +239,8 @@ def test_prediction_off_the_reference_grid_is_refused(tmp_path):
     assert not (tmp_path / "eval").exists()  # refused before anything was scored or written
 
 
-def _bad_prediction(tmp_path, name, data, affine=AFFINE):
-    root = write_tree(tmp_path / "lits", cases=(0,))
+def _bad_prediction(tmp_path, name, data, affine=PHANTOM_AFFINE):
+    root = write_phantom_tree(tmp_path / "lits", cases=(0,))
     preds = tmp_path / "preds"
     preds.mkdir(exist_ok=True)
     if data is not None:
@@ -342,12 +258,16 @@ def _bad_prediction(tmp_path, name, data, affine=AFFINE):
             np.zeros((40, 36, 11), np.uint8),
             r"shape \(40, 36, 11\) differs from the reference volume-0.nii.gz \(40, 36, 12\)",
         ),
-        ("segmentation-0.nii", np.full(SHAPE, 3, np.uint8), r"segmentation-0.nii: values outside \{0, 1, 2\}"),
-        ("segmentation-0.nii", np.full(SHAPE, 0.5, np.float32), "segmentation-0.nii: non-integer voxel values"),
-        ("segmentation-7.nii", np.zeros(SHAPE, np.uint8), "segmentation-7.nii: no reference case with that number"),
+        ("segmentation-0.nii", np.full(PHANTOM_SHAPE, 3, np.uint8), r"segmentation-0.nii: values outside \{0, 1, 2\}"),
+        ("segmentation-0.nii", np.full(PHANTOM_SHAPE, 0.5, np.float32), "segmentation-0.nii: non-integer voxel values"),
+        (
+            "segmentation-7.nii",
+            np.zeros(PHANTOM_SHAPE, np.uint8),
+            "segmentation-7.nii: no reference case with that number",
+        ),
         (
             "prediction-0.nii",
-            np.zeros(SHAPE, np.uint8),
+            np.zeros(PHANTOM_SHAPE, np.uint8),
             r"no segmentation-N.nii\[.gz\] or test-segmentation-N.nii\[.gz\] files \(1 other",
         ),
     ],
@@ -359,8 +279,8 @@ def test_bad_prediction_files_are_refused(tmp_path, name, data, message):
 
 
 def test_two_files_for_one_case_are_refused(tmp_path):
-    cfg = _bad_prediction(tmp_path, "segmentation-0.nii", np.zeros(SHAPE, np.uint8))
-    write_nifti(tmp_path / "preds/test-segmentation-0.nii.gz", np.zeros(SHAPE, np.uint8), AFFINE)
+    cfg = _bad_prediction(tmp_path, "segmentation-0.nii", np.zeros(PHANTOM_SHAPE, np.uint8))
+    write_nifti(tmp_path / "preds/test-segmentation-0.nii.gz", np.zeros(PHANTOM_SHAPE, np.uint8), PHANTOM_AFFINE)
     with pytest.raises(LitsError, match="case 0 also predicted by"):
         lits.evaluate.scoring.run(cfg)
 

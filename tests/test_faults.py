@@ -6,27 +6,14 @@ import math
 
 import pytest
 import torch
-from conftest import REPO
-from hydra import compose, initialize_config_dir
+from conftest import train_config
 
 from lits.core.errors import LitsError
 
 
 def config(work, run, *overrides):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                "experiment=smoke",
-                "trainer.progress=false",
-                "trainer.log_images=false",
-                "trainer.max_epochs=1",
-                "trainer.num_threads=1",
-                *overrides,
-                f"paths.root_dir={work}",
-                f"paths.output_dir={work}/outputs/{run}",
-            ],
-        )
+    """A one-epoch, one-thread smoke training."""
+    return train_config(work, run, "trainer.max_epochs=1", "trainer.num_threads=1", *overrides)
 
 
 @pytest.fixture
@@ -36,6 +23,7 @@ def work(tmp_path):
     torch.set_num_threads(threads)  # run() applied trainer.num_threads to this pytest process
 
 
+@pytest.mark.slow
 def test_nan_batches_are_skipped_counted_and_logged(work):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -57,6 +45,7 @@ def test_nan_batches_are_skipped_counted_and_logged(work):
     assert [e.value for e in events.Scalars("train/bad_steps")] == [3]
 
 
+@pytest.mark.slow
 def test_too_many_bad_steps_in_a_row_abort_with_a_clear_error(work):
     from lits.train.fit import run
 

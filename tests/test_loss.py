@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, compose_train
 from monai.losses import DiceLoss
 from omegaconf import OmegaConf
 
@@ -71,7 +71,6 @@ def test_progressive_final_alpha_and_cap_are_knobs():
 
 
 # ---------------------------------------------------------------------------------------------- loss variants
-from hydra import compose, initialize_config_dir  # noqa: E402
 from monai.losses import DiceCELoss, FocalLoss, GeneralizedDiceLoss  # noqa: E402
 
 from lits.core.errors import LitsError  # noqa: E402
@@ -85,12 +84,7 @@ def variant(**changes):
 
 
 def experiment_loss(name):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[f"experiment={name}", "paths.root_dir=/tmp/lits-root", "paths.output_dir=/tmp/lits-root/out"],
-        )
-    return cfg.loss
+    return compose_train(f"experiment={name}").loss
 
 
 def test_defaults_are_dice_and_bce_with_aliases():

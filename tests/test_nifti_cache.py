@@ -5,7 +5,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import build_cache, find_lits_pairs, make_case, write_nifti
+from conftest import LPS, build_cache, find_lits_pairs, make_case, truncate, write_nifti
 
 from lits.core.errors import LitsError
 from lits.data.cache import cache_key
@@ -42,7 +42,7 @@ def test_missing_root_and_missing_label(tmp_path, lits_tree):
 )
 def test_validation_errors_name_the_file(tmp_path, problem, message):
     vol, seg = make_case()
-    affine = np.diag([-0.8, -0.8, 2.5, 1.0])
+    affine = LPS
     vol_path, seg_path = tmp_path / "volume-0.nii.gz", tmp_path / "segmentation-0.nii.gz"
     seg_affine = affine.copy()
     vol_data = vol
@@ -60,8 +60,7 @@ def test_validation_errors_name_the_file(tmp_path, problem, message):
     write_nifti(vol_path, vol_data, affine)
     write_nifti(seg_path, seg, seg_affine)
     if problem == "truncated":
-        raw = vol_path.read_bytes()
-        vol_path.write_bytes(raw[: len(raw) // 2])
+        truncate(vol_path)
     from lits.data.nifti import CasePaths
 
     with pytest.raises(LitsError, match=message) as err:
@@ -129,7 +128,7 @@ def test_cache_equals_windowed_source_and_is_reused(lits_tree, tmp_path):
     assert len(list(cache.iterdir())) == 2  # a new window is a new cache
     # a changed source file is re-preprocessed
     vol, seg = make_case(seed=9)
-    write_nifti(lits_tree / "volume-0.nii.gz", vol, np.diag([-0.8, -0.8, 2.5, 1.0]))
+    write_nifti(lits_tree / "volume-0.nii.gz", vol, LPS)
     rebuilt = build_cache(pairs[:1], cache, (-200, 250), lits_tree, progress=False)[0]
     assert np.allclose(rebuilt.image, window_to_unit(load_case(pairs[0]).image, (-200, 250)), atol=1e-3)
 
@@ -138,7 +137,7 @@ def test_failed_case_leaves_nothing_half_written(lits_tree, tmp_path):
     bad = lits_tree / "segmentation-1.nii.gz"
     vol, seg = make_case()
     seg[0, 0, 0] = 7
-    write_nifti(bad, seg, np.diag([-0.8, -0.8, 2.5, 1.0]))
+    write_nifti(bad, seg, LPS)
     with pytest.raises(LitsError, match="segmentation-1"):
         build_cache(find_lits_pairs(lits_tree), tmp_path / "cache", (-200, 250), lits_tree, progress=False)
     folder = tmp_path / "cache" / cache_key((-200, 250), lits_tree)

@@ -1,16 +1,26 @@
 """predict.py: new CTs (no labels) from a checkpoint alone, on a file and on a folder; non-CT input refused
 in one line; flip TTA; the same label maps evaluate.py exports."""
 
-import csv
 import json
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, one_line_error, write_nifti
-from hydra import compose, initialize_config_dir
-from test_evaluate import AFFINE, SHAPE, evaluate_cfg, make_checkpoint, phantom, run_cli, write_tree
+from conftest import (
+    LPS,
+    PHANTOM_AFFINE,
+    PHANTOM_SHAPE,
+    ablation_phantom,
+    compose,
+    evaluate_cfg,
+    make_checkpoint,
+    one_line_error,
+    read_csv_rows,
+    run_cli,
+    write_nifti,
+    write_phantom_tree,
+)
 
 import lits.evaluate.scoring
 import lits.infer.predict
@@ -21,16 +31,14 @@ from lits.infer.predictor import TTA_FLIPS, predict_volume
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("predict")
-    root = write_tree(tmp / "lits", cases=(0, 1))
+    root = write_phantom_tree(tmp / "lits", cases=(0, 1))
     return tmp, root, make_checkpoint(tmp, root, test_ids=("0", "1"))
 
 
 def predict_cfg(tmp_path, *overrides):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose(
-            "predict",
-            overrides=[*overrides, "progress=false", f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/run"],
-        )
+    return compose(
+        "predict", *overrides, "progress=false", f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/run"
+    )
 
 
 def test_predict_a_file(setup, tmp_path, capsys):
@@ -50,31 +58,34 @@ def test_predict_a_file(setup, tmp_path, capsys):
         "test-segmentation-0_probabilities.nii.gz",
     ]
     seg, ct = nib.load(tmp_path / "out/test-segmentation-0.nii"), nib.load(root / "volume-0.nii.gz")
-    assert seg.shape == ct.shape == SHAPE and seg.get_data_dtype() == np.uint8
+    assert seg.shape == ct.shape == PHANTOM_SHAPE and seg.get_data_dtype() == np.uint8
     np.testing.assert_allclose(seg.affine, ct.affine, atol=1e-6)
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
-    assert nib.load(tmp_path / "out/test-segmentation-0_probabilities.nii.gz").shape == (*SHAPE, 2)
-    rows = list(csv.DictReader(open(tmp_path / "run/predictions.csv")))
+    assert nib.load(tmp_path / "out/test-segmentation-0_probabilities.nii.gz").shape == (*PHANTOM_SHAPE, 2)
+    rows = read_csv_rows(tmp_path / "run/predictions.csv")
     assert [r["output"].endswith("test-segmentation-0.nii") for r in rows] == [True]
     out = capsys.readouterr().out
     assert "tumor_ml" in out and "wrote 1 label maps" in out
 
 
+@pytest.mark.slow
 def test_predict_a_folder_from_the_command_line(setup, tmp_path):
     _, root, ckpt = setup
     folder = tmp_path / "cts"
     folder.mkdir()
-    vol, seg = phantom()
-    write_nifti(folder / "volume-4.nii.gz", vol, AFFINE)
-    write_nifti(folder / "patient_b.nii", vol[:, :20], np.diag([-0.8, -0.8, 2.5, 1.0]))  # other size and grid
-    write_nifti(folder / "segmentation-4.nii.gz", seg, AFFINE)  # a label file: skipped
+    vol, seg = ablation_phantom()
+    write_nifti(folder / "volume-4.nii.gz", vol, PHANTOM_AFFINE)
+    write_nifti(folder / "patient_b.nii", vol[:, :20], LPS)  # other size and grid
+    write_nifti(folder / "segmentation-4.nii.gz", seg, PHANTOM_AFFINE)  # a label file: skipped
     (folder / "README.txt").write_text("not a CT")
-    result = run_cli("predict.py", f"ckpt={ckpt}", f"input={folder}", "output=out", "hydra.run.dir=run", cwd=tmp_path)
+    result = run_cli(
+        "predict.py", f"ckpt={ckpt}", f"input={folder}", "output=out", "hydra.run.dir=run", cwd=tmp_path, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["patient_b.nii", "test-segmentation-4.nii"]
     assert nib.load(tmp_path / "out/patient_b.nii").shape == (40, 20, 12)
-    np.testing.assert_allclose(nib.load(tmp_path / "out/patient_b.nii").affine, np.diag([-0.8, -0.8, 2.5, 1.0]))
-    assert len(list(csv.DictReader(open(tmp_path / "run/predictions.csv")))) == 2
+    np.testing.assert_allclose(nib.load(tmp_path / "out/patient_b.nii").affine, LPS)
+    assert len(read_csv_rows(tmp_path / "run/predictions.csv")) == 2
 
 
 def _write(path, data):
@@ -139,11 +150,20 @@ def test_output_may_not_overwrite_the_input(setup):
         )
 
 
+@pytest.mark.slow
 def test_cli_error_is_one_line(setup, tmp_path):
     _, _, ckpt = setup
     _write(tmp_path / "ct4d.nii.gz", np.zeros((8, 8, 4, 3), np.int16))
     line = one_line_error(
-        run_cli("predict.py", f"ckpt={ckpt}", "input=ct4d.nii.gz", "output=out", "hydra.run.dir=run", cwd=tmp_path)
+        run_cli(
+            "predict.py",
+            f"ckpt={ckpt}",
+            "input=ct4d.nii.gz",
+            "output=out",
+            "hydra.run.dir=run",
+            cwd=tmp_path,
+            timeout=300,
+        )
     )
     assert "ct4d.nii.gz: expected a 3D CT volume" in line and not (tmp_path / "out").exists()
 
@@ -160,7 +180,7 @@ def test_predict_matches_what_evaluate_exports(tmp_path, spacing):
     # same checkpoint (untrained, output prior 0.5: masks follow the input), same case: predict.py preprocesses
     # the CT itself, evaluate.py reads the preprocessing cache; the label maps must be identical, also when the
     # model was trained on an in-plane resampled grid
-    root = write_tree(tmp_path / "lits", cases=(1,))
+    root = write_phantom_tree(tmp_path / "lits", cases=(1,))
     extra = [f"data.target_spacing_xy={spacing}"] if spacing else []
     ckpt = make_checkpoint(tmp_path, root, test_ids=("1",), overrides=extra)
     lits.infer.predict.run(
@@ -179,7 +199,7 @@ def test_predict_matches_what_evaluate_exports(tmp_path, spacing):
     )
     ours = np.asarray(nib.load(tmp_path / "pred/test-segmentation-1.nii").dataobj)
     theirs = np.asarray(nib.load(tmp_path / "eval/predictions/test-segmentation-1.nii").dataobj)
-    assert ours.shape == SHAPE and 0 < np.count_nonzero(ours) < ours.size  # not a trivial mask
+    assert ours.shape == PHANTOM_SHAPE and 0 < np.count_nonzero(ours) < ours.size  # not a trivial mask
     np.testing.assert_array_equal(ours, theirs)
     assert json.loads((tmp_path / "eval/metrics.json").read_text())["tta"] is False
 

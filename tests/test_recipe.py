@@ -1,14 +1,12 @@
-"""The training-recipe options of issue 7: LR schedules, time budget, CT normalisation, deep supervision."""
+"""The training-recipe options: LR schedules, time budget, CT normalisation, deep supervision."""
 
 import json
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, SMOKE, run_cli
 from omegaconf import OmegaConf
 
 from lits.core.errors import LitsError
@@ -24,7 +22,7 @@ def test_cosine_matches_torch_cosine_annealing_also_past_t_max():
     )
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=20, eta_min=1e-6)
-    for epoch in range(30):  # SEEDS.md's article: T_max 20 with 30 epochs (the LR rises again after 20)
+    for epoch in range(30):  # the README's LiTS recipe: T_max 20 with 30 epochs (the LR rises again after 20)
         assert lr_at(cfg, epoch, 30) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9, abs=1e-15), epoch
         opt.step()
         sched.step()
@@ -71,23 +69,18 @@ def test_time_budget_plans_whole_epochs_and_stretches_the_schedule():
         TimeBudget(0, 30)
 
 
+@pytest.mark.slow
 def test_max_time_stops_training_with_a_validated_checkpoint(tmp_path):
     """A budget far below max_epochs ends the run early, validated and saved (a budget check, not a timing check)."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "train.py"),
-            "experiment=smoke",
-            "trainer.max_time=0.15",
-            "trainer.max_epochs=400",
-            "trainer.progress=false",
-            "data.normalization=ct",
-            "hydra.run.dir=outputs/run",
-        ],
+    result = run_cli(
+        "train.py",
+        *SMOKE,
+        "trainer.max_time=0.15",
+        "trainer.max_epochs=400",
+        "trainer.progress=false",
+        "data.normalization=ct",
+        "hydra.run.dir=outputs/run",
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "outputs/run"

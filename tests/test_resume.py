@@ -2,33 +2,21 @@
 (torch.equal on every tensor) as one uninterrupted run; a checkpoint of another network is refused."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import run_cli, train_args, train_config
 
-# deterministic CPU smoke run: 2 epochs x 8 steps; last.pt also every 3 steps; one thread so results never depend
-# on how the machine's cores are shared
-COMMON = [
-    "experiment=smoke",
-    "trainer.progress=false",
-    "trainer.num_threads=1",
-    "trainer.deterministic=true",
-    "trainer.save_every_steps=3",
-    "trainer.log_images=false",
-]
+# every test here starts from a smoke training run in a child process
+pytestmark = pytest.mark.slow
+
+# deterministic CPU smoke run: 2 epochs x 8 steps; last.pt also every 3 steps
+RESUMABLE = ["trainer.deterministic=true", "trainer.save_every_steps=3"]
 
 
 def train(work, run, *overrides):
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *COMMON, f"hydra.run.dir=outputs/{run}", *overrides],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    # one thread so results never depend on how the machine's cores are shared
+    return run_cli("train.py", *train_args(run, "trainer.num_threads=1", *RESUMABLE, *overrides), cwd=work)
 
 
 def load(work, run, name="last.pt"):
@@ -94,16 +82,9 @@ def test_interrupted_run_resumes_to_the_same_weights(work):
     assert not [p for p in (work / "outputs/broken/checkpoints").iterdir() if p.name.startswith(".")]
 
 
-def compose(work, run, *overrides):
-    """The run's config composed in this process (paths pinned: no hydra runtime here)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    keep = [o for o in COMMON if not o.startswith("trainer.num_threads")]  # no global thread-count change in pytest
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return hydra_compose(
-            "train", overrides=[*keep, *overrides, f"paths.root_dir={work}", f"paths.output_dir={work}/outputs/{run}"]
-        )
+def config(work, run, *overrides):
+    """The run's config composed in this process; no trainer.num_threads: no global thread-count change in pytest."""
+    return train_config(work, run, *RESUMABLE, *overrides)
 
 
 def test_checkpoint_of_another_network_is_refused(work):
@@ -114,7 +95,7 @@ def test_checkpoint_of_another_network_is_refused(work):
         LitsError,
         match=r"last.pt: checkpoint of a different network \(model.channels: \[8, 16, 32\] -> \[8, 16, 64\]\)",
     ):
-        run(compose(work, "straight", "model.channels=[8,16,64]"))
+        run(config(work, "straight", "model.channels=[8,16,64]"))
 
 
 def test_fresh_start_over_an_existing_run_is_refused(work):
@@ -122,4 +103,4 @@ def test_fresh_start_over_an_existing_run_is_refused(work):
     from lits.train.fit import run
 
     with pytest.raises(LitsError, match="already holds a training run; continue it with trainer.resume=auto"):
-        run(compose(work, "straight", "trainer.resume=null"))
+        run(config(work, "straight", "trainer.resume=null"))

@@ -1,84 +1,17 @@
 """Case discovery in the three layouts (LiTS folders, MSD Task03_Liver, CSV lists) and the problems it reports.
 
-The tree builders here are shared with test_data_prepare.py.
+The tree builders (make_lits_tree, make_msd_tree) are in conftest.py.
 """
 
 import gzip
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
-from conftest import make_case, write_nifti
+from conftest import LPS, make_case, make_lits_tree, make_msd_tree, truncate, write_nifti
 from omegaconf import OmegaConf
 
 from lits.core.errors import LitsError
 from lits.data.sources import discover, find_lits, find_msd, id_from_filename, read_pairs_csv
-
-LPS = np.diag([-0.8, -0.8, 2.5, 1.0])  # the usual LiTS / DICOM voxel axes
-# a non-canonical affine: voxel axes permuted and flipped (i -> -S, j -> +R, k -> -A), with an offset
-ODD = np.array([[0, 0.75, 0, -20], [0, 0, -0.9, 30], [-3.0, 0, 0, 40], [0, 0, 0, 1]])
-
-
-def odd_case(seed=0, tumor=True):
-    """make_case data re-laid out for the ODD affine (same anatomy, different voxel order)."""
-    vol, seg = make_case(seed=seed, tumor=tumor)  # (X, Y, Z)
-    return np.ascontiguousarray(np.transpose(vol, (2, 0, 1))), np.ascontiguousarray(np.transpose(seg, (2, 0, 1)))
-
-
-def truncate(path: Path) -> None:
-    raw = path.read_bytes()
-    path.write_bytes(raw[: len(raw) // 2])
-
-
-def write_scaled(path: Path, hu: np.ndarray, affine: np.ndarray) -> Path:
-    """Float HU stored as int16 with scl_slope / scl_inter (nibabel picks them to fit the data)."""
-    img = nib.Nifti1Image(hu.astype(np.float32), affine)
-    img.set_data_dtype(np.int16)
-    nib.save(img, str(path))
-    assert nib.load(str(path)).dataobj.slope != 1.0
-    return path
-
-
-def make_lits_tree(root: Path, n: int = 6) -> Path:
-    """n cases split over 'Training Batch 1/2' like the LiTS download, .nii and .nii.gz. Case 1 is tumour-free,
-    case 2 has a non-canonical affine, case 3 int16 with scl_slope/inter, case 4 float32 HU with int16 labels,
-    case 5 uint8 voxels with float64 labels."""
-    for i in range(n):
-        folder = root / f"Training Batch {1 + i % 2}"
-        folder.mkdir(parents=True, exist_ok=True)
-        ext = ".nii" if i % 3 == 0 else ".nii.gz"
-        vol, seg = make_case(seed=i, tumor=i != 1)
-        affine = LPS
-        if i == 2:
-            vol, seg = odd_case(seed=i)
-            affine = ODD
-        if i == 3:
-            write_scaled(folder / f"volume-{i}{ext}", vol * 1.37 + 0.3, affine)
-        else:
-            if i == 4:
-                vol, seg = vol.astype(np.float32) + 0.25, seg.astype(np.int16)
-            if i == 5:
-                vol, seg = np.clip(vol + 60, 0, 255).astype(np.uint8), seg.astype(np.float64)
-            write_nifti(folder / f"volume-{i}{ext}", vol, affine)
-        write_nifti(folder / f"segmentation-{i}{ext}", seg, affine)
-    return root
-
-
-def make_msd_tree(root: Path, n: int = 4) -> Path:
-    """Task03_Liver: imagesTr/liver_N.nii.gz + labelsTr/liver_N.nii.gz, macOS '._' junk, an unlabelled imagesTs."""
-    task = root / "Task03_Liver"
-    for sub in ("imagesTr", "labelsTr", "imagesTs"):
-        (task / sub).mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        vol, seg = odd_case(seed=i) if i == 1 else make_case(seed=i)
-        affine = ODD if i == 1 else LPS
-        write_nifti(task / "imagesTr" / f"liver_{i}.nii.gz", vol, affine)
-        write_nifti(task / "labelsTr" / f"liver_{i}.nii.gz", seg, affine)
-        (task / "imagesTr" / f"._liver_{i}.nii.gz").write_bytes(b"\x00\x05\x16\x07 resource fork")
-    write_nifti(task / "imagesTs" / "liver_200.nii.gz", make_case()[0], LPS)
-    (task / "dataset.json").write_text("{}")
-    return task
 
 
 def test_lits_discovery_recursive_mixed_extensions(tmp_path):

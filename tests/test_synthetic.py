@@ -167,10 +167,10 @@ def test_generate_dataset_roundtrip_and_refusal(tmp_path):
 def test_generate_dataset_is_atomic(tmp_path, monkeypatch):
     real = syn.generate_case
 
-    def flaky(index, seed, params):  # generate_dataset passes all three
+    def flaky(index, seed=0, params=None):
         if index == 1:
             raise KeyboardInterrupt
-        return real(index, seed, params)
+        return real(index, seed, SyntheticParams() if params is None else params)
 
     monkeypatch.setattr(syn_dataset, "generate_case", flaky)  # where generate_dataset looks it up
     with pytest.raises(KeyboardInterrupt):
