@@ -20,6 +20,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
+from lits.core.config.store import register
 from lits.core.errors import LitsError
 from lits.data.cache import CachedCase, cache_cases
 from lits.data.nifti import CasePaths
@@ -27,6 +28,7 @@ from lits.data.preprocess import Preprocessing
 from lits.data.sources import find_lits
 
 REPO = Path(__file__).resolve().parents[1]
+register()  # the typed schema, as the entry points register it before composing
 
 # ---------------------------------------------------------------------------------------------- configs
 
@@ -47,8 +49,10 @@ def compose_train(*overrides: str):
     return compose("train", *overrides, *PLACEHOLDER_PATHS)
 
 
-# The smoke training: tiny synthetic data, a small network and two epochs, about a minute on CPU.
-SMOKE = ("experiment=smoke",)
+# The smoke training: tiny synthetic data, a small network and two epochs, seconds on a CPU (configs/debug/smoke.yaml);
+# FAULTS: the same with fault injection switched on (faults.nan_steps, faults.kill_at_step, ...: configs/debug/faults.yaml)
+SMOKE = ("debug=smoke",)
+FAULTS = ("debug=faults",)
 # The same settings as plain overrides, for sweeps that choose the experiment themselves (train.py -m experiment=a,b)
 SMOKE_SIZES = (
     "data.crop_size=64",
@@ -58,7 +62,7 @@ SMOKE_SIZES = (
     "data.sampling.samples_per_epoch=32",
     "data.synthetic.num_cases=5",
     "data.synthetic.size=96",
-    "+data.synthetic.num_slices=[20,28]",
+    "data.synthetic.num_slices=[20,28]",
     "model.channels=[8,16,32]",
     "model.strides=[2,2]",
     "model.num_res_units=1",
@@ -70,17 +74,17 @@ SMOKE_SIZES = (
 QUIET_TRAINING = ("trainer.progress=false", "trainer.log_images=false")  # no progress bars, no TensorBoard images
 
 
-def train_args(run: str, *overrides: str) -> list[str]:
-    """train.py's command line for the smoke training of run `run` (in outputs/<run> of the working folder)."""
-    return [*SMOKE, *QUIET_TRAINING, *overrides, f"hydra.run.dir=outputs/{run}"]
+def train_args(run: str, *overrides: str, debug: tuple[str, ...] = SMOKE) -> list[str]:
+    """train.py's command line for the smoke training of run `run` (in outputs/<run> of the working folder);
+    debug=FAULTS for runs that inject faults."""
+    return [*debug, *QUIET_TRAINING, *overrides, f"hydra.run.dir=outputs/{run}"]
 
 
-def train_config(work, run: str, *overrides: str):
+def train_config(work, run: str, *overrides: str, debug: tuple[str, ...] = SMOKE):
     """The config of `train.py *train_args(run, *overrides)` run from `work`, composed in this process (paths
     pinned: no Hydra runtime here)."""
-    return compose(
-        "train", *SMOKE, *QUIET_TRAINING, *overrides, f"paths.root_dir={work}", f"paths.output_dir={work}/outputs/{run}"
-    )
+    paths = (f"paths.root_dir={work}", f"paths.output_dir={work}/outputs/{run}")
+    return compose("train", *debug, *QUIET_TRAINING, *overrides, *paths)
 
 
 # ---------------------------------------------------------------------------------------------- subprocesses
@@ -281,8 +285,12 @@ def make_checkpoint(tmp_path, data_root, test_ids=("0", "1", "2"), prior=(0.5, 0
 
     prior 0.5: the untrained network's masks then depend on the input, so they are not trivially empty.
     """
+    from lits.core.config import TrainConfig, typed
+    from lits.data.normalization import Normalization
     from lits.infer.networks import build_model
+    from lits.infer.spec import InferenceSpec
     from lits.train.checkpoint import save_checkpoint
+    from lits.train.state import CHECKPOINT_FORMAT
 
     cfg = train_config(
         tmp_path,
@@ -296,9 +304,16 @@ def make_checkpoint(tmp_path, data_root, test_ids=("0", "1", "2"), prior=(0.5, 0
     )
     torch.manual_seed(0)
     model = build_model(cfg.model)
+    typed_cfg = typed(TrainConfig, cfg)
+    window = Normalization("window", typed_cfg.data.window)
+    spec = InferenceSpec.for_training(typed_cfg.model, typed_cfg.data, typed_cfg.loss.temperature, window,
+                                      typed_cfg.postprocess)  # fmt: skip
     state = {
+        "format": CHECKPOINT_FORMAT,
         "model": model.state_dict(),
         "config": OmegaConf.to_container(cfg, resolve=True),
+        "inference": spec.to_dict(),
+        "normalization": window.to_dict(),
         "epoch": 3,
         "splits": {"train": [], "val": [test_ids[0]], "test": list(test_ids)},
     }

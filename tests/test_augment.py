@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import compose_train
 
 from lits.core.errors import LitsError
 from lits.train.augment import AugmentConfig, AugmentParams, BatchAugment
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "augment"
 OFF = dict(p_rotate=0.0, p_elastic=0.0, p_intensity=0.0)
 SPATIAL_NEW = ("p_scale", "p_mirror_x", "p_mirror_y")
 INTENSITY_NEW = ("p_noise", "p_blur", "p_brightness", "p_contrast", "p_lowres", "p_gamma_invert", "p_gamma")
@@ -687,12 +686,10 @@ def test_new_probabilities_and_nnunet_factor_sampling():
 
 
 def test_config_files_default_and_nnunet():
-    from omegaconf import OmegaConf
-
-    default = AugmentConfig.from_mapping(OmegaConf.load(CONFIGS / "default.yaml"))
+    default = AugmentConfig.from_mapping(compose_train("augment=default").augment)
     assert default == AugmentConfig()  # the YAML and the dataclass defaults agree
     assert all(getattr(default, k) == 0.0 for k in (*SPATIAL_NEW, *INTENSITY_NEW))
-    nn = AugmentConfig.from_mapping(OmegaConf.load(CONFIGS / "nnunet.yaml"))
+    nn = AugmentConfig.from_mapping(compose_train("augment=nnunet").augment)
     assert (nn.p_scale, nn.scale_range, nn.p_rotate, nn.max_rotate_deg, nn.p_elastic) == (
         0.2,
         (0.7, 1.4),

@@ -6,23 +6,24 @@ import socket
 
 import pytest
 import torch
-from conftest import REPO, SMOKE, run_python
+from conftest import FAULTS, REPO, run_python
 from omegaconf import OmegaConf
 
+from lits.core.config import LossConfig
 from lits.train.loss import HybridLoss, targets_from_labels
 
-LOSS = OmegaConf.load(REPO / "configs/loss/hybrid.yaml")
+LOSS = OmegaConf.structured(LossConfig)  # the loss group's defaults
 
 
 # 2 CPU processes x batch 4, 32 draws per epoch: 4 steps per epoch, 8 in all; last.pt also at step 5 (mid-epoch 1).
 # NaN injected on rank 1 only at step 2: rank 0 must skip that step too (else the gradient all-reduce would hang).
 COMMON = [
-    *SMOKE,
+    *FAULTS,
     "trainer.progress=false",
     "trainer.deterministic=true",
     "trainer.save_every_steps=5",
     "loss.dice_reduction=global",
-    "trainer.debug_nan_steps=[2]",
+    "faults.nan_steps=[2]",
 ]
 
 
@@ -35,7 +36,7 @@ def torchrun(work, run, *overrides):
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("ddp")
-    result = torchrun(work, "ddp", "trainer.debug_sample_log=true")
+    result = torchrun(work, "ddp", "faults.sample_log=true")
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return work, work / "outputs/ddp", result
 
@@ -93,8 +94,8 @@ def test_ranks_draw_disjoint_samples_of_one_global_sequence(ddp_run):
 def test_validation_equals_a_single_process_evaluation_of_the_same_weights(ddp_run):
     from lits.data.prepare import prepare
     from lits.infer.networks import build_model
-    from lits.infer.postprocess import PostprocessConfig
-    from lits.train.fit import validate
+    from lits.infer.spec import spec_from_checkpoint
+    from lits.train.validate import validate
 
     _, run_dir, _ = ddp_run
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
@@ -103,16 +104,16 @@ def test_validation_equals_a_single_process_evaluation_of_the_same_weights(ddp_r
     model = build_model(cfg.model).to(memory_format=torch.channels_last)
     model.load_state_dict(state["model"])
     _, cases = prepare(cfg.data, cfg.seed, splits=state["splits"], only=("val",), progress=False)
-    metrics, _, _ = validate(
-        model, cases["val"], cfg, torch.device("cpu"), "off", PostprocessConfig.from_mapping(cfg.postprocess)
-    )
+    spec = spec_from_checkpoint(state, "last.pt")  # the network settings and post-processing the run validated with
+    t = cfg.trainer
+    metrics = validate(model, cases["val"], spec, torch.device("cpu"), "off", t.val_batch_size, t.val_tta, False).metrics
     assert metrics == {k: v for k, v in history[-1].items() if k.startswith("val/")} == state["metrics"]
 
 
 @pytest.mark.slow
 def test_ddp_run_killed_mid_epoch_resumes_to_the_same_weights(ddp_run):
     work, run_dir, _ = ddp_run
-    killed = torchrun(work, "killed", "trainer.debug_kill_at_step=7")  # rank 1 SIGKILLs itself; torchrun stops rank 0
+    killed = torchrun(work, "killed", "faults.kill_at_step=7")  # rank 1 SIGKILLs itself; torchrun stops rank 0
     assert killed.returncode != 0
     state = torch.load(work / "outputs/killed/checkpoints/last.pt", weights_only=True)
     assert (state["position"], state["step"]) == ({"epoch": 1, "batch": 1}, 5)

@@ -23,6 +23,7 @@ from conftest import (
 from scipy import ndimage
 
 import lits.evaluate.scoring
+import lits.evaluate.sources
 from lits.core.errors import LitsError
 
 SPACING_ML = 0.8 * 0.7 * 2.5 / 1000
@@ -48,8 +49,8 @@ def evaluated(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("evaluated")
     ckpt = make_checkpoint(tmp_path, write_phantom_tree(tmp_path / "lits"))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(lits.evaluate.scoring, "predict_volume", fake_predict_volume)
-        lits.evaluate.scoring.run(evaluate_cfg(tmp_path, f"ckpt={ckpt}"))
+        patch.setattr(lits.evaluate.sources, "predict_volume", fake_predict_volume)
+        lits.evaluate.scoring.evaluate(evaluate_cfg(tmp_path, f"ckpt={ckpt}"))
     out = tmp_path / "eval"
     return tmp_path, out, json.loads((out / "metrics.json").read_text())
 
@@ -115,10 +116,10 @@ def test_metrics_go_to_the_training_runs_tensorboard(evaluated):
 def test_saved_predictions_overlay_the_input_and_score_the_same(tmp_path, monkeypatch):
     # hysteresis on: the fake model's post-processed output is exactly the reference, so the exported file
     # must equal segmentation-N voxel for voxel on the stored (non-canonical) grid
-    monkeypatch.setattr(lits.evaluate.scoring, "predict_volume", fake_predict_volume)
+    monkeypatch.setattr(lits.evaluate.sources, "predict_volume", fake_predict_volume)
     root = write_phantom_tree(tmp_path / "lits", cases=(0, 1))
     ckpt = make_checkpoint(tmp_path, root, test_ids=("0", "1"))
-    lits.evaluate.scoring.run(
+    lits.evaluate.scoring.evaluate(
         evaluate_cfg(
             tmp_path,
             f"ckpt={ckpt}",
@@ -143,7 +144,7 @@ def test_saved_predictions_overlay_the_input_and_score_the_same(tmp_path, monkey
         assert (tumor > 0.5).sum() == (CORE_VOXELS if case == "0" else 0) + 8 + 6 * 4 * 4
     # the exported folder, scored as predictions from any tool, gives the post stage's numbers
     post = json.loads((tmp_path / "eval/metrics.json").read_text())["post"]
-    lits.evaluate.scoring.run(
+    lits.evaluate.scoring.evaluate(
         evaluate_cfg(
             tmp_path,
             f"predictions={tmp_path}/eval/predictions",
@@ -160,10 +161,10 @@ def test_saved_predictions_overlay_the_input_and_score_the_same(tmp_path, monkey
 def test_resampled_cache_is_scored_and_exported_on_the_native_grid(tmp_path, monkeypatch):
     # data.target_spacing_xy: the network sees a coarser in-plane grid; probabilities go back to the CT's own
     # grid before post-processing, scoring and export
-    monkeypatch.setattr(lits.evaluate.scoring, "predict_volume", fake_predict_volume)
+    monkeypatch.setattr(lits.evaluate.sources, "predict_volume", fake_predict_volume)
     root = write_phantom_tree(tmp_path / "lits", cases=(0,))
     ckpt = make_checkpoint(tmp_path, root, test_ids=("0",), overrides=["data.target_spacing_xy=[1.4,1.6]"])
-    lits.evaluate.scoring.run(
+    lits.evaluate.scoring.evaluate(
         evaluate_cfg(
             tmp_path,
             f"ckpt={ckpt}",
@@ -235,7 +236,7 @@ def test_prediction_off_the_reference_grid_is_refused(tmp_path):
         tmp_path, f"predictions={preds}", "data=lits", f"data.root={root}", f"data.cache_dir={tmp_path}/cache"
     )
     with pytest.raises(LitsError, match="segmentation-0.nii.gz: affine differs from the reference volume-0.nii.gz"):
-        lits.evaluate.scoring.run(cfg)
+        lits.evaluate.scoring.evaluate(cfg)
     assert not (tmp_path / "eval").exists()  # refused before anything was scored or written
 
 
@@ -274,7 +275,7 @@ def _bad_prediction(tmp_path, name, data, affine=PHANTOM_AFFINE):
 )
 def test_bad_prediction_files_are_refused(tmp_path, name, data, message):
     with pytest.raises(LitsError, match=message):
-        lits.evaluate.scoring.run(_bad_prediction(tmp_path, name, data))
+        lits.evaluate.scoring.evaluate(_bad_prediction(tmp_path, name, data))
     assert not (tmp_path / "eval/metrics.json").exists()
 
 
@@ -282,7 +283,7 @@ def test_two_files_for_one_case_are_refused(tmp_path):
     cfg = _bad_prediction(tmp_path, "segmentation-0.nii", np.zeros(PHANTOM_SHAPE, np.uint8))
     write_nifti(tmp_path / "preds/test-segmentation-0.nii.gz", np.zeros(PHANTOM_SHAPE, np.uint8), PHANTOM_AFFINE)
     with pytest.raises(LitsError, match="case 0 also predicted by"):
-        lits.evaluate.scoring.run(cfg)
+        lits.evaluate.scoring.evaluate(cfg)
 
 
 @pytest.mark.parametrize(
@@ -297,4 +298,4 @@ def test_two_files_for_one_case_are_refused(tmp_path):
 )
 def test_mode_errors(tmp_path, overrides, message):
     with pytest.raises(LitsError, match=message):
-        lits.evaluate.scoring.run(evaluate_cfg(tmp_path, *overrides))
+        lits.evaluate.scoring.evaluate(evaluate_cfg(tmp_path, *overrides))

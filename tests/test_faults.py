@@ -6,14 +6,14 @@ import math
 
 import pytest
 import torch
-from conftest import train_config
+from conftest import FAULTS, train_config
 
 from lits.core.errors import LitsError
 
 
 def config(work, run, *overrides):
     """A one-epoch, one-thread smoke training."""
-    return train_config(work, run, "trainer.max_epochs=1", "trainer.num_threads=1", *overrides)
+    return train_config(work, run, "trainer.max_epochs=1", "trainer.num_threads=1", *overrides, debug=FAULTS)
 
 
 @pytest.fixture
@@ -27,10 +27,10 @@ def work(tmp_path):
 def test_nan_batches_are_skipped_counted_and_logged(work):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from lits.train.fit import run
+    from lits.train.task import train as run
 
     # steps 3 and 4 in a row stay below max_bad_steps=3; a good step in between resets the count
-    summary = run(config(work, "skip", "trainer.debug_nan_steps=[1,3,4]", "trainer.max_bad_steps=3"))
+    summary = run(config(work, "skip", "faults.nan_steps=[1,3,4]", "trainer.max_bad_steps=3"))
     assert summary["bad_steps"] == 3
     run_dir = work / "outputs/skip"
     [record] = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
@@ -47,19 +47,19 @@ def test_nan_batches_are_skipped_counted_and_logged(work):
 
 @pytest.mark.slow
 def test_too_many_bad_steps_in_a_row_abort_with_a_clear_error(work):
-    from lits.train.fit import run
+    from lits.train.task import train as run
 
     with pytest.raises(
         LitsError,
         match=r"3 non-finite losses in a row \(epoch 1, step 3, trainer.max_bad_steps=3\): "
         r"training diverged or the data holds NaN/Inf; lower optim.lr",
     ):
-        run(config(work, "abort", "trainer.debug_nan_steps=[1,2,3,4]", "trainer.max_bad_steps=3"))
+        run(config(work, "abort", "faults.nan_steps=[1,2,3,4]", "trainer.max_bad_steps=3"))
     assert not (work / "outputs/abort/checkpoints/last.pt").exists()
 
 
 def test_skipped_step_puts_batchnorm_statistics_back():
-    from lits.train.fit import NormStatsGuard
+    from lits.train.step import NormStatsGuard
 
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4)).train()
     model(torch.rand(2, 1, 8, 8))

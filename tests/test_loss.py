@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from lits.train.loss import HybridLoss, alpha_at, targets_from_labels
 
-REPO_LOSS = OmegaConf.load(REPO / "configs/loss/hybrid.yaml")
+REPO_LOSS = compose_train().loss  # the loss group as configs/ composes it
 
 
 def batch(seed=0):

@@ -43,7 +43,7 @@ def predict_cfg(tmp_path, *overrides):
 
 def test_predict_a_file(setup, tmp_path, capsys):
     _, root, ckpt = setup
-    lits.infer.predict.run(
+    lits.infer.predict.predict(
         predict_cfg(
             tmp_path,
             f"ckpt={ckpt}",
@@ -138,14 +138,14 @@ def test_non_ct_input_is_refused_before_anything_is_written(setup, tmp_path, kin
     _, _, ckpt = setup
     target = make_input(kind, tmp_path / "in")
     with pytest.raises(LitsError, match=message):
-        lits.infer.predict.run(predict_cfg(tmp_path, f"ckpt={ckpt}", f"input={target}", f"output={tmp_path}/out"))
+        lits.infer.predict.predict(predict_cfg(tmp_path, f"ckpt={ckpt}", f"input={target}", f"output={tmp_path}/out"))
     assert not (tmp_path / "out").exists()
 
 
 def test_output_may_not_overwrite_the_input(setup):
     tmp, root, ckpt = setup
     with pytest.raises(LitsError, match="would overwrite this CT"):
-        lits.infer.predict.run(
+        lits.infer.predict.predict(
             predict_cfg(tmp, f"ckpt={ckpt}", f"input={root}/volume-0.nii.gz", f"output={root}", "naming=input")
         )
 
@@ -183,10 +183,10 @@ def test_predict_matches_what_evaluate_exports(tmp_path, spacing):
     root = write_phantom_tree(tmp_path / "lits", cases=(1,))
     extra = [f"data.target_spacing_xy={spacing}"] if spacing else []
     ckpt = make_checkpoint(tmp_path, root, test_ids=("1",), overrides=extra)
-    lits.infer.predict.run(
+    lits.infer.predict.predict(
         predict_cfg(tmp_path, f"ckpt={ckpt}", f"input={root}/volume-1.nii.gz", f"output={tmp_path}/pred")
     )
-    lits.evaluate.scoring.run(
+    lits.evaluate.scoring.evaluate(
         evaluate_cfg(
             tmp_path,
             f"ckpt={ckpt}",

@@ -23,6 +23,7 @@ def data_cfg(tmp_path, **synthetic):
     synth = {"num_cases": 4, "seed": 0, "size": 48, "num_slices": [16, 20], **synthetic}
     return OmegaConf.create(
         {
+            "name": "synthetic",
             "root": str(tmp_path / "synth"),
             "cache_dir": str(tmp_path / "cache"),
             "window": [-200, 250],

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, SMOKE, run_cli
+from conftest import SMOKE, compose_train, run_cli
 from omegaconf import OmegaConf
 
 from lits.core.errors import LitsError
@@ -152,7 +152,7 @@ def test_deep_supervision_weights_levels_by_halves():
 def test_dynunet_trains_with_deep_supervision_and_predicts_plainly():
     from lits.infer.networks import build_model
 
-    cfg = OmegaConf.load(REPO / "configs/model/dynunet.yaml")
+    cfg = compose_train("model=dynunet").model
     net = build_model(cfg)
     x = torch.zeros(2, 1, 32, 32)
     assert net.train()(x).shape == (2, 1 + cfg.deep_supr_num, 2, 32, 32)
@@ -166,14 +166,16 @@ def test_dynunet_trains_with_deep_supervision_and_predicts_plainly():
 
 def test_inference_feeds_the_network_what_training_fed_it():
     """evaluate/predict take the normalisation from the checkpoint and apply it before the network."""
-    from lits.infer.checkpoint import network_settings
     from lits.infer.predictor import predict_volume
+    from lits.infer.spec import spec_from_checkpoint
 
     norm = Normalization("ct", (-200.0, 250.0), (20.0, 190.0), 110.0, 27.0)
-    cfg = OmegaConf.create({"model": {"arch": "unet", "strides": [2, 2]}, "loss": {"temperature": 1.0}, "data": {}})
-    settings = network_settings(cfg, {"normalization": norm.to_dict()})
+    config = {"model": {"arch": "unet", "channels": [8, 16, 32], "strides": [2, 2]}, "loss": {"temperature": 1.0},
+              "data": {"window": [-200.0, 250.0]}}  # fmt: skip
+    settings = spec_from_checkpoint({"config": config, "normalization": norm.to_dict()}, "ckpt").predictor_settings()
     assert settings["normalization"] == norm
-    assert network_settings(cfg, None)["normalization"].kind == "window"  # older checkpoints: the window
+    older = spec_from_checkpoint({"config": config}, "ckpt")  # older checkpoints: the window
+    assert older.predictor_settings()["normalization"].kind == "window"
     torch.manual_seed(0)
     net = torch.nn.Conv2d(1, 2, 3, padding=1).eval()
     image = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli, train_args, train_config
+from conftest import FAULTS, run_cli, train_args, train_config
 
 # every test here starts from a smoke training run in a child process
 pytestmark = pytest.mark.slow
@@ -16,7 +16,8 @@ RESUMABLE = ["trainer.deterministic=true", "trainer.save_every_steps=3"]
 
 def train(work, run, *overrides):
     # one thread so results never depend on how the machine's cores are shared
-    return run_cli("train.py", *train_args(run, "trainer.num_threads=1", *RESUMABLE, *overrides), cwd=work)
+    args = train_args(run, "trainer.num_threads=1", *RESUMABLE, *overrides, debug=FAULTS)
+    return run_cli("train.py", *args, cwd=work)
 
 
 def load(work, run, name="last.pt"):
@@ -47,7 +48,7 @@ def work(tmp_path_factory):
 
 def test_interrupted_run_resumes_to_the_same_weights(work):
     # 1. SIGTERM arrives at the start of step 5: the step finishes, last.pt is saved at (epoch 0, batch 6), exit 128+15
-    result = train(work, "broken", "trainer.debug_kill_at_step=5", "trainer.debug_kill_signal=SIGTERM")
+    result = train(work, "broken", "faults.kill_at_step=5", "faults.kill_signal=SIGTERM")
     assert result.returncode == 143, result.stderr[-3000:]
     output = result.stdout + result.stderr  # hydra logs to stdout
     assert "stopped by SIGTERM at step 6" in output and "Traceback" not in output
@@ -55,7 +56,7 @@ def test_interrupted_run_resumes_to_the_same_weights(work):
     assert (state["position"], state["step"], state["epoch"]) == ({"epoch": 0, "batch": 6}, 6, -1)
 
     # 2. resumed (auto), then SIGKILLed at the start of step 11 (epoch 1, batch 3): the last save was step 9
-    result = train(work, "broken", "trainer.debug_kill_at_step=11")
+    result = train(work, "broken", "faults.kill_at_step=11")
     assert result.returncode == -9, result.stderr[-3000:]
     assert "resuming from" in result.stdout + result.stderr
     state = load(work, "broken")
@@ -84,12 +85,12 @@ def test_interrupted_run_resumes_to_the_same_weights(work):
 
 def config(work, run, *overrides):
     """The run's config composed in this process; no trainer.num_threads: no global thread-count change in pytest."""
-    return train_config(work, run, *RESUMABLE, *overrides)
+    return train_config(work, run, *RESUMABLE, *overrides, debug=FAULTS)
 
 
 def test_checkpoint_of_another_network_is_refused(work):
     from lits.core.errors import LitsError
-    from lits.train.fit import run
+    from lits.train.task import train as run
 
     with pytest.raises(
         LitsError,
@@ -100,7 +101,7 @@ def test_checkpoint_of_another_network_is_refused(work):
 
 def test_fresh_start_over_an_existing_run_is_refused(work):
     from lits.core.errors import LitsError
-    from lits.train.fit import run
+    from lits.train.task import train as run
 
     with pytest.raises(LitsError, match="already holds a training run; continue it with trainer.resume=auto"):
         run(config(work, "straight", "trainer.resume=null"))

@@ -11,6 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from omegaconf import MISSING
 
 from lits.core.config import EvaluateConfig, PostprocessConfig
 from lits.core.device import resolve_device
@@ -121,6 +122,8 @@ def _predictions_source(cfg: EvaluateConfig) -> Source:
             f"predictions={cfg.predictions} needs the references: add data=lits data.root=DIR "
             "(the folder with volume-N / segmentation-N)"
         )
+    if data.root == MISSING:
+        raise LitsError("data.root is required; set it on the command line, e.g. data.root=...")
     files = _prediction_files(Path(cfg.predictions))
     found, problems = discover(data)  # any data.layout: lits, msd, csv
     refs = {p.case_id: p for p in found}

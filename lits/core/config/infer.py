@@ -108,6 +108,9 @@ class InferenceSettings:
 class EvaluateConfig(InferenceSettings):
     """python evaluate.py ckpt=PATH [split=test|val] | predictions=DIR data=lits data.root=DIR"""
 
+    # ckpt: required unless predictions= is given; data.root: with predictions= (lits/evaluate/sources.py says which)
+    MAY_BE_MISSING = ("ckpt", "data.root")
+
     name: str = "evaluate"
     ckpt: str | None = MISSING  # a checkpoint (best.pt / last.pt) ...
     predictions: str | None = None  # ... or a folder of segmentation-N.nii[.gz] predictions to score instead
@@ -125,6 +128,8 @@ class EvaluateConfig(InferenceSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.ckpt == MISSING:
+            self.ckpt = None
         self.split = checks.choice("split", self.split, SPLITS, "split")
         self.naming = checks.choice("naming", self.naming, NAMINGS, "naming")
 

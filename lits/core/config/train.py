@@ -92,13 +92,11 @@ class LossConfig:
             )
         self.channel_weights = weights
         self.dice_reduction = checks.choice("loss.dice_reduction", self.dice_reduction, DICE_REDUCTIONS)
-        if self.dice_reduction == "global" and (not self.dice.batch or self.region != "dice"):
-            raise checks.fail(
-                "loss.dice_reduction",
-                "global",
-                "needs loss.region=dice and loss.dice.batch=true "
-                "(it sums over the whole batch); set loss.dice_reduction=local",
-            )
+        if self.dice_reduction == "global" and not self.dice.batch:
+            raise checks.fail("loss.dice_reduction", "global", "sums over the whole batch; it needs loss.dice.batch=true")
+        if self.dice_reduction == "global" and self.region != "dice":
+            reason = f"is implemented for loss.region=dice only (got {self.region}); set loss.dice_reduction=local"
+            raise checks.fail("loss.dice_reduction", "global", reason)
         if self.region == "generalized_dice" and (self.dice.squared or self.dice.jaccard):
             raise checks.fail(
                 "loss.region",

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+from omegaconf.errors import InterpolationResolutionError
 
 from lits.core.errors import LitsError
 
@@ -40,14 +40,17 @@ def _dataclass_in(annotation: Any) -> type | None:
     return None
 
 
-def _plain(value: Any, prefix: str) -> Any:
+def _plain(value: Any, prefix: str, may_be_missing: tuple[str, ...]) -> Any:
+    """Plain Python values; a required value (???) still unset is an error unless its key is in `may_be_missing`
+    (it then stays "???", for the dataclass to interpret)."""
     if not isinstance(value, (DictConfig, ListConfig)):
         return value
+    missing = sorted(set(OmegaConf.missing_keys(value)) - set(may_be_missing))
+    if missing:
+        key = f"{prefix}.{missing[0]}" if prefix else missing[0]
+        raise LitsError(f"{key} is required; set it on the command line, e.g. {key}=...")
     try:
-        return OmegaConf.to_container(value, resolve=True, throw_on_missing=True)
-    except MissingMandatoryValue as exc:
-        key = f"{prefix}.{exc.full_key}".strip(".") if prefix else exc.full_key
-        raise LitsError(f"{key} is required; set it on the command line, e.g. {key}=...") from None
+        return OmegaConf.to_container(value, resolve=True)
     except InterpolationResolutionError as exc:
         raise LitsError(f"{prefix or 'config'}: {str(exc).splitlines()[0]}; set the value it refers to") from None
 
@@ -59,7 +62,7 @@ def typed(cls: type[T], value: Any, prefix: str = "") -> T:
     """
     if isinstance(value, cls):
         return value
-    value = _plain(value, prefix)
+    value = _plain(value, prefix, getattr(cls, "MAY_BE_MISSING", ()))
     if value is None:
         value = {}
     if not isinstance(value, Mapping):
