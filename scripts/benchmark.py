@@ -30,10 +30,6 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
 SUBCOMMANDS: dict[str, tuple] = {}
 
 
@@ -136,25 +132,13 @@ def synthetic_cases(data_dir: Path, num_cases: int, size: int, num_slices: tuple
     return root
 
 
-def data_cfg(root: Path, cache_dir: Path, workers: int = 2, margin=20):
-    from omegaconf import OmegaConf
+def data_cfg(root: Path, cache_dir: Path, workers: int = 2):
+    """The LiTS-layout data config of the benchmark data: every case in the training split, the rest as the schema's
+    defaults (HU window [-200, 250], liver z-range + 20 mm)."""
+    from lits.core.config import DataConfig
 
-    return OmegaConf.create(
-        {
-            "layout": "lits",
-            "root": str(root),
-            "cache_dir": str(cache_dir),
-            "window": [-200, 250],
-            "on_error": "fail",
-            "prepare_workers": workers,
-            "liver_margin_mm": margin,
-            "target_spacing_xy": None,
-            "context_slices": 0,
-            "synthetic": None,
-            "split": {"val": 0.0, "test": 0.0, "train": None, "seed": None, "file": None},
-            "fold": None,
-            "num_folds": 5,
-        }
+    return DataConfig(
+        root=str(root), cache_dir=str(cache_dir), prepare_workers=workers, split={"val": 0.0, "test": 0.0}
     )
 
 
@@ -190,7 +174,8 @@ class AugmentInWorkers:
         import torch
         from torch.utils.data import default_collate
 
-        from lits.train.augment import AugmentConfig, BatchAugment
+        from lits.core.config import AugmentConfig
+        from lits.train.augment import BatchAugment
 
         if self.augment is None:
             info = torch.utils.data.get_worker_info()
@@ -207,9 +192,10 @@ def ours(args) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
+    from lits.core.config import AugmentConfig, SamplingConfig
     from lits.data.prepare import prepare
-    from lits.data.sampling import LesionSampler, SamplingConfig, SliceIndex, TrainSlices
-    from lits.train.augment import AugmentConfig, BatchAugment
+    from lits.data.sampling import LesionSampler, SliceIndex, TrainSlices
+    from lits.train.augment import BatchAugment
 
     in_workers = args.pipeline == "ours-workers"
     memory = PeakMemory()
@@ -405,7 +391,7 @@ def loader_benchmark(args) -> None:
             print(f"run {repeat + 1}/{args.repeats}: {name} ...", file=sys.stderr, flush=True)
             runs[name].append(run_child([*common, "--pipeline", name]))
     rows = []
-    for name, results in runs.items():
+    for results in runs.values():
         speeds = [r["samples_per_s"] for r in results]
         rows.append(
             {
@@ -422,13 +408,14 @@ def loader_benchmark(args) -> None:
     by = {r["pipeline"]: r for r in rows}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
-        f"\nloader benchmark: {len(cached)} synthetic cases {args.size}x{args.size} ({slices} slices), crop {args.crop}, "
-        f"batch {args.batch_size}, {args.workers} loader workers, {args.threads} torch threads, {os.cpu_count()} CPUs, "
-        f"load average {load:.1f}, {args.batches} timed batches x {args.repeats} runs (median)"
+        f"\nloader benchmark: {len(cached)} synthetic cases {args.size}x{args.size} ({slices} slices), "
+        f"crop {args.crop}, batch {args.batch_size}, {args.workers} loader workers, {args.threads} torch threads, "
+        f"{os.cpu_count()} CPUs, load average {load:.1f}, {args.batches} timed batches x {args.repeats} runs (median)"
     )
     print(
         f"augmentation: rotate p={AUG['p_rotate']} +-{AUG['max_rotate_deg']} deg, elastic p={AUG['p_elastic']} sigma "
-        f"{AUG['elastic_sigma']} px on {AUG['elastic_points']}x{AUG['elastic_points']} points, intensity p={AUG['p_intensity']}"
+        f"{AUG['elastic_sigma']} px on {AUG['elastic_points']}x{AUG['elastic_points']} points, "
+        f"intensity p={AUG['p_intensity']}"
     )
     print(f"our one-off preparation (scripts/prepare_data.py; 0 s when already cached): {prep:.1f} s\n")
     header = (
@@ -440,8 +427,9 @@ def loader_benchmark(args) -> None:
     for r in rows:
         every = "/".join(f"{v:.0f}" for v in r["all_speeds"])
         print(
-            f"{r['pipeline']:<12} {r['samples_per_s']:>10.1f} {every:>16} {r['cpu_ms_per_sample']:>14.1f} {r['setup_s']:>8.1f} "
-            f"{r['peak_pss_mb']:>12.0f} {r['peak_rss_sum_mb']:>11.0f} {r['main_peak_rss_mb']:>12.0f} {r['lesion_share']:>13.2f}"
+            f"{r['pipeline']:<12} {r['samples_per_s']:>10.1f} {every:>16} {r['cpu_ms_per_sample']:>14.1f} "
+            f"{r['setup_s']:>8.1f} {r['peak_pss_mb']:>12.0f} {r['peak_rss_sum_mb']:>11.0f} "
+            f"{r['main_peak_rss_mb']:>12.0f} {r['lesion_share']:>13.2f}"
         )
     print()
     for name in ("ours", "ours-workers"):
@@ -450,7 +438,8 @@ def loader_benchmark(args) -> None:
             cpu = by["monai"]["cpu_ms_per_sample"] / by[name]["cpu_ms_per_sample"]
             mem = by[name]["peak_pss_mb"] / by["monai"]["peak_pss_mb"]
             print(
-                f"{name} / MONAI: throughput {speed:.1f}x, CPU time per sample {cpu:.1f}x less, peak memory (PSS) {mem:.2f}x"
+                f"{name} / MONAI: throughput {speed:.1f}x, CPU time per sample {cpu:.1f}x less, "
+                f"peak memory (PSS) {mem:.2f}x"
             )
 
 
@@ -493,13 +482,15 @@ loader_benchmark.configure = _loader_options
 
 # ---------------------------------------------------------------------------------------------- memory
 def training_like(args) -> dict:
-    """prepare -> SliceIndex -> LesionSampler -> DataLoader(TrainSlices) -> BatchAugment, for a fixed number of batches."""
+    """prepare -> SliceIndex -> LesionSampler -> DataLoader(TrainSlices) -> BatchAugment, for a fixed number of
+    batches."""
     import torch
     from torch.utils.data import DataLoader
 
+    from lits.core.config import AugmentConfig, SamplingConfig
     from lits.data.prepare import prepare
-    from lits.data.sampling import LesionSampler, SamplingConfig, SliceIndex, TrainSlices
-    from lits.train.augment import AugmentConfig, BatchAugment
+    from lits.data.sampling import LesionSampler, SliceIndex, TrainSlices
+    from lits.train.augment import BatchAugment
 
     torch.set_num_threads(args.threads)
     memory = PeakMemory()
@@ -576,10 +567,13 @@ def memory_benchmark(args) -> None:
             print(f"running {num} cases ({reader}) ...", file=sys.stderr, flush=True)
             rows.append(run_child([*common, "--num", str(num), "--reader", reader]))
     print(
-        f"\nmemory: training-like loader runs ({args.epochs} epochs x {args.batches} batches of {args.batch_size} crops {args.crop}, "
-        f"{args.workers} workers, batch augmentation), synthetic {args.size}x{args.size} cases"
+        f"\nmemory: training-like loader runs ({args.epochs} epochs x {args.batches} batches of {args.batch_size} "
+        f"crops {args.crop}, {args.workers} workers, batch augmentation), synthetic {args.size}x{args.size} cases"
     )
-    header = f"{'reader':<6} {'cases':>5} {'slices':>7} {'cache MB':>9} {'peak PSS MB':>12} {'sum RSS MB':>11} {'main RSS MB':>12}"
+    header = (
+        f"{'reader':<6} {'cases':>5} {'slices':>7} {'cache MB':>9} {'peak PSS MB':>12} {'sum RSS MB':>11} "
+        f"{'main RSS MB':>12}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -590,7 +584,8 @@ def memory_benchmark(args) -> None:
     for reader in args.readers:
         small, large = [r for r in rows if r["reader"] == reader]
         print(
-            f"{reader}: {large['cases']} vs {small['cases']} cases: peak PSS {large['peak_pss_mb'] - small['peak_pss_mb']:+.0f} MB, "
+            f"{reader}: {large['cases']} vs {small['cases']} cases: "
+            f"peak PSS {large['peak_pss_mb'] - small['peak_pss_mb']:+.0f} MB, "
             f"main RSS {large['main_peak_rss_mb'] - small['main_peak_rss_mb']:+.0f} MB "
             f"(cache {large['cache_mb']:.0f} vs {small['cache_mb']:.0f} MB)"
         )
@@ -627,19 +622,20 @@ memory_benchmark.configure = _memory_options
 
 
 # ---------------------------------------------------------------------------------------------- train
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_train import register as register_train  # noqa: E402  (scripts/benchmark_train.py)
-
-register_train(subcommand)
+TRAIN_SCRIPT = Path(__file__).resolve().with_name("benchmark_train.py")
+TRAIN_HELP = "full training loop samples/s vs the model's pure step (same batch on repeat); prints the ratio"
 
 
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["train"]:  # scripts/benchmark_train.py, run as it is: its options, its output, its exit code
+        sys.exit(subprocess.call([sys.executable, str(TRAIN_SCRIPT), *argv[1:]]))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (fn, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=(fn.__doc__ or help_text))
         fn.configure(p)
         p.set_defaults(run=fn)
+    sub.add_parser("train", help=TRAIN_HELP)  # listed here; main() hands `train ...` to scripts/benchmark_train.py
     args = parser.parse_args(argv)
     if getattr(args, "threads", 0) is None:
         args.threads = max(1, (os.cpu_count() or 1) - args.workers)

@@ -21,6 +21,7 @@ Prints both times, the ratio and the values side by side. Usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 import warnings
 
@@ -157,7 +158,7 @@ def main(argv=None):
     baselines = ("medpy", "monai") if args.baseline == "both" else (args.baseline,)
     for name in baselines:
         fn = whole_volume_medpy if name == "medpy" else whole_volume_monai
-        t_base, base = timed(lambda: fn(pred, ref, spacing), args.repeats)
+        t_base, base = timed(functools.partial(fn, pred, ref, spacing), args.repeats)
         label = {
             "medpy": "medpy.metric, whole volume (dc, jc, ravd, surface distances x2 per structure)",
             "monai": "MONAI compute_average_surface_distance + compute_hausdorff_distance, given the whole volume",
@@ -169,10 +170,10 @@ def main(argv=None):
             print(f"  {k:12s} {ours[k]:14.6f} {v:14.6f} {abs(ours[k] - v):10.2e}")
     if "monai" in baselines:
         print(
-            "\n  (MONAI is not quite whole-volume: get_mask_edges crops to the union bounding box itself. Its surface is "
-            "`seg ^ binary_erosion(seg)` with scipy's default 6-neighbour cross (medpy connectivity=1), while the "
-            "LiTS scorer erodes with the 18-neighbourhood: ASSD differs by definition; MSD coincides up to MONAI's "
-            "float32.)"
+            "\n  (MONAI is not quite whole-volume: get_mask_edges crops to the union bounding box itself. "
+            "Its surface is `seg ^ binary_erosion(seg)` with scipy's default 6-neighbour cross (medpy connectivity=1), "
+            "while the LiTS scorer erodes with the 18-neighbourhood: ASSD differs by definition; MSD coincides up to "
+            "MONAI's float32.)"
         )
 
 

@@ -5,9 +5,10 @@
                                       [--workers 2] [--threads N] [--amp auto] [--compile]
     python scripts/benchmark_train.py ...          (the same, standalone)
 
-* loop: `lits.train.run` itself -- sampler, DataLoader workers reading crops, batched augmentation, forward/backward,
-  optimizer, per-step bookkeeping, TensorBoard -- on synthetic data; its samples/s is the `train/samples_per_s` the
-  loop logs (training part of each epoch, validation and checkpointing excluded), median over epochs after the first.
+* loop: the training task `lits.train.task.train` itself -- sampler, DataLoader workers reading crops, batched
+  augmentation, forward/backward, optimizer, per-step bookkeeping, TensorBoard -- on synthetic data; its samples/s is
+  the `train/samples_per_s` the loop logs (training part of each epoch, validation and checkpointing excluded),
+  median over epochs after the first.
 * pure step: the same model, loss, optimizer, AMP, channels_last and gradient clipping repeating one batch that is
   already on the device: no data loading, no augmentation, no logging. Measured before and after the loop (the
   machine may be shared); the faster of the two counts, so noise can only make the ratio look worse.
@@ -29,15 +30,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-HELP = "full training loop samples/s vs the model's pure step (same batch on repeat); prints the ratio"
 
 
 def compose_config(args, output_dir: Path):
+    """The train config of the benchmark run, typed (lits.core.config.TrainConfig)."""
     from hydra import compose, initialize_config_dir
 
+    from lits.core.cli import prepare_hydra
+    from lits.core.config import TrainConfig, typed
+
+    prepare_hydra()
     overrides = [
         f"experiment={args.experiment}",
         f"model={args.model}",
@@ -62,7 +64,7 @@ def compose_config(args, output_dir: Path):
     if args.threads:
         overrides.append(f"trainer.num_threads={args.threads}")
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose("train", overrides=overrides)
+        return typed(TrainConfig, compose("train", overrides=overrides))
 
 
 def pure_step(cfg, batch, steps: int, warmup: int = 3) -> float:
@@ -115,27 +117,25 @@ def one_batch(cfg):
     import torch
 
     from lits.data.prepare import prepare
-    from lits.data.sampling import LesionSampler, SamplingConfig, SliceIndex, TrainSlices
-    from lits.train.augment import AugmentConfig, BatchAugment
+    from lits.data.sampling import LesionSampler, SliceIndex, TrainSlices
+    from lits.train.augment import BatchAugment
 
     _, cases = prepare(cfg.data, cfg.seed, only=("train",), progress=False)
-    sampling = SamplingConfig(**cfg.data.sampling)
+    sampling = cfg.data.sampling
     index = SliceIndex(cases["train"])
     sampler = LesionSampler(index.weights(sampling), sampling.samples_per_epoch, seed=cfg.seed)
-    dataset = TrainSlices(
-        index, cfg.data.crop_size, sampling, seed=cfg.seed, context_slices=int(cfg.data.get("context_slices", 0) or 0)
-    )
+    dataset = TrainSlices(index, cfg.data.crop_size, sampling, seed=cfg.seed, context_slices=cfg.data.context_slices)
     items = [dataset[i] for _, i in zip(range(cfg.trainer.batch_size), sampler)]
     image = torch.stack([it["image"] for it in items]).float()
     label = torch.stack([it["label"] for it in items])
-    return BatchAugment(AugmentConfig.from_mapping(cfg.augment))(image, label, torch.Generator().manual_seed(0))
+    return BatchAugment(cfg.augment)(image, label, torch.Generator().manual_seed(0))
 
 
 def train_benchmark(args) -> None:
     import torch
 
     from lits.data.prepare import prepare
-    from lits.train.fit import run
+    from lits.train.task import train
 
     load = os.getloadavg()
     out = Path(tempfile.mkdtemp(prefix="lits-bench-train-"))
@@ -153,7 +153,7 @@ def train_benchmark(args) -> None:
         print("pure step (before) ...", file=sys.stderr, flush=True)
         pure = [pure_step(cfg, batch, args.pure_steps)]
         print(f"training loop: {args.epochs} epochs x {args.steps} steps ...", file=sys.stderr, flush=True)
-        run(cfg)
+        train(cfg)
         history = [json.loads(line) for line in (out / "run/history.jsonl").read_text().splitlines()]
         print("pure step (after) ...", file=sys.stderr, flush=True)
         pure.append(pure_step(cfg, batch, args.pure_steps))
@@ -202,14 +202,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cases", type=int, default=8, help="synthetic cases")
     p.add_argument("--size", type=int, default=256, help="in-plane size of the synthetic cases")
     p.add_argument("--data-dir", default=str(REPO / "data/benchmark"))
-
-
-train_benchmark.configure = configure
-
-
-def register(subcommand) -> None:
-    """Add `train` to scripts/benchmark.py's subcommands: `register(subcommand)` there."""
-    subcommand("train", HELP)(train_benchmark)
 
 
 if __name__ == "__main__":

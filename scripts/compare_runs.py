@@ -22,9 +22,10 @@ hydra.run.dir=<run>/evaluate`, stage `post` = the configured post-processing):
   test liver Dice/case         metrics.json post.liver_dice_per_case
   test lesion recall IoU>0.5   metrics.json post.tumor_lesion_recall_iou50
 
-Rows: bce, dice, hybrid, progressive (SEEDS.md order), then the other experiments alphabetically. The table goes to
-stdout; --out DIR also writes DIR/results.md (table, column legend, list of runs) and DIR/curves.png (validation
-tumour Dice post per epoch, mean and min-max band over seeds; the alpha schedule below it).
+Rows: bce, dice, hybrid, progressive (the order of the published LiTS2017 loss ablation), then the other experiments
+alphabetically. The table goes to stdout; --out DIR also writes DIR/results.md (table, column legend, list of runs)
+and DIR/curves.png (validation tumour Dice post per epoch, mean and min-max band over seeds; the alpha schedule below
+it).
 Exit 2 with one `error: ...` line when a DIR is missing or holds no finished runs.
 """
 
@@ -37,7 +38,7 @@ import statistics
 import sys
 from pathlib import Path
 
-SEEDS_ORDER = ["bce", "dice", "hybrid", "progressive"]
+ABLATION_ORDER = ["bce", "dice", "hybrid", "progressive"]
 EVAL_STAGE = "post"
 # (column, source, key): source "best" = history record at the best epoch, "last" = last validated record,
 # "summary" = train_summary.json, "test" = metrics.json[EVAL_STAGE]
@@ -53,8 +54,10 @@ COLUMNS = [
     ("test lesion recall IoU>0.5", "test", "tumor_lesion_recall_iou50"),
 ]
 LEGEND = {
-    "best": "validation split, history.jsonl `{key}` at the best epoch (train_summary.json best_epoch, the epoch of best.pt)",
-    "last": "validation split, history.jsonl `{key}` at the last validated epoch (raw: thresholded, no post-processing)",
+    "best": "validation split, history.jsonl `{key}` at the best epoch "
+    "(train_summary.json best_epoch, the epoch of best.pt)",
+    "last": "validation split, history.jsonl `{key}` at the last validated epoch "
+    "(raw: thresholded, no post-processing)",
     "summary": "train_summary.json `{key}` (training wall time, validation included)",
     "test": "test split, `<run>/evaluate/metrics.json` stage `"
     + EVAL_STAGE
@@ -163,7 +166,8 @@ for d in run_dirs:
 
 # ---- group and summarise
 names = sorted(
-    {r["name"] for r in runs}, key=lambda n: (SEEDS_ORDER.index(n) if n in SEEDS_ORDER else len(SEEDS_ORDER), n)
+    {r["name"] for r in runs},
+    key=lambda n: (ABLATION_ORDER.index(n) if n in ABLATION_ORDER else len(ABLATION_ORDER), n),
 )
 groups = {n: sorted((r for r in runs if r["name"] == n), key=lambda r: (str(r["seed"]), str(r["dir"]))) for n in names}
 
@@ -220,7 +224,8 @@ lines += [
 ]
 for name, members in groups.items():
     lines += [
-        f"| {name} | {r['seed']} | {r['epochs']} | {r['best_epoch']} | {'yes' if r['evaluated'] else 'no'} | `{r['dir']}` |"
+        f"| {name} | {r['seed']} | {r['epochs']} | {r['best_epoch']} | "
+        f"{'yes' if r['evaluated'] else 'no'} | `{r['dir']}` |"
         for r in members
     ]
 (out / "results.md").write_text("\n".join(lines) + "\n")

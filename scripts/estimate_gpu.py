@@ -1,4 +1,5 @@
-"""Estimate GPU memory and time per epoch of a training recipe from what a CPU can measure (README "LiTS on a GPU").
+"""Estimate GPU memory and time per epoch of a training recipe from what a CPU can measure (README "Results: the
+loss-schedule ablation", where the LiTS2017 recipe's estimate is quoted).
 
     python scripts/estimate_gpu.py [model=resunet34] [data=lits] [trainer.batch_size=8] [--tflops 60] [...overrides]
 
@@ -20,6 +21,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.utils.flop_counter import FlopCounterMode
 
+from lits.core.cli import prepare_hydra
+from lits.core.config import TrainConfig, typed
 from lits.infer.networks import build_model, count_parameters
 from lits.train.deep_supervision import supervised_loss
 from lits.train.loss import HybridLoss, targets_from_labels
@@ -36,10 +39,12 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="train.py overrides, e.g. model=resunet34 data=lits")
     args = parser.parse_args()
     overrides = ["model=resunet34", "data=lits", "data.root=/unused", *args.overrides]
+    prepare_hydra()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=overrides + ["paths.root_dir=/tmp", "paths.output_dir=/tmp"])
+    cfg = typed(TrainConfig, cfg)
 
-    batch, size = int(cfg.trainer.batch_size), int(cfg.data.crop_size)
+    batch, size = cfg.trainer.batch_size, cfg.data.crop_size
     model = build_model(cfg.model).train().to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     loss_fn = HybridLoss(cfg.loss)
@@ -68,21 +73,23 @@ def main() -> None:
     cpu_step = (time.perf_counter() - started) / args.repeats
 
     params = count_parameters(model)
-    state_per_param = {"adamw": 2, "sgd": 1}.get(cfg.optim.name, 2)  # Adam: two moments; SGD: momentum
+    state_per_param = {"adamw": 2, "sgd": 1}[cfg.optim.name]  # Adam: two moments; SGD: momentum
     static = params * 4 * (2 + state_per_param)  # fp32 weights + gradients + optimizer state
     activations = sum(saved) / 2  # measured in fp32 on CPU; AMP keeps most of them in fp16
     memory = static + activations + CONTEXT_BYTES
     flops = counter.get_total_flops()
-    steps = int(cfg.data.sampling.samples_per_epoch) // batch
+    steps = cfg.data.sampling.samples_per_epoch // batch
     gpu_step = flops / (args.tflops * 1e12)
     gib = 1 << 30
     print(
         f"recipe: model={cfg.model.arch} ({params / 1e6:.1f}M parameters), batch {batch} x {size}x{size}, "
-        f"optim {cfg.optim.name}, {steps} steps per epoch (data.sampling.samples_per_epoch={cfg.data.sampling.samples_per_epoch})"
+        f"optim {cfg.optim.name}, {steps} steps per epoch "
+        f"(data.sampling.samples_per_epoch={cfg.data.sampling.samples_per_epoch})"
     )
     print(
-        f"measured: {flops / 1e9:.1f} GFLOP per training step; {sum(saved) / gib:.2f} GiB of saved activations in fp32; "
-        f"CPU step {cpu_step:.2f} s ({torch.get_num_threads()} threads) -> {steps * cpu_step / 60:.0f} min per epoch on this CPU"
+        f"measured: {flops / 1e9:.1f} GFLOP per training step; {sum(saved) / gib:.2f} GiB of saved activations in "
+        f"fp32; CPU step {cpu_step:.2f} s ({torch.get_num_threads()} threads) -> {steps * cpu_step / 60:.0f} min per "
+        "epoch on this CPU"
     )
     print(
         f"estimated GPU memory with AMP: {memory / gib:.1f} GiB (weights+grads+optimizer {static / gib:.2f}, "

@@ -14,13 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-try:
-    import lits  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lits.core.errors import LitsError  # noqa: E402
-from lits.data.synthetic import SyntheticParams, case_filenames, generate_dataset, save_montage  # noqa: E402
+from lits.core.errors import LitsError
+from lits.data.synthetic import SyntheticParams, case_filenames, generate_dataset, save_montage
 
 
 def _parser() -> argparse.ArgumentParser:

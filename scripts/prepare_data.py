@@ -2,7 +2,7 @@
 
     python scripts/prepare_data.py data=lits data.root=/data/LiTS [data.prepare_workers=8] [data.window=[-200,250]]
     python scripts/prepare_data.py data=msd data.root=/data/Task03_Liver data.on_error=skip
-    python scripts/prepare_data.py experiment=smoke            # any train.py overrides; only data.* matters
+    python scripts/prepare_data.py debug=smoke                 # any train.py overrides; only data.* matters
 
 Every discovered case is validated, reoriented to RAS, windowed and written to <data.cache_dir>/<key>/<case>/
 by data.prepare_workers processes, with a progress bar. Each case is written to a temporary folder and renamed
@@ -20,30 +20,32 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 def compose_config(overrides: list[str]):
-    """The train config with these overrides, resolvable outside a Hydra run (paths relative to the cwd)."""
+    """The train config with these overrides, resolvable outside a Hydra run: paths relative to the cwd, as for
+    train.py run from there (paths.output_dir, the run folder, is never written: it is set to the cwd)."""
     from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
 
-    if not any(o.startswith(("paths.root_dir=", "+paths.root_dir=")) for o in overrides):
-        overrides = [*overrides, f"paths.root_dir={os.getcwd()}"]
+    from lits.core.cli import prepare_hydra
+
+    prepare_hydra()
+    for key in ("paths.root_dir", "paths.output_dir"):
+        if not any(o.startswith((f"{key}=", f"+{key}=")) for o in overrides):
+            overrides = [*overrides, f"{key}={os.getcwd()}"]
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+        return compose("train", overrides=overrides)
 
 
 def run(cfg) -> dict:
     import numpy as np
 
+    from lits.core.config import TrainConfig, typed
     from lits.data.prepare import cache_folder, prepare_all
     from lits.data.preprocess import liver_z_range
     from lits.data.splits import make_splits
 
+    cfg = typed(TrainConfig, cfg)
     data = cfg.data
     folder = cache_folder(data)
     started = time.time()
@@ -54,7 +56,7 @@ def run(cfg) -> dict:
 
         raise LitsError(f"{data.root}: no usable cases; see the reasons above")
     slices = sum(len(c.stats["liver_voxels"]) for c in cached.values())
-    margin = data.get("liver_margin_mm")
+    margin = data.liver_margin_mm
     train_slices = sum(
         np.subtract(*liver_z_range(c.stats["liver_voxels"], c.spacing[0], margin)[::-1]) for c in cached.values()
     )
@@ -67,9 +69,7 @@ def run(cfg) -> dict:
         f"(liver z-range + {margin} mm), {_human(size)}, {elapsed:.1f} s"
     )
     print(
-        "split (seed {}{}): ".format(
-            cfg.seed, f", fold {data.fold}/{data.num_folds}" if data.get("fold") is not None else ""
-        )
+        "split (seed {}{}): ".format(cfg.seed, f", fold {data.fold}/{data.num_folds}" if data.fold is not None else "")
         + ", ".join(f"{name} {len(ids)}" for name, ids in splits.items())
     )
     if problems:
@@ -93,14 +93,14 @@ def main(argv: list[str]) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from lits.core.cli import run_stage
+    from lits.core.cli import one_line, run_task
 
     try:
         cfg = compose_config(argv)
     except (HydraException, OmegaConfBaseException) as exc:
-        print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
-    run_stage(run, cfg)
+    run_task(run, cfg)
     return 0
 
 

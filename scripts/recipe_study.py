@@ -1,4 +1,4 @@
-"""Recipe study: which training ingredient moves tumour Dice at a fixed time budget (issue 7).
+"""Recipe study: which training ingredient moves tumour Dice at a fixed time budget.
 
 Trains one run per variant for the same wall-clock budget (`trainer.max_time`), one after the other so each has
 the machine to itself, scores each best.pt on the test split with evaluate.py (flip TTA on, which also reports the
@@ -6,9 +6,10 @@ no-TTA numbers), and writes a markdown table:
 
     python scripts/recipe_study.py --minutes 5 --out outputs/recipe_study [--variants baseline,nnunet_aug ...]
 
-Variants change one thing from the reported recipe (SEEDS.md: rotation + elastic, HU window, MONAI UNet, AdamW +
-cosine, progressive loss), then all of nnU-Net's ingredients together. Extra overrides after `--` go to every run
-(e.g. `-- data.synthetic.num_cases=20`). A variant whose folder already holds evaluate/metrics.json is not rerun.
+Variants change one thing from the reported recipe (the published LiTS2017 recipe these defaults follow: rotation +
+elastic, HU window, MONAI UNet, AdamW + cosine, progressive loss), then all of nnU-Net's ingredients together. Extra
+overrides after `--` go to every run (e.g. `-- data.synthetic.num_cases=20`). A variant whose folder already holds
+evaluate/metrics.json is not rerun.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 RECIPE = ["augment=nnunet", "data.normalization=ct", "model=dynunet", "optim=sgd", "trainer.grad_clip=12"]
 VARIANTS = {
-    "baseline": [],  # SEEDS.md's recipe, the defaults before this study
+    "baseline": [],  # the reported recipe, the defaults before this study
     "nnunet_aug": ["augment=nnunet"],  # + scaling, mirroring, noise, blur, brightness, contrast, low-res, gamma
     "ct_norm": ["data.normalization=ct"],  # + nnU-Net CT normalisation (foreground percentiles, z-score)
     "deep_supervision": ["model=dynunet"],  # DynUNet (nnU-Net's network) with deep supervision

@@ -42,7 +42,7 @@ class nnUNetTrainer_LitsBudget(nnUNetTrainer):
         configuration: str,
         fold: int,
         dataset_json: dict,
-        device: torch.device = torch.device("cuda"),
+        device: torch.device = torch.device("cuda"),  # noqa: B008  (nnUNetTrainer's own signature)
     ):
         super().__init__(plans, configuration, fold, dataset_json, device)
         minutes = float(os.environ.get("LITS_PEER_MINUTES", "10"))
@@ -113,7 +113,7 @@ class nnUNetTrainer_LitsBudget(nnUNetTrainer):
             "batch_size": self.batch_size,
             "planned_batch_size": self.configuration_manager.batch_size,
             "patch_size": list(self.configuration_manager.patch_size),
-            "n_proc_DA": os.environ.get("nnUNet_n_proc_DA"),
+            "n_proc_DA": os.environ.get("nnUNet_n_proc_DA"),  # noqa: SIM112  (nnU-Net's variable name)
             "torch_threads": torch.get_num_threads(),
         }
         with open(join(self.output_folder, "budget.json"), "w") as f:

@@ -29,10 +29,12 @@ def our_split() -> tuple[dict[str, list[str]], dict]:
     """The split `python train.py` makes by default (same config composition, same function)."""
     from hydra import compose, initialize_config_dir
 
+    from lits.core.config.store import register
     from lits.data.prepare import ensure_synthetic
     from lits.data.sources import discover
     from lits.data.splits import make_splits
 
+    register()  # the typed schema that configs/train.yaml starts from
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=[f"paths.root_dir={ROOT}"])
     ensure_synthetic(cfg.data)
