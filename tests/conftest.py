@@ -50,7 +50,8 @@ def compose_train(*overrides: str):
 
 
 # The smoke training: tiny synthetic data, a small network and two epochs, seconds on a CPU (configs/debug/smoke.yaml);
-# FAULTS: the same with fault injection switched on (faults.nan_steps, faults.kill_at_step, ...: configs/debug/faults.yaml)
+# FAULTS: the same with fault injection switched on (faults.nan_steps, faults.kill_at_step, ...:
+# configs/debug/faults.yaml)
 SMOKE = ("debug=smoke",)
 FAULTS = ("debug=faults",)
 # The same settings as plain overrides, for sweeps that choose the experiment themselves (train.py -m experiment=a,b)

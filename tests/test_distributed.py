@@ -106,7 +106,9 @@ def test_validation_equals_a_single_process_evaluation_of_the_same_weights(ddp_r
     _, cases = prepare(cfg.data, cfg.seed, splits=state["splits"], only=("val",), progress=False)
     spec = spec_from_checkpoint(state, "last.pt")  # the network settings and post-processing the run validated with
     t = cfg.trainer
-    metrics = validate(model, cases["val"], spec, torch.device("cpu"), "off", t.val_batch_size, t.val_tta, False).metrics
+    metrics = validate(
+        model, cases["val"], spec, torch.device("cpu"), "off", t.val_batch_size, t.val_tta, False
+    ).metrics
     assert metrics == {k: v for k, v in history[-1].items() if k.startswith("val/")} == state["metrics"]
 
 

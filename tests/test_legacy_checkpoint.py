@@ -46,8 +46,15 @@ def test_a_checkpoint_older_still_without_normalization_reads_as_the_window():
 
 @pytest.mark.parametrize("name", CHECKPOINTS)
 def test_predict_writes_the_same_label_map(name, tmp_path):
-    predict({"ckpt": str(FIXTURES / f"{name}.pt"), "input": str(FIXTURES / "volume-4.nii.gz"),
-             "output": str(tmp_path / "out"), "progress": False, "paths": {"output_dir": str(tmp_path / "run")}})  # fmt: skip
+    predict(
+        {
+            "ckpt": str(FIXTURES / f"{name}.pt"),
+            "input": str(FIXTURES / "volume-4.nii.gz"),
+            "output": str(tmp_path / "out"),
+            "progress": False,
+            "paths": {"output_dir": str(tmp_path / "run")},
+        }
+    )
     written = np.asarray(nib.load(tmp_path / "out" / "test-segmentation-4.nii").dataobj)
     expected = np.asarray(nib.load(FIXTURES / f"{name}-prediction-4.nii.gz").dataobj)
     np.testing.assert_array_equal(written, expected)
@@ -61,9 +68,17 @@ def test_evaluate_scores_the_same_voxels(name, tmp_path):
     data.mkdir()
     for file in ("volume-4.nii.gz", "segmentation-4.nii.gz"):
         shutil.copy(FIXTURES / file, data / file)
-    result = evaluate({"ckpt": str(FIXTURES / f"{name}.pt"), "data_root": str(data), "tensorboard_dir": None,
-                       "ablation": False, "progress": False, "report": {"montages": False, "plot": False},
-                       "paths": {"output_dir": str(tmp_path / "run")}})  # fmt: skip
+    result = evaluate(
+        {
+            "ckpt": str(FIXTURES / f"{name}.pt"),
+            "data_root": str(data),
+            "tensorboard_dir": None,
+            "ablation": False,
+            "progress": False,
+            "report": {"montages": False, "plot": False},
+            "paths": {"output_dir": str(tmp_path / "run")},
+        }
+    )
     assert result["num_cases"] == 1 and result["split"] == "test"
     with open(tmp_path / "run" / "cases.csv") as f:
         rows = list(csv.DictReader(f))

@@ -15,8 +15,13 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from lits.core.config.store import register
 from lits.core.errors import LitsError
 
-_DETAIL_PREFIXES = ("full_key:", "reference_type", "object_type", "Set the environment variable HYDRA_FULL_ERROR",
-                    "To append to your config use")  # the last: Hydra's hint for new keys, misleading for a typo
+_DETAIL_PREFIXES = (
+    "full_key:",
+    "reference_type",
+    "object_type",
+    "Set the environment variable HYDRA_FULL_ERROR",
+    "To append to your config use",
+)  # the last: Hydra's hint for new keys, misleading for a typo
 
 
 def one_line(exc: BaseException) -> str:

@@ -22,7 +22,8 @@ def context_indices(z: int, k: int, z_count: int) -> np.ndarray:
 
 
 def context_batch(image: np.ndarray, start: int, stop: int, context_slices: int = 0) -> np.ndarray:
-    """(stop-start, 2k+1, Y, X) float32 network input for slices start..stop-1 of a (Z, Y, X) volume (k=0: 1 channel)."""
+    """(stop-start, 2k+1, Y, X) float32 network input for slices start..stop-1 of a (Z, Y, X) volume (k=0: one
+    channel)."""
     z_count = image.shape[0]
     k = int(context_slices)
     lo, hi = max(0, start - k), min(z_count, stop + k)

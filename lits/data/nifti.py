@@ -186,7 +186,8 @@ class CasePair:
                 bad = _label_values_ok(block)
                 if bad is not None:
                     raise LitsError(
-                        f"{self.paths.label}: label values {bad} outside {{0,1,2}}; LiTS labels are 0 background, 1 liver, 2 tumour"
+                        f"{self.paths.label}: label values {bad} outside {{0,1,2}}; LiTS labels are 0 background, 1 "
+                        "liver, 2 tumour"
                     )
                 label = block.astype(np.uint8, copy=False)
             yield z0, hu, label
@@ -201,13 +202,15 @@ def open_pair(paths: CasePaths, affine_atol: float = 1e-3) -> CasePair:
         where = f"{paths.image} / {paths.label}"
         if label.raw.shape != image.raw.shape:
             raise LitsError(
-                f"{where}: shapes {image.raw.shape} vs {label.raw.shape} differ; the segmentation must share the volume's voxel grid"
+                f"{where}: shapes {image.raw.shape} vs {label.raw.shape} differ; the segmentation must share the "
+                "volume's voxel grid"
             )
         if not np.allclose(image.affine, label.affine, atol=affine_atol, rtol=0):
             diff = float(np.abs(image.affine - label.affine).max())
             raise LitsError(
                 f"{where}: affines differ by {diff:.3g} (more than data.affine_atol={affine_atol}); "
-                f"resample the segmentation onto the volume's grid, or raise data.affine_atol if it is only header rounding"
+                "resample the segmentation onto the volume's grid, or raise data.affine_atol if it is only header "
+                "rounding"
             )
     ornt = nib.orientations.io_orientation(image.affine)
     return CasePair(paths, image, label, ornt, canonical_spacing(image.zooms, ornt))

@@ -1,7 +1,7 @@
 """What the network sees: the HU window as cached, or nnU-Net's CT normalisation of it (`data.normalization`).
 
 The cache holds every CT as HU clipped to `data.window` and scaled to [0, 1] (lits/data/preprocess.py).
-* window: the network reads those [0, 1] values (SEEDS.md's "intensity normalisation").
+* window: the network reads those [0, 1] values (the published recipe's "intensity normalisation").
 * ct:     nnU-Net's CTNormalization: HU clipped to the 0.5 / 99.5 percentiles of the foreground (liver + tumour)
           intensities of the training cases, then z-scored with their mean and std.
 

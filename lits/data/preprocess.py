@@ -57,8 +57,11 @@ class Preprocessing:
     @classmethod
     def from_data_cfg(cls, data: DataConfig) -> Preprocessing:
         spacing = data.target_spacing_xy
-        return cls(window=tuple(data.window), target_spacing_xy=None if spacing is None else tuple(spacing),
-                   affine_atol=data.affine_atol)  # fmt: skip
+        return cls(
+            window=tuple(data.window),
+            target_spacing_xy=None if spacing is None else tuple(spacing),
+            affine_atol=data.affine_atol,
+        )
 
 
 def preprocess_image(hu: np.ndarray, spacing: tuple[float, float, float], prep: Preprocessing) -> np.ndarray:

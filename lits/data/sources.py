@@ -113,7 +113,8 @@ def find_lits(root: str | Path) -> tuple[list[CasePaths], list[Problem]]:
                 Problem(
                     case_id,
                     str(labels[0]),
-                    f"{labels[0]}: no volume-{case_id}.nii[.gz] for this segmentation; add the volume or remove the file",
+                    f"{labels[0]}: no volume-{case_id}.nii[.gz] for this segmentation; add the volume or remove the "
+                    "file",
                 )
             )
     return sorted(cases, key=lambda c: natural_key(c.case_id)), sorted(
@@ -131,7 +132,8 @@ def _msd_images_dir(root: Path) -> Path:
         return below[0]
     if len(below) > 1:
         raise LitsError(
-            f"{root}: several MSD tasks found ({', '.join(str(p.parent.name) for p in below)}); set data.root to one of them"
+            f"{root}: several MSD tasks found ({', '.join(str(p.parent.name) for p in below)}); set data.root to one "
+            "of them"
         )
     raise LitsError(
         f"{root}: no imagesTr/ folder; point data.root at the MSD Task03_Liver folder (imagesTr/, labelsTr/)"
@@ -185,7 +187,7 @@ def read_pairs_csv(path: str | Path) -> tuple[list[CasePaths], list[Problem]]:
         raise LitsError(f"{path}: CSV list not found; set data.root=FILE.csv (columns image,label[,case_id])")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = [r for r in csv.DictReader(line for line in f if line.strip() and not line.lstrip().startswith("#"))]
+            rows = list(csv.DictReader(line for line in f if line.strip() and not line.lstrip().startswith("#")))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise LitsError(
             f"{path}: cannot read the CSV ({exc}); write a UTF-8 CSV with columns image,label[,case_id]"
@@ -193,7 +195,8 @@ def read_pairs_csv(path: str | Path) -> tuple[list[CasePaths], list[Problem]]:
     columns = {k.strip().lower() for k in (rows[0].keys() if rows else []) if k}
     if not {"image", "label"} <= columns:
         raise LitsError(
-            f"{path}: needs a header line with columns image,label (optional case_id), found {sorted(columns) or 'no rows'}"
+            f"{path}: needs a header line with columns image,label (optional case_id), found "
+            f"{sorted(columns) or 'no rows'}"
         )
     base = path.parent
     seen: dict[str, int] = {}
@@ -206,11 +209,13 @@ def read_pairs_csv(path: str | Path) -> tuple[list[CasePaths], list[Problem]]:
         case_id = row.get("case_id") or row.get("case") or id_from_filename(image.name)
         if not _SAFE_ID.match(case_id):
             raise LitsError(
-                f"{path}: line {line}: case id {case_id!r} must be letters, digits, '.', '_' or '-'; fix the case_id column"
+                f"{path}: line {line}: case id {case_id!r} must be letters, digits, '.', '_' or '-'; fix the case_id "
+                "column"
             )
         if case_id in seen:
             raise LitsError(
-                f"{path}: line {line}: case id {case_id} already used on line {seen[case_id]}; give each row its own case_id"
+                f"{path}: line {line}: case id {case_id} already used on line {seen[case_id]}; give each row its own "
+                "case_id"
             )
         seen[case_id] = line
         label = (base / row["label"]).expanduser() if row.get("label") else None
@@ -251,6 +256,7 @@ def discover(data_cfg) -> tuple[list[CasePaths], list[Problem]]:
     finders = {"lits": find_lits, "msd": find_msd, "csv": read_pairs_csv}
     if layout not in finders:
         raise LitsError(
-            f"data.layout={layout}: unknown layout; choose one of {', '.join(LAYOUTS)} (or data=lits / data=msd / data=csv)"
+            f"data.layout={layout}: unknown layout; choose one of {', '.join(LAYOUTS)} (or data=lits / data=msd / "
+            "data=csv)"
         )
     return finders[layout](data_cfg.root)

@@ -34,7 +34,8 @@ def split_cases(case_ids: list[str], val_fraction: float, test_fraction: float, 
     n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
     if n - n_val - n_test < 1:
         raise LitsError(
-            f"only {n} cases: too few for data.split val={val_fraction} test={test_fraction}; add cases or lower the fractions"
+            f"only {n} cases: too few for data.split val={val_fraction} test={test_fraction}; add cases or lower the "
+            "fractions"
         )
     order = np.random.default_rng(seed).permutation(n)
     ids = [case_ids[i] for i in order]

@@ -50,8 +50,12 @@ def evaluate(cfg) -> dict:
 def evaluate_checkpoint(ckpt: Path, out_dir: Path, split: str, progress: bool = False) -> dict:
     """`python evaluate.py ckpt=CKPT split=SPLIT` into `out_dir`, from inside another task (train.py's
     `evaluate_after`): the checkpoint's own post-processing, every other setting at its default."""
-    cfg = EvaluateConfig(ckpt=str(ckpt), split=split, progress=progress,
-                         paths=dataclasses.replace(PathsConfig(), output_dir=str(out_dir)))  # fmt: skip
+    cfg = EvaluateConfig(
+        ckpt=str(ckpt),
+        split=split,
+        progress=progress,
+        paths=dataclasses.replace(PathsConfig(), output_dir=str(out_dir)),
+    )
     log.info("evaluating %s on the %s split into %s", ckpt, split, out_dir)
     return evaluate(cfg)
 
@@ -79,8 +83,10 @@ def score(cfg: EvaluateConfig, source: Source) -> dict:
     """Score `source` and write cases.csv, ablation_cases.csv, metrics.json, report.md and pictures."""
     out_dir = Path(cfg.paths.output_dir)
     if not source.cases:  # e.g. data.on_error=skip left every case out
-        raise LitsError("no cases left to evaluate (see the log and skipped_cases.json in the run dir); "
-                        "fix the data or choose another split")  # fmt: skip
+        raise LitsError(
+            "no cases left to evaluate (see the log and skipped_cases.json in the run dir); "
+            "fix the data or choose another split"
+        )
     if cfg.save_predictions and source.main == "given":
         log.warning("save_predictions=true: nothing to save, the predictions are the files in %s", cfg.predictions)
     rows = score_rows(cfg, source, out_dir)

@@ -102,15 +102,20 @@ def _checkpoint_source(cfg: EvaluateConfig) -> Source:
         data = dataclasses.replace(data, root=cfg.data_root, synthetic=None)
     _, cases = prepare(
         data, 0, splits=state["splits"], only=(cfg.split,), progress=cfg.progress, report_dir=cfg.paths.output_dir
-    )  # fmt: skip  (data.on_error=skip lists left-out cases there)
+    )  # (data.on_error=skip lists left-out cases there)
     post = spec.postprocess.with_overrides(cfg.postprocess)
     steps, stages = _stages(post, cfg.ablation, cfg.tta)
     infer = dict(device=device, batch_size=cfg.batch_size, amp=cfg.amp, **spec.predictor_settings())
     tb_dir = tensorboard_dir(cfg.tensorboard_dir, Path(cfg.ckpt).resolve().parent.parent / "tensorboard")
     paths = {p.case_id: p.image for p in discover(data)[0]} if cfg.save_predictions else {}
     epoch = int(state["epoch"])  # the last completed epoch, 0-based
-    info = {"mode": "checkpoint", "ckpt": str(Path(cfg.ckpt).resolve()), "split": cfg.split,
-            "trained_epochs": epoch + 1, "tta": bool(cfg.tta)}  # fmt: skip
+    info = {
+        "mode": "checkpoint",
+        "ckpt": str(Path(cfg.ckpt).resolve()),
+        "split": cfg.split,
+        "trained_epochs": epoch + 1,
+        "tta": bool(cfg.tta),
+    }
     predict = _checkpoint_predictor(model, infer, steps, post, cfg.tta)
     return Source(cases[cfg.split], stages, "post", predict, info, paths, (tb_dir, epoch) if tb_dir else None, post)
 
@@ -142,16 +147,27 @@ def _predictions_source(cfg: EvaluateConfig) -> Source:
     if unscored:
         log.warning("%d reference cases have no prediction and are not scored: %s", len(unscored), unscored[:10])
     ids = sorted(files, key=natural_key)
-    _, cases = prepare(data, 0, splits={"train": [], "val": [], "test": ids}, only=("test",), progress=cfg.progress,
-                       report_dir=cfg.paths.output_dir)  # fmt: skip
+    _, cases = prepare(
+        data,
+        0,
+        splits={"train": [], "val": [], "test": ids},
+        only=("test",),
+        progress=cfg.progress,
+        report_dir=cfg.paths.output_dir,
+    )
 
     def predict(case) -> Prediction:
         source_affine = np.asarray(case.meta["orientation"]["source_affine"])
         labels, _ = to_canonical(_read_labels(files[case.case_id]), source_affine)
         yield "given", labels, None
 
-    info = {"mode": "predictions", "predictions": str(Path(cfg.predictions).resolve()),
-            "references": str(Path(data.root).resolve()), "split": None, "unscored_references": unscored}  # fmt: skip
+    info = {
+        "mode": "predictions",
+        "predictions": str(Path(cfg.predictions).resolve()),
+        "references": str(Path(data.root).resolve()),
+        "split": None,
+        "unscored_references": unscored,
+    }
     tb_dir = tensorboard_dir(cfg.tensorboard_dir, None)
     stages = [("given", "predictions as given")]
     return Source(cases["test"], stages, "given", predict, info, {}, (tb_dir, 0) if tb_dir else None)

@@ -40,7 +40,8 @@ def _flexible_unet(cfg) -> torch.nn.Module:
 
 def _dynunet(cfg) -> torch.nn.Module:
     # nnU-Net's network in MONAI: two 3x3 conv-norm-LeakyReLU per level, strided-conv downsampling, transposed-conv
-    # upsampling; deep_supervision adds 1x1 heads on the next decoder levels (training mode only; lits/deep_supervision.py)
+    # upsampling; deep_supervision adds 1x1 heads on the next decoder levels (training mode only; see
+    # lits/train/deep_supervision.py)
     strides = [1, *cfg.strides]
     return DynUNet(
         spatial_dims=2,

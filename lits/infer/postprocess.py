@@ -172,7 +172,7 @@ def _restrict_to_dilated(tumor: np.ndarray, liver: np.ndarray, radius: int) -> N
     if lbox is None:
         tumor[tbox] = False
         return
-    inner = tuple(slice(max(t.start, l.start), min(t.stop, l.stop)) for t, l in zip(tbox, lbox))
+    inner = tuple(slice(max(t.start, v.start), min(t.stop, v.stop)) for t, v in zip(tbox, lbox))
     if any(s.start >= s.stop for s in inner):
         tumor[tbox] = False
         return

@@ -109,8 +109,14 @@ def predict(cfg) -> dict:
     device = resolve_device(cfg.device, key="device")
     model, spec, _ = load_model(cfg.ckpt, device)
     post = spec.postprocess.with_overrides(cfg.postprocess)
-    infer = dict(device=device, batch_size=cfg.batch_size, amp=cfg.amp, tta=cfg.tta, progress=cfg.progress,
-                 **spec.predictor_settings())  # fmt: skip
+    infer = dict(
+        device=device,
+        batch_size=cfg.batch_size,
+        amp=cfg.amp,
+        tta=cfg.tta,
+        progress=cfg.progress,
+        **spec.predictor_settings(),
+    )
 
     rows = []
     for path, name in tqdm(list(zip(inputs, names)), desc="predicting", unit="volume", disable=not cfg.progress):
@@ -128,9 +134,15 @@ def predict(cfg) -> dict:
         if cfg.save_probabilities:
             export_probabilities(out_dir / probability_name(name), probs, case.orientation, header)
         voxel_ml = float(np.prod(case.spacing)) / 1000.0
-        rows.append({"input": str(path), "output": str(out_dir / name),
-                     "liver_ml": float((labels >= 1).sum()) * voxel_ml, "tumor_ml": float((labels == 2).sum()) * voxel_ml,
-                     "lesions": predicted_lesions(labels == 2)[1]})  # fmt: skip
+        rows.append(
+            {
+                "input": str(path),
+                "output": str(out_dir / name),
+                "liver_ml": float((labels >= 1).sum()) * voxel_ml,
+                "tumor_ml": float((labels == 2).sum()) * voxel_ml,
+                "lesions": predicted_lesions(labels == 2)[1],
+            }
+        )
 
     write_csv(Path(cfg.paths.output_dir) / "predictions.csv", rows)
     shown = [{**r, "input": Path(r["input"]).name, "output": Path(r["output"]).name} for r in rows]

@@ -50,8 +50,12 @@ class InferenceSpec:
 
     def predictor_settings(self) -> dict:
         """The keyword arguments of `predict_volume` that the trained network fixes."""
-        return {"size_multiple": self.network.size_multiple, "temperature": self.temperature,
-                "context_slices": self.context_slices, "normalization": self.normalization}  # fmt: skip
+        return {
+            "size_multiple": self.network.size_multiple,
+            "temperature": self.temperature,
+            "context_slices": self.context_slices,
+            "normalization": self.normalization,
+        }
 
     def with_postprocess(self, postprocess: PostprocessConfig) -> InferenceSpec:
         return dataclasses.replace(self, postprocess=postprocess)
@@ -71,8 +75,10 @@ class InferenceSpec:
     @classmethod
     def from_dict(cls, spec: dict, where: str) -> InferenceSpec:
         if spec.get("version") != SPEC_VERSION:
-            raise LitsError(f"{where}: inference spec version {spec.get('version')} is not {SPEC_VERSION}; "
-                            "use the lits version that wrote this checkpoint, or retrain")  # fmt: skip
+            raise LitsError(
+                f"{where}: inference spec version {spec.get('version')} is not {SPEC_VERSION}; "
+                "use the lits version that wrote this checkpoint, or retrain"
+            )
         spacing = spec["target_spacing_xy"]
         return cls(
             network=typed(ModelConfig, spec["network"], "model"),
@@ -85,10 +91,23 @@ class InferenceSpec:
         )
 
     @classmethod
-    def for_training(cls, model: ModelConfig, data: DataConfig, temperature: float, normalization: Normalization,
-                     postprocess: PostprocessConfig) -> InferenceSpec:  # fmt: skip
-        return cls(model, tuple(data.window), data.target_spacing_xy, data.context_slices, float(temperature),
-                   normalization, postprocess)  # fmt: skip
+    def for_training(
+        cls,
+        model: ModelConfig,
+        data: DataConfig,
+        temperature: float,
+        normalization: Normalization,
+        postprocess: PostprocessConfig,
+    ) -> InferenceSpec:
+        return cls(
+            model,
+            tuple(data.window),
+            data.target_spacing_xy,
+            data.context_slices,
+            float(temperature),
+            normalization,
+            postprocess,
+        )
 
 
 def _legacy_section(config: dict, name: str, schema: type, where: str):

@@ -42,7 +42,8 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
-    """torch.save to a temp file in the same folder, fsync, rename, fsync the folder: a kill mid-write never corrupts `path`."""
+    """torch.save to a temp file in the same folder, fsync, rename, fsync the folder: a kill mid-write never
+    corrupts `path`."""
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(state, f)
@@ -106,7 +107,7 @@ def config_differences(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> li
     for key in sorted(set(a) | set(b)):
         if any(key == i or key.startswith(i + ".") for i in ignore):
             continue
-        before, after = (a[key] if key in a else UNSET), (b[key] if key in b else UNSET)
+        before, after = a.get(key, UNSET), b.get(key, UNSET)
         if before != after:
             out.append(f"{key}: {before} -> {after}")
     return out

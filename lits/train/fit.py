@@ -23,7 +23,7 @@ from lits.train.loss import alpha_at
 from lits.train.optim import lr_at, set_lr
 from lits.train.run import Run
 from lits.train.step import train_step
-from lits.train.validate import validate
+from lits.train.validate import Validation, validate
 
 log = logging.getLogger(__name__)
 LOADER_SEED_STRIDE = 7919  # the loader's worker seeds of epoch e come from seed * stride + e
@@ -48,36 +48,20 @@ def fit(run: Run) -> dict:
     hooks.before_train(run)
     run.started = time.time()
     while state.epoch < run.budget.planned:
-        outcome = train_epoch(run)
+        outcome = train_epoch(run)  # a stop signal or the time budget may end it early
         if outcome.interrupted:
-            hooks.on_interrupt(run)
-            _stopped(run)
+            _stop(run)  # last.pt at the exact position, then exit 128 + signal
         metrics = epoch_metrics(run, outcome)
-        validation = None
-        if run.ctx.is_main and due_for_validation(run, outcome):  # rank 0 validates; the others wait in the gather
-            validation = validate(
-                state.model,
-                run.cases["val"],
-                run.spec,
-                run.device,
-                run.amp,
-                run.cfg.trainer.val_batch_size,
-                run.cfg.trainer.val_tta,
-                run.cfg.trainer.log_images,
-            )
+        validation = validate_if_due(run)  # rank 0 only; the others wait in the gather below
+        if validation is not None:
             metrics.update(validation.metrics)
         rank_states = distributed.all_gather_object({**state.rank_state(run.device, False), "stop": run.stop.requested})
-        epoch = state.epoch
-        improved = state.end_epoch(metrics.get(run.cfg.trainer.monitor))
-        hooks.after_epoch(run, EpochReport(epoch, metrics, improved, rank_states,
-                                           validation.picture if validation else None))  # fmt: skip
+        epoch, improved = state.epoch, state.end_epoch(metrics.get(run.cfg.trainer.monitor))
+        picture = validation.picture if validation is not None else None
+        hooks.after_epoch(run, EpochReport(epoch, metrics, improved, rank_states, picture))
         if any(r["stop"] for r in rank_states):
-            hooks.on_interrupt(run)
-            _stopped(run)
-    summary = {"best_metric": state.best.metric, "best_value": state.best.value, "best_epoch": state.best.epoch,
-               "epochs": state.epoch, "max_time": run.cfg.trainer.max_time, "minutes": round(run.elapsed_s() / 60, 2),
-               "run_dir": str(run.run_dir), "bad_steps": state.bad_total, "world_size": run.ctx.world_size,
-               "resumed_from": run.resumed_from}  # fmt: skip
+            _stop(run)
+    summary = run_summary(run)
     hooks.after_train(run, summary)
     return summary
 
@@ -111,27 +95,62 @@ def epoch_metrics(run: Run, outcome: EpochOutcome) -> dict[str, float]:
     """train/* of the finished epoch: means over every rank's good steps; the time budget is re-planned from the
     all-reduced clock, so every rank plans the same number of epochs."""
     sums, cfg = run.state.sums, run.cfg
-    totals = torch.tensor([sums.loss, sums.bce, sums.dice, sums.good, run.elapsed_s()], dtype=torch.float64,
-                          device=run.device)  # fmt: skip
+    totals = torch.tensor(
+        [sums.loss, sums.bce, sums.dice, sums.good, run.elapsed_s()], dtype=torch.float64, device=run.device
+    )
     distributed.all_reduce_(totals)
     good = max(1.0, float(totals[3]))
     run.budget.after_epoch(run.state.epoch + 1, float(totals[4]) / run.ctx.world_size, outcome.out_of_time)
-    metrics = {"train/loss": float(totals[0]) / good, "train/bce": float(totals[1]) / good,
-               "train/dice": float(totals[2]) / good, "train/alpha": outcome.alpha,
-               "train/lr": run.optimizer.param_groups[0]["lr"], "train/bad_steps": sums.bad}  # fmt: skip
+    metrics = {
+        "train/loss": float(totals[0]) / good,
+        "train/bce": float(totals[1]) / good,
+        "train/dice": float(totals[2]) / good,
+        "train/alpha": outcome.alpha,
+        "train/lr": run.optimizer.param_groups[0]["lr"],
+        "train/bad_steps": sums.bad,
+    }
     if outcome.steps:
         samples = outcome.steps * cfg.trainer.batch_size * run.ctx.world_size
         metrics["train/samples_per_s"] = samples / outcome.seconds
     return metrics
 
 
-def due_for_validation(run: Run, outcome: EpochOutcome) -> bool:
-    epoch = run.state.epoch
-    return (epoch + 1) % run.cfg.trainer.val_every == 0 or epoch == run.budget.planned - 1
+def validate_if_due(run: Run) -> Validation | None:
+    """Rank 0 validates every trainer.val_every epochs and after the last one (which one that is, the time budget
+    may decide)."""
+    epoch, t = run.state.epoch, run.cfg.trainer
+    if not run.ctx.is_main or ((epoch + 1) % t.val_every and epoch != run.budget.planned - 1):
+        return None
+    return validate(
+        run.state.model, run.cases["val"], run.spec, run.device, run.amp, t.val_batch_size, t.val_tta, t.log_images
+    )
 
 
-def _stopped(run: Run) -> None:
+def run_summary(run: Run) -> dict:
+    """What train_summary.json records."""
+    state = run.state
+    return {
+        "best_metric": state.best.metric,
+        "best_value": state.best.value,
+        "best_epoch": state.best.epoch,
+        "epochs": state.epoch,
+        "max_time": run.cfg.trainer.max_time,
+        "minutes": round(run.elapsed_s() / 60, 2),
+        "run_dir": str(run.run_dir),
+        "bad_steps": state.bad_total,
+        "world_size": run.ctx.world_size,
+        "resumed_from": run.resumed_from,
+    }
+
+
+def _stop(run: Run) -> None:
+    """A stop signal ended training: the hooks save last.pt at the position, then the process exits 128 + signal."""
+    run.hooks.on_interrupt(run)
     signum = run.stop.signum or signal.SIGTERM
-    log.warning("stopped by %s at step %d: last.pt saved in %s; continue with trainer.resume=auto (same "
-                "hydra.run.dir)", signal.Signals(signum).name, run.state.step, run.ckpt_dir)  # fmt: skip
+    log.warning(
+        "stopped by %s at step %d: last.pt saved in %s; continue with trainer.resume=auto (same hydra.run.dir)",
+        signal.Signals(signum).name,
+        run.state.step,
+        run.ckpt_dir,
+    )
     raise Interrupted(128 + signum)

@@ -98,15 +98,23 @@ class ConsoleHook(Hook):
         if run.state.epoch >= run.budget.planned:
             log.info("%s: all %d epochs are already trained; nothing to do", run.resumed_from, run.budget.planned)
         if t.max_time is not None:
-            log.info("time budget trainer.max_time=%g min: the run lasts as many epochs as fit (planned after each "
-                     "epoch); the LR and loss schedules are stretched from trainer.max_epochs=%d onto it",
-                     t.max_time, t.max_epochs)  # fmt: skip
+            log.info(
+                "time budget trainer.max_time=%g min: the run lasts as many epochs as fit (planned after each "
+                "epoch); the LR and loss schedules are stretched from trainer.max_epochs=%d onto it",
+                t.max_time,
+                t.max_epochs,
+            )
 
     def before_epoch(self, run, alpha: float) -> None:
         enabled = run.cfg.trainer.progress and run.ctx.is_main
-        self.bar = tqdm(total=run.steps_per_epoch, initial=run.state.batch, leave=False, dynamic_ncols=True,
-                        desc=f"epoch {run.state.epoch + 1}/{run.budget.planned} alpha={alpha:.2f}",
-                        disable=not enabled)  # fmt: skip
+        self.bar = tqdm(
+            total=run.steps_per_epoch,
+            initial=run.state.batch,
+            leave=False,
+            dynamic_ncols=True,
+            desc=f"epoch {run.state.epoch + 1}/{run.budget.planned} alpha={alpha:.2f}",
+            disable=not enabled,
+        )
 
     def after_step(self, run, result) -> None:
         self.bar.update()
@@ -120,18 +128,31 @@ class ConsoleHook(Hook):
         shown = " ".join(f"{k.split('/')[1]}={v:.4f}" for k, v in m.items() if k in wanted)
         log.info(
             "epoch %d/%d alpha=%.2f loss=%.4f (bce %.4f dice %.4f) %.0f samples/s%s %s%s",
-            report.epoch + 1, run.budget.planned, m["train/alpha"], m["train/loss"], m["train/bce"], m["train/dice"],
-            m.get("train/samples_per_s") or 0.0, f" bad_steps={m['train/bad_steps']}" if m["train/bad_steps"] else "",
-            shown, " *best*" if report.improved else "",
-        )  # fmt: skip
+            report.epoch + 1,
+            run.budget.planned,
+            m["train/alpha"],
+            m["train/loss"],
+            m["train/bce"],
+            m["train/dice"],
+            m.get("train/samples_per_s") or 0.0,
+            f" bad_steps={m['train/bad_steps']}" if m["train/bad_steps"] else "",
+            shown,
+            " *best*" if report.improved else "",
+        )
 
     def on_interrupt(self, run) -> None:
         if self.bar is not None:
             self.bar.close()
 
     def after_train(self, run, summary: dict) -> None:
-        log.info("done in %.1f min: best %s=%.4f at epoch %d -> %s", summary["minutes"], summary["best_metric"],
-                 summary["best_value"], summary["best_epoch"] + 1, run.ckpt_dir / "best.pt")  # fmt: skip
+        log.info(
+            "done in %.1f min: best %s=%.4f at epoch %d -> %s",
+            summary["minutes"],
+            summary["best_metric"],
+            summary["best_value"],
+            summary["best_epoch"] + 1,
+            run.ckpt_dir / "best.pt",
+        )
 
 
 class TensorBoardHook(Hook):
@@ -177,8 +198,12 @@ class HistoryHook(Hook):
             write_atomic(self.path, "".join(kept))
 
     def after_epoch(self, run, report: EpochReport) -> None:
-        record = {"epoch": report.epoch, "step": run.state.step, "elapsed_s": round(run.elapsed_s(), 1),
-                  **report.metrics}  # fmt: skip
+        record = {
+            "epoch": report.epoch,
+            "step": run.state.step,
+            "elapsed_s": round(run.elapsed_s(), 1),
+            **report.metrics,
+        }
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -246,8 +271,17 @@ class FaultHook(Hook):
             folder.mkdir(parents=True, exist_ok=True)
             drawn = run.sampler.drawn
             with open(folder / f"samples-rank{self.rank}.jsonl", "a") as f:
-                f.write(json.dumps({"epoch": report.epoch, "rank": self.rank, "slices": [s for s, _ in drawn],
-                                    "draws": [d for _, d in drawn]}) + "\n")  # fmt: skip
+                f.write(
+                    json.dumps(
+                        {
+                            "epoch": report.epoch,
+                            "rank": self.rank,
+                            "slices": [s for s, _ in drawn],
+                            "draws": [d for _, d in drawn],
+                        }
+                    )
+                    + "\n"
+                )
 
 
 def build_hooks(run) -> Hooks:

@@ -1,6 +1,6 @@
-"""HybridLoss = alpha * region + (1 - alpha) * pixel, and the alpha schedules (SEEDS.md: BCE -> hybrid -> Dice).
+"""HybridLoss = alpha * region + (1 - alpha) * pixel, and the alpha schedules (progressive: BCE -> hybrid -> Dice).
 
-The two terms are chosen in the loss config (configs/loss/hybrid.yaml), not by code forks:
+The two terms are chosen in the loss config (`loss.region`, `loss.pixel`: lits/core/config/train.py), not by code forks:
 
 * region (`loss.region`, weight alpha): `dice` soft Dice / IoU (MONAI DiceLoss, per channel) | `generalized_dice`
   (MONAI GeneralizedDiceLoss over both channels, class weights 1/(sum g)^2) | `log_dice` (-log(clamp(1 - Dice loss,
@@ -84,11 +84,18 @@ class HybridLoss(torch.nn.Module):
         self.temperature, self.region, self.pixel, self.scale = cfg.temperature, cfg.region, cfg.pixel, cfg.scale
         self.channel_weights = torch.tensor(cfg.channel_weights, dtype=torch.float32)
         dice = cfg.dice
-        self.dice = DiceLoss(sigmoid=True, squared_pred=dice.squared, jaccard=dice.jaccard, batch=dice.batch,
-                             smooth_nr=dice.eps, smooth_dr=dice.eps)  # fmt: skip
+        self.dice = DiceLoss(
+            sigmoid=True,
+            squared_pred=dice.squared,
+            jaccard=dice.jaccard,
+            batch=dice.batch,
+            smooth_nr=dice.eps,
+            smooth_dr=dice.eps,
+        )
         if self.region == "generalized_dice":
-            self.generalized_dice = WeightedGeneralizedDiceLoss(self.channel_weights, sigmoid=True, batch=dice.batch,
-                                                                smooth_nr=dice.eps, smooth_dr=dice.eps)  # fmt: skip
+            self.generalized_dice = WeightedGeneralizedDiceLoss(
+                self.channel_weights, sigmoid=True, batch=dice.batch, smooth_nr=dice.eps, smooth_dr=dice.eps
+            )
         self.log_dice_floor, self.focal_gamma = cfg.log_dice_floor, cfg.focal_gamma
         if self.pixel == "focal":
             self.focal = FocalLoss(gamma=self.focal_gamma, use_softmax=False, reduction="none")

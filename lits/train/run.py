@@ -105,8 +105,10 @@ def _run_dir(cfg: TrainConfig) -> Path:
     """Rank 0's run folder: every rank writes there (Hydra resolves ${now:...} per process)."""
     run_dirs = distributed.all_gather_object(str(Path(cfg.paths.output_dir).resolve()))
     if len(set(run_dirs)) > 1:
-        log.warning("ranks resolved different run folders %s; rank 0's is used: pass hydra.run.dir=... with torchrun",
-                    sorted(set(run_dirs)))  # fmt: skip
+        log.warning(
+            "ranks resolved different run folders %s; rank 0's is used: pass hydra.run.dir=... with torchrun",
+            sorted(set(run_dirs)),
+        )
     return Path(run_dirs[0])
 
 
@@ -121,8 +123,10 @@ def _negotiate_resume(cfg: TrainConfig, config: dict, run_dir: Path, is_main: bo
             if saved is not None:
                 check_compatible(saved, config, path)
                 if "format" not in saved:
-                    raise LitsError(f"{path}: written by an older lits, which evaluate.py and predict.py still read "
-                                    "but training cannot continue; start a new run (another hydra.run.dir)")  # fmt: skip
+                    raise LitsError(
+                        f"{path}: written by an older lits, which evaluate.py and predict.py still read "
+                        "but training cannot continue; start a new run (another hydra.run.dir)"
+                    )
             payload = {"path": str(path) if path else None, "state": saved}
         except LitsError as exc:
             payload = {"error": str(exc)}
@@ -134,8 +138,9 @@ def _negotiate_resume(cfg: TrainConfig, config: dict, run_dir: Path, is_main: bo
         log.info("resuming from %s (step %d)", path, saved["step"])
         changed = config_differences(saved["config"], config, ignore=RESUME_IGNORED)
         if changed:
-            log.warning("resuming with changed settings (the run is no longer one uninterrupted run): %s",
-                        "; ".join(changed))  # fmt: skip
+            log.warning(
+                "resuming with changed settings (the run is no longer one uninterrupted run): %s", "; ".join(changed)
+            )
     return saved, path
 
 
@@ -145,8 +150,14 @@ def _prepare_data(cfg: TrainConfig, ctx: distributed.Context, splits: dict | Non
     prepared, error = None, None
     if ctx.is_main:
         try:
-            prepared = prepare(cfg.data, cfg.seed, splits=splits, only=("train", "val"), progress=cfg.trainer.progress,
-                               report_dir=run_dir)  # fmt: skip
+            prepared = prepare(
+                cfg.data,
+                cfg.seed,
+                splits=splits,
+                only=("train", "val"),
+                progress=cfg.trainer.progress,
+                report_dir=run_dir,
+            )
         except LitsError as exc:
             error = str(exc)
     error, splits = distributed.broadcast_object((error, prepared[0] if prepared else None))
@@ -165,9 +176,14 @@ def _prepare_data(cfg: TrainConfig, ctx: distributed.Context, splits: dict | Non
 def _sampling_index(cfg: TrainConfig, cases: dict) -> tuple[SliceIndex, np.ndarray]:
     index = SliceIndex(cases["train"])
     weights = index.weights(cfg.data.sampling)
-    log.info("train: %d cases, %d slices (%d with tumour, drawn %.0f%% of the time); val: %d cases",
-             len(cases["train"]), len(index), int((index.tumor > 0).sum()), 100 * weights[index.tumor > 0].sum(),
-             len(cases["val"]))  # fmt: skip
+    log.info(
+        "train: %d cases, %d slices (%d with tumour, drawn %.0f%% of the time); val: %d cases",
+        len(cases["train"]),
+        len(index),
+        int((index.tumor > 0).sum()),
+        100 * weights[index.tumor > 0].sum(),
+        len(cases["val"]),
+    )
     return index, weights
 
 
@@ -175,14 +191,52 @@ def _wrap(model: torch.nn.Module, cfg: TrainConfig, ctx: distributed.Context, de
     """What the steps run: DDP around the network under torchrun, torch.compile on request."""
     wrapped = model
     if ctx.distributed:
-        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                          gradient_as_bucket_view=True)  # fmt: skip
+        wrapped = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True
+        )
         t = cfg.trainer
-        log.info("DDP: %d processes (%s), batch %d per process = effective batch %d, lr %g", ctx.world_size,
-                 ctx.backend, t.batch_size, t.batch_size * ctx.world_size, cfg.optim.lr)  # fmt: skip
+        log.info(
+            "DDP: %d processes (%s), batch %d per process = effective batch %d, lr %g",
+            ctx.world_size,
+            ctx.backend,
+            t.batch_size,
+            t.batch_size * ctx.world_size,
+            cfg.optim.lr,
+        )
     if cfg.trainer.compile:
         wrapped = torch.compile(wrapped, mode=cfg.trainer.compile_mode)
     return wrapped
+
+
+def _training_state(
+    cfg: TrainConfig,
+    ctx: distributed.Context,
+    amp: str,
+    memory_format: torch.memory_format,
+    saved: dict | None,
+    resumed_from: str | None,
+    steps_per_epoch: int,
+) -> tuple[TrainState, TimeBudget]:
+    """Network, optimiser, scaler, generators and the time budget, resumed from `saved` when there is one."""
+    t, device = cfg.trainer, ctx.device
+    seed_everything(cfg.seed, t.deterministic)  # after data preparation: model init never depends on what it drew
+    model = build_model(cfg.model).to(device, memory_format=memory_format)
+    parameters = count_parameters(model) / 1e6
+    log.info("model %s: %.2fM parameters, device %s, amp %s", cfg.model.arch, parameters, device, amp)
+    optimizer = build_optimizer(model.parameters(), cfg.optim)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    generator = torch.Generator().manual_seed(cfg.seed + AUGMENT_SEED_STRIDE * ctx.rank)
+    state = TrainState(model, optimizer, scaler, generator, Best(t.monitor))
+    plan = saved["scheduler"]["planned_epochs"] if saved and t.max_time else None
+    budget = TimeBudget(t.max_time, t.max_epochs, spent_s=saved["train_seconds"] if saved else 0.0, planned=plan)
+    if saved is not None:
+
+        def reseed(step: int) -> None:
+            seed_everything(cfg.seed + step, t.deterministic)
+            generator.manual_seed(cfg.seed + step + AUGMENT_SEED_STRIDE * ctx.rank)
+
+        state.resume(saved, resumed_from, ctx.rank, ctx.world_size, t.batch_size, steps_per_epoch, device, reseed)
+    return state, budget
 
 
 def build_run(cfg: TrainConfig, ctx: distributed.Context, stop: StopRequest) -> Run:
@@ -202,31 +256,43 @@ def build_run(cfg: TrainConfig, ctx: distributed.Context, stop: StopRequest) -> 
     log.info("input normalisation: %s", normalization.describe())
     index, weights = _sampling_index(cfg, cases)
     loader, sampler, loader_generator, steps = build_loader(cfg, index, weights, ctx.rank, ctx.world_size, device)
-
-    seed_everything(cfg.seed, t.deterministic)  # after data preparation: model init never depends on what it drew
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
-    model = build_model(cfg.model).to(device, memory_format=memory_format)
-    log.info("model %s: %.2fM parameters, device %s, amp %s", cfg.model.arch, count_parameters(model) / 1e6, device,
-             amp)  # fmt: skip
-    optimizer = build_optimizer(model.parameters(), cfg.optim)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    generator = torch.Generator().manual_seed(cfg.seed + AUGMENT_SEED_STRIDE * ctx.rank)
-    state = TrainState(model, optimizer, scaler, generator, Best(t.monitor))
-    plan = saved["scheduler"]["planned_epochs"] if saved and t.max_time else None
-    budget = TimeBudget(t.max_time, t.max_epochs, spent_s=saved["train_seconds"] if saved else 0.0, planned=plan)
-    if saved is not None:
-
-        def reseed(step: int) -> None:
-            seed_everything(cfg.seed + step, t.deterministic)
-            generator.manual_seed(cfg.seed + step + AUGMENT_SEED_STRIDE * ctx.rank)
-
-        state.resume(saved, resumed_from, ctx.rank, ctx.world_size, t.batch_size, steps, device, reseed)
+    state, budget = _training_state(cfg, ctx, amp, memory_format, saved, resumed_from, steps)
     spec = InferenceSpec.for_training(cfg.model, cfg.data, cfg.loss.temperature, normalization, cfg.postprocess)
-    record = {"config": config, "splits": splits, "normalization": normalization.to_dict(),
-              "inference": spec.to_dict(), "world_size": ctx.world_size, "batch_size": t.batch_size}  # fmt: skip
-    guard = NormStatsGuard(model) if any(True for _ in model.buffers()) else None
-    run = Run(cfg, ctx, device, amp, run_dir, record, cases, normalization, spec, loader, sampler, loader_generator,
-              steps, _wrap(model, cfg, ctx, device), BatchAugment(cfg.augment), HybridLoss(cfg.loss), optimizer,
-              scaler, memory_format, guard, state, budget, stop, resumed_from)  # fmt: skip
+    record = dict(
+        config=config,
+        splits=splits,
+        normalization=normalization.to_dict(),
+        inference=spec.to_dict(),
+        world_size=ctx.world_size,
+        batch_size=t.batch_size,
+    )
+    model = state.model
+    run = Run(
+        cfg=cfg,
+        ctx=ctx,
+        device=device,
+        amp=amp,
+        run_dir=run_dir,
+        record=record,
+        cases=cases,
+        normalization=normalization,
+        spec=spec,
+        loader=loader,
+        sampler=sampler,
+        loader_generator=loader_generator,
+        steps_per_epoch=steps,
+        train_model=_wrap(model, cfg, ctx, device),
+        augment=BatchAugment(cfg.augment),
+        loss_fn=HybridLoss(cfg.loss),
+        optimizer=state.optimizer,
+        scaler=state.scaler,
+        memory_format=memory_format,
+        guard=NormStatsGuard(model) if any(True for _ in model.buffers()) else None,
+        state=state,
+        budget=budget,
+        stop=stop,
+        resumed_from=resumed_from,
+    )
     run.hooks = build_hooks(run)
     return run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 
 
@@ -15,10 +16,9 @@ class StopRequest:
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
+            # ValueError: not the main thread (training called from a thread): no graceful stop there
+            with contextlib.suppress(ValueError):
                 self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (training called from a thread): no graceful stop there
-                pass
 
     def _handle(self, signum, _frame) -> None:
         if self.signum and signum == signal.SIGINT:

@@ -108,8 +108,17 @@ class TrainState:
             **run_record,
         }
 
-    def resume(self, saved: dict, path: str, rank: int, world_size: int, batch_size: int, steps_per_epoch: int,
-               device: torch.device, reseed) -> None:  # fmt: skip
+    def resume(
+        self,
+        saved: dict,
+        path: str,
+        rank: int,
+        world_size: int,
+        batch_size: int,
+        steps_per_epoch: int,
+        device: torch.device,
+        reseed,
+    ) -> None:
         """Load a checkpoint written by `checkpoint()`. With the same world size and batch size every generator
         continues exactly; otherwise training resumes at the nearest batch with fresh random streams
         (`reseed(step)` seeds them) and a warning."""
@@ -139,6 +148,9 @@ class TrainState:
             log.warning(
                 "the checkpoint was written by %s process(es) with batch size %s (now %d x %d): resuming at the "
                 "nearest batch with fresh random streams, not exactly",
-                saved["world_size"], saved["batch_size"], world_size, batch_size,
-            )  # fmt: skip
+                saved["world_size"],
+                saved["batch_size"],
+                world_size,
+                batch_size,
+            )
         self.batch = min(self.batch, steps_per_epoch)

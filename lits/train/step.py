@@ -68,8 +68,13 @@ def train_step(run, batch: dict, alpha: float) -> StepResult:
     loss, parts = supervised_loss(run.loss_fn, logits, targets_from_labels(label), alpha)
     values = torch.stack([loss.detach(), parts["bce"], parts["dice"]]).float()
     out_of_time = run.budget.out_of_time(time.time() - run.started)
-    flags = torch.stack([(~torch.isfinite(values[0])).float(), values.new_full((), float(run.stop.requested)),
-                         values.new_full((), float(out_of_time))])  # fmt: skip
+    flags = torch.stack(
+        [
+            (~torch.isfinite(values[0])).float(),
+            values.new_full((), float(run.stop.requested)),
+            values.new_full((), float(out_of_time)),
+        ]
+    )
     distributed.all_reduce_(flags, "max")  # one host sync per step; a no-op in one process
     loss_value, bce_value, dice_value, bad, stop, out_of_time = torch.cat([values, flags]).tolist()
     if bad:
@@ -103,8 +108,11 @@ def _skip(run) -> None:
     if run.ctx.is_main:  # the decision is the same on every rank: say it once
         log.warning(
             "non-finite loss at epoch %d step %d: step skipped (%d in a row, trainer.max_bad_steps=%d)",
-            state.epoch + 1, state.step, state.bad_in_row, limit,
-        )  # fmt: skip
+            state.epoch + 1,
+            state.step,
+            state.bad_in_row,
+            limit,
+        )
     if state.bad_in_row >= limit:
         last = run.ckpt_dir / "last.pt"
         where = f"; the last good checkpoint is {last}" if last.exists() else ""

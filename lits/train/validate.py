@@ -24,8 +24,16 @@ class Validation:
     picture: np.ndarray | None  # (H, W, 3) overlay grid, or None
 
 
-def validate(model: torch.nn.Module, cases: list, spec: InferenceSpec, device: torch.device, amp: str,
-             batch_size: int, tta: bool, pictures: bool) -> Validation:  # fmt: skip
+def validate(
+    model: torch.nn.Module,
+    cases: list,
+    spec: InferenceSpec,
+    device: torch.device,
+    amp: str,
+    batch_size: int,
+    tta: bool,
+    pictures: bool,
+) -> Validation:
     """3D per-case Dice on whole validation volumes, raw and post-processed, plus an overlay picture.
 
     Under DDP only rank 0 calls this, on the unwrapped model: the numbers are those of a single-process evaluation

@@ -39,8 +39,11 @@ class PostprocessConfig(Schema):
                 raise checks.fail(f"postprocess.{name}", value, "give a number in [0, 1)")
             object.__setattr__(self, name, float(value))
         if self.hysteresis_low > self.hysteresis_high:
-            raise checks.fail("postprocess.hysteresis_low", self.hysteresis_low,
-                              f"give at most hysteresis_high={self.hysteresis_high}")  # fmt: skip
+            raise checks.fail(
+                "postprocess.hysteresis_low",
+                self.hysteresis_low,
+                f"give at most hysteresis_high={self.hysteresis_high}",
+            )
         for name in ("largest_liver_component", "tumor_in_liver", "fill_liver_holes", "hysteresis"):
             object.__setattr__(self, name, checks.flag(f"postprocess.{name}", getattr(self, name)))
         for name in ("liver_dilation", "min_tumor_voxels"):

@@ -35,10 +35,16 @@ class TrainConfig:
         self.seed = checks.integer("seed", self.seed, 0)
         self.evaluate_after = checks.optional(checks.choice, "evaluate_after", self.evaluate_after, ("test", "val"))
         if self.model.in_channels != self.data.input_channels:
-            raise checks.fail("model.in_channels", self.model.in_channels,
-                              f"data.context_slices={self.data.context_slices} gives {self.data.input_channels} input "
-                              f"channels; set model.in_channels={self.data.input_channels}")  # fmt: skip
+            raise checks.fail(
+                "model.in_channels",
+                self.model.in_channels,
+                f"data.context_slices={self.data.context_slices} gives {self.data.input_channels} input "
+                f"channels; set model.in_channels={self.data.input_channels}",
+            )
         multiple = self.model.size_multiple
         if self.data.crop_size % multiple:
-            raise checks.fail("data.crop_size", self.data.crop_size,
-                              f"give a multiple of {multiple}, the total stride of model.arch={self.model.arch}")  # fmt: skip
+            raise checks.fail(
+                "data.crop_size",
+                self.data.crop_size,
+                f"give a multiple of {multiple}, the total stride of model.arch={self.model.arch}",
+            )

@@ -93,7 +93,9 @@ class LossConfig:
         self.channel_weights = weights
         self.dice_reduction = checks.choice("loss.dice_reduction", self.dice_reduction, DICE_REDUCTIONS)
         if self.dice_reduction == "global" and not self.dice.batch:
-            raise checks.fail("loss.dice_reduction", "global", "sums over the whole batch; it needs loss.dice.batch=true")
+            raise checks.fail(
+                "loss.dice_reduction", "global", "sums over the whole batch; it needs loss.dice.batch=true"
+            )
         if self.dice_reduction == "global" and self.region != "dice":
             reason = f"is implemented for loss.region=dice only (got {self.region}); set loss.dice_reduction=local"
             raise checks.fail("loss.dice_reduction", "global", reason)
