@@ -381,7 +381,8 @@ def test_case_metrics_values_are_plain_ints_and_floats():
     assert all(type(v) in (int, float) for v in row.values()), {k: type(v) for k, v in row.items()}
     json.dumps(row)
     expected = set(metrics.COUNT_KEYS) | set(metrics.PER_CASE_MEAN_KEYS) | set(metrics.SEGMENTATION_KEYS)
-    expected |= set(metrics.LESION_KEYS) | set(metrics.BURDEN_KEYS)
+    expected |= set(metrics.LESION_KEYS) | set(metrics.LESION_SCORE_KEYS) | set(metrics.SIZE_BIN_KEYS)
+    expected |= set(metrics.BURDEN_KEYS)
     assert set(row) == expected
 
 

@@ -122,21 +122,27 @@ from lits.evaluate.metrics.keys import (
     GLOBAL_DICE,
     LARGE,
     LESION_KEYS,
+    LESION_SCORE_KEYS,
     LESION_SCORE_METRICS,
     LIVER_EMPTY_SCORE,
     PER_CASE_MEAN_KEYS,
     SEGMENTATION_KEYS,
     SENTINEL_METRICS,
+    SIZE_BIN_KEYS,
+    SIZE_BINS,
     SURFACE_METRICS,
     TUMOR_EMPTY_SCORE,
 )
 from lits.evaluate.metrics.lesions import (
     LesionGroup,
     LesionMatch,
+    equivalent_diameter_mm,
     lesion_metrics,
     match_lesions,
     predicted_lesions,
     reference_lesions,
+    size_bin,
+    size_bin_metrics,
 )
 from lits.evaluate.metrics.overlap import (
     burden_metrics,
@@ -159,6 +165,9 @@ __all__ = [
     "GLOBAL_DICE",
     "LARGE",
     "LESION_KEYS",
+    "LESION_SCORE_KEYS",
+    "SIZE_BIN_KEYS",
+    "SIZE_BINS",
     "LESION_SCORE_METRICS",
     "LIVER_EMPTY_SCORE",
     "PER_CASE_MEAN_KEYS",
@@ -172,10 +181,13 @@ __all__ = [
     "case_metrics",
     "dice",
     "dice_from_counts",
+    "equivalent_diameter_mm",
     "match_lesions",
     "overlap_counts",
     "predicted_lesions",
     "reference_lesions",
+    "size_bin",
+    "size_bin_metrics",
     "relative_volume_difference",
     "surface_distances",
     "surface_metrics",
@@ -212,7 +224,9 @@ def case_metrics(
     empty -> 0.0 as in the official scorer), ``tumor_dice`` (tumour = label == 2; both empty -> 1.0) and the
     int counts ``liver_intersection, liver_pred_voxels, liver_ref_voxels, tumor_intersection,
     tumor_pred_voxels, tumor_ref_voxels`` used for global Dice -- cheap, for training-time validation.
-    ``detail="full"`` (default) adds the segmentation, lesion-detection and tumour-burden groups.
+    ``detail="lesions"``: the Dice row plus lesion detection and the lesion size bins, without surface distances
+    (training-time validation of lesion finding). ``detail="full"`` (default) adds the segmentation, lesion
+    detection, size-bin, lesion-wise score and tumour-burden groups.
 
     ``spacing`` (mm, same axis order as the arrays) scales the surface distances. Raises ValueError if the
     shapes differ, a label is outside {0, 1, 2}, the spacing is invalid or ``detail`` is unknown.
@@ -229,6 +243,12 @@ def case_metrics(
     row: dict[str, float] = {}
     row.update(overlap_metrics(pred_label, ref_label))
     if detail == "dice":
+        return row
+    if detail == "lesions":
+        box = bounding_box((pred_label == 2) | (ref_label == 2), BOX_MARGIN)
+        empty = np.zeros((1,) * pred_label.ndim, bool)
+        p_t, r_t = (pred_label[box] == 2, ref_label[box] == 2) if box else (empty, empty)
+        row.update(lesion_metrics(p_t, r_t, sp, scores=False))
         return row
     # Everything else lives inside the box of all labelled voxels (tumour is inside liver = label >= 1).
     box = bounding_box((pred_label != 0) | (ref_label != 0), BOX_MARGIN)

@@ -37,8 +37,15 @@ LESION_KEYS: tuple[str, ...] = (
     ("tumor_lesions_ref", "tumor_lesions_pred")
     + tuple(f"tumor_lesion_{c}_{t}" for t in DETECTION_THRESHOLDS for c in ("tp", "fp", "fn"))
     + ("tumor_lesion_merge_errors", "tumor_lesion_split_errors")
-    + tuple(f"tumor_lesion_{m}_sum" for m in LESION_SCORE_METRICS)
 )
+LESION_SCORE_KEYS: tuple[str, ...] = tuple(f"tumor_lesion_{m}_sum" for m in LESION_SCORE_METRICS)
+# Reference lesions by equivalent diameter (mm) of a sphere of their volume: name -> [low, high). Per bin and case:
+# how many, how many detected at each IoU threshold, and the sum of their Dice (the Dice of the group a lesion is
+# matched in; 0 for a lesion no prediction touches).
+SIZE_BINS: dict[str, tuple[float, float]] = {"under10mm": (0.0, 10.0), "10to20mm": (10.0, 20.0),
+                                             "over20mm": (20.0, float("inf"))}  # fmt: skip
+SIZE_BIN_COUNTS: tuple[str, ...] = ("ref", *(f"tp_{t}" for t in DETECTION_THRESHOLDS), "dice_sum")
+SIZE_BIN_KEYS: tuple[str, ...] = tuple(f"tumor_lesion_{c}_{b}" for b in SIZE_BINS for c in SIZE_BIN_COUNTS)
 BURDEN_KEYS: tuple[str, ...] = ("tumor_burden_pred", "tumor_burden_ref", "tumor_burden_error")
 
-DETAILS = ("full", "dice")
+DETAILS = ("full", "lesions", "dice")  # everything | overlap + lesion detection + size bins | overlap only

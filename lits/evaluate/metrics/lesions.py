@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from lits.evaluate.metrics.geometry import BOX_MARGIN, bounding_box
-from lits.evaluate.metrics.keys import DETECTION_THRESHOLDS, LESION_SCORE_METRICS
+from lits.evaluate.metrics.keys import DETECTION_THRESHOLDS, LESION_SCORE_METRICS, SIZE_BIN_COUNTS, SIZE_BINS
 from lits.evaluate.metrics.overlap import dice_from_counts, relative_volume_difference, volume_overlap_error
 from lits.evaluate.metrics.surface import surface_metrics
 from lits.infer.postprocess import predicted_lesions
@@ -206,8 +206,41 @@ def _group_scores(group: LesionGroup, p_lab: np.ndarray, r_lab: np.ndarray, box,
     return scores
 
 
-def lesion_metrics(pred_tumor: np.ndarray, ref_tumor: np.ndarray, spacing) -> dict[str, float]:
-    """Lesion detection (TP/FP/FN at each threshold, merge/split errors) and lesion-wise scores (IoU > 0)."""
+def equivalent_diameter_mm(volume_mm3: float | np.ndarray) -> float | np.ndarray:
+    """Diameter of the sphere with this volume: (6 V / pi)^(1/3)."""
+    return np.cbrt(6.0 * np.asarray(volume_mm3, dtype=np.float64) / np.pi)
+
+
+def size_bin(diameter_mm: float) -> str:
+    """The SIZE_BINS name of a lesion with this equivalent diameter."""
+    return next(name for name, (low, high) in SIZE_BINS.items() if low <= diameter_mm < high)
+
+
+def size_bin_metrics(match: LesionMatch, ref_labels: np.ndarray, spacing) -> dict[str, float]:
+    """Per size bin of the reference lesions: their number, how many were detected at each IoU threshold, and the
+    sum of their Dice (each lesion scores the Dice of the group it is matched in, as the scorer's lesion-wise
+    scores; a lesion no prediction touches scores 0). Counted per lesion, merged lesions each count."""
+    out: dict[str, float] = {f"tumor_lesion_{c}_{b}": 0 for b in SIZE_BINS for c in SIZE_BIN_COUNTS}
+    sizes = np.bincount(np.asarray(ref_labels).ravel())
+    voxel_mm3 = float(np.prod(spacing))
+    group_of = {ref: group for group in match.groups for ref in group.ref_ids}
+    for ref in np.flatnonzero(sizes[1:]) + 1:
+        name = size_bin(float(equivalent_diameter_mm(sizes[ref] * voxel_mm3)))
+        out[f"tumor_lesion_ref_{name}"] += 1
+        group = group_of.get(int(ref))
+        if group is None:
+            continue
+        out[f"tumor_lesion_dice_sum_{name}"] += dice_from_counts(
+            group.intersection, group.pred_voxels, group.ref_voxels, 0.0
+        )
+        for threshold_name, threshold in match.thresholds.items():
+            out[f"tumor_lesion_tp_{threshold_name}_{name}"] += int(group.iou > threshold)
+    return out
+
+
+def lesion_metrics(pred_tumor: np.ndarray, ref_tumor: np.ndarray, spacing, scores: bool = True) -> dict[str, float]:
+    """Lesion detection (TP/FP/FN at each threshold, merge/split errors), size-bin counts and, with `scores`, the
+    lesion-wise segmentation scores of the lesions detected at IoU > 0 (surface distances: the costly part)."""
     box = bounding_box(pred_tumor | ref_tumor, BOX_MARGIN)
     if box is not None:
         pred_tumor, ref_tumor = pred_tumor[box], ref_tumor[box]
@@ -221,6 +254,9 @@ def lesion_metrics(pred_tumor: np.ndarray, ref_tumor: np.ndarray, spacing) -> di
         out[f"tumor_lesion_fn_{t}"] = int(match.fn[t])
     out["tumor_lesion_merge_errors"] = int(match.merge_errors)
     out["tumor_lesion_split_errors"] = int(match.split_errors)
+    out.update(size_bin_metrics(match, r_lab, spacing))
+    if not scores:
+        return out
     sums = dict.fromkeys(LESION_SCORE_METRICS, 0.0)
     detected = match.detected("iou0")
     if detected:
