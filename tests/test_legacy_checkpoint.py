@@ -14,7 +14,7 @@ import torch
 from lits.core.config import ModelConfig, PostprocessConfig
 from lits.evaluate.scoring import evaluate
 from lits.infer.predict import predict
-from lits.infer.spec import SPEC_VERSION, InferenceSpec, spec_from_checkpoint
+from lits.infer.spec import LEGACY_POSTPROCESS, SPEC_VERSION, InferenceSpec, spec_from_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "legacy-fe4a8f4"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
@@ -32,7 +32,7 @@ def test_the_spec_is_migrated_from_the_training_config(name):
     assert spec.context_slices == config["data"]["context_slices"]
     assert spec.temperature == config["loss"]["temperature"]
     assert spec.normalization.to_dict() == state["normalization"]
-    assert spec.postprocess == PostprocessConfig()  # what evaluate.py / predict.py applied to old checkpoints
+    assert spec.postprocess == LEGACY_POSTPROCESS == PostprocessConfig()  # what evaluate/predict applied then
     again = InferenceSpec.from_dict(json.loads(json.dumps(spec.to_dict())), name)  # survives the new format
     assert again == spec and spec.to_dict()["version"] == SPEC_VERSION
 

@@ -78,11 +78,13 @@ def _checkpoint_predictor(model: torch.nn.Module, infer: dict, steps: list, post
             probs = case.to_native(predict_volume(model, case.image, flips=TTA_FLIPS[1:], **infer), order=1)
             probs *= (len(TTA_FLIPS) - 1) / len(TTA_FLIPS)
             probs += plain / len(TTA_FLIPS)
+        spacing = case.native_spacing
+        image = case.to_native(np.asarray(case.image, np.float32), order=1) if any(c.crf for *_, c in steps) else None
         for name, _, stage_cfg in steps:
-            yield name, postprocess(probs[0], probs[1], stage_cfg), None
-        yield "post", postprocess(probs[0], probs[1], post), probs
+            yield name, postprocess(probs[0], probs[1], stage_cfg, spacing, image), None
+        yield "post", postprocess(probs[0], probs[1], post, spacing, image), probs
         if tta:
-            yield "post_no_tta", postprocess(plain[0], plain[1], post), None
+            yield "post_no_tta", postprocess(plain[0], plain[1], post, spacing, image), None
 
     return predict
 

@@ -7,6 +7,8 @@
                     connectivity, skimage's ``apply_hysteresis_threshold``) to a voxel > hysteresis_high. With
                     high = threshold this only grows confident detections into low-confidence neighbours; with
                     high > threshold it also drops components that are nowhere confident. Off by default.
+0. crf              dense-CRF refinement (lits/infer/crf.py) of the probabilities first, slice by slice, when
+                    on; every step below then works on the refined probabilities. Off by default.
 2. largest_liver_component
                     keep only the largest 26-connected 3D component of L | T (liver incl. tumour); voxels of
                     every other component (liver and tumour) become background.
@@ -17,7 +19,10 @@
 4. tumor_in_liver   T &= dilate(L, liver_dilation): tumour voxels farther than ``liver_dilation`` voxels
                     (Chebyshev distance, i.e. a (2r+1)^3 cube: the same number of voxels in-plane and
                     through-plane) from the liver head's (cleaned) mask are dropped, voxel by voxel.
-5. min_tumor_voxels drop 26-connected 3D tumour components with fewer voxels than this (0 = off). A dropped
+5. min_tumor_voxels, min_tumor_mm3
+                    drop 26-connected 3D tumour components with fewer voxels than min_tumor_voxels or a smaller
+                    volume than min_tumor_mm3 (needs the voxel spacing; either 0 = off), unless the component's
+                    peak tumour probability reaches keep_confident (1 = never: size alone decides). A dropped
                     tumour voxel stays liver if the liver head marked it, else becomes background.
 6. labels           1 where L | T, 2 where T (tumour implies the liver label set {1, 2}).
 
@@ -58,13 +63,22 @@ def postprocess(
     liver_prob: np.ndarray,
     tumor_prob: np.ndarray,
     cfg: PostprocessConfig | Mapping[str, Any] | None = None,
+    spacing: tuple[float, float, float] | None = None,
+    image: np.ndarray | None = None,
 ) -> np.ndarray:
     """Label map (uint8, same shape) after the configured steps, in the order of the module docstring.
 
     ``cfg`` may be a PostprocessConfig, a dict / OmegaConf node (validated by ``from_mapping``) or None
-    (defaults). Component analysis is 3D, so the inputs are (Z, Y, X) probability volumes.
+    (defaults). Component analysis is 3D, so the inputs are (Z, Y, X) probability volumes. ``spacing`` (sz, sy, sx)
+    mm is needed by ``min_tumor_mm3``; ``image`` (the [0, 1] HU window on the same grid) by ``crf``.
     """
     cfg = PostprocessConfig.from_mapping(cfg)
+    if cfg.crf:
+        if image is None:
+            raise ValueError("postprocess: crf=true needs the image the probabilities belong to")
+        from lits.infer.crf import refine
+
+        liver_prob, tumor_prob = refine(image, liver_prob, tumor_prob, cfg)
     liver, tumor = _threshold(liver_prob, tumor_prob, cfg.threshold)
     if liver.ndim != 3:
         raise ValueError(f"postprocess expects 3D (Z, Y, X) probability volumes, got shape {liver.shape}")
@@ -76,9 +90,18 @@ def postprocess(
         _fill_holes(liver)
     if cfg.tumor_in_liver:
         _restrict_to_dilated(tumor, liver, cfg.liver_dilation)
-    if cfg.min_tumor_voxels > 0:
-        _remove_small_components(tumor, cfg.min_tumor_voxels)
+    if cfg.removes_small_tumors:
+        _remove_small_components(tumor, tumor_prob, _min_voxels(cfg, spacing), cfg.keep_confident)
     return _compose(liver, tumor)
+
+
+def _min_voxels(cfg: PostprocessConfig, spacing) -> int:
+    """The size limit in voxels: the larger of min_tumor_voxels and min_tumor_mm3 at this voxel size."""
+    if cfg.min_tumor_mm3 <= 0:
+        return cfg.min_tumor_voxels
+    if spacing is None:
+        raise ValueError("postprocess: min_tumor_mm3 needs the voxel spacing (mm)")
+    return max(cfg.min_tumor_voxels, int(np.ceil(cfg.min_tumor_mm3 / float(np.prod(spacing)) - 1e-9)))
 
 
 def hysteresis_mask(prob: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -97,7 +120,7 @@ _ABLATION_STEPS = (
     ("largest_liver", "+ largest liver component", "largest_liver_component"),
     ("fill_holes", "+ liver hole filling", "fill_liver_holes"),
     ("tumor_in_liver", "+ tumour restricted to liver", "tumor_in_liver"),
-    ("min_tumor", "+ small tumour removal", "min_tumor_voxels"),
+    ("min_tumor", "+ small tumour removal", "size_filter"),
     ("hysteresis", "+ hysteresis thresholding", "hysteresis"),
 )
 
@@ -117,13 +140,22 @@ def ablation_stages(
         fill_liver_holes=False,
         tumor_in_liver=False,
         min_tumor_voxels=0,
+        min_tumor_mm3=0.0,
         hysteresis=False,
+        crf=False,
     )
     stages = [("raw", "threshold only", current)]
     for name, description, switch in _ABLATION_STEPS:
-        value = (cfg.min_tumor_voxels or PostprocessConfig.min_tumor_voxels) if switch == "min_tumor_voxels" else True
-        current = dataclasses.replace(current, **{switch: value})
+        if switch == "size_filter":  # the configured limits, or the default voxel limit when the step is off
+            limits = {"min_tumor_voxels": cfg.min_tumor_voxels, "min_tumor_mm3": cfg.min_tumor_mm3}
+            if not cfg.removes_small_tumors:
+                limits["min_tumor_voxels"] = PostprocessConfig.min_tumor_voxels
+            current = dataclasses.replace(current, **limits)
+        else:
+            current = dataclasses.replace(current, **{switch: True})
         stages.append((name, description, current))
+    if cfg.crf:
+        stages.append(("crf", "+ dense-CRF refinement", dataclasses.replace(current, crf=True)))
     return stages
 
 
@@ -211,8 +243,9 @@ def _keep_largest_component(liver: np.ndarray, tumor: np.ndarray) -> None:
     tumor[box] &= keep
 
 
-def _remove_small_components(mask: np.ndarray, min_voxels: int) -> None:
-    """In place: drop 26-connected components with fewer than `min_voxels` voxels."""
+def _remove_small_components(mask: np.ndarray, prob: np.ndarray, min_voxels: int, keep_confident: float) -> None:
+    """In place: drop 26-connected components with fewer than `min_voxels` voxels, unless their peak `prob`
+    reaches `keep_confident` (1.0: never)."""
     box = _bbox(mask)
     if box is None:
         return
@@ -220,6 +253,10 @@ def _remove_small_components(mask: np.ndarray, min_voxels: int) -> None:
     lab, n = ndimage.label(crop, structure=_CONN26)
     sizes = np.bincount(lab[crop], minlength=n + 1)
     lut = sizes >= min_voxels
+    if keep_confident < 1.0 and not lut[1:].all():
+        peak = np.zeros(n + 1, np.float32)
+        np.maximum.at(peak, lab[crop], np.asarray(prob[box], np.float32)[crop])
+        lut |= peak >= keep_confident
     lut[0] = False
     mask[box] = lut[lab]
 

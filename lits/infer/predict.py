@@ -128,7 +128,8 @@ def predict(cfg) -> dict:
         probs = predict_volume(model, image, **infer)
         if probs.shape[2:] != native_yx:  # the cache grid was resampled in-plane: back to the CT's own grid
             probs = resize_inplane(probs, native_yx, order=1)
-        labels = postprocess(probs[0], probs[1], post)
+        image = resize_inplane(image.astype(np.float32), native_yx, order=1) if post.crf else None
+        labels = postprocess(probs[0], probs[1], post, case.spacing, image)
         header = read_header(path)
         export_labels(out_dir / name, labels, case.orientation, header)
         if cfg.save_probabilities:

@@ -31,6 +31,12 @@ from lits.data.preprocess import Preprocessing
 log = logging.getLogger(__name__)
 
 SPEC_VERSION = 1
+# What evaluate.py and predict.py applied to checkpoints written before the spec (their defaults then), spelled out so
+# that later default changes leave those checkpoints' results as they were.
+LEGACY_POSTPROCESS = PostprocessConfig(threshold=0.5, largest_liver_component=True, tumor_in_liver=True,
+                                       liver_dilation=2, min_tumor_voxels=50, min_tumor_mm3=0.0, keep_confident=1.0,
+                                       fill_liver_holes=False, hysteresis=False, hysteresis_low=0.3,
+                                       hysteresis_high=0.5, crf=False)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -133,7 +139,7 @@ def spec_from_checkpoint(state: dict, where: str) -> InferenceSpec:
         context_slices=int(data.get("context_slices") or 0),  # absent before 2.5D existed: plain 2D
         temperature=float(config["loss"]["temperature"]),
         normalization=Normalization.from_dict(state.get("normalization")),  # absent: the HU window
-        postprocess=PostprocessConfig(),
+        postprocess=LEGACY_POSTPROCESS,
     )
 
 

@@ -43,7 +43,8 @@ def validate(
     for case in cases:
         probs = predict_volume(model, case.image, device, batch_size, amp, tta=tta, **spec.predictor_settings())
         raw = probabilities_to_labels(probs[0], probs[1], spec.postprocess.threshold)
-        post = postprocess(probs[0], probs[1], spec.postprocess)
+        image = case.image if spec.postprocess.crf else None
+        post = postprocess(probs[0], probs[1], spec.postprocess, case.spacing, image)
         label = np.asarray(case.label)
         raw_rows.append({"case": case.case_id, **case_metrics(raw, label, case.spacing, detail="dice")})
         post_rows.append({"case": case.case_id, **case_metrics(post, label, case.spacing, detail="dice")})

@@ -26,11 +26,18 @@ class PostprocessConfig(Schema):
     largest_liver_component: bool = True  # keep the largest 3D liver component
     tumor_in_liver: bool = True  # tumour kept only inside the (dilated) liver
     liver_dilation: int = 2  # voxels
-    min_tumor_voxels: int = 50  # drop smaller 3D tumour components (0 = off)
+    min_tumor_voxels: int = 50  # drop smaller 3D tumour components (0 = off) ...
+    min_tumor_mm3: float = 0.0  # ... and those under this volume (mm^3: the same at any voxel size; 0 = off) ...
+    keep_confident: float = 1.0  # ... unless their peak tumour probability reaches this (1: size alone decides)
     fill_liver_holes: bool = False  # fill enclosed 3D cavities of the liver mask
     hysteresis: bool = False  # tumour mask by hysteresis instead of `threshold`: voxels above low ...
     hysteresis_low: float = 0.3  # ... connected to a voxel above high ...
     hysteresis_high: float = 0.5  # ... (high = threshold only grows confident detections)
+    crf: bool = False  # dense-CRF refinement of the probabilities, slice by slice, first (pip install -e ".[crf]")
+    crf_iterations: int = 5  # mean-field iterations
+    crf_sxy: float = 10.0  # bilateral kernel: spatial std (pixels) ...
+    crf_srgb: float = 10.0  # ... and intensity std (grey levels of the [0, 255]-scaled HU window)
+    crf_weight: float = 5.0  # bilateral compatibility (the smoothness Gaussian kernel has sxy 3, weight 3)
 
     def __post_init__(self) -> None:
         for name in ("threshold", "hysteresis_low", "hysteresis_high"):
@@ -44,10 +51,23 @@ class PostprocessConfig(Schema):
                 self.hysteresis_low,
                 f"give at most hysteresis_high={self.hysteresis_high}",
             )
-        for name in ("largest_liver_component", "tumor_in_liver", "fill_liver_holes", "hysteresis"):
+        for name in ("largest_liver_component", "tumor_in_liver", "fill_liver_holes", "hysteresis", "crf"):
             object.__setattr__(self, name, checks.flag(f"postprocess.{name}", getattr(self, name)))
         for name in ("liver_dilation", "min_tumor_voxels"):
             object.__setattr__(self, name, checks.integer(f"postprocess.{name}", getattr(self, name), 0))
+        object.__setattr__(self, "min_tumor_mm3", checks.number("postprocess.min_tumor_mm3", self.min_tumor_mm3, 0.0))
+        object.__setattr__(
+            self, "keep_confident", checks.probability("postprocess.keep_confident", self.keep_confident)
+        )
+        object.__setattr__(self, "crf_iterations", checks.integer("postprocess.crf_iterations", self.crf_iterations, 1))
+        for name in ("crf_sxy", "crf_srgb", "crf_weight"):
+            object.__setattr__(
+                self, name, checks.number(f"postprocess.{name}", getattr(self, name), 0.0, open_low=True)
+            )
+
+    @property
+    def removes_small_tumors(self) -> bool:
+        return self.min_tumor_voxels > 0 or self.min_tumor_mm3 > 0
 
     def with_overrides(self, overrides: PostprocessOverrides) -> PostprocessConfig:
         """This configuration with every non-null setting of `overrides` replacing its own."""
