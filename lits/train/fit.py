@@ -31,7 +31,8 @@ LOADER_SEED_STRIDE = 7919  # the loader's worker seeds of epoch e come from seed
 
 @dataclass
 class EpochOutcome:
-    alpha: float
+    alpha: float  # the loss's alpha at the epoch's first step ...
+    alpha_end: float = 0.0  # ... and at its last (they differ under a time budget, which moves it step by step)
     interrupted: bool = False  # a stop signal ended the epoch early
     out_of_time: bool = False  # the time budget ended the epoch early (it still validates and saves)
     seconds: float = 0.0
@@ -70,9 +71,7 @@ def train_epoch(run: Run) -> EpochOutcome:
     """The steps of the epoch in progress (from where a resumed run left it), until its end, a stop signal or the
     end of the time budget."""
     state, cfg = run.state, run.cfg
-    position = run.budget.position(state.epoch)  # == epoch unless a time budget stretches the schedules
-    outcome = EpochOutcome(alpha=alpha_at(position, cfg.loss.schedule))
-    set_lr(run.optimizer, lr_at(cfg.optim, position, cfg.trainer.max_epochs))
+    outcome = EpochOutcome(alpha=set_schedule(run))
     run.sampler.set_epoch(state.epoch, skip=state.batch * cfg.trainer.batch_size)
     run.loader_generator.manual_seed(cfg.seed * LOADER_SEED_STRIDE + state.epoch)
     run.train_model.train()
@@ -81,7 +80,9 @@ def train_epoch(run: Run) -> EpochOutcome:
     started = time.perf_counter()
     for batch in run.loader:
         run.hooks.before_step(run)
-        result = train_step(run, batch, outcome.alpha)
+        alpha = set_schedule(run) if run.budget.enabled else outcome.alpha  # a budget moves the schedules per step
+        result = train_step(run, batch, alpha)
+        run.clock, outcome.alpha_end = result.elapsed, alpha
         outcome.steps += 1
         run.hooks.after_step(run, result)
         if result.stop or result.out_of_time:
@@ -89,6 +90,15 @@ def train_epoch(run: Run) -> EpochOutcome:
             break
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+def set_schedule(run: Run) -> float:
+    """Set the learning rate for the current schedule position and return the loss's alpha there: the epoch's
+    position for a fixed-length run, the clock's under a time budget (the clock all ranks agreed on last)."""
+    budget, cfg = run.budget, run.cfg
+    position = budget.progress_position(run.clock) if budget.enabled else budget.position(run.state.epoch)
+    set_lr(run.optimizer, lr_at(cfg.optim, position, cfg.trainer.max_epochs))
+    return alpha_at(position, cfg.loss.schedule)
 
 
 def epoch_metrics(run: Run, outcome: EpochOutcome) -> dict[str, float]:
@@ -100,12 +110,14 @@ def epoch_metrics(run: Run, outcome: EpochOutcome) -> dict[str, float]:
     )
     distributed.all_reduce_(totals)
     good = max(1.0, float(totals[3]))
-    run.budget.after_epoch(run.state.epoch + 1, float(totals[4]) / run.ctx.world_size, outcome.out_of_time)
+    run.clock = float(totals[4]) / run.ctx.world_size
+    run.budget.after_epoch(run.state.epoch + 1, run.clock, outcome.out_of_time)
     metrics = {
         "train/loss": float(totals[0]) / good,
         "train/bce": float(totals[1]) / good,
         "train/dice": float(totals[2]) / good,
         "train/alpha": outcome.alpha,
+        "train/alpha_end": outcome.alpha_end,
         "train/lr": run.optimizer.param_groups[0]["lr"],
         "train/bad_steps": sums.bad,
     }

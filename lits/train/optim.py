@@ -5,10 +5,11 @@ Two recipes (config group `optim`):
 * sgd:   SGD with Nesterov momentum + polynomial decay lr * (1 - e / E) ** 0.9 (nnU-Net's).
 
 Schedules are functions of the *schedule position*, an epoch count on the reference length `trainer.max_epochs`.
-A run of exactly `max_epochs` epochs has position == epoch. Under `trainer.max_time` the run's length is however
-many epochs fit the budget (`TimeBudget`), and position = epoch * max_epochs / planned_epochs: the LR and the loss's
-alpha schedule keep their shape (BCE warm-up, hybrid, Dice; warm cosine, annealed end) whatever the budget allows.
-The LR is set explicitly at the start of every epoch, so a resumed run needs no scheduler state besides the plan.
+A run of exactly `max_epochs` epochs has position == epoch, set at the start of every epoch. Under `trainer.max_time`
+the position follows the clock instead, step by step: max_epochs times the share of the budget spent
+(`TimeBudget.progress_position`), so the LR and the loss's alpha schedule keep their shape (BCE warm-up, hybrid,
+Dice; warm cosine, annealed end) however long an epoch is relative to the budget, even when a single epoch fills it.
+The LR is set explicitly, so a resumed run needs no scheduler state besides the plan and the time spent.
 """
 
 from __future__ import annotations
@@ -78,6 +79,12 @@ class TimeBudget:
     def position(self, epoch: float) -> float:
         """Schedule position of `epoch` (reference epochs)."""
         return epoch * self.max_epochs / self.planned
+
+    def progress_position(self, elapsed_s: float) -> float:
+        """Under a budget: the schedule position of this moment, `elapsed_s` into this session: max_epochs times the
+        share of the budget spent (all sessions), so the LR and alpha schedules keep their shape whatever the epoch
+        size, the budget or the number of processes (at most max_epochs)."""
+        return self.max_epochs * min(1.0, (self.spent_s + elapsed_s) / self.seconds)
 
     def out_of_time(self, elapsed_s: float) -> bool:
         """`elapsed_s` seconds into this session (earlier sessions' time is counted too)."""

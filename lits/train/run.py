@@ -71,6 +71,7 @@ class Run:
     resumed_from: str | None
     hooks: Hooks = None
     started: float = 0.0  # time.time() when the loop started
+    clock: float = 0.0  # seconds into this session as every rank agreed last (the time budget's schedules use it)
 
     @property
     def ckpt_dir(self) -> Path:

@@ -47,6 +47,7 @@ class StepResult:
     bad: bool  # the loss was not finite on some rank: nothing was updated
     stop: bool  # some rank received SIGTERM / SIGINT
     out_of_time: bool  # the time budget is spent
+    elapsed: float  # seconds into this session, the latest clock of all ranks
 
 
 def prepare_batch(run, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,16 +68,17 @@ def train_step(run, batch: dict, alpha: float) -> StepResult:
         logits = run.train_model(image)
     loss, parts = supervised_loss(run.loss_fn, logits, targets_from_labels(label), alpha)
     values = torch.stack([loss.detach(), parts["bce"], parts["dice"]]).float()
-    out_of_time = run.budget.out_of_time(time.time() - run.started)
+    elapsed = time.time() - run.started
     flags = torch.stack(
         [
             (~torch.isfinite(values[0])).float(),
             values.new_full((), float(run.stop.requested)),
-            values.new_full((), float(out_of_time)),
+            values.new_full((), float(run.budget.out_of_time(elapsed))),
+            values.new_full((), elapsed),
         ]
     )
     distributed.all_reduce_(flags, "max")  # one host sync per step; a no-op in one process
-    loss_value, bce_value, dice_value, bad, stop, out_of_time = torch.cat([values, flags]).tolist()
+    loss_value, bce_value, dice_value, bad, stop, out_of_time, elapsed = torch.cat([values, flags]).tolist()
     if bad:
         _skip(run)
     else:
@@ -94,7 +96,7 @@ def train_step(run, batch: dict, alpha: float) -> StepResult:
         state.sums.good += 1
     state.step += 1
     state.batch += 1
-    return StepResult(loss_value, bce_value, dice_value, bool(bad), bool(stop), bool(out_of_time))
+    return StepResult(loss_value, bce_value, dice_value, bool(bad), bool(stop), bool(out_of_time), elapsed)
 
 
 def _skip(run) -> None:
