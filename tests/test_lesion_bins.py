@@ -72,3 +72,29 @@ def test_detail_lesions_is_the_full_rows_detection_without_surface_distances():
     summary = metrics.aggregate([lesions])
     assert summary["tumor_lesion_recall_iou50"] == full["tumor_lesion_tp_iou50"] / 3
     assert "tumor_lesion_dice_mean" not in summary and "tumor_assd_mean" not in summary
+
+
+def test_validation_reports_lesion_finding_and_a_lesion_aware_score():
+    from lits.train.validate import lesion_metrics
+
+    pred, ref = phantom()
+    summary = metrics.aggregate([metrics.case_metrics(pred, ref, SPACING, detail="lesions")])
+    out = lesion_metrics(summary)
+    recall, precision = 1 / 3, 1 / 2  # 1 of 3 lesions at IoU > 0.5; 2 predictions, one of them detected
+    assert out["val/lesion_recall_iou50"] == pytest.approx(recall)
+    assert out["val/lesion_precision_iou50"] == pytest.approx(precision)
+    f1 = 2 * recall * precision / (recall + precision)
+    assert out["val/lesion_f1_iou50"] == pytest.approx(f1)
+    assert out["val/lesion_score"] == pytest.approx((summary["tumor_dice_per_case"] + f1) / 2)
+    assert out["val/lesion_dice_under10mm"] == 1.0 and out["val/lesion_dice_over20mm"] == 0.0
+    no_tumour = np.ones((4, 8, 8), np.uint8)
+    quiet = lesion_metrics(metrics.aggregate([metrics.case_metrics(no_tumour, no_tumour, SPACING, "lesions")]))
+    assert not any(k.startswith("val/lesion_dice_") for k in quiet)  # no lesions in a bin: no number for it
+
+
+def test_the_lesion_aware_score_can_choose_best_pt():
+    from conftest import compose_train
+
+    from lits.core.config import TrainConfig, typed
+
+    assert typed(TrainConfig, compose_train("trainer.monitor=val/lesion_score")).trainer.monitor == "val/lesion_score"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lits.evaluate.metrics import aggregate, case_metrics
+from lits.evaluate.metrics import SIZE_BINS, aggregate, case_metrics
 from lits.evaluate.pictures import comparison_grid
 from lits.infer.postprocess import postprocess, probabilities_to_labels
 from lits.infer.predictor import predict_volume
@@ -19,9 +19,26 @@ SHOWN_CASES = 4  # validation cases drawn into the TensorBoard overlay
 
 @dataclass
 class Validation:
-    metrics: dict[str, float]  # val/liver_dice, val/tumor_dice (+ _global, _post)
+    metrics: dict[str, float]  # val/liver_dice, val/tumor_dice (+ _global, _post), val/lesion_* (post-processed)
     rows: list[dict]  # per-case Dice rows of the post-processed stage
     picture: np.ndarray | None  # (H, W, 3) overlay grid, or None
+
+
+def lesion_metrics(summary: dict) -> dict[str, float]:
+    """Lesion finding on the post-processed stage: recall and precision at IoU > 0.5 and > 0 (the scorer's matching),
+    F1 at IoU > 0.5, Dice per lesion size bin (bins with lesions only), and val/lesion_score, the mean of tumour Dice
+    per case and lesion F1 (a monitor that rewards finding lesions as much as outlining them)."""
+    out = {}
+    for t in ("iou50", "iou0"):
+        out[f"val/lesion_recall_{t}"] = summary[f"tumor_lesion_recall_{t}"]
+        out[f"val/lesion_precision_{t}"] = summary[f"tumor_lesion_precision_{t}"]
+    recall, precision = out["val/lesion_recall_iou50"], out["val/lesion_precision_iou50"]
+    out["val/lesion_f1_iou50"] = 2 * recall * precision / (recall + precision) if recall + precision else 0.0
+    for name in SIZE_BINS:
+        if summary[f"tumor_lesion_ref_{name}"]:
+            out[f"val/lesion_dice_{name}"] = summary[f"tumor_lesion_dice_{name}"]
+    out["val/lesion_score"] = (summary["tumor_dice_per_case"] + out["val/lesion_f1_iou50"]) / 2
+    return out
 
 
 def validate(
@@ -47,7 +64,7 @@ def validate(
         post = postprocess(probs[0], probs[1], spec.postprocess, case.spacing, image)
         label = np.asarray(case.label)
         raw_rows.append({"case": case.case_id, **case_metrics(raw, label, case.spacing, detail="dice")})
-        post_rows.append({"case": case.case_id, **case_metrics(post, label, case.spacing, detail="dice")})
+        post_rows.append({"case": case.case_id, **case_metrics(post, label, case.spacing, detail="lesions")})
         if pictures and len(shown) < SHOWN_CASES:
             z = int(np.argmax(case.stats["tumor_voxels"] + case.stats["liver_voxels"] * 1e-6))
             shown.append((np.asarray(case.image[z], np.float32), label[z], post[z]))
@@ -59,5 +76,6 @@ def validate(
         "val/liver_dice_post": post_summary["liver_dice_per_case"],
         "val/tumor_dice_post": post_summary["tumor_dice_per_case"],
         "val/tumor_dice_global_post": post_summary["tumor_dice_global"],
+        **lesion_metrics(post_summary),
     }
     return Validation(metrics, post_rows, comparison_grid(*zip(*shown)) if shown else None)

@@ -15,8 +15,17 @@ OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "poly")
 AMP_MODES = ("auto", "off", "fp16", "bf16")
 DIST_BACKENDS = ("auto", "nccl", "gloo")
-MONITORS = ("val/tumor_dice_post", "val/tumor_dice", "val/tumor_dice_global", "val/tumor_dice_global_post",
-            "val/liver_dice", "val/liver_dice_post")  # fmt: skip
+MONITORS = (
+    "val/tumor_dice_post",
+    "val/tumor_dice",
+    "val/tumor_dice_global",
+    "val/tumor_dice_global_post",
+    "val/liver_dice",
+    "val/liver_dice_post",
+    "val/lesion_score",
+    "val/lesion_f1_iou50",
+    "val/lesion_recall_iou50",
+)
 
 
 @dataclass
@@ -145,7 +154,8 @@ class TrainerConfig:
     val_every: int = 2  # validate every N epochs (and after the last)
     val_tta: bool = False  # validation with flip test-time augmentation (3x the forward passes)
     val_batch_size: int = 16  # slices per forward pass in validation
-    monitor: str = "val/tumor_dice_post"  # best.pt keeps the highest value of this validation metric
+    monitor: str = "val/tumor_dice_post"  # best.pt keeps the highest value of this validation metric;
+    # val/lesion_score = mean of tumour Dice per case and lesion F1 at IoU > 0.5 (post-processed): finding lesions
     channels_last: bool = True
     deterministic: bool = False
     num_threads: int | None = None  # torch CPU threads (null = torch's default)
