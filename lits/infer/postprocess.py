@@ -2,7 +2,8 @@
 
 ``postprocess`` applies the enabled steps in this fixed order (each one is a config switch):
 
-1. threshold        L = liver_prob > threshold (liver head), T = tumor_prob > threshold (tumour head).
+1. threshold        L = liver_prob > threshold (liver head), T = tumor_prob > threshold (tumour head; its own
+                    tumor_threshold when set).
    hysteresis       instead of the plain tumour threshold: T = voxels > hysteresis_low that are connected (face
                     connectivity, skimage's ``apply_hysteresis_threshold``) to a voxel > hysteresis_high. With
                     high = threshold this only grows confident detections into low-confidence neighbours; with
@@ -79,7 +80,7 @@ def postprocess(
         from lits.infer.crf import refine
 
         liver_prob, tumor_prob = refine(image, liver_prob, tumor_prob, cfg)
-    liver, tumor = _threshold(liver_prob, tumor_prob, cfg.threshold)
+    liver, tumor = _threshold(liver_prob, tumor_prob, cfg.threshold, cfg.tumor_cut)
     if liver.ndim != 3:
         raise ValueError(f"postprocess expects 3D (Z, Y, X) probability volumes, got shape {liver.shape}")
     if cfg.hysteresis:
@@ -162,12 +163,14 @@ def ablation_stages(
 # ----------------------------------------------------------------------------------------------- helpers
 
 
-def _threshold(liver_prob: np.ndarray, tumor_prob: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def _threshold(
+    liver_prob: np.ndarray, tumor_prob: np.ndarray, threshold: float, tumor_threshold: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     liver_prob = np.asarray(liver_prob)
     tumor_prob = np.asarray(tumor_prob)
     if liver_prob.shape != tumor_prob.shape:
         raise ValueError(f"liver and tumour probability maps differ in shape: {liver_prob.shape} vs {tumor_prob.shape}")
-    return liver_prob > threshold, tumor_prob > threshold
+    return liver_prob > threshold, tumor_prob > (threshold if tumor_threshold is None else tumor_threshold)
 
 
 def _compose(liver: np.ndarray, tumor: np.ndarray) -> np.ndarray:

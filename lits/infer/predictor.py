@@ -27,7 +27,7 @@ def predict_volume(
     batch_size: int = 16,
     amp: str = "auto",
     size_multiple: int = 16,
-    temperature: float = 1.0,
+    temperature: float | Sequence[float] = 1.0,
     tta: bool = False,
     flips: Sequence[tuple[int, ...]] | None = None,
     progress: bool = False,
@@ -39,7 +39,8 @@ def predict_volume(
     Reads the (possibly memory-mapped) image a batch of slices at a time; with `context_slices=k` each slice
     gets its k neighbours each side as channels, stacked as in training (lits.data.slices.context_batch).
     `temperature` is the loss's sigmoid temperature, so probabilities mean at inference what they meant in
-    training. `tta=True` averages the probabilities of the identity and the horizontal and vertical flips
+    training (one value, or one per output channel: the calibrated temperatures of the inference spec).
+    `tta=True` averages the probabilities of the identity and the horizontal and vertical flips
     (TTA_FLIPS); `flips` picks the views explicitly (evaluate.py predicts the identity and the two flips
     separately to report both). `normalization` maps the [0, 1] window values to the network's input (the run's,
     from its checkpoint; None: the window as is).
@@ -49,6 +50,7 @@ def predict_volume(
     if not flips:
         raise ValueError("predict_volume: flips must name at least one view, e.g. ((),) for the identity")
     model.eval()
+    scale = torch.as_tensor(temperature, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
     z_count, height, width = image.shape
     pad_y, pad_x = -height % size_multiple, -width % size_multiple
     probs = np.empty((2, z_count, height, width), dtype=np.float32)
@@ -65,7 +67,7 @@ def predict_volume(
             view = torch.nn.functional.pad(view, (0, pad_x, 0, pad_y)).contiguous(memory_format=torch.channels_last)
             with autocast(device, amp):
                 logits = model(view)
-            out = torch.sigmoid(logits.float() / temperature)[:, :, :height, :width]
+            out = torch.sigmoid(logits.float() / scale)[:, :, :height, :width]
             out = torch.flip(out, dims) if dims else out
             total = out if total is None else total + out
         probs[:, start : start + len(batch)] = (total / len(flips)).permute(1, 0, 2, 3).cpu().numpy()

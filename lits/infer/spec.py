@@ -9,6 +9,8 @@ patient split and the data location for evaluation), never the training config's
     target_spacing_xy   in-plane resampling before the network (null: native grid)
     context_slices      2.5D neighbours each side, stacked as channels
     temperature         sigmoid temperature of the logits (the loss's)
+    calibration         per head (liver, tumour), a factor on the temperature fitted on validation data
+                        (evaluate.py tune=true; 1.0 = uncalibrated): calibrated probabilities for every threshold
     normalization       what the network sees: the window values or nnU-Net's CT z-score (lits/data/normalization.py)
     postprocess         the post-processing settings (lits.core.config.PostprocessConfig)
 
@@ -48,6 +50,7 @@ class InferenceSpec:
     temperature: float
     normalization: Normalization
     postprocess: PostprocessConfig
+    calibration: tuple[float, float] = (1.0, 1.0)
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -63,8 +66,9 @@ class InferenceSpec:
             "normalization": self.normalization,
         }
 
-    def with_postprocess(self, postprocess: PostprocessConfig) -> InferenceSpec:
-        return dataclasses.replace(self, postprocess=postprocess)
+    def tuned(self, postprocess: PostprocessConfig, calibration: tuple[float, float]) -> InferenceSpec:
+        """This spec with post-processing and calibration chosen on validation data."""
+        return dataclasses.replace(self, postprocess=postprocess, calibration=tuple(calibration))
 
     def to_dict(self) -> dict:
         return {
@@ -74,6 +78,7 @@ class InferenceSpec:
             "target_spacing_xy": None if self.target_spacing_xy is None else list(self.target_spacing_xy),
             "context_slices": self.context_slices,
             "temperature": self.temperature,
+            "calibration": list(self.calibration),
             "normalization": self.normalization.to_dict(),
             "postprocess": dataclasses.asdict(self.postprocess),
         }
@@ -94,6 +99,7 @@ class InferenceSpec:
             temperature=float(spec["temperature"]),
             normalization=Normalization.from_dict(spec["normalization"]),
             postprocess=PostprocessConfig.from_mapping(spec["postprocess"]),
+            calibration=tuple(float(c) for c in spec["calibration"]),
         )
 
     @classmethod

@@ -22,7 +22,8 @@ class PostprocessConfig(Schema):
 
     PREFIX = "postprocess"
 
-    threshold: float = 0.5  # probability threshold of both heads
+    threshold: float = 0.5  # probability threshold of both heads ...
+    tumor_threshold: float | None = None  # ... or of the liver head only, when the tumour head has its own
     largest_liver_component: bool = True  # keep the largest 3D liver component
     tumor_in_liver: bool = True  # tumour kept only inside the (dilated) liver
     liver_dilation: int = 2  # voxels
@@ -45,6 +46,11 @@ class PostprocessConfig(Schema):
             if not (checks.is_number(value) and 0.0 <= float(value) < 1.0):
                 raise checks.fail(f"postprocess.{name}", value, "give a number in [0, 1)")
             object.__setattr__(self, name, float(value))
+        if self.tumor_threshold is not None:
+            value = self.tumor_threshold
+            if not (checks.is_number(value) and 0.0 <= float(value) < 1.0):
+                raise checks.fail("postprocess.tumor_threshold", value, "give a number in [0, 1), or null")
+            object.__setattr__(self, "tumor_threshold", float(value))
         if self.hysteresis_low > self.hysteresis_high:
             raise checks.fail(
                 "postprocess.hysteresis_low",
@@ -64,6 +70,11 @@ class PostprocessConfig(Schema):
             object.__setattr__(
                 self, name, checks.number(f"postprocess.{name}", getattr(self, name), 0.0, open_low=True)
             )
+
+    @property
+    def tumor_cut(self) -> float:
+        """The tumour head's threshold."""
+        return self.threshold if self.tumor_threshold is None else self.tumor_threshold
 
     @property
     def removes_small_tumors(self) -> bool:
