@@ -37,8 +37,11 @@ def region_sample(probs: np.ndarray, label: np.ndarray, max_voxels: int, seed: i
     if not region.any():
         return (np.empty(0, np.float32),) * 4
     zs, ys, xs = (np.flatnonzero(region.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1)))
-    box = (slice(zs[0], zs[-1] + 1), slice(max(0, ys[0] - margin), ys[-1] + 1 + margin),
-           slice(max(0, xs[0] - margin), xs[-1] + 1 + margin))  # fmt: skip
+    box = (
+        slice(zs[0], zs[-1] + 1),
+        slice(max(0, ys[0] - margin), ys[-1] + 1 + margin),
+        slice(max(0, xs[0] - margin), xs[-1] + 1 + margin),
+    )
     lab = np.asarray(label[box]).ravel()
     liver, tumor = (np.asarray(probs[c][box], np.float32).ravel() for c in (0, 1))
     if lab.size > max_voxels:
@@ -96,8 +99,13 @@ def reliability_png(curves: dict[str, Reliability], title: str) -> bytes:
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfectly calibrated")
     for name, curve in curves.items():
         used = curve.count > 0
-        ax.plot(curve.confidence[used], curve.frequency[used], marker="o", markersize=4,
-                label=f"{name} (ECE {curve.ece:.3f})")  # fmt: skip
+        ax.plot(
+            curve.confidence[used],
+            curve.frequency[used],
+            marker="o",
+            markersize=4,
+            label=f"{name} (ECE {curve.ece:.3f})",
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("predicted probability")

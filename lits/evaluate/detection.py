@@ -26,8 +26,9 @@ def at_threshold(post: PostprocessConfig, threshold: float) -> PostprocessConfig
     keeps its own)."""
     if not post.hysteresis:
         return dataclasses.replace(post, tumor_threshold=threshold)
-    return dataclasses.replace(post, tumor_threshold=threshold, hysteresis_high=threshold,
-                               hysteresis_low=min(post.hysteresis_low, threshold))  # fmt: skip
+    return dataclasses.replace(
+        post, tumor_threshold=threshold, hysteresis_high=threshold, hysteresis_low=min(post.hysteresis_low, threshold)
+    )
 
 
 def lesion_counts(pred_label: np.ndarray, ref_label: np.ndarray) -> dict[str, int]:
@@ -41,14 +42,15 @@ def lesion_counts(pred_label: np.ndarray, ref_label: np.ndarray) -> dict[str, in
     return counts | {"pred": n_pred}
 
 
-def case_curve(probs: np.ndarray, ref_label: np.ndarray, post: PostprocessConfig, spacing,
-               thresholds=CURVE_THRESHOLDS, image=None) -> list[dict]:  # fmt: skip
+def case_curve(
+    probs: np.ndarray, ref_label: np.ndarray, post: PostprocessConfig, spacing, thresholds=CURVE_THRESHOLDS, image=None
+) -> list[dict]:
     """One case: lesion counts of the configured pipeline at every threshold."""
     return [
         {
             "threshold": t,
             **lesion_counts(postprocess(probs[0], probs[1], at_threshold(post, t), spacing, image), ref_label),
-        }  # fmt: skip
+        }
         for t in thresholds
     ]
 
@@ -85,8 +87,15 @@ def curve_png(points: list[dict], operating: float, title: str) -> bytes:
             for p, xi, yi in zip(points, x, y):
                 ax.annotate(f"{p['threshold']:g}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
                 if abs(p["threshold"] - operating) < 1e-9:
-                    ax.plot([xi], [yi], "o", markersize=11, markerfacecolor="none", color="black",
-                            label=f"configured threshold {operating:g}")  # fmt: skip
+                    ax.plot(
+                        [xi],
+                        [yi],
+                        "o",
+                        markersize=11,
+                        markerfacecolor="none",
+                        color="black",
+                        label=f"configured threshold {operating:g}",
+                    )
     ax.set_xlabel("false positive lesions per case")
     ax.set_ylabel("lesion recall")
     ax.set_ylim(-0.02, 1.02)

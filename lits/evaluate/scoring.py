@@ -29,10 +29,12 @@ from lits.core.config import EvaluateConfig, PathsConfig, typed
 from lits.core.errors import LitsError
 from lits.core.files import write_atomic, write_bytes_atomic, write_csv, write_json
 from lits.core.tables import format_table
+from lits.evaluate.detection import case_curve, curve, curve_png
 from lits.evaluate.metrics import aggregate, case_metrics
 from lits.evaluate.pictures import dice_volume_png
 from lits.evaluate.report import CASE_COLUMNS, SUMMARY_KEYS, case_outputs, log_tensorboard, markdown
 from lits.evaluate.sources import Source, open_source
+from lits.evaluate.tuning import tune, write_tuning_files
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ def evaluate(cfg) -> dict:
     """The evaluate task (evaluate.py): a composed evaluate config or EvaluateConfig in, the run folder's reports out;
     returns what metrics.json holds."""
     cfg = typed(EvaluateConfig, cfg)
+    if cfg.tune:  # before the source is opened: it then reads the tuned checkpoint
+        write_tuning_files(Path(cfg.paths.output_dir), tune(cfg))
     return score(cfg, open_source(cfg))
 
 
@@ -60,10 +64,13 @@ def evaluate_checkpoint(ckpt: Path, out_dir: Path, split: str, progress: bool = 
     return evaluate(cfg)
 
 
-def score_rows(cfg: EvaluateConfig, source: Source, out_dir: Path) -> dict[str, list[dict]]:
-    """Every case through every stage of `source`: {stage: [metric row per case]}; the main stage's pictures and
-    exports are written on the way."""
+def score_rows(cfg: EvaluateConfig, source: Source, out_dir: Path) -> tuple[dict[str, list[dict]], list]:
+    """Every case through every stage of `source`: {stage: [metric row per case]}, and per case the lesion detection
+    curve of the main stage (checkpoint mode); the main stage's pictures and exports are written on the way."""
     rows: dict[str, list[dict]] = {name: [] for name, _ in source.stages}
+    curves = []
+    post = source.postprocess
+    with_curve = cfg.detection_curve and post is not None and not post.crf  # the CRF is too slow to run 9 times
     for case in tqdm(source.cases, desc="evaluating", unit="case", disable=not cfg.progress):
         # scored on the native canonical grid (the reference's voxels), also when the cache was resampled
         label, spacing = np.asarray(case.native_label), case.native_spacing
@@ -76,7 +83,9 @@ def score_rows(cfg: EvaluateConfig, source: Source, out_dir: Path) -> dict[str, 
             rows[stage].append(row)
             if stage == source.main:
                 case_outputs(cfg, out_dir, source, case, label, pred, probs, row)
-    return rows
+                if with_curve and probs is not None:
+                    curves.append(case_curve(probs, label, post, spacing))
+    return rows, curves
 
 
 def score(cfg: EvaluateConfig, source: Source) -> dict:
@@ -89,7 +98,7 @@ def score(cfg: EvaluateConfig, source: Source) -> dict:
         )
     if cfg.save_predictions and source.main == "given":
         log.warning("save_predictions=true: nothing to save, the predictions are the files in %s", cfg.predictions)
-    rows = score_rows(cfg, source, out_dir)
+    rows, curves = score_rows(cfg, source, out_dir)
     summary = {stage: aggregate(stage_rows) for stage, stage_rows in rows.items()}
     result = {
         **source.info,
@@ -99,6 +108,11 @@ def score(cfg: EvaluateConfig, source: Source) -> dict:
         "postprocess": dataclasses.asdict(source.postprocess) if source.postprocess else None,
         **summary,
     }
+    if curves:
+        result["detection_curve"] = curve(curves)
+        title = f"lesion detection, stage {source.main}, {len(curves)} cases"
+        png = curve_png(result["detection_curve"], source.postprocess.tumor_cut, title)
+        write_bytes_atomic(out_dir / "detection_curve.png", png)
     table_rows = [{"metric": k, **{s: summary[s].get(k) for s in summary}} for k in SUMMARY_KEYS]
     stage_table = format_table(table_rows, ["metric", *summary])
     case_table = format_table(rows[source.main], CASE_COLUMNS)

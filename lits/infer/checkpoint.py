@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
 from lits.core.errors import LitsError
+from lits.core.files import atomic_path, fsync_dir
 from lits.infer.networks import build_model
 from lits.infer.spec import InferenceSpec, spec_from_checkpoint
 
@@ -25,6 +27,18 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise LitsError(f"{path}: missing model weights or config; use a best.pt/last.pt written by train.py")
     return state
+
+
+def write_checkpoint(state: dict, path: str | Path) -> Path:
+    """torch.save to a temp file in the same folder, fsync, rename, fsync the folder: a kill mid-write never
+    corrupts `path` (readers see the old checkpoint or the new one)."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(path.parent)
+    return path
 
 
 def load_model(ckpt_path: str | Path, device: torch.device) -> tuple[torch.nn.Module, InferenceSpec, dict]:

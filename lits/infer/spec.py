@@ -133,8 +133,8 @@ def _legacy_section(config: dict, name: str, schema: type, where: str):
 
 
 def spec_from_checkpoint(state: dict, where: str) -> InferenceSpec:
-    """The checkpoint's inference spec; older checkpoints (no `format`) are migrated from their training config."""
-    if "format" in state:
+    """The checkpoint's inference spec; older checkpoints (without one) are migrated from their training config."""
+    if "inference" in state:
         return InferenceSpec.from_dict(state["inference"], where)
     config = state["config"]
     data = config["data"]

@@ -13,7 +13,6 @@ from the configured one, `rng_state` / `set_rng_state` carry the random generato
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -22,35 +21,14 @@ import torch
 
 from lits.core.config.model import NON_ARCHITECTURE_KEYS
 from lits.core.errors import LitsError
-from lits.core.files import atomic_path
+from lits.infer.checkpoint import write_checkpoint
 
 UNSET = "<unset>"  # a key one of two configs lacks
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (POSIX: the new directory entry survives a power cut). Best effort elsewhere."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(state: dict, path: str | Path) -> Path:
-    """torch.save to a temp file in the same folder, fsync, rename, fsync the folder: a kill mid-write never
-    corrupts `path`."""
-    path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    _fsync_dir(path.parent)
-    return path
+    """Write a training checkpoint atomically (lits.infer.checkpoint.write_checkpoint: temp file, fsync, rename)."""
+    return write_checkpoint(state, path)
 
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:

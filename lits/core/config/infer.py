@@ -152,6 +152,10 @@ class EvaluateConfig(InferenceSettings):
     data_root: str | None = None  # where the data lives now, if it moved since training
     data: DataConfig | None = None  # predictions mode only: data=lits data.root=DIR (where the references are)
     ablation: bool = True  # score every cumulative post-processing step (false: only raw and post)
+    tune: bool = False  # split=val: choose calibration and post-processing here and store them in the checkpoint
+    tune_criterion: str = "lesion_score"  # lesion_score: mean of tumour Dice and lesion F1 (IoU > 0.5) | tumor_dice
+    tune_crf: bool = False  # also try the dense-CRF stage while tuning (slow; needs the crf extra)
+    detection_curve: bool = True  # lesion recall vs false positives per case over the tumour threshold (main stage)
     save_predictions: bool = False  # write the post stage as NIfTI label maps to <run>/predictions/
     save_probabilities: bool = False  # ... and <name>_probabilities.nii.gz (liver, tumour) beside them
     naming: str = "lits"  # lits: test-segmentation-N.nii | input: the input CT's file name | auto
@@ -165,6 +169,7 @@ class EvaluateConfig(InferenceSettings):
         if self.ckpt == MISSING:
             self.ckpt = None
         self.split = checks.choice("split", self.split, SPLITS, "split")
+        self.tune_criterion = checks.choice("tune_criterion", self.tune_criterion, ("lesion_score", "tumor_dice"))
         self.naming = checks.choice("naming", self.naming, NAMINGS, "naming")
 
 

@@ -1,0 +1,279 @@
+"""Post-processing and calibration chosen on the validation split and stored in the checkpoint's inference spec
+(`python evaluate.py ckpt=PATH split=val tune=true`), as nnU-Net chooses its post-processing on validation folds
+and keeps it beside the model (postprocessing.pkl); here evaluate.py and predict.py then apply it by default.
+
+1. Every validation case is predicted once; the probabilities are kept (float16) inside the box of reference and
+   predicted liver, where post-processing acts.
+2. Calibration: a temperature factor per head fitted on region voxels of all cases (lits/evaluate/calibration.py).
+3. Candidates, on the calibrated probabilities: the checkpoint's post-processing first, then a grid of tumour
+   thresholds x size limits in mm^3 x keeping small confident components x hysteresis; each is scored on every case
+   with the official lesion matching (`case_metrics(detail="lesions")`) by `tune_criterion`: `lesion_score` = mean
+   of tumour Dice per case and lesion F1 at IoU > 0.5, or `tumor_dice` (per case). The first best wins a tie, so
+   the checkpoint's own setting stays unless another beats it.
+4. With the CRF extra installed and `tune_crf=true`, the best candidate plus CRF refinement is scored too and kept
+   only if it scores higher.
+The checkpoint is rewritten atomically with the chosen spec and a `tuning` record (split, criterion, every
+candidate's score): the numbers behind the choice travel with the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from lits.core.config import EvaluateConfig, PostprocessConfig
+from lits.core.device import resolve_device
+from lits.core.errors import LitsError
+from lits.data.prepare import prepare
+from lits.evaluate.calibration import calibrate, fit_temperature, region_sample, reliability
+from lits.evaluate.metrics import aggregate, case_metrics
+from lits.infer.checkpoint import load_model, write_checkpoint
+from lits.infer.postprocess import postprocess
+from lits.infer.predictor import predict_volume
+from lits.infer.spec import data_from_checkpoint
+
+log = logging.getLogger(__name__)
+
+TUMOR_THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
+SIZE_LIMITS_MM3 = (0.0, 10.0, 25.0, 50.0, 100.0, 250.0)
+KEEP_CONFIDENT = (1.0, 0.9)
+SAMPLE_VOXELS = 200_000  # calibration voxels per case
+REGION_MARGIN = 8  # voxels around the liver region kept in-plane (and the tumour restriction's reach)
+
+
+@dataclass
+class ValidationCase:
+    case_id: str
+    probs: np.ndarray  # (2, z, y, x) float16, inside the liver region
+    label: np.ndarray  # (z, y, x) uint8, same region
+    spacing: tuple[float, float, float]
+    image: np.ndarray | None  # [0, 1] window, same region (CRF only)
+
+
+def candidates(base: PostprocessConfig) -> list[PostprocessConfig]:
+    """The checkpoint's post-processing, then the grid (size limits in mm^3 replace the voxel limit)."""
+    grid = [base]
+    for threshold, size, keep, hysteresis in itertools.product(
+        TUMOR_THRESHOLDS, SIZE_LIMITS_MM3, KEEP_CONFIDENT, (False, True)
+    ):
+        if keep < 1.0 and size == 0.0:
+            continue  # nothing small is removed, so nothing to keep
+        low = round(max(0.1, threshold - 0.2), 3)
+        grid.append(
+            dataclasses.replace(
+                base,
+                tumor_threshold=threshold,
+                min_tumor_voxels=0,
+                min_tumor_mm3=size,
+                keep_confident=keep,
+                hysteresis=hysteresis,
+                hysteresis_high=threshold,
+                hysteresis_low=low,
+                crf=False,
+            )
+        )
+    return grid
+
+
+def score(summary: dict, criterion: str) -> float:
+    if criterion == "tumor_dice":
+        return summary["tumor_dice_per_case"]
+    recall, precision = summary["tumor_lesion_recall_iou50"], summary["tumor_lesion_precision_iou50"]
+    f1 = 2 * recall * precision / (recall + precision) if recall + precision else 0.0
+    return (summary["tumor_dice_per_case"] + f1) / 2
+
+
+def evaluate_candidate(cases: list[ValidationCase], post: PostprocessConfig, criterion: str) -> dict:
+    rows = []
+    for case in cases:
+        probs = case.probs.astype(np.float32)
+        labels = postprocess(probs[0], probs[1], post, case.spacing, case.image)
+        rows.append(case_metrics(labels, case.label, case.spacing, detail="lesions"))
+    summary = aggregate(rows)
+    return {
+        "score": score(summary, criterion),
+        "tumor_dice_per_case": summary["tumor_dice_per_case"],
+        "lesion_recall_iou50": summary["tumor_lesion_recall_iou50"],
+        "lesion_precision_iou50": summary["tumor_lesion_precision_iou50"],
+    }
+
+
+def _region(probs: np.ndarray, label: np.ndarray) -> tuple[slice, ...]:
+    seen = (np.asarray(label) >= 1) | (probs[0] > 0.05) | (probs[1] > 0.05)
+    if not seen.any():
+        return (slice(0, 1),) * 3
+    spans = [np.flatnonzero(seen.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1))]
+    margins = (2, REGION_MARGIN, REGION_MARGIN)
+    return tuple(slice(max(0, s[0] - m), s[-1] + 1 + m) for s, m in zip(spans, margins))
+
+
+def collect(cfg: EvaluateConfig, model, spec, cases, device, with_image: bool) -> list[ValidationCase]:
+    """Predict every validation case once and keep what post-processing needs, inside the liver region."""
+    infer = dict(device=device, batch_size=cfg.batch_size, amp=cfg.amp, tta=cfg.tta, **spec.predictor_settings())
+    kept = []
+    for case in tqdm(cases, desc="tuning: predicting", unit="case", disable=not cfg.progress):
+        probs = case.to_native(predict_volume(model, case.image, **infer), order=1)
+        label = np.asarray(case.native_label)
+        box = _region(probs, label)
+        image = case.to_native(np.asarray(case.image, np.float32), order=1)[box] if with_image else None
+        kept.append(
+            ValidationCase(
+                case.case_id,
+                probs[(slice(None), *box)].astype(np.float16),
+                label[box].copy(),
+                case.native_spacing,
+                image,
+            )
+        )
+    return kept
+
+
+def fit_calibration(cases: list[ValidationCase]) -> tuple[tuple[float, float], dict]:
+    """Per head: the temperature factor and the ECE before and after, on region voxels of every case."""
+    samples = [region_sample(c.probs.astype(np.float32), c.label, SAMPLE_VOXELS, seed=i) for i, c in enumerate(cases)]
+    factors, record = [], {}
+    for head, (p_index, y_index) in {"liver": (0, 1), "tumour": (2, 3)}.items():
+        p = np.concatenate([s[p_index] for s in samples])
+        y = np.concatenate([s[y_index] for s in samples])
+        factor = fit_temperature(p, y)
+        before, after = reliability(p, y), reliability(calibrate(p, factor), y)
+        factors.append(factor)
+        record[head] = {
+            "factor": factor,
+            "ece_before": before.ece,
+            "ece_after": after.ece,
+            "voxels": int(p.size),
+            "before": _curve(before),
+            "after": _curve(after),
+        }
+    return (factors[0], factors[1]), record
+
+
+def _curve(r) -> dict:
+    return {
+        "confidence": np.nan_to_num(r.confidence).tolist(),
+        "frequency": np.nan_to_num(r.frequency).tolist(),
+        "count": r.count.tolist(),
+    }
+
+
+def tune(cfg: EvaluateConfig) -> dict:
+    """Choose calibration and post-processing on cfg.split (val) and write them into cfg.ckpt; the record."""
+    if cfg.split != "val":
+        raise LitsError(
+            f"tune=true with split={cfg.split}: choosing on the test split would leak into the reported "
+            "numbers; tune on split=val"
+        )
+    device = resolve_device(cfg.device, key="device")
+    model, spec, state = load_model(cfg.ckpt, device)
+    if "val" not in state["splits"] or not state["splits"]["val"]:
+        raise LitsError(f"{cfg.ckpt}: the checkpoint's split has no validation cases to tune on")
+    data = data_from_checkpoint(state, cfg.ckpt)
+    if cfg.data_root:
+        data = dataclasses.replace(data, root=cfg.data_root, synthetic=None)
+    _, prepared = prepare(
+        data, 0, splits=state["splits"], only=("val",), progress=cfg.progress, report_dir=cfg.paths.output_dir
+    )
+    use_crf = cfg.tune_crf and _crf_available()
+    cases = collect(cfg, model, spec, prepared["val"], device, with_image=use_crf)
+    factors, calibration = fit_calibration(cases)
+    for case in cases:
+        case.probs = np.stack([calibrate(case.probs[h].astype(np.float32), factors[h]) for h in (0, 1)]).astype(
+            np.float16
+        )
+    table = []
+    for post in tqdm(candidates(spec.postprocess), desc="tuning: post-processing", disable=not cfg.progress):
+        table.append({"postprocess": dataclasses.asdict(post), **evaluate_candidate(cases, post, cfg.tune_criterion)})
+    best = max(range(len(table)), key=lambda i: (table[i]["score"], -i))
+    chosen = PostprocessConfig.from_mapping(table[best]["postprocess"])
+    if use_crf:
+        with_crf = dataclasses.replace(chosen, crf=True)
+        table.append(
+            {"postprocess": dataclasses.asdict(with_crf), **evaluate_candidate(cases, with_crf, cfg.tune_criterion)}
+        )
+        if table[-1]["score"] > table[best]["score"]:
+            best, chosen = len(table) - 1, with_crf
+    record = {
+        "split": "val",
+        "criterion": cfg.tune_criterion,
+        "cases": len(cases),
+        "chosen": best,
+        "calibration": calibration,
+        "candidates": table,
+    }
+    state["inference"] = spec.tuned(chosen, factors).to_dict()
+    state["tuning"] = record
+    write_checkpoint(state, cfg.ckpt)
+    log.info(
+        "tuned on %d validation cases: calibration %s, post-processing %s (score %.4f, was %.4f)",
+        len(cases),
+        [round(f, 3) for f in factors],
+        _describe(chosen),
+        table[best]["score"],
+        table[0]["score"],
+    )
+    return record
+
+
+def _describe(post: PostprocessConfig) -> str:
+    return (
+        f"tumour threshold {post.tumor_cut:g}, min {post.min_tumor_mm3:g} mm3 / {post.min_tumor_voxels} voxels, "
+        f"keep confident {post.keep_confident:g}, hysteresis {post.hysteresis}, crf {post.crf}"
+    )
+
+
+def _crf_available() -> bool:
+    try:
+        import pydensecrf.densecrf  # noqa: F401
+    except ImportError:
+        log.warning("tune_crf=true but pydensecrf2 is not installed (pip install -e '.[crf]'): CRF not tried")
+        return False
+    return True
+
+
+def write_tuning_files(out_dir, record: dict) -> None:
+    """tuning.json (every candidate's scores), tuning.md (the best candidates as a table) and reliability.png."""
+    from pathlib import Path
+
+    from lits.core.files import write_atomic, write_bytes_atomic, write_json
+    from lits.core.tables import format_table
+    from lits.evaluate.calibration import Reliability, reliability_png
+
+    out_dir = Path(out_dir)
+    write_json(out_dir / "tuning.json", record)
+    curves = {}
+    for head, fit in record["calibration"].items():
+        for when in ("before", "after"):
+            c = fit[when]
+            ece = fit[f"ece_{when}"]
+            label = f"{head}, {'raw' if when == 'before' else 'calibrated x' + format(fit['factor'], '.3g')}"
+            curves[label] = Reliability(np.array(c["confidence"]), np.array(c["frequency"]), np.array(c["count"]), ece)
+    write_bytes_atomic(out_dir / "reliability.png", reliability_png(curves, "validation voxels around the liver"))
+    ranked = sorted(range(len(record["candidates"])), key=lambda i: -record["candidates"][i]["score"])[:10]
+    rows = [{"rank": r + 1, "candidate": i, **_short(record["candidates"][i])} for r, i in enumerate(ranked)]
+    columns = [
+        "rank",
+        "candidate",
+        "score",
+        "tumor_dice_per_case",
+        "lesion_recall_iou50",
+        "lesion_precision_iou50",
+        "setting",
+    ]
+    text = (
+        f"# Tuning on the validation split ({record['cases']} cases, criterion {record['criterion']})\n\n"
+        f"Chosen: candidate {record['chosen']} (0 = the checkpoint's own post-processing).\n\n"
+        + format_table(rows, columns)
+        + "\n"
+    )
+    write_atomic(out_dir / "tuning.md", text)
+
+
+def _short(candidate: dict) -> dict:
+    post = PostprocessConfig.from_mapping(candidate["postprocess"])
+    return {**{k: v for k, v in candidate.items() if k != "postprocess"}, "setting": _describe(post)}

@@ -1,0 +1,84 @@
+"""evaluate.py tune=true: calibration and post-processing chosen on the validation split, stored in the checkpoint,
+then used by evaluate and predict."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import evaluate_cfg, make_checkpoint, write_phantom_tree
+from test_evaluate import fake_predict_volume
+
+import lits.evaluate.scoring
+import lits.evaluate.sources
+import lits.evaluate.tuning
+from lits.core.errors import LitsError
+from lits.evaluate.calibration import calibrate
+from lits.infer.spec import spec_from_checkpoint
+
+
+def fake_calibrated_model(model, image, *args, temperature=(1.0, 1.0), **kwargs):
+    """The phantom's fake network, with the per-head temperature of the spec applied as the real predictor does."""
+    probs = fake_predict_volume(model, image)
+    if np.ndim(temperature) == 0:
+        temperature = (temperature, temperature)
+    return np.stack([calibrate(probs[h], temperature[h]) for h in (0, 1)])
+
+
+@pytest.fixture
+def tuned(tmp_path, monkeypatch):
+    for module in (lits.evaluate.sources, lits.evaluate.tuning):
+        monkeypatch.setattr(module, "predict_volume", fake_calibrated_model)
+    ckpt = make_checkpoint(tmp_path, write_phantom_tree(tmp_path / "lits"), test_ids=("0", "1", "2"))
+    before = spec_from_checkpoint(torch.load(ckpt, weights_only=True), "ckpt")
+    lits.evaluate.scoring.evaluate(evaluate_cfg(tmp_path, f"ckpt={ckpt}", "split=val", "tune=true", out="tune"))
+    return tmp_path, ckpt, before
+
+
+def test_tuning_stores_the_best_validation_choice_in_the_checkpoint(tuned):
+    tmp_path, ckpt, before = tuned
+    state = torch.load(ckpt, weights_only=True)
+    record, spec = state["tuning"], spec_from_checkpoint(state, "ckpt")
+    scores = [c["score"] for c in record["candidates"]]
+    assert record["split"] == "val" and record["criterion"] == "lesion_score" and record["cases"] == 1
+    assert scores[record["chosen"]] == max(scores) and scores[0] < max(scores)  # something beat the default
+    assert record["candidates"][0]["postprocess"] == {**before.postprocess.__dict__}  # candidate 0 = the old one
+    assert spec.postprocess.__dict__ == record["candidates"][record["chosen"]]["postprocess"]
+    assert spec.calibration == (record["calibration"]["liver"]["factor"], record["calibration"]["tumour"]["factor"])
+    assert all(fit["ece_after"] <= fit["ece_before"] + 1e-9 for fit in record["calibration"].values())
+    out = tmp_path / "tune"
+    assert json.loads((out / "tuning.json").read_text())["chosen"] == record["chosen"]
+    assert (out / "reliability.png").read_bytes()[:4] == b"\x89PNG" and "Chosen: candidate" in (
+        out / "tuning.md"
+    ).read_text()
+    # the evaluation that follows the tuning reports the chosen setting on the same split
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["post"]["tumor_dice_per_case"] == pytest.approx(
+        record["candidates"][record["chosen"]]["tumor_dice_per_case"]
+    )
+
+
+def test_later_evaluations_use_the_tuned_post_processing(tuned):
+    tmp_path, ckpt, _ = tuned
+    spec = spec_from_checkpoint(torch.load(ckpt, weights_only=True), "ckpt")
+    lits.evaluate.scoring.evaluate(evaluate_cfg(tmp_path, f"ckpt={ckpt}", "split=test", out="test"))
+    metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
+    assert metrics["postprocess"] == spec.postprocess.__dict__
+
+
+def test_tuning_on_the_test_split_is_refused(tmp_path):
+    ckpt = make_checkpoint(tmp_path, write_phantom_tree(tmp_path / "lits"))
+    with pytest.raises(LitsError, match="tune=true with split=test: choosing on the test split would leak"):
+        lits.evaluate.scoring.evaluate(evaluate_cfg(tmp_path, f"ckpt={ckpt}", "tune=true"))
+
+
+def test_evaluation_draws_the_lesion_detection_curve(tuned):
+    from lits.evaluate.detection import CURVE_THRESHOLDS
+
+    tmp_path, _, _ = tuned
+    metrics = json.loads((tmp_path / "tune" / "metrics.json").read_text())
+    points = metrics["detection_curve"]
+    assert [p["threshold"] for p in points] == list(CURVE_THRESHOLDS)
+    recalls = [p["recall_iou0"] for p in points]
+    assert recalls == sorted(recalls, reverse=True)  # a higher threshold never finds more lesions here
+    assert (tmp_path / "tune" / "detection_curve.png").read_bytes()[:4] == b"\x89PNG"
