@@ -1,21 +1,26 @@
-"""Recipe study: which training ingredient moves tumour Dice at a fixed time budget.
+"""Recipe study: which training ingredient and which post-processing find lesions best at a fixed time budget.
 
-Trains one run per variant for the same wall-clock budget (`trainer.max_time`), one after the other so each has
-the machine to itself, scores each best.pt on the test split with evaluate.py (flip TTA on, which also reports the
-no-TTA numbers), and writes a markdown table:
+Trains one run per variant and seed for the same wall-clock budget (`trainer.max_time`), one after the other so each
+has the machine to itself, then for each run:
+  1. scores best.pt on the test split with the post-processing it was trained with ("as trained"),
+  2. tunes calibration and post-processing on the validation split (evaluate.py tune=true: the choice is stored in
+     best.pt; its validation score before and after is what the default is chosen by),
+  3. scores the tuned best.pt on the test split ("tuned").
+and writes study.md: per variant, mean and spread over seeds of the validation criterion (lesion score = mean of
+tumour Dice per case and lesion F1 at IoU > 0.5), test tumour Dice per case and global, lesion recall and precision
+at IoU > 0.5, and Dice per lesion size bin.
 
-    python scripts/recipe_study.py --minutes 5 --out outputs/recipe_study [--variants baseline,nnunet_aug ...]
+    python scripts/recipe_study.py --minutes 4 --seeds 0,1 --out outputs/recipe_study [--variants baseline,context]
 
-Variants change one thing from the reported recipe (the published LiTS2017 recipe these defaults follow: rotation +
-elastic, HU window, MONAI UNet, AdamW + cosine, progressive loss), then all of nnU-Net's ingredients together. Extra
-overrides after `--` go to every run (e.g. `-- data.synthetic.num_cases=20`). A variant whose folder already holds
-evaluate/metrics.json is not rerun.
+Extra overrides after `--` go to every training run. A run whose folder already holds its three evaluations is not
+redone, so an interrupted study continues where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -25,14 +30,18 @@ from lits.core.tables import format_table
 
 REPO = Path(__file__).resolve().parents[1]
 
-RECIPE = ["augment=nnunet", "data.normalization=ct", "model=dynunet", "optim=sgd", "trainer.grad_clip=12"]
 VARIANTS = {
-    "baseline": [],  # the reported recipe, the defaults before this study
-    "nnunet_aug": ["augment=nnunet"],  # + scaling, mirroring, noise, blur, brightness, contrast, low-res, gamma
-    "ct_norm": ["data.normalization=ct"],  # + nnU-Net CT normalisation (foreground percentiles, z-score)
-    "deep_supervision": ["model=dynunet"],  # DynUNet (nnU-Net's network) with deep supervision
-    "sgd_poly": ["optim=sgd", "trainer.grad_clip=12"],  # SGD Nesterov 0.99, lr 1e-2, poly; nnU-Net's clip 12
-    "nnunet_recipe": RECIPE,  # all of the above
+    "baseline": [],  # the defaults: the published LiTS2017 recipe (rotation + elastic, UNet, AdamW, progressive loss)
+    "context": ["data.context_slices=1", "model.in_channels=3"],  # 2.5D: a slice and its neighbours as channels
+    "lesion_select": ["trainer.monitor=val/lesion_score"],  # best.pt chosen by finding lesions, not tumour Dice alone
+    "nnunet_aug": ["augment=nnunet"],  # nnU-Net v2's augmentation set
+    "context_lesion": ["data.context_slices=1", "model.in_channels=3", "trainer.monitor=val/lesion_score"],
+}
+BINS = ("under10mm", "10to20mm", "over20mm")
+EVALUATIONS = {  # folder -> evaluate.py arguments besides ckpt and the run folder
+    "test_as_trained": ["split=test"],
+    "val_tuning": ["split=val", "tune=true"],
+    "test_tuned": ["split=test"],
 }
 
 
@@ -41,104 +50,102 @@ def run(cmd: list[str], log_path: Path) -> float:
     with open(log_path, "w") as log:
         code = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     if code:
-        sys.exit(f"error: {' '.join(cmd)} failed (exit {code}); see {log_path}")
+        sys.exit(f"error: {' '.join(map(str, cmd))} failed (exit {code}); see {log_path}")
     return time.time() - started
 
 
-def row(name: str, folder: Path) -> dict:
+def train_and_evaluate(folder: Path, variant: list[str], seed: int, minutes: float, extra: list[str]) -> None:
+    if not (folder / "train_summary.json").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "train.py", "experiment=progressive", f"name=study_{folder.parent.name}",
+               f"seed={seed}", f"trainer.max_time={minutes}", "trainer.resume=null", "trainer.progress=false",
+               f"hydra.run.dir={folder}", *variant, *extra]  # fmt: skip
+        seconds = run(cmd, folder / "train_stdout.log")
+        print(f"[{folder.parent.name} seed {seed}] trained in {seconds / 60:.1f} min", flush=True)
+    for name, arguments in EVALUATIONS.items():  # in this order: the test as trained comes before tuning
+        if not (folder / name / "metrics.json").exists():
+            cmd = [sys.executable, "evaluate.py", f"ckpt={folder}/checkpoints/best.pt", *arguments, "progress=false",
+                   f"hydra.run.dir={folder}/{name}"]  # fmt: skip
+            run(cmd, folder / f"{name}.log")
+
+
+def f1(stage: dict) -> float:
+    r, p = stage["tumor_lesion_recall_iou50"], stage["tumor_lesion_precision_iou50"]
+    return 2 * r * p / (r + p) if r + p else 0.0
+
+
+def measures(folder: Path) -> dict:
+    """One run's numbers: the validation criterion as trained and tuned, the test numbers as trained and tuned."""
     summary = json.loads((folder / "train_summary.json").read_text())
-    metrics = json.loads((folder / "evaluate" / "metrics.json").read_text())
-    history = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines() if line.strip()]
-    speed = [h["train/samples_per_s"] for h in history if "train/samples_per_s" in h]
-    post, no_tta = metrics["post"], metrics.get("post_no_tta", metrics["post"])
-    return {
-        "variant": name,
-        "epochs": summary["epochs"],
-        "samples/s": sum(speed) / max(1, len(speed)),
-        "val tumour (best, post)": summary["best_value"],
-        "test tumour/case": no_tta["tumor_dice_per_case"],
-        "test tumour/case +TTA": post["tumor_dice_per_case"],
-        "test tumour global": no_tta["tumor_dice_global"],
-        "test liver/case": no_tta["liver_dice_per_case"],
-        "test lesion recall": no_tta.get("tumor_lesion_recall_iou50"),
-    }
+    tuning = json.loads((folder / "val_tuning" / "tuning.json").read_text())
+    out = {"epochs": summary["epochs"], "val score as trained": tuning["candidates"][0]["score"],
+           "val score tuned": tuning["candidates"][tuning["chosen"]]["score"]}  # fmt: skip
+    for mode in ("as_trained", "tuned"):
+        post = json.loads((folder / f"test_{mode}" / "metrics.json").read_text())["post"]
+        out[f"test tumour/case {mode}"] = post["tumor_dice_per_case"]
+        out[f"test tumour global {mode}"] = post["tumor_dice_global"]
+        out[f"test lesion recall {mode}"] = post["tumor_lesion_recall_iou50"]
+        out[f"test lesion precision {mode}"] = post["tumor_lesion_precision_iou50"]
+        out[f"test lesion F1 {mode}"] = f1(post)
+        for b in BINS:
+            out[f"test Dice {b} {mode}"] = post[f"tumor_lesion_dice_{b}"]
+    return out
 
 
-def table(rows: list[dict]) -> str:
-    """lits' markdown table, Dice with 3 decimals and samples/s as a whole number."""
+def mean_std(values: list[float]) -> str:
+    values = [v for v in values if v is not None and v == v]  # no lesion of that size in a split: left out
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
-    def shown(key, value):
-        if not isinstance(value, float):
-            return value
-        return f"{value:.0f}" if key == "samples/s" else f"{value:.3f}"
 
-    return format_table([{k: shown(k, v) for k, v in r.items()} for r in rows], list(rows[0]))
+def tables(per_variant: dict[str, list[dict]]) -> str:
+    """Validation table (what the default is chosen by) and one test table per post-processing mode."""
+    sections = []
+    val_columns = ["epochs", "val score as trained", "val score tuned"]
+    test = ["test tumour/case", "test tumour global", "test lesion recall", "test lesion precision", "test lesion F1",
+            *(f"test Dice {b}" for b in BINS)]  # fmt: skip
+    for title, columns, suffix in (("validation (lesion score)", val_columns, ""),
+                                   ("test, post-processing as trained", test, " as_trained"),
+                                   ("test, post-processing tuned on validation", test, " tuned")):  # fmt: skip
+        rows = [{"variant": v, "seeds": len(runs), **{c: mean_std([r[c + suffix] for r in runs]) for c in columns}}
+                for v, runs in per_variant.items()]  # fmt: skip
+        sections.append(f"### {title}\n\n" + format_table(rows, ["variant", "seeds", *columns]))
+    return "\n\n".join(sections)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=5.0, help="training budget per variant (trainer.max_time)")
+    parser.add_argument("--minutes", type=float, default=4.0, help="training budget per run (trainer.max_time)")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "recipe_study")
-    parser.add_argument(
-        "--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (after --)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"a subset of {', '.join(VARIANTS)}")
+    parser.add_argument("--seeds", default="0,1", help="comma-separated seeds (each also draws its own split)")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every training run (after --)")
     args = parser.parse_args()
     names = [v for v in args.variants.split(",") if v]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         sys.exit(f"error: unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
-
+    seeds = [int(s) for s in args.seeds.split(",") if s]
     out = args.out.resolve()
+    per_variant: dict[str, list[dict]] = {}
+    for seed in seeds:  # all variants of one seed first: a stopped study still compares like with like
+        for name in names:
+            folder = out / name / f"seed{seed}"
+            print(f"[{name} seed {seed}] {' '.join(VARIANTS[name]) or '(defaults)'}", flush=True)
+            train_and_evaluate(folder, VARIANTS[name], seed, args.minutes, args.overrides)
+            per_variant.setdefault(name, []).append(measures(folder))
+    best = max(per_variant, key=lambda v: statistics.mean(r["val score tuned"] for r in per_variant[v]))
+    text = (f"# Recipe study: {args.minutes:g} min of training per run, seeds {', '.join(map(str, seeds))}\n\n"
+            "Mean ± sample std over seeds (each seed also draws its own patient split). Variants (overrides): "
+            + "; ".join(f"`{n}`: {' '.join(VARIANTS[n]) or 'defaults'}" for n in names)
+            + f".\n\nChosen by validation (highest mean tuned lesion score): **{best}**.\n\n"
+            + tables(per_variant) + "\n")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name in names:
-        folder = out / name
-        if not (folder / "evaluate" / "metrics.json").exists():
-            print(f"[{name}] training {args.minutes:g} min: {' '.join(VARIANTS[name]) or '(defaults)'}", flush=True)
-            folder.mkdir(parents=True, exist_ok=True)
-            train = [
-                sys.executable,
-                "train.py",
-                "experiment=progressive",
-                f"name=study_{name}",
-                f"seed={args.seed}",
-                f"trainer.max_time={args.minutes}",
-                "trainer.resume=null",
-                "trainer.progress=false",
-                f"hydra.run.dir={folder}",
-                *VARIANTS[name],
-                *args.overrides,
-            ]
-            seconds = run(train, folder / "train_stdout.log")  # train.log is Hydra's own log in the same folder
-            print(f"[{name}] trained in {seconds / 60:.1f} min; evaluating the test split (flip TTA)", flush=True)
-            run(
-                [
-                    sys.executable,
-                    "evaluate.py",
-                    f"ckpt={folder}/checkpoints/best.pt",
-                    "tta=true",
-                    "progress=false",
-                    f"hydra.run.dir={folder}/evaluate",
-                ],
-                folder / "evaluate.log",
-            )
-        rows.append(row(name, folder))
-        print(table(rows[-1:]), flush=True)
-
-    text = (
-        f"# Recipe study: {args.minutes:g} min of training per variant, seed {args.seed}\n\n"
-        f"Each row changes the reported recipe as listed in scripts/recipe_study.py; tumour Dice per case is the "
-        f"post-processed stage of evaluate.py on the test split (+TTA: flip test-time augmentation).\n\n"
-        + table(rows)
-        + "\n\nOverrides: "
-        + "; ".join(f"{n}: {' '.join(VARIANTS[n]) or '-'}" for n in names)
-        + "\n"
-    )
     (out / "study.md").write_text(text)
-    print("\n" + table(rows))
-    print(f"\nwrote {out / 'study.md'}")
+    print("\n" + text + f"\nwrote {out / 'study.md'}")
 
 
 if __name__ == "__main__":
