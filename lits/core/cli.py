@@ -2,17 +2,25 @@
 
 Errors a user can cause end with one `error: ...` line on stderr: a LitsError or a missing required value from the
 task, and (`prepare_hydra`) a bad override or config that Hydra refuses while composing, which Hydra itself would
-print over several lines with a hint about stack traces.
+print over several lines with a hint about stack traces. `CheckFirst` (a Hydra callback, configs/hydra/default.yaml)
+validates the composed config against the schema and checks that the run folder can be created before Hydra creates
+it, so a bad value or an unwritable place leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
+import tempfile
+from pathlib import Path
 
+from hydra.experimental.callback import Callback
+from omegaconf import open_dict, read_write
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from lits.core.config.store import register
+from lits.core.config.store import TASK_SCHEMAS, register
+from lits.core.config.typed import typed
 from lits.core.errors import LitsError
 
 _DETAIL_PREFIXES = (
@@ -80,3 +88,54 @@ def run_task(task, cfg):
         key = getattr(exc, "full_key", None) or str(exc).splitlines()[0]
         print(f"error: {key} is required; set it on the command line, e.g. {key}=...", file=sys.stderr)
     sys.exit(2)
+
+
+def check_writable_folder(folder: str | Path, what: str, fix: str) -> None:
+    """Refuse (one LitsError line) a folder that cannot be created or written: probes the folder, or its nearest
+    existing parent, with an empty temporary folder that is removed at once (permission bits alone do not tell: root
+    ignores them, and read-only or special file systems refuse anyway)."""
+    folder = Path(folder).expanduser().absolute()
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        reason = "a file is in the way"
+    else:
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".lits-probe-", dir=existing))
+            return
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+    raise LitsError(f"{folder}: cannot write the {what} here ({reason} at {existing}); {fix}")
+
+
+class CheckFirst(Callback):
+    """Before Hydra creates the run folder (on_run_start): the composed config must pass the task's schema and the
+    run folder must be creatable; else one `error:` line and exit 2, and nothing is written."""
+
+    def on_run_start(self, config, config_name: str | None = None, **kwargs) -> None:
+        schema = TASK_SCHEMAS.get(f"{config_name}_schema")
+        if schema is None:
+            return
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.instance().cfg
+        job = copy.deepcopy(config)
+        try:
+            HydraConfig.instance().set_config(job)  # what hydra.run.dir and ${hydra:...} resolve against
+            run_dir = os.path.abspath(str(job.hydra.run.dir))
+            with read_write(job.hydra.runtime), open_dict(job.hydra.runtime):  # as Hydra's run_job does
+                job.hydra.runtime.output_dir = run_dir
+            HydraConfig.instance().set_config(job)
+            task = copy.deepcopy(job)
+            with read_write(task), open_dict(task):
+                del task["hydra"]
+            typed(schema, task)
+            check_writable_folder(run_dir, "run folder", "pass a writable hydra.run.dir=... or run from another folder")
+        except LitsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        except Exception:  # anything else (a Hydra detail): the task meets it again and reports it in its own words
+            return
+        finally:
+            HydraConfig.instance().cfg = hydra_cfg
