@@ -9,8 +9,10 @@ it, so a bad value or an unwritable place leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -21,7 +23,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from lits.core.config.store import TASK_SCHEMAS, register
 from lits.core.config.typed import typed
-from lits.core.errors import LitsError
+from lits.core.errors import LitsError, Stopped
 
 _DETAIL_PREFIXES = (
     "full_key:",
@@ -78,8 +80,20 @@ def prepare_hydra() -> None:
     utils.run_and_report = run_and_report
 
 
+def _stop_now(signum, _frame) -> None:
+    raise Stopped(signum)
+
+
 def run_task(task, cfg):
-    """Call task(cfg); a LitsError or a missing required value ends the process with one clear line."""
+    """Call task(cfg); a LitsError or a missing required value ends the process with one clear line, exit 2.
+
+    SIGTERM / SIGINT stop the task where it is (`Stopped`: finally blocks run, so temporary files go) with one line
+    and exit code 128 + signal, not a traceback; the training loop installs its own step-by-step stop meanwhile.
+    """
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError):  # not the main thread: Python's defaults stay
+            previous[sig] = signal.signal(sig, _stop_now)
     try:
         return task(cfg)
     except LitsError as exc:
@@ -87,6 +101,14 @@ def run_task(task, cfg):
     except MissingMandatoryValue as exc:
         key = getattr(exc, "full_key", None) or str(exc).splitlines()[0]
         print(f"error: {key} is required; set it on the command line, e.g. {key}=...", file=sys.stderr)
+    except Stopped as exc:
+        where = f" {exc.note}" if exc.note else ""
+        print(f"stopped by {signal.Signals(exc.signum).name}{where}; finished work is kept, rerun to continue",
+              file=sys.stderr)  # fmt: skip
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     sys.exit(2)
 
 

@@ -41,7 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lits.core.errors import LitsError
-from lits.data.cache_lock import exclusive_lock, remove_leftovers, temp_prefix, trash_path
+from lits.data.cache_lock import exclusive_lock, init_worker, remove_leftovers, temp_prefix, trash_path
 from lits.data.nifti import CasePair, CasePaths, open_pair
 from lits.data.preprocess import Preprocessing, slice_stats, window_to_unit
 from lits.data.resample import resize_inplane, resize_labels, target_shape, to_native
@@ -288,17 +288,21 @@ def cache_cases(
     progress: bool = True,
     workers: int = 1,
     on_error: str = "fail",
+    lock_timeout_min: float = 30.0,
 ) -> tuple[dict[str, CachedCase], list[Problem]]:
     """Preprocess every case not already cached (or whose source changed), `workers` processes at a time.
 
     on_error="fail": the first bad case raises its LitsError (cases finished so far stay cached).
     on_error="skip": bad cases are returned as Problems and left out. Returns ({case_id: CachedCase}, problems).
+    A stop signal (an exception raised by its handler) ends the work at once: running workers are killed, their
+    temporary folders removed, finished cases kept. Another process preparing the same folder is waited for
+    (`lock_timeout_min` without progress at most).
     """
     folder = key_folder(cache_root, prep, source_root)
     problems: list[Problem] = []
     todo = [c for c in cases if not _is_current(folder / c.case_id, c)]
     if todo:
-        with _storage_errors(folder), exclusive_lock(folder, progress):
+        with _storage_errors(folder), exclusive_lock(folder, lock_timeout_min):
             remove_leftovers(folder)
             todo = [c for c in todo if not _is_current(folder / c.case_id, c)]  # another process may have done them
             problems = _run(todo, folder, prep, progress, workers, on_error)
@@ -332,21 +336,43 @@ def _run(
             for paths in todo:
                 record(*_write_job(paths, str(folder / paths.case_id), prep))
                 bar.update()
-            return problems
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context())
-        try:
-            futures = {pool.submit(_write_job, c, str(folder / c.case_id), prep): c.case_id for c in todo}
-            for future in as_completed(futures):
-                try:
-                    record(*future.result())
-                except BrokenProcessPool:
-                    raise LitsError(
-                        f"a preprocessing process died while preparing case {futures[future]} (out of memory?); "
-                        f"lower data.prepare_workers (each holds one volume) and rerun: finished cases are kept"
-                    ) from None
-                bar.update()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        else:
+            _run_pool(todo, folder, prep, workers, record, bar)
         return problems
     finally:
         bar.close()
+
+
+def _run_pool(todo: list[CasePaths], folder: Path, prep: Preprocessing, workers: int, record, bar) -> None:
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=_pool_context(), initializer=init_worker, initargs=(os.getpid(),)
+    )
+    try:
+        futures = {pool.submit(_write_job, c, str(folder / c.case_id), prep): c.case_id for c in todo}
+        for future in as_completed(futures):
+            try:
+                record(*future.result())
+            except BrokenProcessPool:
+                raise LitsError(
+                    f"a preprocessing process died while preparing case {futures[future]} (out of memory?); "
+                    f"lower data.prepare_workers (each holds one volume) and rerun: finished cases are kept"
+                ) from None
+            bar.update()
+    except (KeyboardInterrupt, SystemExit):  # a stop signal: now, not after the cases in progress
+        _kill_workers(pool, folder)
+        raise
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # a failed case: let the running ones finish (they are kept)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _kill_workers(pool: ProcessPoolExecutor, folder: Path) -> None:
+    """Kill a pool's workers mid-case and remove their temporary folders (the caller still holds the lock)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        process.kill()
+    for process in processes:
+        process.join(timeout=10)
+    pool.shutdown(wait=False, cancel_futures=True)
+    remove_leftovers(folder)

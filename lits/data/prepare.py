@@ -126,7 +126,9 @@ def prepare(
                 f"point data.root at the data the model was trained on"
             )
     wanted = [pairs[cid] for name in only for cid in splits[name] if cid in pairs]
-    cached, failed = cache_cases(wanted, data.cache_dir, prep, data.root, progress, _workers(data), data.on_error)
+    cached, failed = cache_cases(
+        wanted, data.cache_dir, prep, data.root, progress, _workers(data), data.on_error, data.lock_timeout_min
+    )
     problems = sorted(problems + failed, key=lambda p: natural_key(p.case_id or ""))
     _report(problems, splits, report_dir)
     dropped = {p.case_id for p in problems}
@@ -144,7 +146,9 @@ def prepare_all(
     data = typed(DataConfig, data_cfg, "data")
     prep = Preprocessing.from_data_cfg(data)
     found, problems = _discover(data, data.on_error)
-    cached, failed = cache_cases(found, data.cache_dir, prep, data.root, progress, _workers(data), data.on_error)
+    cached, failed = cache_cases(
+        found, data.cache_dir, prep, data.root, progress, _workers(data), data.on_error, data.lock_timeout_min
+    )
     problems = sorted(problems + failed, key=lambda p: natural_key(p.case_id or ""))
     _report(problems, {}, report_dir)
     return cached, problems

@@ -28,7 +28,9 @@ def train(cfg) -> dict:
         lits_logger.setLevel(logging.WARNING)
     try:
         run = build_run(cfg, ctx, stop)
+        stop.deferred = True  # the loop stops politely after a step; setup and evaluate_after stop at once
         summary = fit(run)
+        stop.deferred = False
         if ctx.is_main:
             write_json(run.run_dir / "train_summary.json", summary)
             if cfg.evaluate_after:  # the test-set numbers of this run, as `python evaluate.py ckpt=.../best.pt` gives
