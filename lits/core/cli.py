@@ -14,8 +14,6 @@ import copy
 import os
 import signal
 import sys
-import tempfile
-from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import open_dict, read_write
@@ -24,6 +22,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from lits.core.config.store import TASK_SCHEMAS, register
 from lits.core.config.typed import typed
 from lits.core.errors import LitsError, Stopped
+from lits.core.files import STORAGE_ERRNOS, check_writable_folder, write_error
 
 _DETAIL_PREFIXES = (
     "full_key:",
@@ -101,6 +100,10 @@ def run_task(task, cfg):
     except MissingMandatoryValue as exc:
         key = getattr(exc, "full_key", None) or str(exc).splitlines()[0]
         print(f"error: {key} is required; set it on the command line, e.g. {key}=...", file=sys.stderr)
+    except OSError as exc:  # a write outside atomic_path (a log, history.jsonl) on a full or read-only disk
+        if exc.errno not in STORAGE_ERRNOS or not exc.filename:
+            raise
+        print(f"error: {write_error(exc.filename, exc.strerror)}", file=sys.stderr)
     except Stopped as exc:
         where = f" {exc.note}" if exc.note else ""
         print(f"stopped by {signal.Signals(exc.signum).name}{where}; finished work is kept, rerun to continue",
@@ -110,25 +113,6 @@ def run_task(task, cfg):
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     sys.exit(2)
-
-
-def check_writable_folder(folder: str | Path, what: str, fix: str) -> None:
-    """Refuse (one LitsError line) a folder that cannot be created or written: probes the folder, or its nearest
-    existing parent, with an empty temporary folder that is removed at once (permission bits alone do not tell: root
-    ignores them, and read-only or special file systems refuse anyway)."""
-    folder = Path(folder).expanduser().absolute()
-    existing = folder
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if not existing.is_dir():
-        reason = "a file is in the way"
-    else:
-        try:
-            os.rmdir(tempfile.mkdtemp(prefix=".lits-probe-", dir=existing))
-            return
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-    raise LitsError(f"{folder}: cannot write the {what} here ({reason} at {existing}); {fix}")
 
 
 class CheckFirst(Callback):
