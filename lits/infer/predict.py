@@ -176,6 +176,9 @@ def predict(cfg) -> dict:
             }
         )
 
+    if not rows:
+        _report_skipped(skipped, Path(cfg.paths.output_dir))
+        raise LitsError(f"{cfg.input}: none of the {len(skipped)} inputs could be predicted; see the reasons above")
     write_csv(Path(cfg.paths.output_dir) / "predictions.csv", rows)
     shown = [{**r, "input": Path(r["input"]).name, "output": Path(r["output"]).name} for r in rows]
     print(format_table(shown, ["input", "output", "liver_ml", "tumor_ml", "lesions"]))
