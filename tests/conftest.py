@@ -288,9 +288,9 @@ def make_checkpoint(tmp_path, data_root, test_ids=("0", "1", "2"), prior=(0.5, 0
     """
     from lits.core.config import TrainConfig, typed
     from lits.data.normalization import Normalization
+    from lits.infer.checkpoint import save_checkpoint
     from lits.infer.networks import build_model
     from lits.infer.spec import InferenceSpec
-    from lits.train.checkpoint import save_checkpoint
     from lits.train.state import CHECKPOINT_FORMAT
 
     cfg = train_config(

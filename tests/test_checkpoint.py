@@ -11,13 +11,12 @@ import torch
 from conftest import REPO, run_python
 
 from lits.core.errors import LitsError
-from lits.infer.checkpoint import load_checkpoint
+from lits.infer.checkpoint import load_checkpoint, save_checkpoint
 from lits.train.checkpoint import (
     check_compatible,
     remove_stale_temps,
     resume_path,
     rng_state,
-    save_checkpoint,
     set_rng_state,
 )
 
@@ -34,7 +33,7 @@ def state(value: float) -> dict:
 # is writing bytes into the temp file, or after the temp file is complete but before the rename.
 CHILD = textwrap.dedent("""
     import os, signal, sys, torch
-    import lits.train.checkpoint as ck
+    import lits.infer.checkpoint as ck
     path, where = sys.argv[1], sys.argv[2]
     ck.save_checkpoint({"model": {"w": torch.full((4, 4), 1.0)}, "config": {}, "epoch": 1}, path)
     die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
@@ -139,3 +138,46 @@ def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
     restored = load_checkpoint(tmp_path / "rng.pt")["rng"]
     set_rng_state(restored, torch.device("cpu"), {"augment": generator})
     assert draws(generator) == expected
+
+
+def with_best(value: float, epoch: int) -> dict:
+    return {**state(float(epoch)), "best": {"metric": "val/tumor_dice_post", "value": value, "epoch": epoch}}
+
+
+def test_resume_counts_the_best_from_what_best_pt_holds(tmp_path):
+    from lits.train.checkpoint import reconcile_best
+
+    folder = tmp_path / "run" / "checkpoints"
+    last = save_checkpoint(with_best(0.5, 3), folder / "last.pt")
+    save_checkpoint(with_best(0.5, 3), folder / "best.pt")
+    saved = load_checkpoint(last)
+    assert reconcile_best(saved, folder, last) is None and saved["best"]["epoch"] == 3  # the pair agrees
+
+    save_checkpoint(with_best(0.6, 4), folder / "best.pt")  # killed after best.pt, before last.pt recorded it
+    assert reconcile_best(saved, folder, last) is None and saved["best"] == with_best(0.6, 4)["best"]
+
+    save_checkpoint(with_best(0.4, 1), folder / "best.pt")  # behind (removed by hand, or an older lits' order)
+    saved = load_checkpoint(last)
+    message = reconcile_best(saved, folder, last)
+    assert "holds epoch 2" in message and "records the best at epoch 4 (0.5000), whose weights are lost" in message
+    assert saved["best"] == with_best(0.4, 1)["best"]
+
+    (folder / "best.pt").unlink()
+    saved = load_checkpoint(last)
+    assert "missing or unreadable" in reconcile_best(saved, folder, last)
+    assert saved["best"]["epoch"] == -1 and saved["best"]["value"] == float("-inf")
+
+
+def test_resume_into_a_new_folder_takes_best_pt_along_and_a_fresh_start_drops_an_orphan(tmp_path):
+    from lits.train.checkpoint import reconcile_best
+
+    old = tmp_path / "old" / "checkpoints"
+    last = save_checkpoint(with_best(0.5, 3), old / "last.pt")
+    save_checkpoint(with_best(0.5, 3), old / "best.pt")
+    new = tmp_path / "new" / "checkpoints"
+    saved = load_checkpoint(last)
+    assert reconcile_best(saved, new, last) is None
+    assert load_checkpoint(new / "best.pt")["best"] == saved["best"] == with_best(0.5, 3)["best"]
+
+    orphan = save_checkpoint(with_best(0.2, 0), tmp_path / "killed" / "checkpoints" / "best.pt")
+    assert "killed before its first last.pt" in reconcile_best(None, orphan.parent, None) and not orphan.exists()

@@ -70,3 +70,22 @@ def test_skipped_step_puts_batchnorm_statistics_back():
     assert not torch.isfinite(model[1].running_mean).all()
     guard.restore()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_stop_signals_are_deferred_inside_the_loop_only():
+    import signal
+
+    from lits.core.errors import Stopped
+    from lits.train.signals import StopRequest
+
+    outside = StopRequest()
+    with pytest.raises(Stopped) as stopped:
+        outside._handle(signal.SIGTERM, None)  # setup, data preparation: at once
+    assert stopped.value.code == 143 and stopped.value.note == "before training"
+    inside = StopRequest()
+    inside.deferred = True
+    inside._handle(signal.SIGINT, None)  # the loop finishes its step, saves, exits 130
+    assert inside.requested and inside.signum == signal.SIGINT
+    with pytest.raises(Stopped) as stopped:
+        inside._handle(signal.SIGINT, None)  # a second Ctrl-C: at once, no KeyboardInterrupt traceback
+    assert stopped.value.code == 130 and "second time" in stopped.value.note

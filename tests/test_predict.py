@@ -2,6 +2,7 @@
 in one line; flip TTA; the same label maps evaluate.py exports."""
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -18,6 +19,7 @@ from conftest import (
     one_line_error,
     read_csv_rows,
     run_cli,
+    truncate,
     write_nifti,
     write_phantom_tree,
 )
@@ -224,3 +226,46 @@ def test_tta_is_the_mean_of_identity_and_flips(context):
     assert np.abs(tta - plain).max() > 1e-4  # the network is not flip-invariant: TTA changed something
     np.testing.assert_allclose(predict_volume(model, image, flips=TTA_FLIPS, **args), tta, atol=1e-6)
     assert plain.shape == (2, 5, 13, 10) and plain.dtype == np.float32
+
+
+def broken_folder(folder):
+    """Four CTs: volume-4 good, volume-5 truncated (its header still reads), volume-6 not NIfTI at all, volume-7 stored
+    as HU + 1024 in uint16 without a rescale intercept."""
+    folder.mkdir()
+    vol, _ = ablation_phantom()
+    write_nifti(folder / "volume-4.nii.gz", vol, PHANTOM_AFFINE)
+    write_nifti(folder / "volume-5.nii.gz", vol, PHANTOM_AFFINE)
+    truncate(folder / "volume-5.nii.gz")
+    (folder / "volume-6.nii").write_bytes(b"garbage" * 100)
+    write_nifti(folder / "volume-7.nii.gz", (vol.astype(np.int32) + 1024).astype(np.uint16), PHANTOM_AFFINE)
+    return folder
+
+
+def test_a_broken_volume_stops_the_folder_unless_skipped(setup, tmp_path):
+    _, _, ckpt = setup
+    folder = broken_folder(tmp_path / "cts")
+    with pytest.raises(LitsError, match=r"volume-6.nii: cannot read NIfTI .*; or on_error=skip to predict the other"):
+        lits.infer.predict.predict(predict_cfg(tmp_path, f"ckpt={ckpt}", f"input={folder}", f"output={tmp_path}/out"))
+    assert not (tmp_path / "out").exists()
+
+    result = lits.infer.predict.predict(
+        predict_cfg(tmp_path, f"ckpt={ckpt}", f"input={folder}", f"output={tmp_path}/out", "on_error=skip")
+    )
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["test-segmentation-4.nii"]
+    assert [Path(r["input"]).name for r in read_csv_rows(tmp_path / "run/predictions.csv")] == ["volume-4.nii.gz"]
+    listed = json.loads((tmp_path / "run/skipped_inputs.json").read_text())
+    reasons = {Path(r["input"]).name: r["reason"] for r in listed}
+    assert sorted(reasons) == ["volume-5.nii.gz", "volume-6.nii", "volume-7.nii.gz"]
+    assert sorted(result["skipped"]) == sorted(str(folder / name) for name in reasons)
+    assert "cannot read NIfTI" in reasons["volume-5.nii.gz"] and "cannot read NIfTI" in reasons["volume-6.nii"]
+    assert "looks like HU + 1024 stored without its rescale intercept" in reasons["volume-7.nii.gz"]
+
+
+def test_a_mis_scaled_ct_is_refused_naming_the_file(setup, tmp_path):
+    _, _, ckpt = setup
+    folder = broken_folder(tmp_path / "cts")
+    with pytest.raises(LitsError, match=r"volume-7.nii.gz: looks like HU \+ 1024 .*scl_inter=-1024"):
+        lits.infer.predict.predict(
+            predict_cfg(tmp_path, f"ckpt={ckpt}", f"input={folder}/volume-7.nii.gz", f"output={tmp_path}/out")
+        )
+    assert not (tmp_path / "out").exists()

@@ -2,18 +2,27 @@
 
 Errors a user can cause end with one `error: ...` line on stderr: a LitsError or a missing required value from the
 task, and (`prepare_hydra`) a bad override or config that Hydra refuses while composing, which Hydra itself would
-print over several lines with a hint about stack traces.
+print over several lines with a hint about stack traces. `CheckFirst` (a Hydra callback, configs/hydra/default.yaml)
+validates the composed config against the schema and checks that the run folder can be created before Hydra creates
+it, so a bad value or an unwritable place leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
+import signal
 import sys
 
+from hydra.experimental.callback import Callback
+from omegaconf import open_dict, read_write
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from lits.core.config.store import register
-from lits.core.errors import LitsError
+from lits.core.config.store import TASK_SCHEMAS, register
+from lits.core.config.typed import typed
+from lits.core.errors import LitsError, Stopped
+from lits.core.files import STORAGE_ERRNOS, check_writable_folder, write_error
 
 _DETAIL_PREFIXES = (
     "full_key:",
@@ -70,8 +79,20 @@ def prepare_hydra() -> None:
     utils.run_and_report = run_and_report
 
 
+def _stop_now(signum, _frame) -> None:
+    raise Stopped(signum)
+
+
 def run_task(task, cfg):
-    """Call task(cfg); a LitsError or a missing required value ends the process with one clear line."""
+    """Call task(cfg); a LitsError or a missing required value ends the process with one clear line, exit 2.
+
+    SIGTERM / SIGINT stop the task where it is (`Stopped`: finally blocks run, so temporary files go) with one line
+    and exit code 128 + signal, not a traceback; the training loop installs its own step-by-step stop meanwhile.
+    """
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError):  # not the main thread: Python's defaults stay
+            previous[sig] = signal.signal(sig, _stop_now)
     try:
         return task(cfg)
     except LitsError as exc:
@@ -79,4 +100,48 @@ def run_task(task, cfg):
     except MissingMandatoryValue as exc:
         key = getattr(exc, "full_key", None) or str(exc).splitlines()[0]
         print(f"error: {key} is required; set it on the command line, e.g. {key}=...", file=sys.stderr)
+    except OSError as exc:  # a write outside atomic_path (a log, history.jsonl) on a full or read-only disk
+        if exc.errno not in STORAGE_ERRNOS or not exc.filename:
+            raise
+        print(f"error: {write_error(exc.filename, exc.strerror)}", file=sys.stderr)
+    except Stopped as exc:
+        where = f" {exc.note}" if exc.note else ""
+        print(f"stopped by {signal.Signals(exc.signum).name}{where}; finished work is kept, rerun to continue",
+              file=sys.stderr)  # fmt: skip
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     sys.exit(2)
+
+
+class CheckFirst(Callback):
+    """Before Hydra creates the run folder (on_run_start): the composed config must pass the task's schema and the
+    run folder must be creatable; else one `error:` line and exit 2, and nothing is written."""
+
+    def on_run_start(self, config, config_name: str | None = None, **kwargs) -> None:
+        schema = TASK_SCHEMAS.get(f"{config_name}_schema")
+        if schema is None:
+            return
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.instance().cfg
+        job = copy.deepcopy(config)
+        try:
+            HydraConfig.instance().set_config(job)  # what hydra.run.dir and ${hydra:...} resolve against
+            run_dir = os.path.abspath(str(job.hydra.run.dir))
+            with read_write(job.hydra.runtime), open_dict(job.hydra.runtime):  # as Hydra's run_job does
+                job.hydra.runtime.output_dir = run_dir
+            HydraConfig.instance().set_config(job)
+            task = copy.deepcopy(job)
+            with read_write(task), open_dict(task):
+                del task["hydra"]
+            typed(schema, task)
+            check_writable_folder(run_dir, "run folder", "pass a writable hydra.run.dir=... or run from another folder")
+        except LitsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        except Exception:  # anything else (a Hydra detail): the task meets it again and reports it in its own words
+            return
+        finally:
+            HydraConfig.instance().cfg = hydra_cfg

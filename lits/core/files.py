@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import math
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lits.core.errors import LitsError
+
 
 def umask() -> int:
     mask = os.umask(0)
@@ -26,6 +29,34 @@ def umask() -> int:
 
 
 FILE_MODE = 0o666 & ~umask()  # what a plain open() would give; mkstemp makes 0600 files
+FOLDER_MODE = 0o777 & ~umask()  # what a plain mkdir would give; mkdtemp makes 0700 folders
+
+
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+LOW_SPACE = 1 << 20  # bytes: a write that failed with less than this left failed for want of space
+
+
+class WriteError(LitsError):
+    """A file could not be written where it belongs (full disk, read-only or forbidden folder): one line naming it."""
+
+
+def storage_problem(exc: BaseException, folder: Path) -> str | None:
+    """Why writing into `folder` failed, if the storage is to blame: the OS's reason, or "no space left" when the
+    file system is (nearly) full (torch.save and numpy report a full disk without an errno). None otherwise."""
+    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+        return exc.strerror
+    if isinstance(exc, (OSError, RuntimeError)):
+        try:
+            stats = os.statvfs(folder)
+        except OSError:
+            return None
+        if stats.f_bavail * stats.f_frsize < LOW_SPACE:
+            return "no space left on the device"
+    return None
+
+
+def write_error(path: Path, problem: str) -> WriteError:
+    return WriteError(f"{path}: cannot write it ({problem}); free disk space or choose a writable folder")
 
 
 @contextlib.contextmanager
@@ -33,18 +64,25 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temp path (`.<name>.<random><suffix>` in the target's folder) to write; rename it to `path` on success.
 
     `suffix` keeps a meaningful extension where the writer picks the format from the name (nibabel: `.nii.gz`).
-    On any exception the temp file is removed and the target is untouched.
+    On any exception the temp file is removed and the target is untouched; a full disk or an unwritable folder is a
+    WriteError naming `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc.strerror or str(exc)) from None
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        problem = storage_problem(exc, path.parent)  # before the temp file's space is freed again
         Path(tmp).unlink(missing_ok=True)
+        if problem is not None:
+            raise write_error(path, problem) from None
         raise
 
 
@@ -96,3 +134,22 @@ def write_csv(path: str | Path, rows: list[dict]) -> Path:
     writer.writeheader()
     writer.writerows(rows)
     return write_atomic(path, buffer.getvalue())
+
+
+def check_writable_folder(folder: str | Path, what: str, fix: str) -> None:
+    """Refuse (one LitsError line) a folder that cannot be created or written: probes the folder, or its nearest
+    existing parent, with an empty temporary folder that is removed at once (permission bits alone do not tell: root
+    ignores them, and read-only or special file systems refuse anyway)."""
+    folder = Path(folder).expanduser().absolute()
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        reason = "a file is in the way"
+    else:
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".lits-probe-", dir=existing))
+            return
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+    raise LitsError(f"{folder}: cannot write the {what} here ({reason} at {existing}); {fix}")

@@ -24,7 +24,6 @@ What is done to the arrays is in `lits.data.preprocess`; the lock and the cleanu
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import multiprocessing as mp
@@ -41,14 +40,14 @@ import numpy as np
 from tqdm import tqdm
 
 from lits.core.errors import LitsError
-from lits.data.cache_lock import exclusive_lock, remove_leftovers, temp_prefix, trash_path
+from lits.core.files import FOLDER_MODE, storage_problem
+from lits.data.cache_lock import exclusive_lock, init_worker, remove_leftovers, temp_prefix, trash_path
 from lits.data.nifti import CasePair, CasePaths, open_pair
 from lits.data.preprocess import Preprocessing, slice_stats, window_to_unit
 from lits.data.resample import resize_inplane, resize_labels, target_shape, to_native
 from lits.data.sources import Problem
 
 FORMAT_VERSION = 2
-_STORAGE_ERRORS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM}
 
 
 class CacheWriteError(LitsError):
@@ -59,13 +58,24 @@ class CacheWriteError(LitsError):
 def _storage_errors(folder: Path):
     try:
         yield
-    except OSError as exc:
-        if exc.errno in _STORAGE_ERRORS:
+    except (OSError, RuntimeError) as exc:
+        problem = storage_problem(exc, folder if folder.exists() else folder.parent)
+        if problem is not None:
             raise CacheWriteError(
-                f"{folder}: cannot write the preprocessing cache ({exc.strerror}); "
+                f"{folder}: cannot write the preprocessing cache ({problem}); "
                 f"free disk space or set data.cache_dir to a writable folder"
             ) from None
         raise
+
+
+def _open_array(path: Path, dtype, shape: tuple[int, ...]) -> np.memmap:
+    """A new .npy memory map with its blocks allocated now: a full disk is an OSError here, not a SIGBUS later when
+    the mapped pages are written."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    if hasattr(os, "posix_fallocate"):
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    return array
 
 
 def cache_key(window: tuple[float, float], source_root: str | Path, target_spacing_xy=None) -> str:
@@ -187,6 +197,7 @@ def _write_case(paths: CasePaths, folder: Path, prep: Preprocessing) -> None:
         out_yx = target_shape(out_yx, pair.spacing[1:], prep.target_spacing_xy)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(folder), dir=folder.parent))
+    os.chmod(tmp, FOLDER_MODE)  # mkdtemp makes it private; a shared data.cache_dir must stay readable to others
     try:
         stats = _write_arrays(pair, out_yx, prep.window, tmp)
         np.savez(tmp / "slices.npz", **stats)
@@ -204,14 +215,12 @@ def _write_arrays(
     label_native.npy. Returns the slice statistics of the cached label (no liver anywhere when unlabelled)."""
     z_count, height, width = pair.shape
     resampled = out_yx != (height, width)
-    image = np.lib.format.open_memmap(tmp / "image.npy", mode="w+", dtype=np.float16, shape=(z_count, *out_yx))
+    image = _open_array(tmp / "image.npy", np.float16, (z_count, *out_yx))
     label = native = None
     if pair.label is not None:
-        label = np.lib.format.open_memmap(tmp / "label.npy", mode="w+", dtype=np.uint8, shape=(z_count, *out_yx))
+        label = _open_array(tmp / "label.npy", np.uint8, (z_count, *out_yx))
         if resampled:
-            native = np.lib.format.open_memmap(
-                tmp / "label_native.npy", mode="w+", dtype=np.uint8, shape=(z_count, height, width)
-            )
+            native = _open_array(tmp / "label_native.npy", np.uint8, (z_count, height, width))
     parts = []
     for z0, hu, lab in pair.chunks():
         unit = window_to_unit(hu, window)
@@ -254,6 +263,7 @@ def _case_meta(
         "liver_z": [int(liver_z[0]), int(liver_z[-1]) + 1] if len(liver_z) else None,
         "source": _source_stamp(paths),
         "source_dtype": str(pair.image.raw.dtype),
+        "warning": pair.warning,  # doubtful intensities (lits.data.intensity), logged whenever the case is used
         "scaling": [pair.image.slope, pair.image.inter],
         "orientation": {
             "ornt": orientation.ornt.tolist(),
@@ -288,17 +298,21 @@ def cache_cases(
     progress: bool = True,
     workers: int = 1,
     on_error: str = "fail",
+    lock_timeout_min: float = 30.0,
 ) -> tuple[dict[str, CachedCase], list[Problem]]:
     """Preprocess every case not already cached (or whose source changed), `workers` processes at a time.
 
     on_error="fail": the first bad case raises its LitsError (cases finished so far stay cached).
     on_error="skip": bad cases are returned as Problems and left out. Returns ({case_id: CachedCase}, problems).
+    A stop signal (an exception raised by its handler) ends the work at once: running workers are killed, their
+    temporary folders removed, finished cases kept. Another process preparing the same folder is waited for
+    (`lock_timeout_min` without progress at most).
     """
     folder = key_folder(cache_root, prep, source_root)
     problems: list[Problem] = []
     todo = [c for c in cases if not _is_current(folder / c.case_id, c)]
     if todo:
-        with _storage_errors(folder), exclusive_lock(folder, progress):
+        with _storage_errors(folder), exclusive_lock(folder, lock_timeout_min):
             remove_leftovers(folder)
             todo = [c for c in todo if not _is_current(folder / c.case_id, c)]  # another process may have done them
             problems = _run(todo, folder, prep, progress, workers, on_error)
@@ -332,21 +346,43 @@ def _run(
             for paths in todo:
                 record(*_write_job(paths, str(folder / paths.case_id), prep))
                 bar.update()
-            return problems
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context())
-        try:
-            futures = {pool.submit(_write_job, c, str(folder / c.case_id), prep): c.case_id for c in todo}
-            for future in as_completed(futures):
-                try:
-                    record(*future.result())
-                except BrokenProcessPool:
-                    raise LitsError(
-                        f"a preprocessing process died while preparing case {futures[future]} (out of memory?); "
-                        f"lower data.prepare_workers (each holds one volume) and rerun: finished cases are kept"
-                    ) from None
-                bar.update()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        else:
+            _run_pool(todo, folder, prep, workers, record, bar)
         return problems
     finally:
         bar.close()
+
+
+def _run_pool(todo: list[CasePaths], folder: Path, prep: Preprocessing, workers: int, record, bar) -> None:
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=_pool_context(), initializer=init_worker, initargs=(os.getpid(),)
+    )
+    try:
+        futures = {pool.submit(_write_job, c, str(folder / c.case_id), prep): c.case_id for c in todo}
+        for future in as_completed(futures):
+            try:
+                record(*future.result())
+            except BrokenProcessPool:
+                raise LitsError(
+                    f"a preprocessing process died while preparing case {futures[future]} (out of memory?); "
+                    f"lower data.prepare_workers (each holds one volume) and rerun: finished cases are kept"
+                ) from None
+            bar.update()
+    except (KeyboardInterrupt, SystemExit):  # a stop signal: now, not after the cases in progress
+        _kill_workers(pool, folder)
+        raise
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # a failed case: let the running ones finish (they are kept)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _kill_workers(pool: ProcessPoolExecutor, folder: Path) -> None:
+    """Kill a pool's workers mid-case and remove their temporary folders (the caller still holds the lock)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        process.kill()
+    for process in processes:
+        process.join(timeout=10)
+    pool.shutdown(wait=False, cancel_futures=True)
+    remove_leftovers(folder)

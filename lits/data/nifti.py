@@ -23,6 +23,7 @@ import nibabel as nib
 import numpy as np
 
 from lits.core.errors import LitsError
+from lits.data.intensity import IntensityCheck
 
 LABELS = (0, 1, 2)  # background, liver, tumour
 CHUNK_SLICES = 32  # canonical slices per slab when streaming a volume
@@ -57,6 +58,7 @@ class Case:
     label: np.ndarray | None  # (Z, Y, X) uint8 in {0,1,2}, canonical
     spacing: tuple[float, float, float]  # (sz, sy, sx) mm, canonical order
     orientation: Orientation
+    warning: str | None = None  # doubtful intensities (lits.data.intensity)
 
 
 @dataclass
@@ -151,6 +153,7 @@ class CasePair:
     label: _Source | None
     ornt: np.ndarray
     spacing: tuple[float, float, float]
+    warning: str | None = None  # set once `chunks()` has read every slab: an implausible-intensity warning
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -167,8 +170,12 @@ class CasePair:
         return np.transpose(nib.orientations.apply_orientation(self.image.raw, self.ornt), (2, 1, 0))
 
     def chunks(self, size: int | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
-        """(z0, HU float32 (n, Y, X), label uint8 (n, Y, X) or None) for consecutive canonical slabs, validated."""
+        """(z0, HU float32 (n, Y, X), label uint8 (n, Y, X) or None) for consecutive canonical slabs, validated.
+
+        After the last slab the intensities are judged (`lits.data.intensity`): an implausible CT raises a LitsError
+        then, a doubtful one sets `warning`."""
         size = size or CHUNK_SLICES
+        intensity = IntensityCheck()
         image_view = self._image_view()
         label_view = None
         if self.label is not None:
@@ -180,6 +187,7 @@ class CasePair:
             )  # else integers: finite
             if check and not np.isfinite(hu).all():
                 raise LitsError(f"{self.paths.image}: contains NaN or infinite intensities; fix or exclude this volume")
+            intensity.add(hu)
             label = None
             if label_view is not None:
                 block = np.asarray(label_view[z0 : z0 + size])
@@ -191,6 +199,9 @@ class CasePair:
                     )
                 label = block.astype(np.uint8, copy=False)
             yield z0, hu, label
+        error, self.warning = intensity.verdict(self.paths.image)
+        if error:
+            raise LitsError(error)
 
 
 def open_pair(paths: CasePaths, affine_atol: float = 1e-3) -> CasePair:
@@ -225,4 +236,4 @@ def load_case(paths: CasePaths, affine_atol: float = 1e-3) -> Case:
         image[z0 : z0 + len(hu)] = hu
         if label is not None:
             label[z0 : z0 + len(lab)] = lab
-    return Case(paths.case_id, image, label, pair.spacing, pair.orientation)
+    return Case(paths.case_id, image, label, pair.spacing, pair.orientation, pair.warning)

@@ -126,7 +126,9 @@ def prepare(
                 f"point data.root at the data the model was trained on"
             )
     wanted = [pairs[cid] for name in only for cid in splits[name] if cid in pairs]
-    cached, failed = cache_cases(wanted, data.cache_dir, prep, data.root, progress, _workers(data), data.on_error)
+    cached, failed = cache_cases(
+        wanted, data.cache_dir, prep, data.root, progress, _workers(data), data.on_error, data.lock_timeout_min
+    )
     problems = sorted(problems + failed, key=lambda p: natural_key(p.case_id or ""))
     _report(problems, splits, report_dir)
     dropped = {p.case_id for p in problems}
@@ -134,7 +136,40 @@ def prepare(
     for case in cached.values():
         z_range = liver_z_range(case.stats["liver_voxels"], case.spacing[0], data.liver_margin_mm)
         case.meta["train_z_range"] = list(z_range)
-    return splits, {name: [cached[cid] for cid in splits[name]] for name in only}
+    _warn_intensities(cached.values())
+    selected = {name: [cached[cid] for cid in splits[name]] for name in only}
+    check_labels(selected, data.root)
+    return splits, selected
+
+
+def _warn_intensities(cases) -> None:
+    for case in cases:
+        if case.meta.get("warning"):  # caches written before the intensity check have no such key
+            log.warning("case %s: %s", case.case_id, case.meta["warning"])
+
+
+def _voxels(cases: list[CachedCase], kind: str) -> int:
+    return sum(int(c.stats[f"{kind}_voxels"].sum()) for c in cases)
+
+
+def check_labels(cases: dict[str, list[CachedCase]], root) -> None:
+    """A training set must hold liver and tumour voxels (else the run learns nothing and scores a meaningless
+    "tumour Dice 1.0"); a validation set without tumour is allowed, with a warning."""
+    train, val = cases.get("train"), cases.get("val")
+    if train:
+        for kind, name, labels in (("liver", "liver", "1 or 2"), ("tumor", "tumour", "2")):
+            if not _voxels(train, kind):
+                raise LitsError(
+                    f"{root}: none of the {len(train)} training cases has a {name} voxel "
+                    f"(label {labels}); the segmentations are empty or not LiTS labels (0 background, 1 liver, "
+                    "2 tumour): check them, or choose a split whose training cases have tumours"
+                )
+    if val and not _voxels(val, "tumor"):
+        log.warning(
+            "none of the %d validation cases has a tumour voxel: tumour Dice on them is 1.0 for an empty prediction "
+            "and tells nothing about tumours; choose validation cases with tumours (data.split.val)",
+            len(val),
+        )
 
 
 def prepare_all(
@@ -144,9 +179,12 @@ def prepare_all(
     data = typed(DataConfig, data_cfg, "data")
     prep = Preprocessing.from_data_cfg(data)
     found, problems = _discover(data, data.on_error)
-    cached, failed = cache_cases(found, data.cache_dir, prep, data.root, progress, _workers(data), data.on_error)
+    cached, failed = cache_cases(
+        found, data.cache_dir, prep, data.root, progress, _workers(data), data.on_error, data.lock_timeout_min
+    )
     problems = sorted(problems + failed, key=lambda p: natural_key(p.case_id or ""))
     _report(problems, {}, report_dir)
+    _warn_intensities(cached.values())
     return cached, problems
 
 

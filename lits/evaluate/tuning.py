@@ -32,7 +32,7 @@ from lits.core.errors import LitsError
 from lits.data.prepare import prepare
 from lits.evaluate.calibration import calibrate, fit_temperature, region_sample, reliability
 from lits.evaluate.metrics import aggregate, case_metrics
-from lits.infer.checkpoint import load_model, write_checkpoint
+from lits.infer.checkpoint import load_model, save_checkpoint
 from lits.infer.postprocess import postprocess
 from lits.infer.predictor import predict_volume
 from lits.infer.spec import data_from_checkpoint
@@ -208,7 +208,7 @@ def tune(cfg: EvaluateConfig) -> dict:
     }
     state["inference"] = spec.tuned(chosen, factors).to_dict()
     state["tuning"] = record
-    write_checkpoint(state, cfg.ckpt)
+    save_checkpoint(state, cfg.ckpt)
     log.info(
         "tuned on %d validation cases: calibration %s, post-processing %s (score %.4f, was %.4f)",
         len(cases),

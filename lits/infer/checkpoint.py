@@ -29,7 +29,7 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
-def write_checkpoint(state: dict, path: str | Path) -> Path:
+def save_checkpoint(state: dict, path: str | Path) -> Path:
     """torch.save to a temp file in the same folder, fsync, rename, fsync the folder: a kill mid-write never
     corrupts `path` (readers see the old checkpoint or the new one)."""
     path = Path(path)

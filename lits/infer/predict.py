@@ -15,10 +15,11 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
+from lits.core.cli import check_writable_folder
 from lits.core.config import PredictConfig, typed
 from lits.core.device import resolve_device
 from lits.core.errors import LitsError
-from lits.core.files import write_csv
+from lits.core.files import write_csv, write_json
 from lits.core.tables import format_table
 from lits.data.nifti import CasePaths, load_case
 from lits.data.preprocess import preprocess_image
@@ -66,22 +67,38 @@ def find_inputs(input_path: str | Path) -> list[Path]:
     return files
 
 
-def check_inputs(files: list[Path]) -> None:
-    """Headers only, before anything is predicted: every input must be a readable 3D NIfTI volume."""
+def _header_problem(path: Path) -> str | None:
+    """Why `path` is not a readable 3D NIfTI volume (one line), or None."""
+    try:
+        shape = nib.load(str(path)).shape
+    except Exception as exc:
+        return f"{path}: cannot read NIfTI ({type(exc).__name__}); pass CT volumes in NIfTI format"
+    while len(shape) > 3 and shape[-1] == 1:  # (X, Y, Z, 1) is a 3D volume, as the reader treats it
+        shape = shape[:-1]
+    if len(shape) != 3:
+        return (
+            f"{path}: expected a 3D CT volume, got shape {tuple(shape)}; pass single 3D volumes "
+            "(split 4D series, stack 2D slices into a volume)"
+        )
+    return None
+
+
+def check_inputs(files: list[Path], on_error: str = "fail") -> tuple[list[Path], dict[Path, str]]:
+    """Headers only, before anything is predicted: every input must be a readable 3D NIfTI volume.
+
+    on_error="fail": the first bad one raises its LitsError; "skip": (the good inputs, {bad input: reason})."""
+    good, skipped = [], {}
     for path in files:
-        try:
-            shape = nib.load(str(path)).shape
-        except Exception as exc:
-            raise LitsError(
-                f"{path}: cannot read NIfTI ({type(exc).__name__}); pass CT volumes in NIfTI format"
-            ) from None
-        while len(shape) > 3 and shape[-1] == 1:  # (X, Y, Z, 1) is a 3D volume, as the reader treats it
-            shape = shape[:-1]
-        if len(shape) != 3:
-            raise LitsError(
-                f"{path}: expected a 3D CT volume, got shape {tuple(shape)}; pass single 3D volumes "
-                "(split 4D series, stack 2D slices into a volume)"
-            )
+        problem = _header_problem(path)
+        if problem is None:
+            good.append(path)
+        elif on_error == "skip":
+            skipped[path] = problem
+        else:
+            raise LitsError(f"{problem}; or on_error=skip to predict the other inputs")
+    if not good:
+        raise LitsError(f"{files[0].parent}: none of the {len(files)} inputs is a readable CT volume; see above")
+    return good, skipped
 
 
 def _output_names(inputs: list[Path], out_dir: Path, naming: str) -> list[str]:
@@ -100,12 +117,18 @@ def _output_names(inputs: list[Path], out_dir: Path, naming: str) -> list[str]:
 
 
 def predict(cfg) -> dict:
-    """The predict task (predict.py): a composed predict config or PredictConfig in, one label map per input CT out."""
+    """The predict task (predict.py): a composed predict config or PredictConfig in, one label map per input CT out.
+
+    Before any inference: the inputs' headers are checked and the output folder must be writable. A CT that turns out
+    unreadable or implausible while it is read stops the run (on_error=fail; the label maps written so far are
+    complete files) or is skipped and listed (on_error=skip: in the log, the summary and skipped_inputs.json)."""
     cfg = typed(PredictConfig, cfg)
-    inputs = find_inputs(cfg.input)
-    check_inputs(inputs)
+    inputs, skipped = check_inputs(find_inputs(cfg.input), cfg.on_error)
+    for reason in skipped.values():
+        log.warning("skipped %s", reason)
     out_dir = Path(cfg.output)
     names = _output_names(inputs, out_dir, cfg.naming)
+    check_writable_folder(out_dir, "label maps", "choose a writable output=DIR")
     device = resolve_device(cfg.device, key="device")
     model, spec, _ = load_model(cfg.ckpt, device)
     post = spec.postprocess.with_overrides(cfg.postprocess)
@@ -120,7 +143,16 @@ def predict(cfg) -> dict:
 
     rows = []
     for path, name in tqdm(list(zip(inputs, names)), desc="predicting", unit="volume", disable=not cfg.progress):
-        case = load_case(CasePaths(nifti_stem(path), path, None))
+        try:
+            case = load_case(CasePaths(nifti_stem(path), path, None))
+        except LitsError as exc:
+            if cfg.on_error != "skip":
+                raise LitsError(f"{exc}; or on_error=skip to predict the other inputs") from None
+            skipped[path] = str(exc)
+            log.warning("skipped %s", exc)
+            continue
+        if case.warning:
+            log.warning("%s", case.warning)
         # float16 in [0, 1], exactly what the training cache stores, so predictions match evaluate.py's
         image = preprocess_image(case.image, case.spacing, spec.preprocessing).astype(np.float16)
         native_yx = case.image.shape[1:]
@@ -145,8 +177,22 @@ def predict(cfg) -> dict:
             }
         )
 
+    if not rows:
+        _report_skipped(skipped, Path(cfg.paths.output_dir))
+        raise LitsError(f"{cfg.input}: none of the {len(skipped)} inputs could be predicted; see the reasons above")
     write_csv(Path(cfg.paths.output_dir) / "predictions.csv", rows)
     shown = [{**r, "input": Path(r["input"]).name, "output": Path(r["output"]).name} for r in rows]
     print(format_table(shown, ["input", "output", "liver_ml", "tumor_ml", "lesions"]))
     print(f"wrote {len(rows)} label maps (0 background, 1 liver, 2 tumour) to {out_dir}")
-    return {"outputs": [r["output"] for r in rows], "rows": rows}
+    _report_skipped(skipped, Path(cfg.paths.output_dir))
+    return {"outputs": [r["output"] for r in rows], "rows": rows, "skipped": {str(k): v for k, v in skipped.items()}}
+
+
+def _report_skipped(skipped: dict[Path, str], run_dir: Path) -> None:
+    """on_error=skip: what was left out, on the console and in <run dir>/skipped_inputs.json."""
+    if not skipped:
+        return
+    listing = write_json(run_dir / "skipped_inputs.json", [{"input": str(p), "reason": r} for p, r in skipped.items()])
+    print(f"skipped {len(skipped)} input(s), listed in {listing}:")
+    for path in skipped:
+        print(f"  {path.name}")

@@ -1,8 +1,8 @@
 """Self-describing checkpoints: weights + training state + the resolved config, written atomically.
 
-Writing: torch.save into a temp file in the same folder, fsync, rename over the target, fsync the folder. A kill at
-any moment leaves either the previous file or the new one, never a torn one (a killed write leaves at most a
-`.<name>.*` temp file, removed by `remove_stale_temps` when the next run starts).
+Writing (lits.infer.checkpoint.save_checkpoint): torch.save into a temp file in the same folder, fsync, rename over
+the target, fsync the folder. A kill at any moment leaves either the previous file or the new one, never a torn one
+(a killed write leaves at most a `.<name>.*` temp file, removed by `remove_stale_temps` when the next run starts).
 
 Reading: `torch.load(weights_only=True)`, so a checkpoint cannot run code. Everything a checkpoint holds is therefore
 tensors and plain Python values (the RNG states below are converted accordingly).
@@ -13,7 +13,9 @@ from the configured one, `rng_state` / `set_rng_state` carry the random generato
 
 from __future__ import annotations
 
+import math
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +23,8 @@ import torch
 
 from lits.core.config.model import NON_ARCHITECTURE_KEYS
 from lits.core.errors import LitsError
-from lits.infer.checkpoint import write_checkpoint
 
 UNSET = "<unset>"  # a key one of two configs lacks
-
-
-def save_checkpoint(state: dict, path: str | Path) -> Path:
-    """Write a training checkpoint atomically (lits.infer.checkpoint.write_checkpoint: temp file, fsync, rename)."""
-    return write_checkpoint(state, path)
 
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:
@@ -67,6 +63,53 @@ def resume_path(setting, run_dir: str | Path) -> Path | None:
             "auto (this run folder's last.pt) or null (fresh start)"
         )
     return path
+
+
+def _best_record(path: Path) -> dict | None:
+    """best.pt's own {metric, value, epoch}, read without loading its tensors; None if missing or unreadable."""
+    try:
+        return dict(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["best"])
+    except Exception:  # missing, or damaged outside lits (its writes are atomic): counted as missing
+        return None
+
+
+def reconcile_best(saved: dict | None, ckpt_dir: str | Path, resumed_from: str | Path | None) -> str | None:
+    """Make the best that a run counts from the one best.pt holds, before training continues (rank 0).
+
+    `saved`: the checkpoint resumed from (None: a fresh start), its "best" record replaced in place by best.pt's own;
+    `ckpt_dir`: this run's checkpoints/. best.pt is written before last.pt records it, so after a kill best.pt is the
+    one last.pt records or one epoch ahead of it (the epoch about to be redone): either way best.pt's record is kept,
+    and the redone epoch replaces best.pt only if it beats it. A best.pt behind last.pt's record (removed by hand, or
+    written by an older lits that saved last.pt first) cannot be rebuilt: the run counts from what best.pt holds,
+    with a warning. Resuming another run's checkpoint into a new folder copies that run's best.pt along; a fresh start
+    removes a best.pt left by an attempt killed before its first last.pt. Returns what was done (None: nothing).
+    """
+    best = Path(ckpt_dir) / "best.pt"
+    if saved is None:
+        if best.is_file():
+            best.unlink()
+            return f"{best}: left by an attempt killed before its first last.pt; removed, this run starts afresh"
+        return None
+    source = Path(resumed_from).parent / "best.pt"
+    if source.is_file() and not best.is_file() and source.resolve() != best.resolve():
+        with atomic_path(best) as tmp:
+            shutil.copyfile(source, tmp)
+    recorded, held = dict(saved["best"]), _best_record(best)
+    if held == recorded:
+        return None
+    if held is None:
+        saved["best"] = {"metric": recorded["metric"], "value": -math.inf, "epoch": -1}
+        if recorded["epoch"] < 0:
+            return None
+        return (f"{best}: missing or unreadable, although {resumed_from} records the best {recorded['metric']}="
+                f"{recorded['value']:.4f} at epoch {recorded['epoch'] + 1}: those weights are lost; the best is "
+                "counted afresh from here")  # fmt: skip
+    saved["best"] = held
+    if held["epoch"] > recorded["epoch"]:  # a stop between the two saves: best.pt is the newer one
+        return None
+    return (f"{best}: holds epoch {held['epoch'] + 1} ({held['metric']}={held['value']:.4f}) but {resumed_from} "
+            f"records the best at epoch {recorded['epoch'] + 1} ({recorded['value']:.4f}), whose weights are lost; "
+            "the best is counted from best.pt's")  # fmt: skip
 
 
 def _flatten(tree, prefix: str = "") -> dict:

@@ -15,18 +15,22 @@ gathers every rank's random state.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import signal
 from dataclasses import dataclass
 
+import torch
 from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from lits.core.files import write_atomic
+from lits.core.files import atomic_path, write_atomic
+from lits.infer.checkpoint import save_checkpoint
 from lits.train import distributed
-from lits.train.checkpoint import remove_stale_temps, save_checkpoint
+from lits.train.checkpoint import remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +214,14 @@ class HistoryHook(Hook):
 
 class CheckpointHook(Hook):
     """last.pt at every epoch end (and every trainer.save_every_steps steps, and on a stop signal), best.pt at every
-    new best. Saving gathers every rank's random state, so every rank runs this hook; rank 0 writes."""
+    new best. Saving gathers every rank's random state, so every rank runs this hook; rank 0 writes.
+
+    At a new best, best.pt is written (atomically) before last.pt records it: a kill at any moment leaves last.pt
+    recording a best that best.pt holds, or best.pt one epoch ahead of last.pt (`reconcile_best` makes the resumed
+    run count from best.pt's own record, so the pair agrees again)."""
+
+    def __init__(self, save=save_checkpoint):
+        self.save = save  # `save_checkpoint`; fault injection replaces it with one that dies mid-write
 
     def before_train(self, run) -> None:
         if run.ctx.is_main:
@@ -220,7 +231,7 @@ class CheckpointHook(Hook):
         """last.pt in the middle of the epoch in progress (a collective: every rank calls it)."""
         rank_states = distributed.all_gather_object(run.state.rank_state(run.device, with_sums=True))
         if run.ctx.is_main:
-            save_checkpoint(run.checkpoint(rank_states, {}), run.ckpt_dir / "last.pt")
+            self.save(run.checkpoint(rank_states, {}), run.ckpt_dir / "last.pt")
 
     def after_step(self, run, result) -> None:
         every = run.cfg.trainer.save_every_steps
@@ -236,9 +247,9 @@ class CheckpointHook(Hook):
         if not run.ctx.is_main:
             return
         state = run.checkpoint(report.rank_states, {k: v for k, v in report.metrics.items() if k.startswith("val/")})
-        save_checkpoint(state, run.ckpt_dir / "last.pt")
         if report.improved:
-            save_checkpoint(state, run.ckpt_dir / "best.pt")
+            self.save(state, run.ckpt_dir / "best.pt")  # first: last.pt must never record a best that is not on disk
+        self.save(state, run.ckpt_dir / "last.pt")
 
 
 class FaultHook(Hook):
@@ -284,12 +295,36 @@ class FaultHook(Hook):
                 )
 
 
+def dying_save(kill_at: int):
+    """TEST ONLY (faults.kill_during_save): `save_checkpoint`, except that the process SIGKILLs itself halfway through
+    writing its `kill_at`-th checkpoint file (1-based): a torn temp file beside the untouched target."""
+    count = 0
+
+    def save(state: dict, path) -> None:
+        nonlocal count
+        count += 1
+        if count < kill_at:
+            save_checkpoint(state, path)
+            return
+        data = io.BytesIO()
+        torch.save(state, data)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            f.write(data.getbuffer()[: data.tell() // 2])
+            f.flush()
+            os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return save
+
+
 def build_hooks(run) -> Hooks:
     """The hooks of this rank: console and checkpoints everywhere, files on rank 0, faults only under debug=faults."""
     hooks: list[Hook] = [ConsoleHook()]
     if run.ctx.is_main:
         hooks += [TensorBoardHook(), HistoryHook()]
-    hooks.append(CheckpointHook())
+    faults = run.cfg.faults
+    dying = faults is not None and faults.kill_during_save is not None
+    hooks.append(CheckpointHook(dying_save(faults.kill_during_save)) if dying else CheckpointHook())
     if run.cfg.faults is not None:
         hooks.append(FaultHook(run.cfg.faults, run.ctx.rank, run.ctx.world_size))
     return Hooks(hooks)

@@ -25,7 +25,7 @@ from lits.infer.networks import build_model, count_parameters
 from lits.infer.spec import InferenceSpec
 from lits.train import distributed
 from lits.train.augment import BatchAugment
-from lits.train.checkpoint import check_compatible, config_differences, resume_path
+from lits.train.checkpoint import check_compatible, config_differences, reconcile_best, resume_path
 from lits.train.hooks import Hooks, build_hooks
 from lits.train.loader import PositionedSampler, build_loader
 from lits.train.loss import HybridLoss
@@ -128,6 +128,9 @@ def _negotiate_resume(cfg: TrainConfig, config: dict, run_dir: Path, is_main: bo
                         f"{path}: written by an older lits, which evaluate.py and predict.py still read "
                         "but training cannot continue; start a new run (another hydra.run.dir)"
                     )
+            lost = reconcile_best(saved, run_dir / "checkpoints", path)
+            if lost:
+                log.warning("%s", lost)
             payload = {"path": str(path) if path else None, "state": saved}
         except LitsError as exc:
             payload = {"error": str(exc)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from lits.core.config import TrainConfig, typed
+from lits.core.errors import LitsError
 from lits.core.files import write_json
 from lits.train import distributed
 from lits.train.fit import fit
@@ -28,13 +29,21 @@ def train(cfg) -> dict:
         lits_logger.setLevel(logging.WARNING)
     try:
         run = build_run(cfg, ctx, stop)
+        stop.deferred = True  # the loop stops politely after a step; setup and evaluate_after stop at once
         summary = fit(run)
+        stop.deferred = False
         if ctx.is_main:
             write_json(run.run_dir / "train_summary.json", summary)
             if cfg.evaluate_after:  # the test-set numbers of this run, as `python evaluate.py ckpt=.../best.pt` gives
                 from lits.evaluate.scoring import evaluate_checkpoint
 
-                evaluate_checkpoint(run.ckpt_dir / "best.pt", run.run_dir / "evaluate", cfg.evaluate_after, t.progress)
+                best = run.ckpt_dir / "best.pt"
+                if not best.is_file():
+                    raise LitsError(
+                        f"{best}: no validation improved trainer.monitor={t.monitor} (see the log), so there is no "
+                        f"best.pt to evaluate; score last.pt with evaluate.py ckpt={run.ckpt_dir / 'last.pt'}"
+                    )
+                evaluate_checkpoint(best, run.run_dir / "evaluate", cfg.evaluate_after, t.progress)
         return summary
     finally:
         stop.restore()

@@ -80,6 +80,8 @@ class DataConfig:
     normalization: str = "window"  # window: the [0, 1] window values | ct: nnU-Net's CT z-score of the foreground
     target_spacing_xy: tuple[float, float] | None = None  # in-plane resampling to [sy, sx] mm; null: native grid
     prepare_workers: int | None = 4  # preprocessing processes (each holds one volume: ~1-2 GB); null = min(4, CPUs)
+    lock_timeout_min: float = 30.0  # waiting for another process preparing the same cache: give up after this long
+    # without seeing it progress (a dead one's lock is free at once)
     liver_margin_mm: float | None = 20.0  # training slices: the liver's z-range plus this margin; null = every slice
     context_slices: int = 0  # 2.5D: k neighbouring slices each side as extra channels (model.in_channels = 2k+1)
     split: Any = field(default_factory=lambda: {k: getattr(SplitConfig, k) for k in SPLIT_KEYS})
@@ -102,6 +104,7 @@ class DataConfig:
             checks.pair, "data.target_spacing_xy", self.target_spacing_xy, 0.0, True
         )
         self.prepare_workers = checks.optional(checks.integer, "data.prepare_workers", self.prepare_workers, 1)
+        self.lock_timeout_min = checks.number("data.lock_timeout_min", self.lock_timeout_min, 0.0, open_low=True)
         self.liver_margin_mm = checks.optional(checks.number, "data.liver_margin_mm", self.liver_margin_mm, 0.0)
         self.context_slices = checks.integer("data.context_slices", self.context_slices, 0)
         self.split = SplitConfig.from_value(self.split)

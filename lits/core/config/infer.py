@@ -183,9 +183,11 @@ class PredictConfig(InferenceSettings):
     output: str = MISSING  # folder for the label maps (created)
     naming: str = "auto"  # lits: test-segmentation-N.nii | input: the input's file name | auto: lits with a case number
     save_probabilities: bool = False  # also <name>_probabilities.nii.gz: 4D (X, Y, Z, 2) liver / tumour probabilities
+    on_error: str = "fail"  # fail: an unreadable or implausible CT stops the run | skip: predict the rest, list it
     postprocess: PostprocessOverrides = field(default_factory=PostprocessOverrides)  # null: the checkpoint's
     paths: PathsConfig = field(default_factory=PathsConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.naming = checks.choice("naming", self.naming, NAMINGS, "naming")
+        self.on_error = checks.choice("on_error", self.on_error, ("fail", "skip"))

@@ -194,10 +194,12 @@ class FaultsConfig:
     kill_at_step: int | None = None  # at the start of this global step the last rank sends itself kill_signal
     kill_signal: str = "SIGKILL"  # SIGKILL (a crash) | SIGTERM / SIGINT (a graceful stop)
     sample_log: bool = False  # each rank appends its sample draws per epoch to <run dir>/debug/samples-rank<r>.jsonl
+    kill_during_save: int | None = None  # SIGKILL halfway through writing the N-th checkpoint file (1-based) of rank 0
 
     def __post_init__(self) -> None:
         self.nan_steps = [checks.integer("faults.nan_steps", s, 0) for s in self.nan_steps]
         self.kill_at_step = checks.optional(checks.integer, "faults.kill_at_step", self.kill_at_step, 0)
+        self.kill_during_save = checks.optional(checks.integer, "faults.kill_during_save", self.kill_during_save, 1)
         name = str(self.kill_signal).upper()
         name = name if name.startswith("SIG") else "SIG" + name
         self.kill_signal = checks.choice("faults.kill_signal", name, ("SIGKILL", "SIGTERM", "SIGINT"), "signal")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -14,7 +16,7 @@ import numpy as np
 
 from lits.core.config.synthetic import SyntheticParams
 from lits.core.errors import LitsError
-from lits.core.files import umask
+from lits.core.files import FOLDER_MODE
 from lits.data.synthetic.anatomy import Phantom
 
 _DEFAULT_PARAMS = SyntheticParams()  # frozen: one shared default is safe
@@ -77,6 +79,34 @@ def manifest(num_cases: int, seed: int, params: SyntheticParams) -> dict:
     return {"num_cases": int(num_cases), "seed": int(seed), "params": json.loads(json.dumps(asdict(params)))}
 
 
+def _temp_prefix(root: Path) -> str:
+    """The hidden temporary sibling a data set is generated in, naming its writer: .<root>.tmp-<host>-<pid>-"""
+    return f".{root.name}.tmp-{socket.gethostname()}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_dead_leftovers(root: Path) -> list[Path]:
+    """Delete the temporary siblings of `root` left by generators that were killed: those of this host whose process
+    is gone (a live generator's folder, or one of another host sharing the folder, is left alone). Returns them."""
+    pattern = re.compile(rf"^\.{re.escape(root.name)}\.tmp-{re.escape(socket.gethostname())}-(\d+)-[^-]+$")
+    removed = []
+    for path in root.parent.glob(f".{root.name}.tmp-*") if root.parent.is_dir() else []:
+        match = pattern.match(path.name)
+        if path.is_dir() and match and not _alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def generate_dataset(
     root: str | Path, num_cases: int, seed: int = 0, params: SyntheticParams = _DEFAULT_PARAMS, progress: bool = True
 ) -> Path:
@@ -84,7 +114,8 @@ def generate_dataset(
 
     Atomic: the cases are generated into a temporary sibling directory that is renamed to
     ``root`` only when every case is written, so an interrupted run leaves no partial data set
-    (a hard kill can leave a hidden ``.<root>.tmp-*`` sibling, never a half-filled ``root``).
+    (a hard kill can leave a hidden ``.<root>.tmp-<host>-<pid>-*`` sibling, never a half-filled ``root``; the next
+    call removes such leftovers of dead processes).
     Raises LitsError if ``root`` already exists and is non-empty. Returns ``root``."""
     from tqdm.auto import tqdm
 
@@ -100,9 +131,10 @@ def generate_dataset(
             f"delete it or choose another folder (data.root / --out)"
         )
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    remove_dead_leftovers(root)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(root), dir=root.parent))
     try:
-        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it private; the data set is not
+        os.chmod(tmp, FOLDER_MODE)  # mkdtemp makes it private; the data set is not
         for i in tqdm(range(int(num_cases)), desc=f"synthetic LiTS -> {root.name}", unit="case", disable=not progress):
             vol, seg, aff = generate_case(i, seed, params)
             vname, sname = case_filenames(i)

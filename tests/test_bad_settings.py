@@ -1,0 +1,42 @@
+"""Bad numeric settings and unwritable run folders are refused at start-up through the real entry points: one
+`error:` line naming the key, exit code 2, and nothing written (Hydra's run folder is not even created)."""
+
+import pytest
+from conftest import one_line_error, run_cli
+
+pytestmark = pytest.mark.slow  # each case starts an entry point in a child process
+
+BAD_SETTINGS = [
+    ("train.py", "trainer.max_epochs=abc", "trainer.max_epochs=abc"),
+    ("train.py", "trainer.batch_size=-4", "trainer.batch_size=-4: give an integer >= 1"),
+    ("train.py", "trainer.batch_size=0", "trainer.batch_size=0: give an integer >= 1"),
+    ("train.py", "trainer.batch_size=2.5", "trainer.batch_size=2.5"),
+    ("train.py", "data.crop_size=0", "data.crop_size=0: give an integer >= 16"),
+    ("train.py", "data.crop_size=65", "data.crop_size=65: give a multiple of 16"),
+    ("train.py", "data.crop_size=72", "data.crop_size=72: give a multiple of 16, the total stride of model.arch=unet"),
+    ("train.py", "trainer.max_epochs=0", "trainer.max_epochs=0: give an integer >= 1"),
+    ("train.py", "trainer.max_epochs=-1", "trainer.max_epochs=-1: give an integer >= 1"),
+    ("train.py", "trainer.val_every=0", "trainer.val_every=0: give an integer >= 1"),
+    ("train.py", "optim.lr=-1", "optim.lr=-1.0: give a finite number > 0"),
+    ("evaluate.py", "batch_size=0", "batch_size=0: give an integer >= 1"),
+    ("predict.py", "batch_size=-2", "batch_size=-2: give an integer >= 1"),
+]
+
+
+@pytest.mark.parametrize(("script", "override", "message"), BAD_SETTINGS, ids=[b[1] for b in BAD_SETTINGS])
+def test_bad_setting_is_one_line_exit_2_and_nothing_written(tmp_path, script, override, message):
+    required = {"train.py": [], "evaluate.py": ["ckpt=best.pt"], "predict.py": ["ckpt=a.pt", "input=b", "output=c"]}
+    result = run_cli(script, *required[script], override, "hydra.run.dir=run", cwd=tmp_path, timeout=120)
+    line = one_line_error(result)
+    assert message in line, line
+    assert "fix it in the config" in line or "could not be converted to" in line, line  # says what to do
+    assert not list(tmp_path.iterdir()), "nothing may be written for a refused setting"
+
+
+def test_unwritable_run_folder_is_one_line_before_anything_runs(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_cli("train.py", "debug=smoke", f"hydra.run.dir={blocker}/run", cwd=tmp_path, timeout=120)
+    line = one_line_error(result)
+    assert f"{blocker}/run: cannot write the run folder here (a file is in the way" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no synthetic data generated, no outputs/
