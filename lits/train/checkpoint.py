@@ -23,6 +23,7 @@ import torch
 
 from lits.core.config.model import NON_ARCHITECTURE_KEYS
 from lits.core.errors import LitsError
+from lits.core.files import atomic_path
 
 UNSET = "<unset>"  # a key one of two configs lacks
 
