@@ -7,6 +7,7 @@ print over several lines with a hint about stack traces.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -80,3 +81,18 @@ def run_task(task, cfg):
         key = getattr(exc, "full_key", None) or str(exc).splitlines()[0]
         print(f"error: {key} is required; set it on the command line, e.g. {key}=...", file=sys.stderr)
     sys.exit(2)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """Console log lines as `HH:MM:SS message`; warnings and errors as `HH:MM:SS WARNING: message` (the run's log file
+    keeps the full record: date, logger and level)."""
+
+    def __init__(self):
+        super().__init__("%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        if record.levelno >= logging.WARNING:
+            time_part, _, message = line.partition(" ")
+            line = f"{time_part} {record.levelname}: {message}"
+        return line

@@ -146,6 +146,8 @@ class TrainerConfig:
     val_tta: bool = False  # validation with flip test-time augmentation (3x the forward passes)
     val_batch_size: int = 16  # slices per forward pass in validation
     monitor: str = "val/tumor_dice_post"  # best.pt keeps the highest value of this validation metric
+    # on a tie of `monitor` (e.g. tumour Dice 0 in the first epochs) the higher of this wins, then the later epoch
+    monitor_tiebreak: str | None = "val/liver_dice_post"
     channels_last: bool = True
     deterministic: bool = False
     num_threads: int | None = None  # torch CPU threads (null = torch's default)
@@ -168,6 +170,9 @@ class TrainerConfig:
         self.val_every = checks.integer("trainer.val_every", self.val_every, 1)
         self.val_batch_size = checks.integer("trainer.val_batch_size", self.val_batch_size, 1)
         self.monitor = checks.choice("trainer.monitor", self.monitor, MONITORS, "validation metric")
+        self.monitor_tiebreak = checks.optional(
+            checks.choice, "trainer.monitor_tiebreak", self.monitor_tiebreak, MONITORS, "validation metric"
+        )
         self.num_threads = checks.optional(checks.integer, "trainer.num_threads", self.num_threads, 1)
         self.save_every_steps = checks.integer("trainer.save_every_steps", self.save_every_steps, 0)
         self.max_bad_steps = checks.integer("trainer.max_bad_steps", self.max_bad_steps, 1,
