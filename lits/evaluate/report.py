@@ -81,8 +81,8 @@ CONSOLE_CASE_COLUMNS = [
 CONSOLE_STAGE_COLUMNS = [
     ("stage", "stage"),
     ("liver_dice_per_case", "liver Dice"),
-    ("tumor_dice_per_case", "tumour Dice/case"),
-    ("tumor_dice_global", "tumour Dice global"),
+    ("tumor_dice_per_case", "tumour Dice"),
+    ("tumor_dice_global", "tumour global"),
     ("tumor_assd_mean", "tumour ASSD mm"),
     ("tumor_lesion_recall_iou50", "lesion recall"),
     ("tumor_lesion_precision_iou50", "lesion precision"),
