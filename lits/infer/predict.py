@@ -2,6 +2,8 @@
 
 python predict.py ckpt=PATH input=FILE_OR_DIR output=DIR: the model, the HU window and the sigmoid temperature
 come from the checkpoint's training config; post-processing from ``postprocess.*`` (same defaults as evaluate).
+Everything goes to output=: the label maps (compressed .nii.gz unless naming=lits) and predictions.csv; files already
+there are replaced only with overwrite=true, and a refused run creates no folder.
 Every input goes through the same reader as training data (lits/data/nifti.py: validation, canonical
 orientation) and its label map is written back on the input's own voxel grid (lits/export.py).
 """
@@ -38,6 +40,8 @@ from lits.infer.postprocess import postprocess, predicted_lesions
 from lits.infer.predictor import predict_volume
 
 log = logging.getLogger(__name__)
+
+CSV_NAME = "predictions.csv"  # beside the label maps: input, output, liver and tumour ml, lesions per CT
 
 
 def find_inputs(input_path: str | Path) -> list[Path]:
@@ -85,6 +89,7 @@ def check_inputs(files: list[Path]) -> None:
 
 
 def _output_names(inputs: list[Path], out_dir: Path, naming: str) -> list[str]:
+    """The label-map name of every input; two inputs on one name, or a name on its input, are refused."""
     names = [output_name(p, naming) for p in inputs]
     seen: dict[str, Path] = {}
     for path, name in zip(inputs, names):
@@ -99,6 +104,19 @@ def _output_names(inputs: list[Path], out_dir: Path, naming: str) -> list[str]:
     return names
 
 
+def check_overwrite(out_dir: Path, names: list[str], probabilities: bool, overwrite: bool) -> None:
+    """Refuse (before anything is predicted or created) to replace files in out_dir unless overwrite=true."""
+    targets = [out_dir / n for n in names]
+    targets += [out_dir / probability_name(n) for n in names] if probabilities else []
+    targets.append(out_dir / CSV_NAME)
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more of the files this run writes)" if len(existing) > 1 else ""
+        raise LitsError(
+            f"{existing[0]}: already exists{more}; pass overwrite=true to replace, or choose another output=DIR"
+        )
+
+
 def predict(cfg) -> dict:
     """The predict task (predict.py): a composed predict config or PredictConfig in, one label map per input CT out."""
     cfg = typed(PredictConfig, cfg)
@@ -106,6 +124,7 @@ def predict(cfg) -> dict:
     check_inputs(inputs)
     out_dir = Path(cfg.output)
     names = _output_names(inputs, out_dir, cfg.naming)
+    check_overwrite(out_dir, names, cfg.save_probabilities, cfg.overwrite)
     device = resolve_device(cfg.device, key="device")
     model, spec, _ = load_model(cfg.ckpt, device)
     post = spec.postprocess.with_overrides(cfg.postprocess)
@@ -144,8 +163,8 @@ def predict(cfg) -> dict:
             }
         )
 
-    write_csv(Path(cfg.paths.output_dir) / "predictions.csv", rows)
+    write_csv(out_dir / CSV_NAME, rows)
     shown = [{**r, "input": Path(r["input"]).name, "output": Path(r["output"]).name} for r in rows]
     print(format_table(shown, ["input", "output", "liver_ml", "tumor_ml", "lesions"]))
-    print(f"wrote {len(rows)} label maps (0 background, 1 liver, 2 tumour) to {out_dir}")
+    print(f"wrote {len(rows)} label maps (0 background, 1 liver, 2 tumour) and {CSV_NAME} to {out_dir}")
     return {"outputs": [r["output"] for r in rows], "rows": rows}

@@ -89,14 +89,15 @@ def estimate_line(run, rate: float, steps: int) -> str:
 
 
 def epoch_line(run, report, seconds: float, session_epochs: int) -> str:
-    """One line per epoch: number, duration, ETA, loss and its parts, throughput, validation Dice, best mark."""
+    """One line per epoch (at most 120 characters): number, duration (training, validation, saving), ETA of the
+    run, loss and its parts (alpha is in the progress bar and progress.png), throughput, post-processed validation
+    Dice, best mark."""
     m, planned = report.metrics, run.budget.planned
     left = planned - report.epoch
     eta = run.elapsed_s() / max(1, session_epochs) * left
     parts = [
         f"epoch {report.epoch}/{planned} {duration(seconds)}" + (f" ETA {duration(eta)}" if left else ""),
-        f"loss {m['train/loss']:.4f} (bce {m['train/bce']:.3f} dice {m['train/dice']:.3f}"
-        f" alpha {m['train/alpha']:.2f})",
+        f"loss {m['train/loss']:.3f} (bce {m['train/bce']:.3f} dice {m['train/dice']:.3f})",
         f"{m.get('train/samples_per_s') or 0:.0f} samples/s",
     ]
     if m["train/bad_steps"]:
@@ -104,7 +105,7 @@ def epoch_line(run, report, seconds: float, session_epochs: int) -> str:
     if "val/tumor_dice_post" in m:
         parts.append(
             f"val liver {m['val/liver_dice_post']:.3f} tumour {m['val/tumor_dice_post']:.3f}"
-            f" (raw {m['val/tumor_dice']:.3f})" + (" *best*" if report.improved else "")
+            + (" *best*" if report.improved else "")
         )
     return " | ".join(parts)
 
