@@ -95,7 +95,7 @@ def test_predict_a_folder_from_the_command_line(setup, tmp_path):
     # a second run into the same folder is refused, changes nothing and leaves nothing behind ...
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
     again = run_cli("predict.py", f"ckpt={ckpt}", f"input={folder}", "output=out", cwd=tmp_path, timeout=300)
-    assert "test-segmentation-4.nii.gz: already exists (and 2 more" in one_line_error(again)
+    assert "out/patient_b.nii.gz: already exists (and 2 more" in one_line_error(again)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cts", "out"]
     # ... unless overwrite=true; naming=lits writes the LiTS submission's uncompressed names
