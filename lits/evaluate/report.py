@@ -193,8 +193,9 @@ def tensorboard_dir(setting, default_root: Path | None, split: str) -> Path | No
 
 
 def log_tensorboard(log_dir: Path, step: int, main: dict, stage: str, tables: dict[str, str], split: str) -> None:
-    """The main stage's headline scalars at the checkpoint's epoch (tags <split>/<metric>_<stage>) and the tables
-    as text; everything else is in metrics.json."""
+    """The main stage's headline scalars at the checkpoint's epoch (tags z_<split>/<metric>_<stage>) and the tables
+    as text; everything else is in metrics.json. TensorBoard orders tag groups by name and opens the first two:
+    the z_ keeps the training run's train/ and val/ first."""
     from torch.utils.tensorboard import SummaryWriter
 
     suffix = "" if stage == "given" else f"_{stage}"
@@ -202,9 +203,9 @@ def log_tensorboard(log_dir: Path, step: int, main: dict, stage: str, tables: di
         for key, name in TENSORBOARD_SCALARS:
             value = main.get(key)
             if value is not None and math.isfinite(value):
-                writer.add_scalar(f"{split}/{name}{suffix}", value, step)
+                writer.add_scalar(f"z_{split}/{name}{suffix}", value, step)
         for name, table in tables.items():
-            writer.add_text(f"{split}/{name}", table, step)
+            writer.add_text(f"z_{split}/{name}", table, step)
     log.info("headline metrics logged to TensorBoard in %s (step = epoch %d)", log_dir, step)
 
 

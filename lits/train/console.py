@@ -64,9 +64,11 @@ def opening_lines(run_dir: Path) -> list[str]:
 
 def plan_line(run) -> str:
     t, samples = run.cfg.trainer, run.steps_per_epoch * run.cfg.trainer.batch_size * run.ctx.world_size
-    length = f"up to {t.max_time:g} min" if t.max_time is not None else f"{run.budget.planned} epochs"
+    length = (
+        f"as many epochs as fit in {t.max_time:g} min" if t.max_time is not None else f"{run.budget.planned} epochs"
+    )
     return (
-        f"plan: {length} of {samples} samples ({run.steps_per_epoch} steps of {t.batch_size}"
+        f"plan: {length}, each {samples} samples ({run.steps_per_epoch} steps of {t.batch_size}"
         f"{f' x {run.ctx.world_size} processes' if run.ctx.world_size > 1 else ''}), validation every {t.val_every} "
         f"epochs on {len(run.cases['val'])} cases; {run.device.type} ({device_name(run.device)}), amp {run.amp}"
     )

@@ -41,9 +41,9 @@ class ScheduleConfig:
 
     kind: str = "progressive"  # progressive: BCE -> rising hybrid -> Dice | constant: alpha throughout
     alpha: float = 0.5  # constant only
-    bce_epochs: int = 5  # progressive: pure BCE for epochs [0, bce_epochs)
-    dice_epoch: int = 15  # progressive: final_alpha from this epoch on
-    hybrid_start: float = 0.3  # alpha at epoch bce_epochs ...
+    bce_epochs: int = 5  # progressive: the first bce_epochs epochs are pure BCE (epochs 1-5)
+    dice_epoch: int = 15  # progressive: final_alpha after this many epochs (from epoch 16 on)
+    hybrid_start: float = 0.3  # alpha of the first epoch after the BCE ones (epoch 6) ...
     hybrid_step: float = 0.04  # ... rising this much per epoch ...
     hybrid_max: float = 0.7  # ... capped here
     final_alpha: float = 1.0  # pure Dice fine-tuning (the article's code keeps 0.7)
