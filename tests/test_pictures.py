@@ -104,3 +104,22 @@ def test_best_checkpoint_ties_go_to_the_tiebreak_then_to_the_later_epoch():
 )
 def test_durations_read_at_a_glance(seconds, text):
     assert duration(seconds) == text
+
+
+def test_validation_picture_shows_the_cases_with_most_tumour_error_first():
+    from types import SimpleNamespace
+
+    from lits.train.validate import SHOWN_CASES, _worst
+
+    shown = []
+    for case_id, wrong in [("a", 5), ("b", 40), ("c", 0), ("d", 12), ("e", 30), ("f", 1)]:
+        label = np.zeros((4, 16, 16), np.uint8)
+        label[:, 2:14, 2:14] = 1
+        label[2, 4:8, 4:8] = 2
+        post = label.copy()
+        post[1].flat[:wrong] = 2  # `wrong` extra tumour voxels on slice 1
+        case = SimpleNamespace(case_id=case_id, image=np.zeros((4, 16, 16), np.float16))
+        shown = _worst(shown, case, label, post, np.zeros((4, 16, 16), np.float32), 0.5)
+    assert [error for error, _ in shown] == [40, 30, 12, 5][:SHOWN_CASES]
+    assert [view.caption.split(",")[0] for _, view in shown] == ["case b", "case e", "case d", "case a"][:SHOWN_CASES]
+    assert all(", z=1\n" in view.caption for _, view in shown)  # each at its worst slice

@@ -164,32 +164,34 @@ def draw_row(axes, view: SliceView, window: tuple[float, float] | None, colorbar
         ax.set_yticks([])
 
 
-def _legend(fig) -> None:
+def _legend(fig, top: float) -> None:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     handles = [Patch(facecolor=color, alpha=max(opacity, 0.5), label=name) for name, color, opacity in ERROR_CLASSES]
     handles.append(Line2D([], [], color="cyan", label="reference tumour outline (probability panel)"))
-    fig.legend(handles=handles, loc="upper center", ncol=4, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.955))
+    fig.legend(handles=handles, loc="upper center", ncol=4, fontsize=8, frameon=False, bbox_to_anchor=(0.5, top))
 
 
 def slices_figure(views: Sequence[SliceView], title: str, window: tuple[float, float] | None, panel_in: float = 3.2):
-    """A Figure with one row of [CT | errors | probability] per view, the colour legend on top."""
+    """A Figure with one row of [CT | errors | probability] per view, the colour legend on top; rows as tall as the
+    slices' aspect needs (plus a line for the error counts)."""
     from matplotlib.figure import Figure
 
     rows = len(views)
-    header = 0.95
-    fig = Figure(figsize=(3 * panel_in + 1.0, rows * panel_in + header), dpi=100)
-    axes = fig.subplots(rows, 3, squeeze=False)
+    height, width = np.asarray(views[0].image).shape[:2]
+    panel_h = panel_in * min(2.0, max(0.4, height / width))
+    caption, header, side = 0.45, 1.0, 0.9  # inches: error counts under a row, title and legend, row labels
+    fig_w, fig_h = 3 * panel_in + 0.8 + side, rows * (panel_h + caption) + header
+    fig = Figure(figsize=(fig_w, fig_h), dpi=100)
+    axes = fig.subplots(rows, 3, squeeze=False, gridspec_kw={"hspace": caption / panel_h, "wspace": 0.06})
     for row, view in zip(axes, views):
         draw_row(row, view, window, colorbar_fig=fig)
     for ax, name in zip(axes[0], PANELS):
         ax.set_title(name, fontsize=10)
-    fig.suptitle(title, fontsize=11, y=0.995)
-    _legend(fig)
-    height = rows * panel_in + header
-    fig.subplots_adjust(left=0.06, right=0.94, bottom=0.3 / height, top=1 - header / height, wspace=0.1,
-                        hspace=0.22)  # fmt: skip
+    fig.suptitle(title, fontsize=11, y=1 - 0.1 / fig_h)
+    _legend(fig, 1 - 0.38 / fig_h)
+    fig.subplots_adjust(left=side / fig_w, right=1 - 0.8 / fig_w, bottom=caption / fig_h, top=1 - header / fig_h)
     return fig
 
 
