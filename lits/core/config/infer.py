@@ -124,7 +124,7 @@ class EvaluateConfig(InferenceSettings):
     save_predictions: bool = False  # write the post stage as NIfTI label maps to <run>/predictions/
     save_probabilities: bool = False  # ... and <name>_probabilities.nii.gz (liver, tumour) beside them
     naming: str = "lits"  # lits: test-segmentation-N.nii | input: the input CT's file name | auto
-    tensorboard_dir: str | None = "auto"  # auto: the checkpoint's run dir tensorboard/ | null: off | a folder
+    tensorboard_dir: str | None = "auto"  # auto: <ckpt run>/tensorboard/evaluate/<split> | null: off | a folder
     postprocess: PostprocessOverrides = field(default_factory=PostprocessOverrides)  # null: the checkpoint's
     report: ReportConfig = field(default_factory=ReportConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
