@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 import time
 from pathlib import Path
 
 import lits
-from lits.evaluate.report import CASE_COLUMNS, CONSOLE_STAGE_COLUMNS, NOT_AVAILABLE, cell, describe_source
+from lits.evaluate.report import (
+    CASE_COLUMNS,
+    CONSOLE_STAGE_COLUMNS,
+    NOT_AVAILABLE,
+    cell,
+    describe_source,
+    training_sentence,
+)
 
 HEADINGS = {
     "case": "case",
@@ -116,17 +124,9 @@ def _table(rows: list[dict], columns: list[tuple[str, str]], table_id: str, link
 def _training_section(training, picture: Path | None) -> list[str]:
     if training is None or picture is None:
         return ["<p>No training curves: the checkpoint's run folder (its history.jsonl) is not next to it.</p>"]
-    parts = [f"<p>Run <code>{_e(training.run_dir)}</code>; the scored checkpoint is epoch {training.epoch}."]
-    best = training.best
-    record = next((r for r in training.history if best and r["epoch"] == best.get("epoch")), None)
-    if best and best.get("epoch"):
-        parts.append(f" Its best.pt is epoch {best['epoch']} (highest <code>{_e(best['metric'])}</code>")
-        if record is not None:
-            shown = ", ".join(f"{k} {v:.3f}" for k, v in record.items() if k.startswith("val/"))
-            parts.append(f"; validation there: {_e(shown)}")
-        parts.append(").")
-    parts.append("</p>")
-    return ["".join(parts), f'<figure><img alt="learning curves" src="{data_uri(picture)}"></figure>']
+    sentence = _e(training_sentence(training))
+    sentence = re.sub(r"`([^`]*)`", r"<code>\1</code>", sentence)
+    return [f"<p>{sentence}</p>", f'<figure><img alt="learning curves" src="{data_uri(picture)}"></figure>']
 
 
 def report_html(result: dict, source, summary: dict, rows: list[dict], out_dir: Path, pictures: dict) -> str:

@@ -209,6 +209,19 @@ def log_tensorboard(log_dir: Path, step: int, main: dict, stage: str, tables: di
     log.info("headline metrics logged to TensorBoard in %s (step = epoch %d)", log_dir, step)
 
 
+def training_sentence(training) -> str:
+    """Which epoch was scored, which one best.pt holds and its validation numbers (history.jsonl)."""
+    text = f"Run `{training.run_dir}`; the scored checkpoint is epoch {training.epoch}."
+    best = training.best
+    if best and best.get("epoch"):
+        record = next((r for r in training.history if r["epoch"] == best["epoch"]), {})
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in record.items() if k.startswith("val/"))
+        text += f" The run's best.pt is epoch {best['epoch']} (highest `{best['metric']}`" + (
+            f"; validation there: {shown})." if shown else ")."
+        )
+    return text
+
+
 def full_stage_table(summary: dict[str, dict]) -> str:
     """Every SUMMARY_KEYS aggregate (rows) of every stage (columns), for report.md, report.html and TensorBoard."""
     rows = [{"metric": key, **{stage: cell(key, values.get(key)) for stage, values in summary.items()}}
@@ -253,7 +266,8 @@ def markdown(result: dict, source, tables: dict[str, str], pictures: dict[str, s
               + (" and `ablation_cases.csv` (all stages)" if len(source.stages) > 1 else "")
               + "; all aggregates: `metrics.json`.", ""]  # fmt: skip
     if pictures["training"]:
-        lines += ["## Training", "", f"![learning curves of the training run]({pictures['training']})", ""]
+        lines += ["## Training", "", training_sentence(source.training), ""]
+        lines += [f"![learning curves of the training run]({pictures['training']})", ""]
     if pictures["dice_volume"]:
         lines += [
             "## Tumour Dice against tumour volume",
