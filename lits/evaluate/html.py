@@ -19,6 +19,7 @@ from lits.evaluate.report import (
     CASE_COLUMNS,
     CONSOLE_STAGE_COLUMNS,
     NOT_AVAILABLE,
+    cases,
     cell,
     describe_source,
     training_sentence,
@@ -151,7 +152,7 @@ def report_html(result: dict, source, summary: dict, rows: list[dict], out_dir: 
     dice_png = out_dir / pictures["dice_volume"] if pictures.get("dice_volume") else None
     body = [
         "<h1>LiTS evaluation</h1>",
-        f'<p class="sub">{_e(describe_source(result)).replace("`", "")} &middot; {result["num_cases"]} cases &middot; '
+        f'<p class="sub">{_e(describe_source(result)).replace("`", "")} &middot; {cases(result["num_cases"])} &middot; '
         f"stage <b>{_e(source.main)}</b> &middot; lits {_e(lits.__version__)} &middot; "
         f"{time.strftime('%Y-%m-%d %H:%M')}</p>",
         '<nav><a href="#training">training</a><a href="#stages">stages</a><a href="#cases">cases</a>'

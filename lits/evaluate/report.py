@@ -126,6 +126,10 @@ def has_sentinel(rows: list[dict], keys) -> bool:
     return any(isinstance(row.get(k), (int, float)) and float(row[k]) == LARGE for row in rows for k in keys)
 
 
+def cases(count: int) -> str:
+    return f"{count} case" + ("" if count == 1 else "s")
+
+
 def headline(result: dict, main: dict) -> str:
     """The one line that says how good it is: what was scored, then the LiTS headline numbers."""
     if result["mode"] == "checkpoint":
@@ -134,7 +138,7 @@ def headline(result: dict, main: dict) -> str:
         what = f"predictions {result['predictions']}"
     recall = main.get("tumor_lesion_recall_iou50")
     return (
-        f"{what}, {result['num_cases']} cases, stage {result['main_stage']}: tumour Dice "
+        f"{what}, {cases(result['num_cases'])}, stage {result['main_stage']}: tumour Dice "
         f"{main['tumor_dice_per_case']:.3f} per case / {main['tumor_dice_global']:.3f} global, liver Dice "
         f"{main['liver_dice_per_case']:.3f}"
         + (f", lesion recall {recall:.2f} (IoU > 0.5)" if recall is not None else "")
@@ -245,7 +249,7 @@ def markdown(result: dict, source, tables: dict[str, str], pictures: dict[str, s
         "",
         f"**{result['headline']}**",
         "",
-        f"{describe_source(result)}; {result['num_cases']} cases. An HTML version with sortable tables: `report.html`.",
+        f"{describe_source(result)}; {cases(result['num_cases'])}. The same with sortable tables: `report.html`.",
         "",
         "Metrics follow the official LiTS scorer (lits/evaluate/metrics/): Dice per case (mean) and global; "
         "surface distances in mm, averaged over cases where both masks are non-empty "
