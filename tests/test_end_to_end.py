@@ -132,9 +132,9 @@ def test_evaluate_from_the_checkpoint_alone(trained, tmp_path):
     for stage in ("raw", "post"):
         assert 0.0 <= metrics[stage]["tumor_dice_per_case"] <= 1.0
         assert metrics[stage]["num_cases"] == len(test_ids)
-    assert next(line for line in result.stdout.splitlines() if not re.match(r"\d\d:\d\d:\d\d ", line)).startswith(
-        f"test split, moved.pt (epoch 2), {len(test_ids)} cases, stage post: tumour Dice "
-    )  # the headline first
+    first = next(line for line in result.stdout.splitlines() if not re.match(r"\d\d:\d\d:\d\d ", line))
+    cases = f"{len(test_ids)} case" + ("s" if len(test_ids) > 1 else "")
+    assert first.startswith(f"test split, moved.pt (epoch 2), {cases}, stage post: tumour Dice ")  # the headline
 
 
 def last_line_error(result):

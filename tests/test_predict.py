@@ -103,9 +103,7 @@ def test_predict_a_folder_from_the_command_line(setup, tmp_path):
                     "overwrite=true", "naming=lits", cwd=tmp_path, timeout=300)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     assert (tmp_path / "out/test-segmentation-4.nii").is_file()
-    assert [r["output"] for r in read_csv_rows(tmp_path / "out/predictions.csv")] == [
-        str(tmp_path / "out/test-segmentation-4.nii")
-    ]
+    assert [r["output"] for r in read_csv_rows(tmp_path / "out/predictions.csv")] == ["out/test-segmentation-4.nii"]
 
 
 def _write(path, data):
