@@ -14,11 +14,17 @@ from pathlib import Path
 
 import torch
 
-from lits.core.tables import format_table
+from lits.evaluate.report import text_table
 
 WARMUP_STEPS = 2  # the first steps are slow (allocations, cuDNN autotuning, compilation): left out of the estimate
 ESTIMATE_STEPS = 20  # the throughput estimate covers this many steps after the warm-up (fewer if an epoch is shorter)
-SUMMARY_COLUMNS = ("liver_dice_post", "tumor_dice", "tumor_dice_post", "tumor_dice_global_post")
+# the closing table's validation columns: (history key without val/, heading)
+SUMMARY_COLUMNS = (
+    ("liver_dice_post", "liver Dice"),
+    ("tumor_dice_post", "tumour Dice"),
+    ("tumor_dice_global_post", "tumour global"),
+    ("tumor_dice", "tumour Dice raw"),
+)
 
 
 def shown_path(path: str | Path) -> str:
@@ -126,9 +132,9 @@ def summary_lines(run, summary: dict, history: list[dict]) -> list[str]:
         chosen.append(("last", validated[-1]))
     if chosen:
         rows = [
-            {"": name, "epoch": r["epoch"], **{k: r.get(f"val/{k}") for k in SUMMARY_COLUMNS}} for name, r in chosen
+            {"": name, "epoch": r["epoch"], **{k: r.get(f"val/{k}") for k, _ in SUMMARY_COLUMNS}} for name, r in chosen
         ]
-        lines += format_table(rows, ["", "epoch", *SUMMARY_COLUMNS]).splitlines()
+        lines += text_table(rows, [("", ""), ("epoch", "epoch"), *SUMMARY_COLUMNS]).splitlines()
     ckpt = shown_path(run.ckpt_dir / "best.pt")
     tiebreak = run.cfg.trainer.monitor_tiebreak
     lines += [
