@@ -22,6 +22,8 @@ hydra.run.dir=<run>/evaluate`, stage `post` = the configured post-processing):
   test liver Dice/case         metrics.json post.liver_dice_per_case
   test lesion recall IoU>0.5   metrics.json post.tumor_lesion_recall_iou50
 
+Epochs are numbered from 1, as train.py numbers them in history.jsonl and train_summary.json.
+
 Rows: bce, dice, hybrid, progressive (the order of the published LiTS2017 loss ablation), then the other experiments
 alphabetically. The table goes to stdout; --out DIR also writes DIR/results.md (table, column legend, list of runs)
 and DIR/curves.png (validation tumour Dice post per epoch, mean and min-max band over seeds; the alpha schedule below
@@ -82,6 +84,14 @@ def read_history(path: Path) -> list[dict]:
     return records
 
 
+def shown(path: Path) -> str:
+    """A run folder as results.md names it: relative to the working folder when inside it (the file moves with it)."""
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def finite(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
@@ -132,7 +142,7 @@ for d in run_dirs:
     history = read_history(d / "history.jsonl")
     summary = json.loads((d / "train_summary.json").read_text())
     validated = [r for r in history if "val/tumor_dice" in r]
-    best_epoch = summary.get("best_epoch", -1)
+    best_epoch = summary.get("best_epoch", 0)  # epochs numbered from 1; 0: never validated
     at_best = next((r for r in validated if r["epoch"] == best_epoch), None)
     if at_best is None and validated:  # no best recorded (e.g. monitor never finite): the best post Dice seen
         at_best = max(validated, key=lambda r: finite(r.get("val/tumor_dice_post")) or -math.inf)
@@ -225,7 +235,7 @@ lines += [
 for name, members in groups.items():
     lines += [
         f"| {name} | {r['seed']} | {r['epochs']} | {r['best_epoch']} | "
-        f"{'yes' if r['evaluated'] else 'no'} | `{r['dir']}` |"
+        f"{'yes' if r['evaluated'] else 'no'} | `{shown(r['dir'])}` |"
         for r in members
     ]
 (out / "results.md").write_text("\n".join(lines) + "\n")
@@ -270,7 +280,7 @@ top.set_title("validation tumour Dice per epoch: mean over seeds, band min–max
 top.grid(alpha=0.3)
 top.legend(fontsize=8)
 bottom.set_ylabel("alpha (Dice weight)")
-bottom.set_xlabel("epoch (0-based)")
+bottom.set_xlabel("epoch")
 bottom.set_ylim(-0.05, 1.05)
 bottom.grid(alpha=0.3)
 fig.tight_layout()

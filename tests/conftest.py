@@ -315,7 +315,7 @@ def make_checkpoint(tmp_path, data_root, test_ids=("0", "1", "2"), prior=(0.5, 0
         "config": OmegaConf.to_container(cfg, resolve=True),
         "inference": spec.to_dict(),
         "normalization": window.to_dict(),
-        "epoch": 3,
+        "epoch": 4,  # the last completed epoch, numbered from 1
         "splits": {"train": [], "val": [test_ids[0]], "test": list(test_ids)},
     }
     run_dir = Path(cfg.paths.output_dir)

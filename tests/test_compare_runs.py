@@ -109,8 +109,8 @@ def test_out_writes_results_and_curves(compared):
     results = (out / "results.md").read_text()
     assert stdout.strip() in results  # the printed table
     assert "`post`" in results and "tumor_lesion_recall_iou50" in results  # which stage and metric each column is
-    for run_dir in runs.values():
-        assert str(run_dir.resolve()) in results
+    for run_dir in runs.values():  # named relative to the folder compare_runs.py ran from (the sweep's work folder)
+        assert f"`{run_dir.resolve().relative_to(run_dir.resolve().parents[3])}`" in results
     png = (out / "curves.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
 
@@ -120,7 +120,7 @@ def test_folders_without_finished_runs_are_one_line_errors(tmp_path):
     run_dir = tmp_path / "stopped"  # a run stopped before train_summary.json
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra/config.yaml").write_text("name: bce\nseed: 0\n")
-    (run_dir / "history.jsonl").write_text(json.dumps({"epoch": 0, "train/alpha": 0.0}) + "\n")
+    (run_dir / "history.jsonl").write_text(json.dumps({"epoch": 1, "train/alpha": 0.0}) + "\n")
     assert "no finished training runs" in one_line_error(compare(run_dir, cwd=tmp_path))
     assert "folder not found" in one_line_error(compare(tmp_path / "nowhere", cwd=tmp_path))
     assert not (tmp_path / "results.md").exists()
@@ -139,11 +139,11 @@ def fake_run(folder, name, seed, post_dice, minutes=1.0, test=None):
     )
     val = {"val/liver_dice": 0.9, "val/tumor_dice": post_dice - 0.1, "val/tumor_dice_global": 0.7}
     history = [
-        {"epoch": 0, "train/alpha": 0.0, **val, "val/tumor_dice_post": post_dice / 2},
-        {"epoch": 1, "train/alpha": 0.5, **val, "val/tumor_dice_post": post_dice},
+        {"epoch": 1, "train/alpha": 0.0, **val, "val/tumor_dice_post": post_dice / 2},
+        {"epoch": 2, "train/alpha": 0.5, **val, "val/tumor_dice_post": post_dice},
     ]
-    (folder / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history) + '{"epoch": 2, "tor')
-    (folder / "train_summary.json").write_text(json.dumps({"best_epoch": 1, "minutes": minutes}))
+    (folder / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history) + '{"epoch": 3, "tor')
+    (folder / "train_summary.json").write_text(json.dumps({"best_epoch": 2, "minutes": minutes}))
     if test is not None:
         (folder / "evaluate").mkdir()
         (folder / "evaluate/metrics.json").write_text(

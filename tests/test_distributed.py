@@ -46,9 +46,10 @@ def test_one_set_of_outputs_written_by_rank_0(ddp_run):
     work, run_dir, result = ddp_run
     assert [p.name for p in (work / "outputs").iterdir()] == ["ddp"]  # (checked before the resume test adds its run)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
-    assert len(list((run_dir / "tensorboard").iterdir())) == 1  # one events file: rank 0's
+    assert [p.name for p in (run_dir / "tensorboard").iterdir()] == ["train"]
+    assert len(list((run_dir / "tensorboard/train").iterdir())) == 1  # one events file: rank 0's
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in history] == [0, 1] and [h["step"] for h in history] == [
+    assert [h["epoch"] for h in history] == [1, 2] and [h["step"] for h in history] == [
         4,
         8,
     ]  # 32 draws / (2 ranks x 4)
@@ -78,11 +79,11 @@ def test_ranks_draw_disjoint_samples_of_one_global_sequence(ddp_run):
     _, cases = prepare(cfg.data, cfg.seed, splits=state["splits"], only=("train",), progress=False)
     sampling = SamplingConfig(**cfg.data.sampling)
     one_process = LesionSampler(SliceIndex(cases["train"]).weights(sampling), sampling.samples_per_epoch, seed=cfg.seed)
-    for epoch in (0, 1):
-        r0, r1 = logs[0][epoch], logs[1][epoch]
+    for epoch in (1, 2):  # as the run numbers them; the sampler's epoch index counts from 0
+        r0, r1 = logs[0][epoch - 1], logs[1][epoch - 1]
         assert r0["epoch"] == r1["epoch"] == epoch
         assert not set(r0["draws"]) & set(r1["draws"])
-        one_process.set_epoch(epoch)
+        one_process.set_epoch(epoch - 1)
         expected = list(one_process)  # what a single process draws: the ranks split it position by position
         assert sorted(zip(r0["draws"] + r1["draws"], r0["slices"] + r1["slices"])) == sorted(
             (d, s) for s, d in expected
@@ -118,7 +119,7 @@ def test_ddp_run_killed_mid_epoch_resumes_to_the_same_weights(ddp_run):
     killed = torchrun(work, "killed", "faults.kill_at_step=7")  # rank 1 SIGKILLs itself; torchrun stops rank 0
     assert killed.returncode != 0
     state = torch.load(work / "outputs/killed/checkpoints/last.pt", weights_only=True)
-    assert (state["position"], state["step"]) == ({"epoch": 1, "batch": 1}, 5)
+    assert (state["position"], state["step"]) == ({"epoch": 2, "batch": 1}, 5)  # 1 batch of epoch 2 done
     resumed = torchrun(work, "killed")
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
     straight, again = (

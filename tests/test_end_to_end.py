@@ -1,6 +1,7 @@
 """The user's path, through the real entry points: train (smoke) -> evaluate from the checkpoint alone; bad input."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -13,10 +14,17 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    """The smoke training as a user runs it; what it printed is in <work>/train.stdout."""
     work = tmp_path_factory.mktemp("e2e")
     result = run_cli("train.py", *SMOKE, "hydra.run.dir=outputs/smoke/run", cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]
+    (work / "train.stdout").write_text(result.stdout)
     return work, work / "outputs/smoke/run"
+
+
+def log_messages(stdout: str) -> list[str]:
+    """The console's log lines without their HH:MM:SS prefix."""
+    return [line[9:] for line in stdout.splitlines() if re.match(r"\d\d:\d\d:\d\d ", line)]
 
 
 def test_training_writes_checkpoints_tensorboard_and_split(trained):
@@ -25,12 +33,12 @@ def test_training_writes_checkpoints_tensorboard_and_split(trained):
         state = torch.load(run_dir / "checkpoints" / name, weights_only=True)
         assert {"model", "optimizer", "scheduler", "scaler", "epoch", "best", "config", "splits"} <= set(state)
         assert state["config"]["name"] == "smoke"
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((run_dir / "tensorboard/train").glob("events.out.tfevents.*"))
     splits = json.loads((run_dir / "split.json").read_text())
     ids = [c for ids in splits.values() for c in ids]
     assert len(ids) == len(set(ids)) == 5 and all(splits.values())
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in history] == [0, 1]
+    assert [h["epoch"] for h in history] == [1, 2]
     assert [h["train/alpha"] for h in history] == [0.0, 0.3]  # smoke: 1 BCE epoch, then hybrid
     assert 0.0 <= history[-1]["val/tumor_dice"] <= 1.0 and 0.0 <= history[-1]["val/liver_dice"] <= 1.0
 
@@ -39,12 +47,74 @@ def test_tensorboard_has_the_documented_tags(trained):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     _, run_dir = trained
-    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events = EventAccumulator(str(run_dir / "tensorboard/train"))
     events.Reload()
     tags = events.Tags()
     for tag in ("train/loss", "train/bce", "train/dice", "train/alpha", "train/lr", "val/liver_dice", "val/tumor_dice"):
         assert tag in tags["scalars"], tag
-    assert "val/overlay" in tags["images"]
+    assert {tag.split("/")[0] for tag in tags["scalars"]} == {"train", "val", "train_step"}
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2]  # epochs, numbered as everywhere else
+    assert [e.step for e in events.Scalars("train_step/loss")] == [10]  # optimizer steps: their own tag family
+    [picture] = events.Images("val/overlay")
+    assert picture.step == 2 and picture.width >= 900 and picture.height >= 350
+
+
+def test_console_names_the_run_first_and_the_next_commands_last(trained):
+    work, run_dir = trained
+    lines = log_messages((work / "train.stdout").read_text())
+    assert lines[:2] == [
+        "run folder: outputs/smoke/run",
+        "watch it:   tensorboard --logdir outputs/smoke/run/tensorboard",
+    ]
+    assert any(line.startswith("expected: ") and " samples/s over " in line for line in lines)
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert [e.split(" ")[1] for e in epochs] == ["1/2", "2/2"]
+    assert " ETA " in epochs[0] and " | val liver " in epochs[1] and all(len(e) <= 120 for e in epochs)
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    assert summary["best_epoch"] == 2 and summary["epochs"] == 2 and summary["samples_per_s"] > 0
+    done = lines.index(next(line for line in lines if line.startswith("done: 2 epochs in ")))
+    assert lines[done + 3].startswith(f"| best | {summary['best_epoch']} ")  # the summary table: best epoch's val Dice
+    assert lines[-3:] == [
+        f"best.pt: outputs/smoke/run/checkpoints/best.pt (highest {summary['best_metric']}, "
+        "ties: val/liver_dice_post, then later)",
+        "next:    python evaluate.py ckpt=outputs/smoke/run/checkpoints/best.pt",
+        "         tensorboard --logdir outputs/smoke/run/tensorboard",
+    ]
+
+
+def test_progress_png_draws_the_learning_curves(trained):
+    from matplotlib.image import imread
+
+    _, run_dir = trained
+    pixels = imread(run_dir / "progress.png")
+    assert pixels.shape[:2] == (750, 1200) and pixels[..., :3].std() > 0.1
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".progress.png")]  # written atomically
+
+
+def test_evaluation_in_the_run_is_a_tensorboard_run_of_its_own(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    work, run_dir = trained
+    result = run_cli("evaluate.py", f"ckpt={run_dir}/checkpoints/best.pt", "split=val", "hydra.run.dir=outputs/ev",
+                     "progress=false", cwd=work)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.relative_to(run_dir / "tensorboard").as_posix() for p in (run_dir / "tensorboard").rglob("*")
+                  if p.is_dir()) == ["evaluate", "evaluate/val", "train"]  # fmt: skip
+    train, evaluation = (EventAccumulator(str(run_dir / "tensorboard" / d)) for d in ("train", "evaluate/val"))
+    train.Reload()
+    evaluation.Reload()
+    assert not [t for t in train.Tags()["scalars"] if not t.startswith(("train/", "train_step/", "val/"))]
+    assert sorted(evaluation.Tags()["scalars"]) == sorted(
+        f"z_val/{name}_post" for name in ("tumor_dice", "tumor_dice_global", "liver_dice", "liver_dice_global",
+                                        "lesion_recall_iou50", "lesion_precision_iou50")
+    )  # fmt: skip
+    # the validation split at best.pt's epoch: the same number the training run logged there
+    [scored] = evaluation.Scalars("z_val/tumor_dice_post")
+    logged = {e.step: e.value for e in train.Scalars("val/tumor_dice_post")}
+    assert scored.step == 2 and scored.value == pytest.approx(logged[2], abs=1e-6)
+    report = (work / "outputs/ev/report.html").read_text()
+    assert "training_progress" not in report and report.count("data:image/png;base64,") == 2  # curves + plot
+    assert (work / "outputs/ev/training_progress.png").is_file()
 
 
 def test_evaluate_from_the_checkpoint_alone(trained, tmp_path):
@@ -62,7 +132,9 @@ def test_evaluate_from_the_checkpoint_alone(trained, tmp_path):
     for stage in ("raw", "post"):
         assert 0.0 <= metrics[stage]["tumor_dice_per_case"] <= 1.0
         assert metrics[stage]["num_cases"] == len(test_ids)
-    assert "tumor_dice" in result.stdout
+    first = next(line for line in result.stdout.splitlines() if not re.match(r"\d\d:\d\d:\d\d ", line))
+    cases = f"{len(test_ids)} case" + ("s" if len(test_ids) > 1 else "")
+    assert first.startswith(f"test split, moved.pt (epoch 2), {cases}, stage post: tumour Dice ")  # the headline
 
 
 def last_line_error(result):

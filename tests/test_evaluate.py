@@ -1,7 +1,15 @@
 """evaluate.py: the post-processing ablation, reports, TensorBoard, prediction export, and scoring a folder of
 predictions from any tool. Data: tiny noise-free phantoms on a flipped + permuted (non-canonical) grid."""
 
+import base64
+import contextlib
+import html
+import io
 import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
 
 import nibabel as nib
 import numpy as np
@@ -43,14 +51,28 @@ def fake_predict_volume(model, image, *args, **kwargs):
 # --------------------------------------------------------------------------------------- checkpoint mode
 
 
+# the checkpoint's run as train.py leaves it: four epochs, validated at 2 and 4, best.pt = epoch 4 (make_checkpoint)
+HISTORY = [
+    {"epoch": e, "train/loss": 1 / e, "train/bce": 0.5 / e, "train/dice": 0.8 / e, "train/alpha": 0.1 * e,
+     "train/lr": 1e-3 / e, "train/samples_per_s": 50.0 + e}
+    | ({"val/liver_dice": 0.2 * e, "val/liver_dice_post": 0.2 * e, "val/tumor_dice": 0.1 * e,
+        "val/tumor_dice_post": 0.15 * e, "val/tumor_dice_global_post": 0.1 * e} if e % 2 == 0 else {})
+    for e in (1, 2, 3, 4)
+]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-    """Checkpoint-mode evaluation of three phantom cases with the fake model; returns (tmp_path, out dir, metrics)."""
+    """Checkpoint-mode evaluation of three phantom cases with the fake model; returns (tmp_path, out dir, metrics).
+    What it printed is in tmp_path/console.txt."""
     tmp_path = tmp_path_factory.mktemp("evaluated")
     ckpt = make_checkpoint(tmp_path, write_phantom_tree(tmp_path / "lits"))
-    with pytest.MonkeyPatch.context() as patch:
+    (ckpt.parent.parent / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in HISTORY))
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
         patch.setattr(lits.evaluate.sources, "predict_volume", fake_predict_volume)
         lits.evaluate.scoring.evaluate(evaluate_cfg(tmp_path, f"ckpt={ckpt}"))
+    (tmp_path / "console.txt").write_text(printed.getvalue())
     out = tmp_path / "eval"
     return tmp_path, out, json.loads((out / "metrics.json").read_text())
 
@@ -100,17 +122,147 @@ def test_report_files_name_every_case_and_stage(evaluated):
     assert not [p for p in out.rglob(".*") if p.is_file()]  # no temp files left behind
 
 
-def test_metrics_go_to_the_training_runs_tensorboard(evaluated):
+def test_headline_metrics_go_to_their_own_tensorboard_run(evaluated):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tmp_path, _, metrics = evaluated
-    events = EventAccumulator(str(tmp_path / "outputs/run/tensorboard"))
+    run_tensorboard = tmp_path / "outputs/run/tensorboard"
+    assert [p.relative_to(run_tensorboard).as_posix() for p in run_tensorboard.rglob("events.*")] == [
+        f"evaluate/test/{p.name}" for p in (run_tensorboard / "evaluate/test").glob("events.*")
+    ]  # a run of its own beside the training's: nothing written among the training curves
+    events = EventAccumulator(str(run_tensorboard / "evaluate/test"))
     events.Reload()
-    scalars = events.Tags()["scalars"]
-    for stage in ("raw", "post", "hysteresis"):
-        assert f"eval_test/{stage}/tumor_dice_per_case" in scalars
-    [point] = events.Scalars("eval_test/post/tumor_dice_per_case")
-    assert point.step == 3 and point.value == pytest.approx(metrics["post"]["tumor_dice_per_case"])
+    tags = events.Tags()
+    names = ["tumor_dice", "tumor_dice_global", "liver_dice", "liver_dice_global", "lesion_recall_iou50",
+             "lesion_precision_iou50"]  # fmt: skip
+    # headline, main stage only, in a tag group sorting after the training's train/ and val/
+    assert sorted(tags["scalars"]) == sorted(f"z_test/{name}_post" for name in names)
+    [point] = events.Scalars("z_test/tumor_dice_post")
+    assert point.step == 4 and point.value == pytest.approx(metrics["post"]["tumor_dice_per_case"])  # the epoch
+    [point] = events.Scalars("z_test/lesion_recall_iou50_post")
+    assert point.value == pytest.approx(metrics["post"]["tumor_lesion_recall_iou50"])
+    assert {"z_test/stages/text_summary", "z_test/cases/text_summary"} <= set(tags["tensors"])  # the full tables
+
+
+def test_console_starts_with_the_headline_and_stays_narrow(evaluated):
+    tmp_path, out, metrics = evaluated
+    lines = (tmp_path / "console.txt").read_text().splitlines()
+    post = metrics["post"]
+    assert (
+        lines[0]
+        == metrics["headline"]
+        == (
+            "test split, best.pt (epoch 4), 3 cases, stage post: tumour Dice "
+            f"{post['tumor_dice_per_case']:.3f} per case "
+            f"/ {post['tumor_dice_global']:.3f} global, liver Dice {post['liver_dice_per_case']:.3f}, lesion recall "
+            f"{post['tumor_lesion_recall_iou50']:.2f} (IoU > 0.5)"
+        )
+    )
+    assert max(len(line) for line in lines if line.startswith("|")) <= 120
+    assert lines[-1] == f"wrote report.html, report.md, cases.csv, metrics.json and pictures to {out}"
+    # case 1 has no tumour: its tumour ASSD is the scorer's 9001 in cases.csv, n/a on screen, explained once
+    row = next(r for r in read_csv_rows(out / "cases.csv") if r["case"] == "1" and r["stage"] == "post")
+    assert float(row["tumor_assd"]) == 9001.0
+    case_1 = next(line for line in lines if line.startswith("| 1 "))
+    assert "n/a" in case_1 and not [line for line in lines if line.startswith("|") and "9001" in line]
+    assert sum("n/a: " in line for line in lines) == 1
+
+
+class Page(HTMLParser):
+    """report.html's parts a reader relies on: images, links, scripts and each table's rows (cells and sort keys)."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.images, self.links, self.scripts, self.tables = [], [], [], {}
+        self.table = self.row = self.cell = None
+        self.in_script = False
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        elif tag == "a":
+            self.links.append(attrs.get("href", ""))
+        elif tag == "script":
+            self.in_script = True
+            self.scripts.append(attrs.get("src", ""))
+        elif tag == "table":
+            self.table = self.tables.setdefault(attrs.get("id"), {"head": [], "rows": []})
+        elif tag == "th" and self.table is not None:
+            self.table["head"].append({"key": attrs.get("data-key"), "sort": attrs.get("aria-sort")})
+        elif tag == "tr" and self.table is not None:
+            self.row = []
+        elif tag == "td" and self.row is not None:
+            self.cell = {"text": "", "value": attrs.get("data-value")}
+            self.row.append(self.cell)
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self.in_script = False
+        elif tag == "tr" and self.row:
+            self.table["rows"].append(self.row)
+            self.row = None
+        elif tag == "table":
+            self.table = None
+
+    def handle_data(self, data):
+        if self.in_script:
+            self.scripts.append(data)
+        elif self.cell is not None:
+            self.cell["text"] += data
+
+
+def test_report_html_is_self_contained_and_complete(evaluated):
+    _, out, metrics = evaluated
+    page = Page((out / "report.html").read_text())
+    assert page.images and not [u for u in page.images + page.links if "://" in u]  # no network, no server
+    inline = [base64.b64decode(src.split(",", 1)[1]) for src in page.images if src.startswith("data:image/png;base64,")]
+    assert len(inline) == 2  # the training curves and the Dice-vs-volume plot, in the page itself
+    assert all(png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000 for png in inline)
+    files = [src for src in page.images if not src.startswith("data:")]
+    assert sorted(files) == [f"montages/case-{c}.png" for c in "012"] and all((out / f).is_file() for f in files)
+    # one row per case, the case id linking its montage, cells sortable by the raw value
+    table = page.tables["case-table"]
+    assert [h["key"] for h in table["head"]][:3] == ["case", "liver_dice", "tumor_dice"]
+    assert sorted(row[0]["text"] for row in table["rows"]) == ["0", "1", "2"]
+    assert {f"montages/case-{c}.png" for c in "012"} <= set(page.links)
+    csv_rows = {r["case"]: r for r in read_csv_rows(out / "cases.csv") if r["stage"] == "post"}
+    for row in table["rows"]:
+        assert float(row[2]["value"]) == pytest.approx(float(csv_rows[row[0]["text"]]["tumor_dice"]))
+    assert [row[0]["text"] for row in page.tables["stage-table"]["rows"]] == STAGES
+    assert "sortTable" in "".join(page.scripts) and not [s for s in page.scripts if s.endswith(".js")]
+    assert metrics["headline"] in html.unescape((out / "report.html").read_text())
+
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+def chromium(*args, cwd):
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run",
+             f"--user-data-dir={cwd / 'profile'}"]  # fmt: skip
+    return subprocess.run([CHROMIUM, *flags, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium or Chrome installed: report.html not rendered in a browser")
+def test_report_html_renders_and_sorts_in_a_real_browser(evaluated, tmp_path):
+    _, out, _ = evaluated
+    url = (out / "report.html").as_uri() + "#sort=tumor_dice:desc"  # the page's script sorts on load
+    result = chromium("--dump-dom", url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = Page(result.stdout).tables["case-table"]
+    shown = [float(row[2]["value"]) for row in table["rows"]]
+    assert len(shown) == 3 and shown == sorted(shown, reverse=True)
+    assert [h["sort"] for h in table["head"]][2] == "descending"
+    shot = tmp_path / "report.png"
+    result = chromium(f"--screenshot={shot}", "--window-size=1200,1800", url, cwd=tmp_path)
+    assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
+    from matplotlib.image import imread
+
+    pixels = imread(shot)
+    assert pixels.shape[:2] == (1800, 1200) and pixels[..., :3].std() > 0.05  # a page was drawn, not a blank
 
 
 def test_saved_predictions_overlay_the_input_and_score_the_same(tmp_path, monkeypatch):
@@ -223,7 +375,9 @@ def test_score_a_predictions_folder_from_the_command_line(tmp_path):
     assert metrics["mode"] == "predictions" and metrics["unscored_references"] == ["1"]
     assert metrics["given"]["tumor_dice_per_case"] == 0.5 and metrics["given"]["tumor_lesion_recall_iou50"] == 0.5
     assert {p.name for p in (tmp_path / "out/montages").iterdir()} == {"case-0.png", "case-2.png"}
-    assert "| given" in (tmp_path / "out/report.md").read_text() and "tumor_dice" in result.stdout
+    assert "| given" in (tmp_path / "out/report.md").read_text()
+    printed = [line for line in result.stdout.splitlines() if not re.match(r"\d\d:\d\d:\d\d ", line)]  # not the log
+    assert printed[0].startswith(f"predictions {tmp_path / 'preds'}, 2 cases, stage given: tumour Dice 0.500 ")
 
 
 def test_prediction_off_the_reference_grid_is_refused(tmp_path):

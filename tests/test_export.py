@@ -134,11 +134,13 @@ def test_files_are_whole_and_readable(tmp_path):
 @pytest.mark.parametrize(
     "name, naming, expected",
     [
-        ("volume-12.nii", "auto", "test-segmentation-12.nii"),
-        ("test-volume-3.nii.gz", "auto", "test-segmentation-3.nii"),
-        ("liver_7.nii.gz", "lits", "test-segmentation-7.nii"),
+        ("volume-12.nii", "auto", "test-segmentation-12.nii.gz"),  # compressed by default
+        ("test-volume-3.nii.gz", "auto", "test-segmentation-3.nii.gz"),
+        ("liver_7.nii.gz", "lits", "test-segmentation-7.nii"),  # the LiTS submission name, exactly
+        ("volume-12.nii", "lits", "test-segmentation-12.nii"),
         ("patient_a.nii.gz", "auto", "patient_a.nii.gz"),
-        ("volume-12.nii", "input", "volume-12.nii"),
+        ("patient_b.nii", "auto", "patient_b.nii.gz"),
+        ("volume-12.nii", "input", "volume-12.nii.gz"),
     ],
 )
 def test_output_names(name, naming, expected):

@@ -40,7 +40,7 @@ def test_nan_batches_are_skipped_counted_and_logged(work):
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     assert all(torch.isfinite(s["exp_avg"]).all() for s in state["optimizer"]["state"].values())
     assert int(state["optimizer"]["state"][0]["step"]) == 5  # 8 batches, 3 skipped: 5 optimizer steps
-    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events = EventAccumulator(str(run_dir / "tensorboard/train"))
     events.Reload()
     assert [e.value for e in events.Scalars("train/bad_steps")] == [3]
 

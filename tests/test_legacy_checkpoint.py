@@ -55,7 +55,7 @@ def test_predict_writes_the_same_label_map(name, tmp_path):
             "paths": {"output_dir": str(tmp_path / "run")},
         }
     )
-    written = np.asarray(nib.load(tmp_path / "out" / "test-segmentation-4.nii").dataobj)
+    written = np.asarray(nib.load(tmp_path / "out" / "test-segmentation-4.nii.gz").dataobj)
     expected = np.asarray(nib.load(FIXTURES / f"{name}-prediction-4.nii.gz").dataobj)
     np.testing.assert_array_equal(written, expected)
     counts = EXPECTED[name]["predict_volume_4"]
@@ -80,6 +80,9 @@ def test_evaluate_scores_the_same_voxels(name, tmp_path):
         }
     )
     assert result["num_cases"] == 1 and result["split"] == "test"
+    # older lits counted epochs from 0 in the checkpoint; evaluate numbers them from 1, as lits does now
+    saved_epoch = torch.load(FIXTURES / f"{name}.pt", weights_only=True)["epoch"]
+    assert result["trained_epochs"] == saved_epoch + 1 and f"(epoch {saved_epoch + 1})" in result["headline"]
     with open(tmp_path / "run" / "cases.csv") as f:
         rows = list(csv.DictReader(f))
     for stage, counts in EXPECTED[name]["evaluate_test_case_4"].items():

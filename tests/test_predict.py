@@ -56,18 +56,21 @@ def test_predict_a_file(setup, tmp_path, capsys):
         )
     )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "test-segmentation-0.nii",
+        "predictions.csv",
+        "test-segmentation-0.nii.gz",  # compressed unless naming=lits asks for the submission's .nii
         "test-segmentation-0_probabilities.nii.gz",
     ]
-    seg, ct = nib.load(tmp_path / "out/test-segmentation-0.nii"), nib.load(root / "volume-0.nii.gz")
+    seg, ct = nib.load(tmp_path / "out/test-segmentation-0.nii.gz"), nib.load(root / "volume-0.nii.gz")
     assert seg.shape == ct.shape == PHANTOM_SHAPE and seg.get_data_dtype() == np.uint8
     np.testing.assert_allclose(seg.affine, ct.affine, atol=1e-6)
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
     assert nib.load(tmp_path / "out/test-segmentation-0_probabilities.nii.gz").shape == (*PHANTOM_SHAPE, 2)
-    rows = read_csv_rows(tmp_path / "run/predictions.csv")
-    assert [r["output"].endswith("test-segmentation-0.nii") for r in rows] == [True]
+    rows = read_csv_rows(tmp_path / "out/predictions.csv")  # beside the label maps
+    assert [r["output"].endswith("test-segmentation-0.nii.gz") for r in rows] == [True]
     out = capsys.readouterr().out
-    assert "tumor_ml" in out and "wrote 1 label maps" in out
+    assert "tumor_ml" in out and out.splitlines()[-1] == (
+        f"wrote 1 label maps (0 background, 1 liver, 2 tumour) and predictions.csv to {tmp_path}/out"
+    )
 
 
 @pytest.mark.slow
@@ -80,14 +83,29 @@ def test_predict_a_folder_from_the_command_line(setup, tmp_path):
     write_nifti(folder / "patient_b.nii", vol[:, :20], LPS)  # other size and grid
     write_nifti(folder / "segmentation-4.nii.gz", seg, PHANTOM_AFFINE)  # a label file: skipped
     (folder / "README.txt").write_text("not a CT")
-    result = run_cli(
-        "predict.py", f"ckpt={ckpt}", f"input={folder}", "output=out", "hydra.run.dir=run", cwd=tmp_path, timeout=300
-    )
+    result = run_cli("predict.py", f"ckpt={ckpt}", f"input={folder}", "output=out", cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["patient_b.nii", "test-segmentation-4.nii"]
-    assert nib.load(tmp_path / "out/patient_b.nii").shape == (40, 20, 12)
-    np.testing.assert_allclose(nib.load(tmp_path / "out/patient_b.nii").affine, LPS)
-    assert len(read_csv_rows(tmp_path / "run/predictions.csv")) == 2
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "patient_b.nii.gz",
+        "predictions.csv",
+        "test-segmentation-4.nii.gz",
+    ]
+    assert nib.load(tmp_path / "out/patient_b.nii.gz").shape == (40, 20, 12)
+    np.testing.assert_allclose(nib.load(tmp_path / "out/patient_b.nii.gz").affine, LPS)
+    assert len(read_csv_rows(tmp_path / "out/predictions.csv")) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cts", "out"]  # no run folder, no log elsewhere
+    # a second run into the same folder is refused, changes nothing and leaves nothing behind ...
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+    again = run_cli("predict.py", f"ckpt={ckpt}", f"input={folder}", "output=out", cwd=tmp_path, timeout=300)
+    assert "out/patient_b.nii.gz: already exists (and 2 more" in one_line_error(again)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cts", "out"]
+    # ... unless overwrite=true; naming=lits writes the LiTS submission's uncompressed names
+    again = run_cli("predict.py", f"ckpt={ckpt}", f"input={folder / 'volume-4.nii.gz'}", "output=out",
+                    "overwrite=true", "naming=lits", cwd=tmp_path, timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "out/test-segmentation-4.nii").is_file()
+    assert [r["output"] for r in read_csv_rows(tmp_path / "out/predictions.csv")] == ["out/test-segmentation-4.nii"]
 
 
 def _write(path, data):
@@ -157,17 +175,10 @@ def test_cli_error_is_one_line(setup, tmp_path):
     _, _, ckpt = setup
     _write(tmp_path / "ct4d.nii.gz", np.zeros((8, 8, 4, 3), np.int16))
     line = one_line_error(
-        run_cli(
-            "predict.py",
-            f"ckpt={ckpt}",
-            "input=ct4d.nii.gz",
-            "output=out",
-            "hydra.run.dir=run",
-            cwd=tmp_path,
-            timeout=300,
-        )
+        run_cli("predict.py", f"ckpt={ckpt}", "input=ct4d.nii.gz", "output=out", cwd=tmp_path, timeout=300)
     )
-    assert "ct4d.nii.gz: expected a 3D CT volume" in line and not (tmp_path / "out").exists()
+    assert "ct4d.nii.gz: expected a 3D CT volume" in line
+    assert [p.name for p in tmp_path.iterdir()] == ["ct4d.nii.gz"]  # a refused run leaves no folder behind
 
 
 def test_predict_requires_ckpt_input_and_output(tmp_path):
@@ -199,7 +210,7 @@ def test_predict_matches_what_evaluate_exports(tmp_path, spacing):
             "tensorboard_dir=null",
         )
     )
-    ours = np.asarray(nib.load(tmp_path / "pred/test-segmentation-1.nii").dataobj)
+    ours = np.asarray(nib.load(tmp_path / "pred/test-segmentation-1.nii.gz").dataobj)
     theirs = np.asarray(nib.load(tmp_path / "eval/predictions/test-segmentation-1.nii").dataobj)
     assert ours.shape == PHANTOM_SHAPE and 0 < np.count_nonzero(ours) < ours.size  # not a trivial mask
     np.testing.assert_array_equal(ours, theirs)
@@ -251,9 +262,10 @@ def test_a_broken_volume_stops_the_folder_unless_skipped(setup, tmp_path):
     result = lits.infer.predict.predict(
         predict_cfg(tmp_path, f"ckpt={ckpt}", f"input={folder}", f"output={tmp_path}/out", "on_error=skip")
     )
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["test-segmentation-4.nii"]
-    assert [Path(r["input"]).name for r in read_csv_rows(tmp_path / "run/predictions.csv")] == ["volume-4.nii.gz"]
-    listed = json.loads((tmp_path / "run/skipped_inputs.json").read_text())
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["predictions.csv", "skipped_inputs.json", "test-segmentation-4.nii.gz"]  # all in output=
+    assert [Path(r["input"]).name for r in read_csv_rows(tmp_path / "out/predictions.csv")] == ["volume-4.nii.gz"]
+    listed = json.loads((tmp_path / "out/skipped_inputs.json").read_text())
     reasons = {Path(r["input"]).name: r["reason"] for r in listed}
     assert sorted(reasons) == ["volume-5.nii.gz", "volume-6.nii", "volume-7.nii.gz"]
     assert sorted(result["skipped"]) == sorted(str(folder / name) for name in reasons)

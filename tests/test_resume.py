@@ -47,22 +47,22 @@ def work(tmp_path_factory):
 
 
 def test_interrupted_run_resumes_to_the_same_weights(work):
-    # 1. SIGTERM arrives at the start of step 5: the step finishes, last.pt is saved at (epoch 0, batch 6), exit 128+15
+    # 1. SIGTERM arrives at the start of step 5: the step finishes, last.pt is saved at (epoch 1, batch 6), exit 128+15
     result = train(work, "broken", "faults.kill_at_step=5", "faults.kill_signal=SIGTERM")
     assert result.returncode == 143, result.stderr[-3000:]
     output = result.stdout + result.stderr  # hydra logs to stdout
     assert "stopped by SIGTERM at step 6" in output and "Traceback" not in output
     state = load(work, "broken")
-    assert (state["position"], state["step"], state["epoch"]) == ({"epoch": 0, "batch": 6}, 6, -1)
+    assert (state["position"], state["step"], state["epoch"]) == ({"epoch": 1, "batch": 6}, 6, 0)  # none completed
 
-    # 2. resumed (auto), then SIGKILLed at the start of step 11 (epoch 1, batch 3): the last save was step 9
+    # 2. resumed (auto), then SIGKILLed at the start of step 11 (epoch 2, batch 3): the last save was step 9
     result = train(work, "broken", "faults.kill_at_step=11")
     assert result.returncode == -9, result.stderr[-3000:]
     assert "resuming from" in result.stdout + result.stderr
     state = load(work, "broken")
-    assert (state["position"], state["step"], state["epoch"]) == ({"epoch": 1, "batch": 1}, 9, 0)
+    assert (state["position"], state["step"], state["epoch"]) == ({"epoch": 2, "batch": 1}, 9, 1)
 
-    # 3. resumed to the end: skips the batch of epoch 1 that step 9 consumed, redoes the two lost steps
+    # 3. resumed to the end: skips the batch of epoch 2 that step 9 consumed, redoes the two lost steps
     result = train(work, "broken")
     assert result.returncode == 0, result.stderr[-3000:]
     straight, resumed = load(work, "straight"), load(work, "broken")
@@ -79,7 +79,7 @@ def test_interrupted_run_resumes_to_the_same_weights(work):
     clean = [
         [{k: v for k, v in r.items() if k not in drop} for r in history(work, run)] for run in ("straight", "broken")
     ]
-    assert clean[0] == clean[1] and [r["epoch"] for r in clean[1]] == [0, 1]
+    assert clean[0] == clean[1] and [r["epoch"] for r in clean[1]] == [1, 2]
     assert not [p for p in (work / "outputs/broken/checkpoints").iterdir() if p.name.startswith(".")]
 
 

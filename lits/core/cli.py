@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import os
 import signal
 import sys
@@ -145,3 +146,18 @@ class CheckFirst(Callback):
             return
         finally:
             HydraConfig.instance().cfg = hydra_cfg
+
+
+class ConsoleFormatter(logging.Formatter):
+    """Console log lines as `HH:MM:SS message`; warnings and errors as `HH:MM:SS WARNING: message` (the run's log file
+    keeps the full record: date, logger and level)."""
+
+    def __init__(self):
+        super().__init__("%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        if record.levelno >= logging.WARNING:
+            time_part, _, message = line.partition(" ")
+            line = f"{time_part} {record.levelname}: {message}"
+        return line

@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from lits.core.files import write_bytes_atomic
+from lits.core.tables import format_table
+from lits.evaluate.curves import progress_png
+from lits.evaluate.metrics.keys import LARGE
 from lits.evaluate.pictures import error_slices, montage_png
 from lits.infer.export import (
     export_labels,
@@ -63,6 +66,85 @@ SUMMARY_KEYS = [
 ]
 
 
+# the console's tables: (key, heading) pairs, each table no wider than 120 characters
+CONSOLE_CASE_COLUMNS = [
+    ("case", "case"),
+    ("liver_dice", "liver Dice"),
+    ("tumor_dice", "tumour Dice"),
+    ("tumor_volume_ref_ml", "tumour ml ref"),
+    ("tumor_volume_pred_ml", "tumour ml pred"),
+    ("tumor_assd", "tumour ASSD mm"),
+    ("tumor_lesions_ref", "lesions"),
+    ("tumor_lesion_tp_iou50", "found"),
+    ("tumor_lesion_fp_iou50", "extra"),
+]
+CONSOLE_STAGE_COLUMNS = [
+    ("stage", "stage"),
+    ("liver_dice_per_case", "liver Dice"),
+    ("tumor_dice_per_case", "tumour Dice"),
+    ("tumor_dice_global", "tumour global"),
+    ("tumor_assd_mean", "tumour ASSD mm"),
+    ("tumor_lesion_recall_iou50", "lesion recall"),
+    ("tumor_lesion_precision_iou50", "lesion precision"),
+]
+# the headline scalars evaluate.py logs to TensorBoard: (summary key, tag name as training's val/* tags name it)
+TENSORBOARD_SCALARS = [
+    ("tumor_dice_per_case", "tumor_dice"),
+    ("tumor_dice_global", "tumor_dice_global"),
+    ("liver_dice_per_case", "liver_dice"),
+    ("liver_dice_global", "liver_dice_global"),
+    ("tumor_lesion_recall_iou50", "lesion_recall_iou50"),
+    ("tumor_lesion_precision_iou50", "lesion_precision_iou50"),
+]
+NOT_AVAILABLE = (
+    "n/a: no surface distance or burden where the reference or the prediction is empty "
+    f"(the LiTS scorer's {LARGE:g}, kept in cases.csv and ablation_cases.csv)"
+)
+
+
+def cell(key: str, value) -> str:
+    """One table cell: the 9001 sentinel as n/a, Dice and rates with 3 decimals, volumes and distances with 1."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, str) or isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(value)
+    value = float(value)
+    if value == LARGE:
+        return "n/a"
+    if key.endswith(("_ml", "assd", "msd", "rmsd", "assd_mean", "msd_mean", "rmsd_mean")):
+        return f"{value:.1f}"
+    return f"{value:.3f}" if math.isfinite(value) else "-"
+
+
+def text_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """A markdown table (also readable in a terminal) of `rows` with cells formatted by `cell`."""
+    shown = [{heading: cell(key, row.get(key)) for key, heading in columns} for row in rows]
+    return format_table(shown, [heading for _, heading in columns])
+
+
+def has_sentinel(rows: list[dict], keys) -> bool:
+    return any(isinstance(row.get(k), (int, float)) and float(row[k]) == LARGE for row in rows for k in keys)
+
+
+def cases(count: int) -> str:
+    return f"{count} case" + ("" if count == 1 else "s")
+
+
+def headline(result: dict, main: dict) -> str:
+    """The one line that says how good it is: what was scored, then the LiTS headline numbers."""
+    if result["mode"] == "checkpoint":
+        what = f"{result['split']} split, {Path(result['ckpt']).name} (epoch {result['trained_epochs']})"
+    else:
+        what = f"predictions {result['predictions']}"
+    recall = main.get("tumor_lesion_recall_iou50")
+    return (
+        f"{what}, {cases(result['num_cases'])}, stage {result['main_stage']}: tumour Dice "
+        f"{main['tumor_dice_per_case']:.3f} per case / {main['tumor_dice_global']:.3f} global, liver Dice "
+        f"{main['liver_dice_per_case']:.3f}"
+        + (f", lesion recall {recall:.2f} (IoU > 0.5)" if recall is not None else "")
+    )
+
+
 def case_outputs(cfg, out_dir: Path, source, case, label, pred, probs, row) -> None:
     """Montage of the main stage and, with save_predictions, the exported NIfTI files."""
     report = cfg.report
@@ -73,7 +155,10 @@ def case_outputs(cfg, out_dir: Path, source, case, label, pred, probs, row) -> N
             f"tumour Dice {row['tumor_dice']:.3f}"
         )
         images = case.to_native(np.asarray(case.image[slices], dtype=np.float32), order=1)
-        png = montage_png(images, label[slices], pred[slices], slices, title, report.crop_margin)
+        tumor_prob = None if probs is None else probs[1][slices]
+        png = montage_png(
+            images, label[slices], pred[slices], slices, title, report.crop_margin, tumor_prob, source.window
+        )
         write_bytes_atomic(out_dir / "montages" / f"case-{case.case_id}.png", png)
     if cfg.save_predictions and source.main != "given":
         image_path = source.image_paths.get(case.case_id)  # None: the CT is not known (header from the affine)
@@ -90,44 +175,85 @@ def case_outputs(cfg, out_dir: Path, source, case, label, pred, probs, row) -> N
             export_probabilities(out_dir / "predictions" / probability_name(name), probs, orientation, header)
 
 
-def tensorboard_dir(setting, default: Path | None) -> Path | None:
-    """tensorboard_dir: null = off; auto = the checkpoint's training run's tensorboard/ folder when it exists
-    (eval numbers land beside the training curves, at the checkpoint's epoch); a path = there."""
+def training_picture(out_dir: Path, training) -> str | None:
+    """training_progress.png: the learning curves of the checkpoint's run, its epoch marked; the file name or None."""
+    if training is None:
+        return None
+    title = f"training run {training.run_dir.name}: learning curves (the scored checkpoint is epoch {training.epoch})"
+    write_bytes_atomic(
+        out_dir / "training_progress.png", progress_png(training.history, training.best, training.epoch, title)
+    )
+    return "training_progress.png"
+
+
+def tensorboard_dir(setting, default_root: Path | None, split: str) -> Path | None:
+    """tensorboard_dir: null = off; auto = <the checkpoint's run>/tensorboard/evaluate/<split> when that run's
+    tensorboard/ folder exists (a run of its own beside the training's `train`); a path = there."""
     if setting is None:
         return None
     if setting == "auto":
-        return default if default is not None and default.is_dir() else None
+        return default_root / "evaluate" / split if default_root is not None and default_root.is_dir() else None
     return Path(setting)
 
 
-def log_tensorboard(log_dir: Path, step: int, summary: dict, stage_table: str, split: str) -> None:
+def log_tensorboard(log_dir: Path, step: int, main: dict, stage: str, tables: dict[str, str], split: str) -> None:
+    """The main stage's headline scalars at the checkpoint's epoch (tags z_<split>/<metric>_<stage>) and the tables
+    as text; everything else is in metrics.json. TensorBoard orders tag groups by name and opens the first two:
+    the z_ keeps the training run's train/ and val/ first."""
     from torch.utils.tensorboard import SummaryWriter
 
+    suffix = "" if stage == "given" else f"_{stage}"
     with SummaryWriter(str(log_dir)) as writer:
-        for stage, values in summary.items():
-            for key in SUMMARY_KEYS:
-                value = values.get(key)
-                if value is not None and math.isfinite(value):
-                    writer.add_scalar(f"eval_{split}/{stage}/{key}", value, step)
-        writer.add_text(f"eval_{split}/stages", stage_table, step)
-    log.info("evaluation metrics logged to TensorBoard in %s (step %d)", log_dir, step)
+        for key, name in TENSORBOARD_SCALARS:
+            value = main.get(key)
+            if value is not None and math.isfinite(value):
+                writer.add_scalar(f"z_{split}/{name}{suffix}", value, step)
+        for name, table in tables.items():
+            writer.add_text(f"z_{split}/{name}", table, step)
+    log.info("headline metrics logged to TensorBoard in %s (step = epoch %d)", log_dir, step)
 
 
-def markdown(result: dict, source, stage_table: str, case_table: str, report) -> str:
-    what = (
-        f"checkpoint `{result['ckpt']}`, split `{result['split']}`, {result['trained_epochs']} trained epochs"
-        + (", flip TTA" if result.get("tta") else "")
-        if result["mode"] == "checkpoint"
-        else f"predictions `{result['predictions']}` against references `{result['references']}`"
+def training_sentence(training) -> str:
+    """Which epoch was scored, which one best.pt holds and its validation numbers (history.jsonl)."""
+    text = f"Run `{training.run_dir}`; the scored checkpoint is epoch {training.epoch}."
+    best = training.best
+    if best and best.get("epoch"):
+        record = next((r for r in training.history if r["epoch"] == best["epoch"]), {})
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in record.items() if k.startswith("val/"))
+        text += f" The run's best.pt is epoch {best['epoch']} (highest `{best['metric']}`" + (
+            f"; validation there: {shown})." if shown else ")."
+        )
+    return text
+
+
+def full_stage_table(summary: dict[str, dict]) -> str:
+    """Every SUMMARY_KEYS aggregate (rows) of every stage (columns), for report.md, report.html and TensorBoard."""
+    rows = [{"metric": key, **{stage: cell(key, values.get(key)) for stage, values in summary.items()}}
+            for key in SUMMARY_KEYS]  # fmt: skip
+    return format_table(rows, ["metric", *summary])
+
+
+def describe_source(result: dict) -> str:
+    if result["mode"] != "checkpoint":
+        return f"predictions `{result['predictions']}` against references `{result['references']}`"
+    return f"checkpoint `{result['ckpt']}` (epoch {result['trained_epochs']}), split `{result['split']}`" + (
+        ", flip TTA" if result.get("tta") else ""
     )
+
+
+def markdown(result: dict, source, tables: dict[str, str], pictures: dict[str, str | None], report) -> str:
+    """report.md: the headline, the tables, the pictures. `tables`: stages (full), cases; `pictures`: file names
+    of dice_volume, training (None when not drawn)."""
     lines = [
         "# LiTS evaluation",
         "",
-        f"{what}; {result['num_cases']} cases.",
+        f"**{result['headline']}**",
+        "",
+        f"{describe_source(result)}; {cases(result['num_cases'])}. The same with sortable tables: `report.html`.",
         "",
         "Metrics follow the official LiTS scorer (lits/evaluate/metrics/): Dice per case (mean) and global; "
         "surface distances in mm, averaged over cases where both masks are non-empty "
-        "(`*_sentinel_cases` counts the others); lesion detection at IoU > 0.5 and > 0.",
+        f"(`*_sentinel_cases` counts the others); lesion detection at IoU > 0.5 and > 0. {NOT_AVAILABLE}.",
         "",
         "## Stages",
         "",
@@ -139,29 +265,27 @@ def markdown(result: dict, source, stage_table: str, case_table: str, report) ->
             "",
             f"Cumulative ablation: each stage adds one step to the one before. `post` = `postprocess.*`: {post}.",
         ]
-    lines += [
-        "",
-        "## Aggregates per stage",
-        "",
-        stage_table,
-        "",
-        f"## Cases (stage `{source.main}`)",
-        "",
-        case_table,
-        "",
-        "Every metric per case: `cases.csv`"
-        + (" and `ablation_cases.csv` (all stages)" if len(source.stages) > 1 else "")
-        + "; all aggregates: `metrics.json`.",
-        "",
-    ]
-    if report.plot:
-        lines += ["## Tumour Dice against tumour volume", "", "![tumour Dice vs volume](tumor_dice_vs_volume.png)", ""]
+    lines += ["", "## Aggregates per stage", "", tables["stages"], "", f"## Cases (stage `{source.main}`)", ""]
+    lines += [tables["cases"], "", "Every metric per case: `cases.csv`"
+              + (" and `ablation_cases.csv` (all stages)" if len(source.stages) > 1 else "")
+              + "; all aggregates: `metrics.json`.", ""]  # fmt: skip
+    if pictures["training"]:
+        lines += ["## Training", "", training_sentence(source.training), ""]
+        lines += [f"![learning curves of the training run]({pictures['training']})", ""]
+    if pictures["dice_volume"]:
+        lines += [
+            "## Tumour Dice against tumour volume",
+            "",
+            f"![tumour Dice vs volume]({pictures['dice_volume']})",
+            "",
+        ]
     if report.montages:
         lines += [
             "## Slices with the largest tumour error",
             "",
-            "Rows: slices; columns: CT, reference outlines, prediction outlines (liver green, tumour red; "
-            "radiological view: patient's right on the left).",
+            "Each row: the CT (HU window and orientation marked; radiological view, the patient's right on the left), "
+            "the errors (tumour: yellow correct, cyan missed, red extra; liver: green tint correct, violet missed, "
+            "orange extra) and the tumour probability with the reference tumour outlined.",
             "",
         ]
         lines += [f"![case {c.case_id}](montages/case-{c.case_id}.png)" for c in source.cases]

@@ -12,7 +12,8 @@ Two sources of predictions, one scoring and reporting path:
   (stage ``given``). Predictions must be on the reference's voxel grid (same shape and affine).
 
 Run-dir outputs: cases.csv (every metric per case for raw and post, or given), ablation_cases.csv (every stage),
-metrics.json (aggregates per stage), report.md (the tables), montages/case-N.png, tumor_dice_vs_volume.png;
+metrics.json (aggregates per stage and the headline), report.md and report.html (the tables and pictures),
+montages/case-N.png, tumor_dice_vs_volume.png, training_progress.png (the checkpoint's run's learning curves);
 predictions/ with save_predictions=true. TensorBoard: see ``lits.evaluate.report.tensorboard_dir``.
 """
 
@@ -28,11 +29,24 @@ from tqdm import tqdm
 from lits.core.config import EvaluateConfig, PathsConfig, typed
 from lits.core.errors import LitsError
 from lits.core.files import write_atomic, write_bytes_atomic, write_csv, write_json
-from lits.core.tables import format_table
 from lits.evaluate.detection import case_curve, curve, curve_png
+from lits.evaluate.html import report_html
 from lits.evaluate.metrics import aggregate, case_metrics
 from lits.evaluate.pictures import dice_volume_png
-from lits.evaluate.report import CASE_COLUMNS, SUMMARY_KEYS, case_outputs, log_tensorboard, markdown
+from lits.evaluate.report import (
+    CASE_COLUMNS,
+    CONSOLE_CASE_COLUMNS,
+    CONSOLE_STAGE_COLUMNS,
+    NOT_AVAILABLE,
+    case_outputs,
+    full_stage_table,
+    has_sentinel,
+    headline,
+    log_tensorboard,
+    markdown,
+    text_table,
+    training_picture,
+)
 from lits.evaluate.sources import Source, open_source
 from lits.evaluate.tuning import tune, write_tuning_files
 
@@ -100,6 +114,7 @@ def score(cfg: EvaluateConfig, source: Source) -> dict:
         log.warning("save_predictions=true: nothing to save, the predictions are the files in %s", cfg.predictions)
     rows, curves = score_rows(cfg, source, out_dir)
     summary = {stage: aggregate(stage_rows) for stage, stage_rows in rows.items()}
+    main = summary[source.main]
     result = {
         **source.info,
         "num_cases": len(source.cases),
@@ -108,30 +123,41 @@ def score(cfg: EvaluateConfig, source: Source) -> dict:
         "postprocess": dataclasses.asdict(source.postprocess) if source.postprocess else None,
         **summary,
     }
+    result["headline"] = headline(result, main)
+    tables = {
+        "stages": full_stage_table(summary),
+        "cases": text_table(rows[source.main], [(c, c) for c in CASE_COLUMNS]),
+    }
     if curves:
         result["detection_curve"] = curve(curves)
         title = f"lesion detection, stage {source.main}, {len(curves)} cases"
         png = curve_png(result["detection_curve"], source.postprocess.tumor_cut, title)
         write_bytes_atomic(out_dir / "detection_curve.png", png)
-    table_rows = [{"metric": k, **{s: summary[s].get(k) for s in summary}} for k in SUMMARY_KEYS]
-    stage_table = format_table(table_rows, ["metric", *summary])
-    case_table = format_table(rows[source.main], CASE_COLUMNS)
-
     write_csv(out_dir / "cases.csv", [r for s in rows if s in HEADLINE_STAGES for r in rows[s]])
     if len(rows) > 1:
         write_csv(out_dir / "ablation_cases.csv", [r for s in rows for r in rows[s]])
     split = source.info["split"] or "predictions"
+    pictures = {"dice_volume": None, "training": training_picture(out_dir, source.training)}
     if cfg.report.plot:
-        title = f"{split}, stage {source.main}: tumour Dice per case {summary[source.main]['tumor_dice_per_case']:.3f}"
+        title = f"{split}, stage {source.main}: tumour Dice per case {main['tumor_dice_per_case']:.3f}"
         write_bytes_atomic(out_dir / "tumor_dice_vs_volume.png", dice_volume_png(rows[source.main], title))
-    write_atomic(out_dir / "report.md", markdown(result, source, stage_table, case_table, cfg.report))
+        pictures["dice_volume"] = "tumor_dice_vs_volume.png"
+    write_atomic(out_dir / "report.md", markdown(result, source, tables, pictures, cfg.report))
+    write_atomic(out_dir / "report.html", report_html(result, source, summary, rows[source.main], out_dir, pictures))
     write_json(out_dir / "metrics.json", result)
     if source.tensorboard is not None:
-        log_tensorboard(*source.tensorboard, summary, stage_table, split)
-
-    print(f"\n{len(source.cases)} cases, stage '{source.main}':")
-    print(case_table)
-    print("\nstages (" + ", ".join(f"{n}: {d}" for n, d in source.stages) + "); all metrics in metrics.json:")
-    print(stage_table)
-    print(f"wrote cases.csv, metrics.json, report.md and pictures to {out_dir}")
+        log_tensorboard(*source.tensorboard, main, source.main, tables, split)
+    print_results(result, source, summary, rows[source.main], out_dir)
     return result
+
+
+def print_results(result: dict, source: Source, summary: dict, rows: list[dict], out_dir: Path) -> None:
+    """The console: the headline first, then the cases and the stages in tables no wider than 120 characters."""
+    stage_rows = [{"stage": name, **summary[name]} for name, _ in source.stages]
+    print(result["headline"])
+    print(text_table(rows, CONSOLE_CASE_COLUMNS))
+    print(text_table(stage_rows, CONSOLE_STAGE_COLUMNS))
+    if has_sentinel(rows, [k for k, _ in CONSOLE_CASE_COLUMNS]):
+        print(NOT_AVAILABLE)
+    print(f"stages: {', '.join(n for n, _ in source.stages)} (report.md describes them); every metric: cases.csv")
+    print(f"wrote report.html, report.md, cases.csv, metrics.json and pictures to {out_dir}")

@@ -19,8 +19,9 @@ from lits.core.errors import LitsError
 from lits.data.nifti import to_canonical
 from lits.data.prepare import prepare
 from lits.data.sources import discover, natural_key
+from lits.evaluate.curves import read_history
 from lits.evaluate.report import tensorboard_dir
-from lits.infer.checkpoint import load_model
+from lits.infer.checkpoint import checkpoint_epoch, load_model
 from lits.infer.export import SEGMENTATION_NAME, is_nifti
 from lits.infer.postprocess import ablation_stages, postprocess
 from lits.infer.predictor import TTA_FLIPS, predict_volume
@@ -43,6 +44,30 @@ class Source:
     image_paths: dict = field(default_factory=dict)  # case id -> source CT (export: header and name)
     tensorboard: tuple[Path, int] | None = None  # (log dir, step)
     postprocess: PostprocessConfig | None = None  # the configured post-processing (checkpoint mode)
+    training: TrainingRecord | None = None  # the checkpoint's training run, when its folder is still there
+    window: tuple[float, float] | None = None  # the HU window the cached images show (pictures say so)
+
+
+@dataclass
+class TrainingRecord:
+    """What evaluate's reports show of the run a checkpoint comes from (epochs numbered from 1)."""
+
+    run_dir: Path
+    history: list[dict]  # history.jsonl records
+    epoch: int  # the checkpoint's epoch
+    best: dict | None  # {metric, value, epoch} of the run's best.pt when the checkpoint records it
+
+
+def training_record(ckpt: str, state: dict) -> TrainingRecord | None:
+    """The checkpoint's run folder (<run>/checkpoints/<name>.pt) with its history.jsonl, or None when it is gone."""
+    run_dir = Path(ckpt).resolve().parent.parent
+    history = read_history(run_dir / "history.jsonl")
+    if not history:
+        return None
+    best = state.get("best") if "format" in state else None  # older checkpoints counted epochs from 0
+    if "format" not in state:  # ... and so did their history.jsonl
+        history = [{**r, "epoch": r["epoch"] + 1} for r in history]
+    return TrainingRecord(run_dir, history, checkpoint_epoch(state), best)
 
 
 def open_source(cfg: EvaluateConfig) -> Source:
@@ -108,18 +133,20 @@ def _checkpoint_source(cfg: EvaluateConfig) -> Source:
     post = spec.postprocess.with_overrides(cfg.postprocess)
     steps, stages = _stages(post, cfg.ablation, cfg.tta)
     infer = dict(device=device, batch_size=cfg.batch_size, amp=cfg.amp, **spec.predictor_settings())
-    tb_dir = tensorboard_dir(cfg.tensorboard_dir, Path(cfg.ckpt).resolve().parent.parent / "tensorboard")
+    tb_dir = tensorboard_dir(cfg.tensorboard_dir, Path(cfg.ckpt).resolve().parent.parent / "tensorboard", cfg.split)
     paths = {p.case_id: p.image for p in discover(data)[0]} if cfg.save_predictions else {}
-    epoch = int(state["epoch"])  # the last completed epoch, 0-based
+    epoch = checkpoint_epoch(state)
     info = {
         "mode": "checkpoint",
         "ckpt": str(Path(cfg.ckpt).resolve()),
         "split": cfg.split,
-        "trained_epochs": epoch + 1,
+        "trained_epochs": epoch,  # the checkpoint's epoch, numbered from 1
         "tta": bool(cfg.tta),
     }
     predict = _checkpoint_predictor(model, infer, steps, post, cfg.tta)
-    return Source(cases[cfg.split], stages, "post", predict, info, paths, (tb_dir, epoch) if tb_dir else None, post)
+    source = Source(cases[cfg.split], stages, "post", predict, info, paths, (tb_dir, epoch) if tb_dir else None, post)
+    source.training, source.window = training_record(cfg.ckpt, state), spec.window
+    return source
 
 
 def _predictions_source(cfg: EvaluateConfig) -> Source:
@@ -170,9 +197,11 @@ def _predictions_source(cfg: EvaluateConfig) -> Source:
         "split": None,
         "unscored_references": unscored,
     }
-    tb_dir = tensorboard_dir(cfg.tensorboard_dir, None)
+    tb_dir = tensorboard_dir(cfg.tensorboard_dir, None, "predictions")
     stages = [("given", "predictions as given")]
-    return Source(cases["test"], stages, "given", predict, info, {}, (tb_dir, 0) if tb_dir else None)
+    source = Source(cases["test"], stages, "given", predict, info, {}, (tb_dir, 0) if tb_dir else None)
+    source.window = tuple(data.window)
+    return source
 
 
 def _prediction_files(folder: Path) -> dict[str, Path]:

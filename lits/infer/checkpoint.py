@@ -55,3 +55,10 @@ def load_model(ckpt_path: str | Path, device: torch.device) -> tuple[torch.nn.Mo
             "the checkpoint is damaged or edited"
         ) from None
     return model.to(device).eval(), spec, state
+
+
+def checkpoint_epoch(state: dict) -> int:
+    """The last epoch a checkpoint completed, numbered from 1 as lits shows epochs everywhere. Checkpoints of older
+    lits (no "format" key) stored it counted from 0."""
+    epoch = int(state["epoch"])
+    return epoch if "format" in state else epoch + 1

@@ -48,20 +48,21 @@ def case_number(path: str | Path) -> str | None:
 def output_name(input_path: str | Path, naming: str = "auto") -> str:
     """Label-map file name for an input CT.
 
-    lits: the LiTS submission name `test-segmentation-N.nii` (N from the input name); input: the input's own
-    file name (as nnU-Net names its outputs); auto: lits when the input name carries a case number, else input.
+    lits: exactly the LiTS submission name `test-segmentation-N.nii` (uncompressed, N from the input name);
+    input: the input's name, compressed (`<stem>.nii.gz`, as nnU-Net names its outputs); auto: the LiTS name
+    compressed (`test-segmentation-N.nii.gz`) when the input name carries a case number, else as input.
     """
     if naming not in NAMINGS:
         raise LitsError(f"naming={naming}: unknown; use one of {', '.join(NAMINGS)}")
     number = case_number(input_path)
     if naming == "input" or (naming == "auto" and number is None):
-        return Path(input_path).name
+        return f"{nifti_stem(input_path)}.nii.gz"
     if number is None:
         raise LitsError(
             f"{input_path}: no case number in the name (volume-N / test-volume-N / liver_N) for naming=lits; "
             "rename the file or use naming=input"
         )
-    return f"test-segmentation-{number}.nii"
+    return f"test-segmentation-{number}.nii" + ("" if naming == "lits" else ".gz")
 
 
 def probability_name(label_name: str) -> str:

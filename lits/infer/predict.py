@@ -2,6 +2,8 @@
 
 python predict.py ckpt=PATH input=FILE_OR_DIR output=DIR: the model, the HU window and the sigmoid temperature
 come from the checkpoint's training config; post-processing from ``postprocess.*`` (same defaults as evaluate).
+Everything goes to output=: the label maps (compressed .nii.gz unless naming=lits) and predictions.csv; files already
+there are replaced only with overwrite=true, and a refused run creates no folder.
 Every input goes through the same reader as training data (lits/data/nifti.py: validation, canonical
 orientation) and its label map is written back on the input's own voxel grid (lits/export.py).
 """
@@ -39,6 +41,8 @@ from lits.infer.postprocess import postprocess, predicted_lesions
 from lits.infer.predictor import predict_volume
 
 log = logging.getLogger(__name__)
+
+CSV_NAME = "predictions.csv"  # beside the label maps: input, output, liver and tumour ml, lesions per CT
 
 
 def find_inputs(input_path: str | Path) -> list[Path]:
@@ -102,6 +106,7 @@ def check_inputs(files: list[Path], on_error: str = "fail") -> tuple[list[Path],
 
 
 def _output_names(inputs: list[Path], out_dir: Path, naming: str) -> list[str]:
+    """The label-map name of every input; two inputs on one name, or a name on its input, are refused."""
     names = [output_name(p, naming) for p in inputs]
     seen: dict[str, Path] = {}
     for path, name in zip(inputs, names):
@@ -116,6 +121,19 @@ def _output_names(inputs: list[Path], out_dir: Path, naming: str) -> list[str]:
     return names
 
 
+def check_overwrite(out_dir: Path, names: list[str], probabilities: bool, overwrite: bool) -> None:
+    """Refuse (before anything is predicted or created) to replace files in out_dir unless overwrite=true."""
+    targets = [out_dir / n for n in names]
+    targets += [out_dir / probability_name(n) for n in names] if probabilities else []
+    targets.append(out_dir / CSV_NAME)
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more of the files this run writes)" if len(existing) > 1 else ""
+        raise LitsError(
+            f"{existing[0]}: already exists{more}; pass overwrite=true to replace, or choose another output=DIR"
+        )
+
+
 def predict(cfg) -> dict:
     """The predict task (predict.py): a composed predict config or PredictConfig in, one label map per input CT out.
 
@@ -128,6 +146,7 @@ def predict(cfg) -> dict:
         log.warning("skipped %s", reason)
     out_dir = Path(cfg.output)
     names = _output_names(inputs, out_dir, cfg.naming)
+    check_overwrite(out_dir, names, cfg.save_probabilities, cfg.overwrite)
     check_writable_folder(out_dir, "label maps", "choose a writable output=DIR")
     device = resolve_device(cfg.device, key="device")
     model, spec, _ = load_model(cfg.ckpt, device)
@@ -178,21 +197,21 @@ def predict(cfg) -> dict:
         )
 
     if not rows:
-        _report_skipped(skipped, Path(cfg.paths.output_dir))
+        _report_skipped(skipped, out_dir)
         raise LitsError(f"{cfg.input}: none of the {len(skipped)} inputs could be predicted; see the reasons above")
-    write_csv(Path(cfg.paths.output_dir) / "predictions.csv", rows)
+    write_csv(out_dir / CSV_NAME, rows)
     shown = [{**r, "input": Path(r["input"]).name, "output": Path(r["output"]).name} for r in rows]
     print(format_table(shown, ["input", "output", "liver_ml", "tumor_ml", "lesions"]))
-    print(f"wrote {len(rows)} label maps (0 background, 1 liver, 2 tumour) to {out_dir}")
-    _report_skipped(skipped, Path(cfg.paths.output_dir))
+    print(f"wrote {len(rows)} label maps (0 background, 1 liver, 2 tumour) and {CSV_NAME} to {out_dir}")
+    _report_skipped(skipped, out_dir)
     return {"outputs": [r["output"] for r in rows], "rows": rows, "skipped": {str(k): v for k, v in skipped.items()}}
 
 
-def _report_skipped(skipped: dict[Path, str], run_dir: Path) -> None:
-    """on_error=skip: what was left out, on the console and in <run dir>/skipped_inputs.json."""
+def _report_skipped(skipped: dict[Path, str], out_dir: Path) -> None:
+    """on_error=skip: what was left out, on the console and in <output>/skipped_inputs.json."""
     if not skipped:
         return
-    listing = write_json(run_dir / "skipped_inputs.json", [{"input": str(p), "reason": r} for p, r in skipped.items()])
+    listing = write_json(out_dir / "skipped_inputs.json", [{"input": str(p), "reason": r} for p, r in skipped.items()])
     print(f"skipped {len(skipped)} input(s), listed in {listing}:")
     for path in skipped:
         print(f"  {path.name}")

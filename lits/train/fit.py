@@ -57,9 +57,9 @@ def fit(run: Run) -> dict:
         if validation is not None:
             metrics.update(validation.metrics)
         rank_states = distributed.all_gather_object({**state.rank_state(run.device, False), "stop": run.stop.requested})
-        epoch, improved = state.epoch, state.end_epoch(metrics.get(run.cfg.trainer.monitor))
+        improved = state.end_epoch(metrics)  # state.epoch is now the finished epoch's number (from 1)
         picture = validation.picture if validation is not None else None
-        hooks.after_epoch(run, EpochReport(epoch, metrics, improved, rank_states, picture))
+        hooks.after_epoch(run, EpochReport(state.epoch, metrics, improved, rank_states, picture))
         if any(r["stop"] for r in rank_states):
             _stop(run)
     summary = run_summary(run)
@@ -124,6 +124,7 @@ def epoch_metrics(run: Run, outcome: EpochOutcome) -> dict[str, float]:
     if outcome.steps:
         samples = outcome.steps * cfg.trainer.batch_size * run.ctx.world_size
         metrics["train/samples_per_s"] = samples / outcome.seconds
+        run.samples_trained, run.step_seconds = run.samples_trained + samples, run.step_seconds + outcome.seconds
     return metrics
 
 
@@ -133,9 +134,8 @@ def validate_if_due(run: Run) -> Validation | None:
     epoch, t = run.state.epoch, run.cfg.trainer
     if not run.ctx.is_main or ((epoch + 1) % t.val_every and epoch != run.budget.planned - 1):
         return None
-    return validate(
-        run.state.model, run.cases["val"], run.spec, run.device, run.amp, t.val_batch_size, t.val_tta, t.log_images
-    )
+    model, cases = run.state.model, run.cases["val"]
+    return validate(model, cases, run.spec, run.device, run.amp, t.val_batch_size, t.val_tta, t.log_images, t.progress)
 
 
 def run_summary(run: Run) -> dict:
@@ -144,8 +144,9 @@ def run_summary(run: Run) -> dict:
     return {
         "best_metric": state.best.metric,
         "best_value": state.best.value,
-        "best_epoch": state.best.epoch,
+        "best_epoch": state.best.epoch,  # numbered from 1 (0: never validated)
         "epochs": state.epoch,
+        "samples_per_s": round(run.samples_trained / run.step_seconds, 1) if run.step_seconds else None,
         "max_time": run.cfg.trainer.max_time,
         "minutes": round(run.elapsed_s() / 60, 2),
         "run_dir": str(run.run_dir),

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 import torch
@@ -27,23 +28,25 @@ from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from lits.core.files import atomic_path, write_atomic
+from lits.core.files import atomic_path, write_atomic, write_bytes_atomic
+from lits.evaluate.curves import progress_png, read_history
 from lits.infer.checkpoint import save_checkpoint
-from lits.train import distributed
+from lits.train import console, distributed
 from lits.train.checkpoint import remove_stale_temps
+from lits.train.console import shown_path
 
 log = logging.getLogger(__name__)
 
-LOSS_STEP_EVERY = 10  # train/loss_step is logged every this many optimizer steps
+LOSS_STEP_EVERY = 10  # train_step/loss is logged every this many optimizer steps
 
 
 @dataclass
 class EpochReport:
-    epoch: int  # the finished epoch (0-based)
+    epoch: int  # the finished epoch, numbered from 1
     metrics: dict[str, float]  # train/* and, when validated, val/*
     improved: bool  # a new best of trainer.monitor
     rank_states: list[dict]  # every rank's random state (and stop flag) at the end of the epoch
-    picture: object = None  # the validation overlay (H, W, 3), or None
+    picture: object = None  # the validation picture (H, W, 3), or None
 
 
 class Hook:
@@ -92,13 +95,16 @@ class Hooks(Hook):
 
 
 class ConsoleHook(Hook):
-    """A progress bar per epoch (rank 0, trainer.progress) and one log line per epoch."""
+    """The plan and the expected duration, a progress bar per epoch (rank 0, trainer.progress), one line per epoch
+    with its duration and an ETA, and a closing summary (lits/train/console.py formats them)."""
 
     def __init__(self):
-        self.bar = None
+        self.bar, self.session_epochs, self.session_steps, self.clock = None, 0, 0, None
+        self.epoch_started = 0.0
 
     def before_train(self, run) -> None:
         t = run.cfg.trainer
+        log.info(console.plan_line(run))
         if run.state.epoch >= run.budget.planned:
             log.info("%s: all %d epochs are already trained; nothing to do", run.resumed_from, run.budget.planned)
         if t.max_time is not None:
@@ -119,57 +125,59 @@ class ConsoleHook(Hook):
             desc=f"epoch {run.state.epoch + 1}/{run.budget.planned} alpha={alpha:.2f}",
             disable=not enabled,
         )
+        self.epoch_started = time.perf_counter()
 
     def after_step(self, run, result) -> None:
         self.bar.update()
         if not result.bad:
             self.bar.set_postfix(loss=f"{result.loss:.4f}", refresh=False)
+        self.session_steps += 1
+        if self.session_steps == console.WARMUP_STEPS:
+            self.clock = time.perf_counter()
+        elif self.clock is not None and self._estimate_now(run, result):
+            steps = self.session_steps - console.WARMUP_STEPS
+            rate = steps * run.cfg.trainer.batch_size * run.ctx.world_size / (time.perf_counter() - self.clock)
+            self.clock = None  # once per session
+            self.bar.clear()
+            log.info(console.estimate_line(run, rate, steps))
+            self.bar.refresh()
+        if result.stop or result.out_of_time or run.state.batch >= run.steps_per_epoch:
+            self.bar.close()  # before validation draws its own bar
+
+    def _estimate_now(self, run, result) -> bool:
+        measured = self.session_steps - console.WARMUP_STEPS
+        return measured >= console.ESTIMATE_STEPS or run.state.batch >= run.steps_per_epoch or result.out_of_time
 
     def after_epoch(self, run, report: EpochReport) -> None:
         self.bar.close()
-        m, monitor = report.metrics, run.cfg.trainer.monitor
-        wanted = (monitor, "val/liver_dice", "val/tumor_dice_post")
-        shown = " ".join(f"{k.split('/')[1]}={v:.4f}" for k, v in m.items() if k in wanted)
-        log.info(
-            "epoch %d/%d alpha=%.2f loss=%.4f (bce %.4f dice %.4f) %.0f samples/s%s %s%s",
-            report.epoch + 1,
-            run.budget.planned,
-            m["train/alpha"],
-            m["train/loss"],
-            m["train/bce"],
-            m["train/dice"],
-            m.get("train/samples_per_s") or 0.0,
-            f" bad_steps={m['train/bad_steps']}" if m["train/bad_steps"] else "",
-            shown,
-            " *best*" if report.improved else "",
-        )
+        self.session_epochs += 1
+        seconds = time.perf_counter() - self.epoch_started  # training, validation and saving
+        log.info(console.epoch_line(run, report, seconds, self.session_epochs))
 
     def on_interrupt(self, run) -> None:
         if self.bar is not None:
             self.bar.close()
 
     def after_train(self, run, summary: dict) -> None:
-        log.info(
-            "done in %.1f min: best %s=%.4f at epoch %d -> %s",
-            summary["minutes"],
-            summary["best_metric"],
-            summary["best_value"],
-            summary["best_epoch"] + 1,
-            run.ckpt_dir / "best.pt",
-        )
+        if run.ctx.is_main:
+            history = read_history(run.run_dir / "history.jsonl")
+            for line in console.summary_lines(run, summary, history):
+                log.info(line)
 
 
 class TensorBoardHook(Hook):
-    """train/* and val/* scalars per epoch, train/loss_step every LOSS_STEP_EVERY steps, val/overlay images."""
+    """<run>/tensorboard/train: train/* and val/* per epoch (x axis: the epoch, from 1), the validation picture
+    (val/overlay), and train_step/loss every LOSS_STEP_EVERY optimizer steps (x axis: the global optimizer step).
+    evaluate.py writes beside it, in <run>/tensorboard/evaluate/<split>, so each shows as its own run."""
 
     def before_train(self, run) -> None:
-        self.writer = SummaryWriter(str(run.run_dir / "tensorboard"))
+        self.writer = SummaryWriter(str(run.run_dir / "tensorboard" / "train"))
         if run.resumed_from is None:
             self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(run.record["config"]) + "\n```")
 
     def after_step(self, run, result) -> None:
         if run.state.step % LOSS_STEP_EVERY == 0 and not result.bad:
-            self.writer.add_scalar("train/loss_step", result.loss, run.state.step)
+            self.writer.add_scalar("train_step/loss", result.loss, run.state.step)
 
     def after_epoch(self, run, report: EpochReport) -> None:
         if report.picture is not None:
@@ -186,7 +194,8 @@ class TensorBoardHook(Hook):
 
 
 class HistoryHook(Hook):
-    """history.jsonl: one line per epoch. A resumed run keeps the records of the epochs it does not redo."""
+    """history.jsonl: one line per epoch (numbered from 1). A resumed run keeps the records of the epochs it does
+    not redo."""
 
     def before_train(self, run) -> None:
         self.path = run.run_dir / "history.jsonl"
@@ -194,7 +203,7 @@ class HistoryHook(Hook):
         kept = []
         for line in source.read_text().splitlines() if source.exists() else []:
             try:
-                if json.loads(line)["epoch"] < run.state.epoch:
+                if json.loads(line)["epoch"] <= run.state.epoch:  # completed before the resume point
                     kept.append(line + "\n")
             except (ValueError, KeyError, TypeError):
                 continue  # a line torn by a kill
@@ -210,6 +219,25 @@ class HistoryHook(Hook):
         }
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+class ProgressPlotHook(Hook):
+    """progress.png: the learning curves (lits/evaluate/curves.py), rewritten atomically at every validation and at
+    the end. Runs after HistoryHook, whose history.jsonl it draws."""
+
+    def _draw(self, run) -> None:
+        records = read_history(run.run_dir / "history.jsonl")
+        best = run.state.best
+        title = f"{run.cfg.name}: {shown_path(run.run_dir)}"
+        png = progress_png(records, {"metric": best.metric, "value": best.value, "epoch": best.epoch}, title=title)
+        write_bytes_atomic(run.run_dir / "progress.png", png)
+
+    def after_epoch(self, run, report: EpochReport) -> None:
+        if any(key.startswith("val/") for key in report.metrics):
+            self._draw(run)
+
+    def after_train(self, run, summary: dict) -> None:
+        self._draw(run)
 
 
 class CheckpointHook(Hook):
@@ -321,7 +349,7 @@ def build_hooks(run) -> Hooks:
     """The hooks of this rank: console and checkpoints everywhere, files on rank 0, faults only under debug=faults."""
     hooks: list[Hook] = [ConsoleHook()]
     if run.ctx.is_main:
-        hooks += [TensorBoardHook(), HistoryHook()]
+        hooks += [TensorBoardHook(), HistoryHook(), ProgressPlotHook()]
     faults = run.cfg.faults
     dying = faults is not None and faults.kill_during_save is not None
     hooks.append(CheckpointHook(dying_save(faults.kill_during_save)) if dying else CheckpointHook())

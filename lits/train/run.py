@@ -72,6 +72,8 @@ class Run:
     hooks: Hooks = None
     started: float = 0.0  # time.time() when the loop started
     clock: float = 0.0  # seconds into this session as every rank agreed last (the time budget's schedules use it)
+    samples_trained: int = 0  # samples of this session's training steps (all processes) ...
+    step_seconds: float = 0.0  # ... and the seconds they took (validation and saving excluded)
 
     @property
     def ckpt_dir(self) -> Path:
@@ -230,7 +232,7 @@ def _training_state(
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     generator = torch.Generator().manual_seed(cfg.seed + AUGMENT_SEED_STRIDE * ctx.rank)
-    state = TrainState(model, optimizer, scaler, generator, Best(t.monitor))
+    state = TrainState(model, optimizer, scaler, generator, Best(t.monitor, t.monitor_tiebreak))
     plan = saved["scheduler"]["planned_epochs"] if saved and t.max_time else None
     budget = TimeBudget(t.max_time, t.max_epochs, spent_s=saved["train_seconds"] if saved else 0.0, planned=plan)
     if saved is not None:

@@ -6,11 +6,15 @@ process. `checkpoint()` turns it into the dict saved as last.pt / best.pt (plain
 with `torch.load(weights_only=True)`); `resume()` puts a loaded checkpoint back, exactly when the process layout
 (world size, batch size) is unchanged.
 
-Checkpoint format 1 keys: model, optimizer, scaler, scheduler {planned_epochs}, train_seconds, epoch (last completed,
-0-based; -1 before the first), step, best {metric, value, epoch}, metrics, position {epoch, batch}, world_size,
-batch_size, rank_states [{rng, epoch_sums}], bad_steps, bad_in_row, and what the run fixes once: config (the
-resolved training config), splits, normalization, inference (the versioned inference spec, lits/infer/spec.py),
-lits_version, format.
+Epochs are numbered from 1 wherever they are shown or saved (console, history.jsonl, TensorBoard, checkpoints,
+train_summary.json): epoch N is the N-th pass over the data. Inside the loop `TrainState.epoch` counts the epochs
+completed, which is also the 0-based index the sampler and the schedules take.
+
+Checkpoint format 1 keys: model, optimizer, scaler, scheduler {planned_epochs}, train_seconds, epoch (the last
+completed epoch = epochs completed; 0 before the first), step, best {metric, value, tiebreak, tiebreak_value, epoch
+(0: none yet)}, metrics, position {epoch (the epoch in progress), batch (its batches done)}, world_size, batch_size,
+rank_states [{rng, epoch_sums}], bad_steps, bad_in_row, and what the run fixes once: config (the resolved training
+config), splits, normalization, inference (the versioned inference spec, lits/infer/spec.py), lits_version, format.
 """
 
 from __future__ import annotations
@@ -43,11 +47,48 @@ class EpochSums:
 
 @dataclass
 class Best:
-    """The best value of the monitored metric so far and the (0-based) epoch that reached it."""
+    """The best value of the monitored metric so far and the epoch that reached it (0: none yet).
+
+    Ties are common early on (tumour Dice 0 for several epochs): a tie on `metric` goes to the higher `tiebreak`
+    value, and a tie on both to the later epoch, so best.pt is never an epoch that a later, equal one improved on.
+    """
 
     metric: str
+    tiebreak: str | None = None  # the secondary validation metric (trainer.monitor_tiebreak)
     value: float = -math.inf
-    epoch: int = -1
+    tiebreak_value: float = -math.inf
+    epoch: int = 0
+
+    def update(self, metrics: dict[str, float], epoch: int) -> bool:
+        """Record `epoch`'s validation metrics if they beat (or tie) the best so far; True if they do."""
+        value = metrics.get(self.metric)  # absent: the epoch was not validated
+        if value is None or not math.isfinite(value):
+            return False
+        second = metrics.get(self.tiebreak, -math.inf) if self.tiebreak else -math.inf
+        second = second if math.isfinite(second) else -math.inf
+        if (value, second) < (self.value, self.tiebreak_value):
+            return False
+        self.value, self.tiebreak_value, self.epoch = float(value), float(second), epoch
+        return True
+
+    def to_dict(self) -> dict:
+        return {
+            "metric": self.metric,
+            "value": self.value,
+            "tiebreak": self.tiebreak,
+            "tiebreak_value": self.tiebreak_value,
+            "epoch": self.epoch,
+        }
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> Best:
+        return cls(
+            saved["metric"],
+            saved["tiebreak"],
+            float(saved["value"]),
+            float(saved["tiebreak_value"]),
+            int(saved["epoch"]),
+        )
 
 
 @dataclass
@@ -57,7 +98,7 @@ class TrainState:
     scaler: torch.amp.GradScaler
     augment_generator: torch.Generator
     best: Best
-    epoch: int = 0  # the epoch in progress (0-based) = epochs completed
+    epoch: int = 0  # epochs completed (= the 0-based index of the epoch in progress; it is shown as epoch + 1)
     batch: int = 0  # batches of `epoch` this rank has done
     step: int = 0  # global optimizer steps attempted (skipped ones included)
     bad_total: int = 0
@@ -73,11 +114,10 @@ class TrainState:
         if self.batch == 0:
             self.sums = EpochSums()
 
-    def end_epoch(self, value: float | None) -> bool:
-        """Close the epoch in progress with its monitored value (None: not validated); True if it is the new best."""
-        improved = value is not None and value > self.best.value
-        if improved:
-            self.best.value, self.best.epoch = float(value), self.epoch
+    def end_epoch(self, metrics: dict[str, float]) -> bool:
+        """Close the epoch in progress with its metrics (val/* only when it was validated); True if it is the new
+        best (`Best.update`: ties go to the tiebreak metric, then to the later epoch)."""
+        improved = self.best.update(metrics, self.epoch + 1)
         self.epoch, self.batch = self.epoch + 1, 0
         return improved
 
@@ -97,11 +137,11 @@ class TrainState:
             "scaler": self.scaler.state_dict(),
             "scheduler": {"planned_epochs": plan["planned_epochs"]},  # the LR is a function of the epoch (optim.py)
             "train_seconds": plan["train_seconds"],
-            "epoch": self.epoch - 1,  # the last completed epoch
+            "epoch": self.epoch,  # the last completed epoch (numbered from 1) = epochs completed
             "step": self.step,
-            "best": {"metric": self.best.metric, "value": self.best.value, "epoch": self.best.epoch},
+            "best": self.best.to_dict(),
             "metrics": metrics,
-            "position": {"epoch": self.epoch, "batch": self.batch},
+            "position": {"epoch": self.epoch + 1, "batch": self.batch},  # the epoch in progress, its batches done
             "rank_states": rank_states,
             "bad_steps": self.bad_total,
             "bad_in_row": self.bad_in_row,
@@ -132,10 +172,10 @@ class TrainState:
                 "resume with the settings it was trained with, or start a new run"
             ) from None
         self.scaler.load_state_dict(saved["scaler"])
-        self.epoch, self.batch = int(saved["position"]["epoch"]), int(saved["position"]["batch"])
+        self.epoch, self.batch = int(saved["position"]["epoch"]) - 1, int(saved["position"]["batch"])
         self.step, self.bad_total = int(saved["step"]), int(saved["bad_steps"])
         self.bad_in_row = int(saved["bad_in_row"])
-        self.best = Best(saved["best"]["metric"], float(saved["best"]["value"]), int(saved["best"]["epoch"]))
+        self.best = Best.from_dict(saved["best"])
         ranks = saved["rank_states"]
         if len(ranks) == world_size == saved["world_size"] and saved["batch_size"] == batch_size:
             set_rng_state(ranks[rank]["rng"], device, self.generators)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from lits.core.config import TrainConfig, typed
 from lits.core.errors import LitsError
 from lits.core.files import write_json
 from lits.train import distributed
+from lits.train.console import opening_lines
 from lits.train.fit import fit
 from lits.train.run import build_run
 from lits.train.signals import StopRequest
@@ -28,6 +30,9 @@ def train(cfg) -> dict:
     if ctx.distributed and not ctx.is_main:  # only rank 0 logs progress; warnings and errors of every rank still show
         lits_logger.setLevel(logging.WARNING)
     try:
+        if ctx.is_main:
+            for line in opening_lines(Path(cfg.paths.output_dir)):
+                log.info(line)
         run = build_run(cfg, ctx, stop)
         stop.deferred = True  # the loop stops politely after a step; setup and evaluate_after stop at once
         summary = fit(run)

@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
 import yaml
+
+
+def relative_paths(text: str, repo: Path) -> str:
+    """Paths inside the repository relative to its root, absolute interpreters as `python`: the report reads the
+    same wherever the repository was checked out."""
+    text = text.replace(f"{repo}/", "").replace(f"in {repo}", "in the repository root")
+    return re.sub(r"(?<![\w/.])/\S+/bin/python\b", "python", text)
 
 
 def load(path: Path):
@@ -143,7 +151,7 @@ def main() -> None:
         "```",
         "",
     ]
-    text = "\n".join(lines)
+    text = relative_paths("\n".join(lines), out.resolve().parent.parent)
     (out / "results.md").write_text(text)
     print(text)
 

@@ -159,7 +159,7 @@ class EvaluateConfig(InferenceSettings):
     save_predictions: bool = False  # write the post stage as NIfTI label maps to <run>/predictions/
     save_probabilities: bool = False  # ... and <name>_probabilities.nii.gz (liver, tumour) beside them
     naming: str = "lits"  # lits: test-segmentation-N.nii | input: the input CT's file name | auto
-    tensorboard_dir: str | None = "auto"  # auto: the checkpoint's run dir tensorboard/ | null: off | a folder
+    tensorboard_dir: str | None = "auto"  # auto: <ckpt run>/tensorboard/evaluate/<split> | null: off | a folder
     postprocess: PostprocessOverrides = field(default_factory=PostprocessOverrides)  # null: the checkpoint's
     report: ReportConfig = field(default_factory=ReportConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -180,8 +180,11 @@ class PredictConfig(InferenceSettings):
     name: str = "predict"
     ckpt: str = MISSING
     input: str = MISSING  # a .nii / .nii.gz CT, or a folder of them (LiTS segmentation-N files in it are skipped)
-    output: str = MISSING  # folder for the label maps (created)
-    naming: str = "auto"  # lits: test-segmentation-N.nii | input: the input's file name | auto: lits with a case number
+    output: str = MISSING  # folder for the label maps and predictions.csv (created when the first one is written)
+    # auto: test-segmentation-N.nii.gz when the input name has a case number, else <input name>.nii.gz |
+    # lits: the LiTS submission's test-segmentation-N.nii (uncompressed) | input: <input name>.nii.gz
+    naming: str = "auto"
+    overwrite: bool = False  # replace label maps (and predictions.csv) already in output=; refused otherwise
     save_probabilities: bool = False  # also <name>_probabilities.nii.gz: 4D (X, Y, Z, 2) liver / tumour probabilities
     on_error: str = "fail"  # fail: an unreadable or implausible CT stops the run | skip: predict the rest, list it
     postprocess: PostprocessOverrides = field(default_factory=PostprocessOverrides)  # null: the checkpoint's

@@ -50,9 +50,9 @@ class ScheduleConfig:
 
     kind: str = "progressive"  # progressive: BCE -> rising hybrid -> Dice | constant: alpha throughout
     alpha: float = 0.5  # constant only
-    bce_epochs: int = 5  # progressive: pure BCE for epochs [0, bce_epochs)
-    dice_epoch: int = 15  # progressive: final_alpha from this epoch on
-    hybrid_start: float = 0.3  # alpha at epoch bce_epochs ...
+    bce_epochs: int = 5  # progressive: the first bce_epochs epochs are pure BCE (epochs 1-5)
+    dice_epoch: int = 15  # progressive: final_alpha after this many epochs (from epoch 16 on)
+    hybrid_start: float = 0.3  # alpha of the first epoch after the BCE ones (epoch 6) ...
     hybrid_step: float = 0.04  # ... rising this much per epoch ...
     hybrid_max: float = 0.7  # ... capped here
     final_alpha: float = 1.0  # pure Dice fine-tuning (the article's code keeps 0.7)
@@ -156,6 +156,8 @@ class TrainerConfig:
     val_batch_size: int = 16  # slices per forward pass in validation
     monitor: str = "val/tumor_dice_post"  # best.pt keeps the highest value of this validation metric;
     # val/lesion_score = mean of tumour Dice per case and lesion F1 at IoU > 0.5 (post-processed): finding lesions
+    # on a tie of `monitor` (e.g. tumour Dice 0 in the first epochs) the higher of this wins, then the later epoch
+    monitor_tiebreak: str | None = "val/liver_dice_post"
     channels_last: bool = True
     deterministic: bool = False
     num_threads: int | None = None  # torch CPU threads (null = torch's default)
@@ -178,6 +180,9 @@ class TrainerConfig:
         self.val_every = checks.integer("trainer.val_every", self.val_every, 1)
         self.val_batch_size = checks.integer("trainer.val_batch_size", self.val_batch_size, 1)
         self.monitor = checks.choice("trainer.monitor", self.monitor, MONITORS, "validation metric")
+        self.monitor_tiebreak = checks.optional(
+            checks.choice, "trainer.monitor_tiebreak", self.monitor_tiebreak, MONITORS, "validation metric"
+        )
         self.num_threads = checks.optional(checks.integer, "trainer.num_threads", self.num_threads, 1)
         self.save_every_steps = checks.integer("trainer.save_every_steps", self.save_every_steps, 0)
         self.max_bad_steps = checks.integer("trainer.max_bad_steps", self.max_bad_steps, 1,

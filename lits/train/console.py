@@ -1,0 +1,146 @@
+"""What a training run prints: where it writes and how to watch it, its expected duration, one line per epoch with
+its duration and an ETA, and a closing summary with the next commands. Formatting only; ConsoleHook prints it.
+
+The expected duration is first estimated from the training throughput of the first steps (after a short warm-up,
+validation not yet included); from the first epoch on, every epoch line's ETA is the mean wall time per epoch of
+this session (training, validation, checkpoints) times the epochs left.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from lits.evaluate.report import text_table
+
+WARMUP_STEPS = 2  # the first steps are slow (allocations, cuDNN autotuning, compilation): left out of the estimate
+ESTIMATE_STEPS = 20  # the throughput estimate covers this many steps after the warm-up (fewer if an epoch is shorter)
+# the closing table's validation columns: (history key without val/, heading)
+SUMMARY_COLUMNS = (
+    ("liver_dice_post", "liver Dice"),
+    ("tumor_dice_post", "tumour Dice"),
+    ("tumor_dice_global_post", "tumour global"),
+    ("tumor_dice", "tumour Dice raw"),
+)
+
+
+def shown_path(path: str | Path) -> str:
+    """`path` relative to the working folder when it lies inside it (shorter to read and to paste), else absolute."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def duration(seconds: float) -> str:
+    """41s, 3m05s, 1h12m."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def device_name(device: torch.device) -> str:
+    """The processor that trains: the GPU's name, or the CPU's model and torch's thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {torch.get_num_threads()} threads of {os.cpu_count()} CPUs"
+
+
+def opening_lines(run_dir: Path) -> list[str]:
+    return [
+        f"run folder: {shown_path(run_dir)}",
+        f"watch it:   tensorboard --logdir {shown_path(run_dir / 'tensorboard')}",
+    ]
+
+
+def plan_line(run) -> str:
+    t, samples = run.cfg.trainer, run.steps_per_epoch * run.cfg.trainer.batch_size * run.ctx.world_size
+    length = (
+        f"as many epochs as fit in {t.max_time:g} min" if t.max_time is not None else f"{run.budget.planned} epochs"
+    )
+    return (
+        f"plan: {length}, each {samples} samples ({run.steps_per_epoch} steps of {t.batch_size}"
+        f"{f' x {run.ctx.world_size} processes' if run.ctx.world_size > 1 else ''}), validation every {t.val_every} "
+        f"epochs on {len(run.cases['val'])} cases; {run.device.type} ({device_name(run.device)}), amp {run.amp}"
+    )
+
+
+def estimate_line(run, rate: float, steps: int) -> str:
+    """The expected duration from `rate` samples/s over the last `steps` steps (training only)."""
+    samples = run.steps_per_epoch * run.cfg.trainer.batch_size * run.ctx.world_size
+    epoch_s = samples / rate
+    left = run.budget.planned - run.state.epoch
+    if run.cfg.trainer.max_time is not None:
+        fit = int(run.cfg.trainer.max_time * 60 // epoch_s)
+        expected = f"the {run.cfg.trainer.max_time:g} min budget fits about {fit} epochs without validation"
+    else:
+        expected = f"{left} epochs ~{duration(left * epoch_s)} of training"
+    return (
+        f"expected: {rate:.0f} samples/s over {steps} steps, {duration(epoch_s)} per epoch; {expected} "
+        "plus validation (the epoch lines' ETA includes it)"
+    )
+
+
+def epoch_line(run, report, seconds: float, session_epochs: int) -> str:
+    """One line per epoch (at most 120 characters): number, duration (training, validation, saving), ETA of the
+    run, loss and its parts (alpha is in the progress bar and progress.png), throughput, post-processed validation
+    Dice, best mark."""
+    m, planned = report.metrics, run.budget.planned
+    left = planned - report.epoch
+    eta = run.elapsed_s() / max(1, session_epochs) * left
+    parts = [
+        f"epoch {report.epoch}/{planned} {duration(seconds)}" + (f" ETA {duration(eta)}" if left else ""),
+        f"loss {m['train/loss']:.3f} (bce {m['train/bce']:.3f} dice {m['train/dice']:.3f})",
+        f"{m.get('train/samples_per_s') or 0:.0f} samples/s",
+    ]
+    if m["train/bad_steps"]:
+        parts.append(f"{m['train/bad_steps']} bad steps")
+    if "val/tumor_dice_post" in m:
+        parts.append(
+            f"val liver {m['val/liver_dice_post']:.3f} tumour {m['val/tumor_dice_post']:.3f}"
+            + (" *best*" if report.improved else "")
+        )
+    return " | ".join(parts)
+
+
+def summary_lines(run, summary: dict, history: list[dict]) -> list[str]:
+    """The closing summary: time and throughput, best and last validated epochs, where best.pt is, what next."""
+    rate = summary["samples_per_s"]
+    lines = [
+        f"done: {summary['epochs']} epochs in {summary['minutes']:.1f} min"
+        + (f", {rate:.0f} samples/s while training" if rate else "")
+    ]
+    validated = [r for r in history if "val/tumor_dice_post" in r]
+    best = next((r for r in validated if r["epoch"] == summary["best_epoch"]), None)
+    chosen = [("best", best)] if best else []
+    if validated and validated[-1] is not best:
+        chosen.append(("last", validated[-1]))
+    if chosen:
+        rows = [
+            {"": name, "epoch": r["epoch"], **{k: r.get(f"val/{k}") for k, _ in SUMMARY_COLUMNS}} for name, r in chosen
+        ]
+        lines += text_table(rows, [("", ""), ("epoch", "epoch"), *SUMMARY_COLUMNS]).splitlines()
+    ckpt = shown_path(run.ckpt_dir / "best.pt")
+    tiebreak = run.cfg.trainer.monitor_tiebreak
+    lines += [
+        f"best.pt: {ckpt} (highest {summary['best_metric']}"
+        + (f", ties: {tiebreak}, then later)" if tiebreak else ")"),
+        f"next:    python evaluate.py ckpt={ckpt}",
+        f"         tensorboard --logdir {shown_path(run.run_dir / 'tensorboard')}",
+    ]
+    return lines
