@@ -153,3 +153,14 @@ def test_short_fp16_training_learns_as_float32_does(work):
     fp16, fp32 = losses["fp16"], losses["off"]
     assert fp16[-1] < 0.8 * fp16[0]  # it learns
     assert fp16 == pytest.approx(fp32, rel=0.03)  # and as float32 does, within fp16's rounding
+
+
+@pytest.mark.slow
+def test_float32_checkpoint_resumes_under_fp16_with_a_fresh_scaler(work, caplog):
+    from lits.train.task import train as run
+
+    run(train_config(work, "switch", "trainer.amp=off", "trainer.max_epochs=1", "trainer.num_threads=1"))
+    run(train_config(work, "switch", "trainer.amp=fp16", "trainer.max_epochs=2", "trainer.num_threads=1"))
+    assert "no GradScaler state (not trained with fp16); the scaler starts at its initial scale" in caplog.text
+    state = torch.load(work / "outputs/switch/checkpoints/last.pt", weights_only=True)
+    assert state["step"] == 16 and state["scaler"]["scale"] <= INITIAL_SCALE
