@@ -66,9 +66,24 @@ def postprocess(
     """
     cfg = PostprocessConfig.from_mapping(cfg)
     liver, tumor = _threshold(liver_prob, tumor_prob, cfg.threshold)
+    return postprocess_masks(liver, tumor, cfg, tumor_prob)
+
+
+def postprocess_masks(
+    liver: np.ndarray,
+    tumor: np.ndarray,
+    cfg: PostprocessConfig | Mapping[str, Any] | None = None,
+    tumor_prob: np.ndarray | None = None,
+) -> np.ndarray:
+    """`postprocess` from the thresholded masks on (liver_prob > threshold, tumor_prob > threshold, bool, modified in
+    place): what a prediction that never holds whole probability volumes hands over. `tumor_prob` is needed only
+    with hysteresis. Same labels as `postprocess` on the probabilities."""
+    cfg = PostprocessConfig.from_mapping(cfg)
     if liver.ndim != 3:
         raise ValueError(f"postprocess expects 3D (Z, Y, X) probability volumes, got shape {liver.shape}")
     if cfg.hysteresis:
+        if tumor_prob is None:
+            raise ValueError("postprocess_masks: hysteresis needs the tumour probabilities (tumor_prob)")
         tumor = hysteresis_mask(tumor_prob, cfg.hysteresis_low, cfg.hysteresis_high)
     if cfg.largest_liver_component:
         _keep_largest_component(liver, tumor)
@@ -243,3 +258,10 @@ def predicted_lesions(pred_tumor: np.ndarray) -> tuple[np.ndarray, int]:
     """Predicted lesions: 6-connected components of the tumour mask (``scipy.ndimage.label`` default)."""
     labels, n = ndimage.label(np.asarray(pred_tumor, dtype=bool))
     return labels, int(n)
+
+
+def count_lesions(pred_tumor: np.ndarray) -> int:
+    """The number of `predicted_lesions`, labelled inside the tumour's bounding box only."""
+    mask = np.asarray(pred_tumor, dtype=bool)
+    box = _bbox(mask)
+    return 0 if box is None else int(ndimage.label(mask[box])[1])

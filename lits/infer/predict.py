@@ -20,9 +20,8 @@ from lits.core.device import resolve_device
 from lits.core.errors import LitsError
 from lits.core.files import write_csv
 from lits.core.tables import format_table
-from lits.data.nifti import CasePaths, load_case
-from lits.data.preprocess import preprocess_image
-from lits.data.resample import resize_inplane
+from lits.data.nifti import CasePaths, open_pair
+from lits.data.preprocess import preprocess_pair
 from lits.infer.checkpoint import load_model
 from lits.infer.export import (
     SEGMENTATION_NAME,
@@ -34,8 +33,8 @@ from lits.infer.export import (
     probability_name,
     read_header,
 )
-from lits.infer.postprocess import postprocess, predicted_lesions
-from lits.infer.predictor import predict_volume
+from lits.infer.postprocess import count_lesions, postprocess_masks
+from lits.infer.predictor import predict_masks
 
 log = logging.getLogger(__name__)
 
@@ -120,27 +119,29 @@ def predict(cfg) -> dict:
 
     rows = []
     for path, name in tqdm(list(zip(inputs, names)), desc="predicting", unit="volume", disable=not cfg.progress):
-        case = load_case(CasePaths(nifti_stem(path), path, None))
+        pair = open_pair(CasePaths(nifti_stem(path), path, None))
         # float16 in [0, 1], exactly what the training cache stores, so predictions match evaluate.py's
-        image = preprocess_image(case.image, case.spacing, spec.preprocessing).astype(np.float16)
-        native_yx = case.image.shape[1:]
-        case.image = None  # free the float32 HU copy before inference
-        probs = predict_volume(model, image, **infer)
-        if probs.shape[2:] != native_yx:  # the cache grid was resampled in-plane: back to the CT's own grid
-            probs = resize_inplane(probs, native_yx, order=1)
-        labels = postprocess(probs[0], probs[1], post)
+        image = preprocess_pair(pair, spec.preprocessing)
+        native_yx, orientation, spacing = pair.shape[1:], pair.orientation, pair.spacing
+        del pair  # the stored voxels (in memory for .nii.gz) are no longer needed
+        # thresholded masks back on the CT's own grid (when the cache grid was resampled in-plane), batch by batch
+        keep = dict(tumor_probability=post.hysteresis, probabilities=cfg.save_probabilities)
+        masks = predict_masks(model, image, threshold=post.threshold, out_yx=native_yx, **keep, **infer)
+        del image
+        labels = postprocess_masks(masks.liver, masks.tumor, post, masks.tumor_probability)
         header = read_header(path)
-        export_labels(out_dir / name, labels, case.orientation, header)
+        export_labels(out_dir / name, labels, orientation, header)
         if cfg.save_probabilities:
-            export_probabilities(out_dir / probability_name(name), probs, case.orientation, header)
-        voxel_ml = float(np.prod(case.spacing)) / 1000.0
+            export_probabilities(out_dir / probability_name(name), masks.probabilities, orientation, header)
+        voxel_ml = float(np.prod(spacing)) / 1000.0
+        tumor = labels == 2
         rows.append(
             {
                 "input": str(path),
                 "output": str(out_dir / name),
-                "liver_ml": float((labels >= 1).sum()) * voxel_ml,
-                "tumor_ml": float((labels == 2).sum()) * voxel_ml,
-                "lesions": predicted_lesions(labels == 2)[1],
+                "liver_ml": float(np.count_nonzero(labels)) * voxel_ml,
+                "tumor_ml": float(np.count_nonzero(tumor)) * voxel_ml,
+                "lesions": count_lesions(tumor),
             }
         )
 
