@@ -6,12 +6,18 @@
            (LoadImaged / CacheDataset, RandCropByPosNegLabeld, RandRotated, Rand2DElasticd, intensity), on the same
            512 x 512 synthetic cases; each pipeline in its own subprocess, with its peak memory.
   train    full training-loop samples/s vs the model's pure step (same batch on repeat), printed as a ratio
+  crops    the CPU side of a GPU run: crops/s and CPU ms per crop one loader worker reads from the cache, per-sample
+           vs batched reads (scripts/benchmark_crops.py)
+  infer    whole-CT prediction split into reading, preprocessing, network, post-processing and writing, with peak
+           memory (scripts/benchmark_infer.py)
   memory   resident memory of a training-like loader run (sampler + DataLoader workers + batch augmentation) over
            10 vs 100 cases, each run in its own subprocess.
 
     python scripts/benchmark.py loader [--cases 8] [--batches 60] [--workers 2]
     python scripts/benchmark.py memory [--small 10] [--large 100]
     python scripts/benchmark.py train [--model unet_small] [--crop 128] [--batch-size 8] [--threads 1] [--compile]
+    python scripts/benchmark.py crops [--cases 8] [--crop 256] [--batch-size 32] [--workers 2] [--cold]
+    python scripts/benchmark.py infer [--slices 300] [--model unet_small] [--threads 2]
 
 Memory is measured from /proc (Linux): peak PSS of the process plus its loader workers (proportional set size:
 pages shared between the main process and forked workers are counted once), sampled every 20 ms, and the
@@ -622,20 +628,26 @@ memory_benchmark.configure = _memory_options
 
 
 # ---------------------------------------------------------------------------------------------- train
-TRAIN_SCRIPT = Path(__file__).resolve().with_name("benchmark_train.py")
-TRAIN_HELP = "full training loop samples/s vs the model's pure step (same batch on repeat); prints the ratio"
+# subcommands that are scripts of their own, run as they are: their options, their output, their exit code
+DELEGATED = {
+    "train": ("benchmark_train.py", "full training loop samples/s vs the model's pure step (same batch on repeat)"),
+    "crops": ("benchmark_crops.py", "crops/s one loader worker reads from the cache, per-sample vs batched"),
+    "infer": ("benchmark_infer.py", "whole-CT prediction: reading, preprocessing, network, post-processing, writing"),
+}
 
 
 def main(argv: list[str]) -> None:
-    if argv[:1] == ["train"]:  # scripts/benchmark_train.py, run as it is: its options, its output, its exit code
-        sys.exit(subprocess.call([sys.executable, str(TRAIN_SCRIPT), *argv[1:]]))
+    if argv[:1] and argv[0] in DELEGATED:
+        script = Path(__file__).resolve().with_name(DELEGATED[argv[0]][0])
+        sys.exit(subprocess.call([sys.executable, str(script), *argv[1:]]))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (fn, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=(fn.__doc__ or help_text))
         fn.configure(p)
         p.set_defaults(run=fn)
-    sub.add_parser("train", help=TRAIN_HELP)  # listed here; main() hands `train ...` to scripts/benchmark_train.py
+    for name, (_, help_text) in DELEGATED.items():  # listed here; main() hands them to their scripts
+        sub.add_parser(name, help=help_text)
     args = parser.parse_args(argv)
     if getattr(args, "threads", 0) is None:
         args.threads = max(1, (os.cpu_count() or 1) - args.workers)

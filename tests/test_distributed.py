@@ -196,3 +196,18 @@ def test_global_dice_needs_batch_sums():
 
     with pytest.raises(LitsError, match="needs loss.dice.batch=true"):
         HybridLoss(OmegaConf.merge(LOSS, {"dice_reduction": "global", "dice": {"batch": False}}))
+
+
+@pytest.mark.slow
+def test_fp16_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path):
+    # the backward pass of step 2 overflows on rank 1 only; rank 0 learns of it through the gradient all-reduce
+    result = torchrun(tmp_path, "fp16", "trainer.amp=fp16", "faults.nan_steps=[]", "faults.overflow_steps=[2]")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    run_dir = tmp_path / "outputs/fp16"
+    state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)  # rank 0's model, optimizer and scaler
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [h["train/bad_steps"] for h in history] == [0, 0]  # an overflow is not a bad step
+    assert state["step"] == 8 and int(state["optimizer"]["state"][0]["step"]) == 7  # rank 0 skipped step 2 too
+    initial = torch.amp.GradScaler("cpu").get_scale()
+    assert state["scaler"]["scale"] == initial / 2 and state["scaler"]["_growth_tracker"] == 5  # steps 3..7
+    assert [h["train/grad_scale"] for h in history] == [initial / 2] * 2

@@ -453,3 +453,25 @@ def test_two_files_for_one_case_are_refused(tmp_path):
 def test_mode_errors(tmp_path, overrides, message):
     with pytest.raises(LitsError, match=message):
         lits.evaluate.scoring.evaluate(evaluate_cfg(tmp_path, *overrides))
+
+
+def test_each_distinct_label_map_is_scored_once(tmp_path, monkeypatch):
+    # 'fill_holes' leaves the labels of 'largest_liver' as they were and 'post' equals 'min_tumor' on these phantoms:
+    # their rows are copies, not recomputations, and still equal a fresh scoring
+    from lits.evaluate.metrics import case_metrics
+
+    ckpt = make_checkpoint(tmp_path, write_phantom_tree(tmp_path / "lits", cases=(0,)), test_ids=("0",))
+    monkeypatch.setattr(lits.evaluate.sources, "predict_volume", fake_predict_volume)
+    scored = []
+
+    def counting(pred, ref, spacing):
+        scored.append(np.array(pred))
+        return case_metrics(pred, ref, spacing)
+
+    monkeypatch.setattr(lits.evaluate.scoring, "case_metrics", counting)
+    lits.evaluate.scoring.evaluate(evaluate_cfg(tmp_path, f"ckpt={ckpt}", "report.montages=false"))
+    rows = {r["stage"]: r for r in read_csv_rows(tmp_path / "eval/ablation_cases.csv")}
+    assert list(rows) == STAGES and len(scored) == 5  # 7 stages, 5 different label maps
+    assert not any(np.array_equal(a, b) for i, a in enumerate(scored) for b in scored[:i])
+    assert rows["fill_holes"] | {"stage": ""} == rows["largest_liver"] | {"stage": ""}
+    assert rows["post"] | {"stage": ""} == rows["min_tumor"] | {"stage": ""}

@@ -281,3 +281,53 @@ def test_a_mis_scaled_ct_is_refused_naming_the_file(setup, tmp_path):
             predict_cfg(tmp_path, f"ckpt={ckpt}", f"input={folder}/volume-7.nii.gz", f"output={tmp_path}/out")
         )
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("spacing, hysteresis", [(None, False), ("[1.4,1.6]", True)])
+def test_streamed_prediction_equals_the_whole_volume_path(tmp_path, monkeypatch, spacing, hysteresis):
+    # predict.py streams: the CT windowed slab by slab into float16, the network's probabilities thresholded batch by
+    # batch into masks (resampled back first); the whole-volume path holds float32 volumes. Same numbers, same labels.
+    import dataclasses
+
+    import lits.data.nifti
+    from lits.data.nifti import CasePaths, load_case, open_pair
+    from lits.data.preprocess import preprocess_image, preprocess_pair
+    from lits.data.resample import resize_inplane
+    from lits.infer.checkpoint import load_model
+    from lits.infer.postprocess import count_lesions, postprocess, postprocess_masks, predicted_lesions
+    from lits.infer.predictor import predict_masks
+
+    monkeypatch.setattr(lits.data.nifti, "CHUNK_SLICES", 5)  # several slabs even on a small phantom
+    root = write_phantom_tree(tmp_path / "lits", cases=(0,))
+    extra = [f"data.target_spacing_xy={spacing}"] if spacing else []
+    cpu = torch.device("cpu")
+    model, spec, _ = load_model(make_checkpoint(tmp_path, root, test_ids=("0",), overrides=extra), cpu)
+    post = dataclasses.replace(spec.postprocess, hysteresis=hysteresis, hysteresis_low=0.5, hysteresis_high=0.52)
+    paths = CasePaths("0", root / "volume-0.nii.gz", None)
+    settings = dict(batch_size=3, **spec.predictor_settings())
+
+    case = load_case(paths)  # the whole-volume path
+    image = preprocess_image(case.image, case.spacing, spec.preprocessing).astype(np.float16)
+    probs = resize_inplane(predict_volume(model, image, cpu, **settings), case.image.shape[1:], order=1)
+    expected = postprocess(probs[0], probs[1], post)
+
+    streamed = preprocess_pair(open_pair(paths), spec.preprocessing)
+    assert streamed.dtype == np.float16 and np.array_equal(streamed, image)
+    assert (streamed.shape != case.image.shape) == (spacing is not None)  # the network's grid was resampled
+    masks = predict_masks(
+        model,
+        streamed,
+        cpu,
+        post.threshold,
+        case.image.shape[1:],
+        tumor_probability=True,
+        probabilities=True,
+        **settings,
+    )
+    np.testing.assert_array_equal(masks.probabilities, probs)
+    np.testing.assert_array_equal(masks.tumor_probability, probs[1])
+    np.testing.assert_array_equal(masks.liver, probs[0] > post.threshold)
+    labels = postprocess_masks(masks.liver, masks.tumor, post, masks.tumor_probability)
+    np.testing.assert_array_equal(labels, expected)
+    tumor = labels == 2
+    assert 0 < np.count_nonzero(tumor) < tumor.size and count_lesions(tumor) == predicted_lesions(tumor)[1] > 0

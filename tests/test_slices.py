@@ -134,3 +134,37 @@ def test_slice_index_uses_the_training_z_range(index):
     assert len(restricted) == len(index) - 4
     assert restricted.z[restricted.case == 0].tolist() == list(range(2, 10))
     del cases[0].meta["train_z_range"]
+
+
+@pytest.mark.parametrize("context, size", [(0, 16), (0, 64), (1, 32)])  # 64: larger than the 36 x 40 slices, padded
+def test_a_batch_read_in_one_go_is_bit_identical_to_the_single_crops(index, context, size):
+    ds = TrainSlices(index, size, SamplingConfig(p_lesion_center=0.5), seed=2, context_slices=context)
+    draws = list(LesionSampler(index.weights(SamplingConfig()), 48, seed=5))
+    batch = ds[draws]
+    assert batch["image"].shape == (48, 2 * context + 1, size, size) and batch["image"].dtype == torch.float16
+    assert batch["label"].shape == (48, size, size) and (batch["label"] == 2).any()
+    for i, draw in enumerate(draws):
+        single = ds[draw]
+        assert torch.equal(batch["image"][i], single["image"]) and torch.equal(batch["label"][i], single["label"])
+
+
+def test_training_loader_hands_out_batches_of_the_sampler_draws(index):
+    from conftest import compose_train
+
+    from lits.core.config import TrainConfig, typed
+    from lits.train.loader import build_loader
+
+    cfg = typed(TrainConfig, compose_train("debug=smoke", "data.num_workers=2", "data.crop_size=32"))
+    weights = index.weights(cfg.data.sampling)
+    loader, sampler, _, steps = build_loader(cfg, index, weights, 0, 1, torch.device("cpu"))
+    assert steps == 32 // 4 and loader.pin_memory is False and loader.prefetch_factor == 4
+    sampler.set_epoch(1, skip=8)  # resumed after two batches of epoch 1
+    reference = LesionSampler(weights, 32, seed=cfg.seed)
+    reference.set_epoch(1)
+    draws = list(reference)[8:]
+    batches = list(loader)  # read by two worker processes
+    assert len(batches) == 6
+    ds = TrainSlices(index, 32, cfg.data.sampling, seed=cfg.seed)
+    for b, batch in enumerate(batches):
+        expected = ds[draws[4 * b : 4 * b + 4]]
+        assert torch.equal(batch["image"], expected["image"]) and torch.equal(batch["label"], expected["label"])

@@ -45,10 +45,13 @@ class Orientation:
     source_affine: np.ndarray
 
     def to_source(self, zyx: np.ndarray) -> np.ndarray:
-        """Undo `to_canonical`: (Z, Y, X) canonical array -> the source file's (i, j, k) voxel order."""
+        """Undo `to_canonical`: (Z, Y, X) canonical array -> the source file's (i, j, k) voxel order.
+
+        A view (a transpose and flips, no copy): NIfTI stores voxels i-fastest (Fortran order), which is exactly the
+        memory order of this view of a C-ordered canonical array, so nibabel writes it without transposing."""
         ras = np.transpose(zyx, (2, 1, 0))
         back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), self.ornt)
-        return np.ascontiguousarray(nib.orientations.apply_orientation(ras, back))
+        return nib.orientations.apply_orientation(ras, back)
 
 
 @dataclass

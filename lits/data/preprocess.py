@@ -75,6 +75,25 @@ def preprocess_image(hu: np.ndarray, spacing: tuple[float, float, float], prep: 
     return unit
 
 
+def preprocess_pair(pair, prep: Preprocessing) -> np.ndarray:
+    """A new CT as the cache stores it, streamed: (Z, y, x) float16 in [0, 1] from an opened `CasePair`
+    (lits.data.nifti.open_pair), windowed and resampled slab by slab like `cache._write_arrays`, so a 1000-slice CT
+    costs its float16 result plus one float32 slab, never whole float32 volumes. Equal to
+    `preprocess_image(load_case(...).image, ...).astype(np.float16)`."""
+    z_count, height, width = pair.shape
+    out_yx = (height, width)
+    if prep.target_spacing_xy is not None:
+        out_yx = target_shape(out_yx, pair.spacing[1:], prep.target_spacing_xy)
+    image = np.empty((z_count, *out_yx), dtype=np.float16)
+    for z0, hu, _ in pair.chunks():
+        unit = window_to_unit(hu, prep.window)
+        del hu
+        if out_yx != (height, width):
+            unit = resize_inplane(unit, out_yx, order=1)
+        image[z0 : z0 + len(unit)] = unit
+    return image
+
+
 def _boxes(mask: np.ndarray) -> np.ndarray:
     """Per-slice bounding boxes [y0, y1, x0, x1) of a (Z, Y, X) mask; -1 where a slice has none."""
     boxes = np.full((mask.shape[0], 4), -1, dtype=np.int32)

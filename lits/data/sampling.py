@@ -1,6 +1,6 @@
 """Training slices: a lesion-oversampling sampler over the cached slices, and ROI crops read from the cache.
 
-Loader workers only read crops and stack them; augmentation happens later on whole batches on the device.
+Loader workers only read crops, a whole batch per request; augmentation happens later on whole batches on the device.
 
 Memory stays flat however many cases there are: a crop is read with positional reads (`os.preadv`) of just
 its rows from the cached `.npy` files, so the bytes pass through the OS page cache (shared, reclaimable) but
@@ -93,15 +93,28 @@ def crop_origin(size: int, extent: int, center: int) -> int:
     """Top-left of a crop of `size` centred near `center`, kept inside [0, extent) when the image is large enough."""
     if extent <= size:
         return 0
-    return int(np.clip(center - size // 2, 0, extent - size))
+    return min(max(int(center) - size // 2, 0), extent - size)
 
 
-def crop_slice(array2d: np.ndarray, y0: int, x0: int, size: int, fill) -> np.ndarray:
-    """size x size window at (y0, x0), padded with `fill` where the slice is smaller."""
-    out = np.full((size, size), fill, dtype=array2d.dtype)
-    part = array2d[y0 : y0 + size, x0 : x0 + size]
-    out[: part.shape[0], : part.shape[1]] = part
-    return out
+class _OpenFiles:
+    """Cache files opened once for a batch and closed after it (a batch reads the same few files many times)."""
+
+    def __init__(self):
+        self.fds: dict[str, int] = {}
+
+    def fd(self, path: str) -> int:
+        fd = self.fds.get(path)
+        if fd is None:
+            fd = self.fds[path] = os.open(path, os.O_RDONLY)
+        return fd
+
+    def __enter__(self) -> _OpenFiles:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
 
 
 class _NpyRows:
@@ -115,19 +128,22 @@ class _NpyRows:
         self.path = array.filename if direct else None
         self.offset = int(array.offset) if direct else 0
 
-    def read(self, z: int, y0: int, y1: int) -> np.ndarray:
-        """array[z, y0:y1, :] as a new array."""
+    def read(self, z: int, y0: int, y1: int, files: _OpenFiles | None = None) -> np.ndarray:
+        """array[z, y0:y1, :] as a new array (`files`: descriptors to reuse; None: open and close the file here)."""
         y0, y1 = max(0, y0), min(self.shape[1], y1)
         if self.path is None:
             return np.array(self.array[z, y0:y1])
         width = self.shape[2]
         out = np.empty((y1 - y0, width), dtype=self.dtype)
         start = self.offset + (z * self.shape[1] + y0) * width * self.dtype.itemsize
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            got = os.preadv(fd, [out], start)
-        finally:
-            os.close(fd)
+        if files is not None:
+            got = os.preadv(files.fd(self.path), [out], start)
+        else:
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                got = os.preadv(fd, [out], start)
+            finally:
+                os.close(fd)
         if got != out.nbytes:
             raise LitsError(
                 f"{self.path}: cache file is shorter than its header says; delete the case folder to rebuild it"
@@ -145,7 +161,10 @@ class TrainSlices(Dataset):
     """ROI crops of cached slices: centred on a tumour voxel with probability p_lesion_center, else inside the liver
     box.
 
-    Items are {"image": (2k+1, S, S) float16, "label": (S, S) uint8} for k = context_slices.
+    An item is a draw (slice_index, draw_id) (a bare slice index is its own draw id): {"image": (2k+1, S, S) float16,
+    "label": (S, S) uint8} for k = context_slices. A list of draws is a whole batch, read in one go (the training
+    loader asks for batches): {"image": (B, 2k+1, S, S), "label": (B, S, S)}, bit-identical to stacking the single
+    crops, since every crop is seeded by its own draw id.
     """
 
     def __init__(
@@ -168,7 +187,25 @@ class TrainSlices(Dataset):
         return state
 
     def __getitem__(self, item):
-        slice_index, draw_id = item if isinstance(item, tuple) else (item, item)
+        if isinstance(item, list):
+            return self.read_batch(item)
+        batch = self.read_batch([item])
+        return {"image": batch["image"][0], "label": batch["label"][0]}
+
+    def read_batch(self, draws: list) -> dict[str, torch.Tensor]:
+        """The crops of `draws` stacked: one output array per batch, each cache file opened once."""
+        size, channels = self.crop_size, 2 * self.context_slices + 1
+        image = np.zeros((len(draws), channels, size, size), dtype=self._images[0].dtype)
+        label = np.zeros((len(draws), size, size), dtype=np.uint8)
+        with _OpenFiles() as files:
+            for b, draw in enumerate(draws):
+                slice_index, draw_id = draw if isinstance(draw, tuple) else (draw, draw)
+                self._crop_into(int(slice_index), int(draw_id), image[b], label[b], files)
+        return {"image": torch.from_numpy(image), "label": torch.from_numpy(label)}
+
+    def _crop_into(self, slice_index: int, draw_id: int, image: np.ndarray, label: np.ndarray, files) -> None:
+        """Draw the crop of (slice_index, draw_id) and write it into the zero-filled `image` (C, S, S) and `label`
+        (S, S); where the slice is smaller than the crop the zeros stay (padding)."""
         rng = np.random.default_rng([self.seed, draw_id])
         case_number = int(self.index.case[slice_index])
         images, labels = self._images[case_number], self._labels[case_number]
@@ -180,7 +217,7 @@ class TrainSlices(Dataset):
             ty0, ty1, tx0, tx1 = (
                 self.index.tumor_box[slice_index] if self.index.tumor_box is not None else (0, height, 0, width)
             )
-            rows = labels.read(z, int(ty0), int(ty1))
+            rows = labels.read(z, int(ty0), int(ty1), files)
             ys, xs = np.nonzero(rows[:, tx0:tx1] == 2)
             pick = rng.integers(len(ys))
             cy, cx = int(ty0 + ys[pick]), int(tx0 + xs[pick])
@@ -191,10 +228,9 @@ class TrainSlices(Dataset):
             cy, cx = int(rng.integers(height)), int(rng.integers(width))
         oy = crop_origin(size, height, cy)
         ox = crop_origin(size, width, cx)
-        label = crop_slice(labels.read(z, oy, oy + size), 0, ox, size, 0)
-        channels = context_indices(z, self.context_slices, z_count)
-        image = np.zeros((len(channels), size, size), dtype=images.dtype)
+        rows = labels.read(z, oy, oy + size, files)[:, ox : ox + size]
+        label[: rows.shape[0], : rows.shape[1]] = rows
+        channels = (z,) if self.context_slices == 0 else context_indices(z, self.context_slices, z_count)
         for c, zc in enumerate(channels):
-            rows = images.read(int(zc), oy, oy + size)[:, ox : ox + size]
+            rows = images.read(int(zc), oy, oy + size, files)[:, ox : ox + size]
             image[c, : rows.shape[0], : rows.shape[1]] = rows
-        return {"image": torch.from_numpy(image), "label": torch.from_numpy(label)}

@@ -20,6 +20,7 @@ predictions/ with save_predictions=true. TensorBoard: see ``lits.evaluate.report
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from pathlib import Path
 
@@ -89,8 +90,12 @@ def score_rows(cfg: EvaluateConfig, source: Source, out_dir: Path) -> tuple[dict
         # scored on the native canonical grid (the reference's voxels), also when the cache was resampled
         label, spacing = np.asarray(case.native_label), case.native_spacing
         voxel_ml = float(np.prod(spacing)) / 1000.0
+        scored: dict[bytes, dict] = {}  # stages often leave the labels as they were: score each label map once
         for stage, pred, probs in source.predict(case):
-            row = {"case": case.case_id, "stage": stage, **case_metrics(pred, label, spacing)}
+            digest = hashlib.blake2b(np.ascontiguousarray(pred, dtype=np.uint8)).digest()
+            if digest not in scored:
+                scored[digest] = case_metrics(pred, label, spacing)
+            row = {"case": case.case_id, "stage": stage, **scored[digest]}
             for s in ("liver", "tumor"):
                 row[f"{s}_volume_ref_ml"] = row[f"{s}_ref_voxels"] * voxel_ml
                 row[f"{s}_volume_pred_ml"] = row[f"{s}_pred_voxels"] * voxel_ml

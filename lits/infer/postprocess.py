@@ -81,9 +81,26 @@ def postprocess(
 
         liver_prob, tumor_prob = refine(image, liver_prob, tumor_prob, cfg)
     liver, tumor = _threshold(liver_prob, tumor_prob, cfg.threshold, cfg.tumor_cut)
+    return postprocess_masks(liver, tumor, cfg, tumor_prob, spacing)
+
+
+def postprocess_masks(
+    liver: np.ndarray,
+    tumor: np.ndarray,
+    cfg: PostprocessConfig | Mapping[str, Any] | None = None,
+    tumor_prob: np.ndarray | None = None,
+    spacing: tuple[float, float, float] | None = None,
+) -> np.ndarray:
+    """`postprocess` from the thresholded masks on (liver_prob > threshold, tumor_prob > tumour threshold, bool,
+    modified in place): what a prediction that never holds whole probability volumes hands over. `tumor_prob` is
+    needed only with hysteresis or keep_confident < 1 (`needs_probabilities`), `spacing` with min_tumor_mm3. Same
+    labels as `postprocess` on the probabilities (the CRF, which needs them, excepted)."""
+    cfg = PostprocessConfig.from_mapping(cfg)
     if liver.ndim != 3:
         raise ValueError(f"postprocess expects 3D (Z, Y, X) probability volumes, got shape {liver.shape}")
     if cfg.hysteresis:
+        if tumor_prob is None:
+            raise ValueError("postprocess_masks: hysteresis needs the tumour probabilities (tumor_prob)")
         tumor = hysteresis_mask(tumor_prob, cfg.hysteresis_low, cfg.hysteresis_high)
     if cfg.largest_liver_component:
         _keep_largest_component(liver, tumor)
@@ -92,8 +109,15 @@ def postprocess(
     if cfg.tumor_in_liver:
         _restrict_to_dilated(tumor, liver, cfg.liver_dilation)
     if cfg.removes_small_tumors:
+        if tumor_prob is None and cfg.keep_confident < 1.0:
+            raise ValueError("postprocess_masks: keep_confident needs the tumour probabilities (tumor_prob)")
         _remove_small_components(tumor, tumor_prob, _min_voxels(cfg, spacing), cfg.keep_confident)
     return _compose(liver, tumor)
+
+
+def needs_probabilities(cfg: PostprocessConfig) -> bool:
+    """Whether post-processing reads the probabilities beyond the thresholded masks."""
+    return cfg.hysteresis or cfg.crf or (cfg.removes_small_tumors and cfg.keep_confident < 1.0)
 
 
 def _min_voxels(cfg: PostprocessConfig, spacing) -> int:
@@ -283,3 +307,10 @@ def predicted_lesions(pred_tumor: np.ndarray) -> tuple[np.ndarray, int]:
     """Predicted lesions: 6-connected components of the tumour mask (``scipy.ndimage.label`` default)."""
     labels, n = ndimage.label(np.asarray(pred_tumor, dtype=bool))
     return labels, int(n)
+
+
+def count_lesions(pred_tumor: np.ndarray) -> int:
+    """The number of `predicted_lesions`, labelled inside the tumour's bounding box only."""
+    mask = np.asarray(pred_tumor, dtype=bool)
+    box = _bbox(mask)
+    return 0 if box is None else int(ndimage.label(mask[box])[1])

@@ -23,8 +23,8 @@ from lits.core.device import resolve_device
 from lits.core.errors import LitsError
 from lits.core.files import write_csv, write_json
 from lits.core.tables import format_table
-from lits.data.nifti import CasePaths, load_case
-from lits.data.preprocess import preprocess_image
+from lits.data.nifti import CasePaths, open_pair
+from lits.data.preprocess import preprocess_pair
 from lits.data.resample import resize_inplane
 from lits.infer.checkpoint import load_model
 from lits.infer.export import (
@@ -37,8 +37,8 @@ from lits.infer.export import (
     probability_name,
     read_header,
 )
-from lits.infer.postprocess import postprocess, predicted_lesions
-from lits.infer.predictor import predict_volume
+from lits.infer.postprocess import count_lesions, needs_probabilities, postprocess, postprocess_masks
+from lits.infer.predictor import predict_masks, predict_volume
 
 log = logging.getLogger(__name__)
 
@@ -162,37 +162,25 @@ def predict(cfg) -> dict:
 
     rows = []
     for path, name in tqdm(list(zip(inputs, names)), desc="predicting", unit="volume", disable=not cfg.progress):
-        try:
-            case = load_case(CasePaths(nifti_stem(path), path, None))
-        except LitsError as exc:
-            if cfg.on_error != "skip":
-                raise LitsError(f"{exc}; or on_error=skip to predict the other inputs") from None
-            skipped[path] = str(exc)
-            log.warning("skipped %s", exc)
+        read = _read(path, spec, cfg.on_error, skipped)
+        if read is None:
             continue
-        if case.warning:
-            log.warning("%s", case.warning)
-        # float16 in [0, 1], exactly what the training cache stores, so predictions match evaluate.py's
-        image = preprocess_image(case.image, case.spacing, spec.preprocessing).astype(np.float16)
-        native_yx = case.image.shape[1:]
-        case.image = None  # free the float32 HU copy before inference
-        probs = predict_volume(model, image, **infer)
-        if probs.shape[2:] != native_yx:  # the cache grid was resampled in-plane: back to the CT's own grid
-            probs = resize_inplane(probs, native_yx, order=1)
-        image = resize_inplane(image.astype(np.float32), native_yx, order=1) if post.crf else None
-        labels = postprocess(probs[0], probs[1], post, case.spacing, image)
+        image, native_yx, orientation, spacing = read
+        labels, probabilities = _segment(model, image, native_yx, spacing, post, infer, cfg.save_probabilities)
+        del image
         header = read_header(path)
-        export_labels(out_dir / name, labels, case.orientation, header)
+        export_labels(out_dir / name, labels, orientation, header)
         if cfg.save_probabilities:
-            export_probabilities(out_dir / probability_name(name), probs, case.orientation, header)
-        voxel_ml = float(np.prod(case.spacing)) / 1000.0
+            export_probabilities(out_dir / probability_name(name), probabilities, orientation, header)
+        voxel_ml = float(np.prod(spacing)) / 1000.0
+        tumor = labels == 2
         rows.append(
             {
                 "input": str(path),
                 "output": str(out_dir / name),
-                "liver_ml": float((labels >= 1).sum()) * voxel_ml,
-                "tumor_ml": float((labels == 2).sum()) * voxel_ml,
-                "lesions": predicted_lesions(labels == 2)[1],
+                "liver_ml": float(np.count_nonzero(labels)) * voxel_ml,
+                "tumor_ml": float(np.count_nonzero(tumor)) * voxel_ml,
+                "lesions": count_lesions(tumor),
             }
         )
 
@@ -205,6 +193,39 @@ def predict(cfg) -> dict:
     print(f"wrote {len(rows)} label maps (0 background, 1 liver, 2 tumour) and {CSV_NAME} to {out_dir}")
     _report_skipped(skipped, out_dir)
     return {"outputs": [r["output"] for r in rows], "rows": rows, "skipped": {str(k): v for k, v in skipped.items()}}
+
+
+def _read(path: Path, spec, on_error: str, skipped: dict[Path, str]):
+    """(image float16 in [0, 1] as the training cache holds it, native (Y, X), orientation, spacing) of one CT, or
+    None when it turns out unreadable or implausible while read and on_error=skip (then listed in `skipped`)."""
+    try:
+        pair = open_pair(CasePaths(nifti_stem(path), path, None))
+        image = preprocess_pair(pair, spec.preprocessing)  # reads every slab: the intensity checks run here
+    except LitsError as exc:
+        if on_error != "skip":
+            raise LitsError(f"{exc}; or on_error=skip to predict the other inputs") from None
+        skipped[path] = str(exc)
+        log.warning("skipped %s", exc)
+        return None
+    if pair.warning:
+        log.warning("%s", pair.warning)
+    return image, pair.shape[1:], pair.orientation, pair.spacing  # the stored voxels go with `pair`
+
+
+def _segment(model, image, native_yx, spacing, post, infer: dict, save_probabilities: bool):
+    """(label map on the CT's own grid, its probabilities or None). Thresholded batch by batch into masks (back on
+    the native grid when the cache grid was resampled in-plane); whole probability volumes only where needed."""
+    if post.crf:  # the CRF refines whole probability volumes along the image
+        probs = predict_volume(model, image, **infer)
+        unit = image.astype(np.float32)
+        if probs.shape[2:] != tuple(native_yx):
+            probs, unit = resize_inplane(probs, native_yx, order=1), resize_inplane(unit, native_yx, order=1)
+        return postprocess(probs[0], probs[1], post, spacing, unit), probs
+    keep = dict(tumor_probability=needs_probabilities(post), probabilities=save_probabilities)
+    masks = predict_masks(model, image, threshold=post.threshold, tumor_threshold=post.tumor_cut, out_yx=native_yx,
+                          **keep, **infer)  # fmt: skip
+    labels = postprocess_masks(masks.liver, masks.tumor, post, masks.tumor_probability, spacing)
+    return labels, masks.probabilities
 
 
 def _report_skipped(skipped: dict[Path, str], out_dir: Path) -> None:

@@ -121,6 +121,8 @@ def epoch_metrics(run: Run, outcome: EpochOutcome) -> dict[str, float]:
         "train/lr": run.optimizer.param_groups[0]["lr"],
         "train/bad_steps": sums.bad,
     }
+    if run.amp == "fp16":  # the GradScaler's loss scale: halved at every overflow, doubled after 2000 clean steps
+        metrics["train/grad_scale"] = run.scaler.get_scale()
     if outcome.steps:
         samples = outcome.steps * cfg.trainer.batch_size * run.ctx.world_size
         metrics["train/samples_per_s"] = samples / outcome.seconds

@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from lits.core.errors import LitsError
 from lits.core.files import atomic_path, write_atomic, write_bytes_atomic
 from lits.evaluate.curves import progress_png, read_history
 from lits.infer.checkpoint import save_checkpoint
@@ -281,8 +282,9 @@ class CheckpointHook(Hook):
 
 
 class FaultHook(Hook):
-    """TEST ONLY (`debug=faults`): NaN input batches at chosen steps, a signal to itself at a chosen step, and each
-    rank's sample draws written to <run dir>/debug/. Acts on the last rank, like a fault on one machine."""
+    """TEST ONLY (`debug=faults`): NaN input batches or an overflowing backward pass at chosen steps, a signal to
+    itself at a chosen step, and each rank's sample draws written to <run dir>/debug/. Acts on the last rank, like a
+    fault on one machine."""
 
     def __init__(self, faults, rank: int, world_size: int):
         self.faults, self.rank = faults, rank
@@ -299,6 +301,17 @@ class FaultHook(Hook):
                 return None
 
             run.state.model.register_forward_pre_hook(poison)
+        if self.faults.overflow_steps:
+            self._overflow(run, set(self.faults.overflow_steps))
+
+    def _overflow(self, run, steps: set[int]) -> None:
+        """An Inf in the first parameter's gradient at `steps` (before DDP all-reduces it), the loss left finite."""
+        if run.amp != "fp16":
+            raise LitsError(f"faults.overflow_steps needs trainer.amp=fp16 (the GradScaler); got {run.amp}")
+        if not self.acts:
+            return
+        first = next(run.state.model.parameters())
+        first.register_hook(lambda grad: torch.full_like(grad, float("inf")) if run.state.step in steps else None)
 
     def before_step(self, run) -> None:
         if self.acts and run.state.step == self.faults.kill_at_step:

@@ -1,11 +1,12 @@
-"""The training loader: lesion-oversampled draws (resumable mid-epoch) -> ROI crops read by worker processes."""
+"""The training loader: lesion-oversampled draws (resumable mid-epoch) -> batches of ROI crops read by worker
+processes."""
 
 from __future__ import annotations
 
 import signal
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 from lits.core.config import TrainConfig
 from lits.core.errors import LitsError
@@ -47,19 +48,23 @@ def _quiet_worker(_worker_id: int) -> None:
 
 
 def build_loader(cfg: TrainConfig, index: SliceIndex, weights, rank: int, world_size: int, device: torch.device):
-    """(loader, positioned sampler, the loader's seed generator, steps per epoch) for this rank."""
-    sampling = cfg.data.sampling
+    """(loader, positioned sampler, the loader's seed generator, steps per epoch) for this rank.
+
+    Each request to a worker is a whole batch of draws (TrainSlices reads a batch's crops in one go, bit-identical to
+    reading them one by one), so workers spend their time reading, not on per-sample Python and collation."""
+    data = cfg.data
+    sampling = data.sampling
     sampler = PositionedSampler(LesionSampler(weights, sampling.samples_per_epoch, cfg.seed, rank, world_size))
     generator = torch.Generator()  # the loader's worker seeds come from here, not from the global torch RNG
-    workers = cfg.data.num_workers
+    workers = data.num_workers
     loader = DataLoader(
-        TrainSlices(index, cfg.data.crop_size, sampling, seed=cfg.seed, context_slices=cfg.data.context_slices),
-        batch_size=cfg.trainer.batch_size,
-        sampler=sampler,
+        TrainSlices(index, data.crop_size, sampling, seed=cfg.seed, context_slices=data.context_slices),
+        batch_size=None,  # the sampler below hands out batches of draws; the dataset returns them stacked
+        sampler=BatchSampler(sampler, cfg.trainer.batch_size, drop_last=True),
         num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-        drop_last=True,
+        pin_memory=device.type == "cuda" if data.pin_memory is None else data.pin_memory,
+        prefetch_factor=data.prefetch_factor if workers > 0 else None,
+        persistent_workers=workers > 0 and data.persistent_workers,
         worker_init_fn=_quiet_worker if workers > 0 else None,
         generator=generator,
     )

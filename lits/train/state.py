@@ -171,7 +171,10 @@ class TrainState:
                 f"{path}: its weights or optimizer state do not fit this run's model ({first}); "
                 "resume with the settings it was trained with, or start a new run"
             ) from None
-        self.scaler.load_state_dict(saved["scaler"])
+        if saved["scaler"] or not self.scaler.is_enabled():
+            self.scaler.load_state_dict(saved["scaler"])
+        else:  # written with trainer.amp other than fp16: a disabled scaler saves nothing
+            log.warning("%s: no GradScaler state (not trained with fp16); the scaler starts at its initial scale", path)
         self.epoch, self.batch = int(saved["position"]["epoch"]) - 1, int(saved["position"]["batch"])
         self.step, self.bad_total = int(saved["step"]), int(saved["bad_steps"])
         self.bad_in_row = int(saved["bad_in_row"])

@@ -3,6 +3,13 @@
 A non-finite loss skips the step on every rank (no backward, no optimizer step, BatchNorm statistics restored) and is
 counted; `trainer.max_bad_steps` in a row abort. SIGTERM/SIGINT and the time budget are read here too: the three
 flags travel in one tiny all-reduce, so every rank skips, stops or ends the epoch at the same step.
+
+fp16 (trainer.amp=fp16, CUDA or CPU): the loss is scaled before backward, the gradients are unscaled before clipping,
+and an Inf/NaN in the *gradients* (an fp16 overflow of the scaled backward pass) makes the GradScaler skip the
+optimizer step and halve its scale. That is the scaler's business, not a bad step: the loss was finite, BatchNorm
+statistics stand, nothing is counted. Under DDP the gradients are all-reduced before they are unscaled, so an overflow
+on one rank is an Inf on every rank and all of them skip together. A non-finite *loss* is a bad step whatever the
+precision: it is skipped before backward and the scale is left alone (it only multiplies the backward pass).
 """
 
 from __future__ import annotations

@@ -88,7 +88,11 @@ class DataConfig:
     fold: int | None = None  # k-fold cross-validation: fold k (0..num_folds-1) is val, the others train; null: off
     num_folds: int = 5
     crop_size: int = 256  # training ROI crop (pixels); a multiple of the network's total stride
-    num_workers: int = 4  # loader processes (they only read crops from the cache)
+    num_workers: int = 4  # loader processes; they only read crops from the cache, a batch per request (each keeps a
+    # GPU fed with far more crops/s than a 2D U-Net step takes: README "Throughput" says how many a GPU needs)
+    pin_memory: bool | None = None  # page-locked batches: asynchronous host-to-GPU copies; null = on when on CUDA
+    prefetch_factor: int = 4  # batches each worker keeps ready (num_workers > 0): rides out a slow disk read
+    persistent_workers: bool = True  # workers live across epochs (no restart, no warm-up at every epoch start)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     synthetic: SyntheticConfig | None = None  # generator settings (data=synthetic only)
 
@@ -112,6 +116,7 @@ class DataConfig:
         self.fold = checks.optional(checks.integer, "data.fold", self.fold, 0, self.num_folds - 1)
         self.crop_size = checks.integer("data.crop_size", self.crop_size, 16)
         self.num_workers = checks.integer("data.num_workers", self.num_workers, 0)
+        self.prefetch_factor = checks.integer("data.prefetch_factor", self.prefetch_factor, 1)
 
     @property
     def input_channels(self) -> int:

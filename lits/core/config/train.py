@@ -149,7 +149,7 @@ class TrainerConfig:
     max_time: float | None = None  # minutes of training: as many epochs as fit, schedules stretched onto them
     batch_size: int = 8  # per process
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (CUDA: fp16 + GradScaler; CPU: off) | off | fp16 | bf16
+    amp: str = "auto"  # auto (CUDA: fp16 + GradScaler; CPU: off) | off | fp16 | bf16 (fp16 on CPU: slow, for tests)
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     val_every: int = 2  # validate every N epochs (and after the last)
     val_tta: bool = False  # validation with flip test-time augmentation (3x the forward passes)
@@ -196,6 +196,9 @@ class FaultsConfig:
     """Fault injection for the tests (`debug=faults`); absent from real training configs."""
 
     nan_steps: list[int] = field(default_factory=list)  # global steps whose input batch is made NaN (last rank)
+    # global steps whose backward pass overflows on the last rank (a gradient becomes Inf, the loss stays finite), as
+    # an fp16 overflow does: the GradScaler must skip the step and lower its scale (needs trainer.amp=fp16)
+    overflow_steps: list[int] = field(default_factory=list)
     kill_at_step: int | None = None  # at the start of this global step the last rank sends itself kill_signal
     kill_signal: str = "SIGKILL"  # SIGKILL (a crash) | SIGTERM / SIGINT (a graceful stop)
     sample_log: bool = False  # each rank appends its sample draws per epoch to <run dir>/debug/samples-rank<r>.jsonl
@@ -203,6 +206,7 @@ class FaultsConfig:
 
     def __post_init__(self) -> None:
         self.nan_steps = [checks.integer("faults.nan_steps", s, 0) for s in self.nan_steps]
+        self.overflow_steps = [checks.integer("faults.overflow_steps", s, 0) for s in self.overflow_steps]
         self.kill_at_step = checks.optional(checks.integer, "faults.kill_at_step", self.kill_at_step, 0)
         self.kill_during_save = checks.optional(checks.integer, "faults.kill_during_save", self.kill_during_save, 1)
         name = str(self.kill_signal).upper()

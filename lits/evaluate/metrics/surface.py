@@ -88,7 +88,8 @@ def _nearest(src: np.ndarray, dst: np.ndarray, sp: np.ndarray) -> np.ndarray:
     out = np.zeros(int(np.count_nonzero(src)), dtype=np.float64)
     only = src & ~dst
     if only.any():
-        out[only[src]] = cKDTree(np.argwhere(dst) * sp).query(np.argwhere(only) * sp)[0]
+        # workers=-1: the queries run on every core (each answer is independent of the others: same result)
+        out[only[src]] = cKDTree(np.argwhere(dst) * sp).query(np.argwhere(only) * sp, workers=-1)[0]
     return out
 
 

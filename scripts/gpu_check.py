@@ -1,0 +1,403 @@
+#!/usr/bin/env python
+"""The GPU acceptance run: one command, about 10 minutes on one GPU, a markdown report of what this machine does.
+
+    python scripts/gpu_check.py                      # CUDA: the full check, report in gpu_check.md
+    python scripts/gpu_check.py --device cpu --quick # the same code paths on tiny sizes (the test suite runs this)
+
+Sections of the report (--out, also printed):
+
+1. Environment: Python, torch, CUDA, cuDNN, the GPU(s) and their memory, CPUs, lits.
+2. AMP smoke training: `debug=smoke` with `trainer.amp=fp16` (autocast + GradScaler) trained to a finished checkpoint,
+   then evaluated as `python evaluate.py ckpt=.../best.pt` does (the checkpoint is evaluable end to end).
+3. Training throughput for unet_small, unet and resunet34 at 256x256 crops and batch 8 / 16 / 32 (trainer.amp=auto:
+   fp16 on CUDA): the pure step (forward, loss, backward, optimizer on one batch already on the device, augmented
+   once), the full loop (the training loop's own `train_epoch`: sampler, loader workers reading crops, augmentation
+   on the device, the step, hooks), their ratio, and the peak GPU memory. Every (model, batch) runs with
+   channels_last and without torch.compile (the defaults); channels_last off and torch.compile on are measured at
+   batch 16 (--all-variants: at every batch).
+4. Loader alone: crops/s from the cache with the training loader's settings (data.num_workers workers), and the
+   crops/s one worker sustains per CPU-second (scripts/benchmark_crops.py).
+5. predict.py on a 512 x 512 x 300 CT with the unet_small just measured, split into reading, preprocessing, network,
+   post-processing and writing (scripts/benchmark_infer.py).
+6. DDP: a 2-process NCCL `torchrun` smoke training when two GPUs are visible (skipped otherwise).
+
+Synthetic 512 x 512 data (LiTS-sized slices) is generated once into --data-dir. Nothing here is asserted: the report
+is what the person with the GPU pastes into an issue or the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@dataclass
+class Plan:
+    """What one run of the check measures (full on a GPU, tiny with --quick)."""
+
+    models: list[str]
+    batches: list[int]
+    variant_batch: int  # where channels_last off / compile on are measured (unless --all-variants)
+    crop: int
+    steps: int  # training steps per epoch (one warm-up epoch, one timed)
+    pure_steps: int
+    data: dict  # synthetic data: size, cases, slices
+    ct_slices: int
+    ct_size: int
+    compile: bool
+    crops: dict = field(default_factory=dict)  # benchmark_crops options
+    workers: int | None = None  # data.num_workers of the loop (None: the schema's)
+
+
+def plan_for(args) -> Plan:
+    if args.quick:
+        return Plan(["unet_small"], [2], 2, 64, 3, 3, {"size": 96, "cases": 5, "slices": [20, 28]}, 24, 128,
+                    args.compile, {"batch_size": 4, "batches": 20, "workers": 1}, workers=1)  # fmt: skip
+    return Plan(["unet_small", "unet", "resunet34"], [8, 16, 32], 16, 256, 30, 20,
+                {"size": 512, "cases": 8, "slices": [48, 72]}, 300, 512, not args.no_compile,
+                {"batch_size": 32, "batches": 60, "workers": None})  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def compose(overrides: list[str]):
+    """A typed training config composed from configs/ as train.py composes it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from lits.core.cli import prepare_hydra
+    from lits.core.config import TrainConfig, typed
+
+    prepare_hydra()
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return typed(TrainConfig, hydra_compose("train", overrides=overrides))
+
+
+def data_overrides(args, plan: Plan) -> list[str]:
+    d = plan.data
+    return [
+        f"data.synthetic.size={d['size']}",
+        f"data.synthetic.num_cases={d['cases']}",
+        f"data.synthetic.num_slices=[{d['slices'][0]},{d['slices'][1]}]",
+        f"paths.data_dir={Path(args.data_dir).resolve()}",
+        f"paths.root_dir={REPO}",
+    ]
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def synchronize(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------------------------------------- 1. environment
+def environment(device) -> list[dict]:
+    import torch
+
+    import lits
+
+    rows = [
+        {"item": "python", "value": platform.python_version()},
+        {"item": "torch", "value": torch.__version__},
+        {"item": "CUDA (torch build)", "value": torch.version.cuda or "none"},
+        {"item": "cuDNN", "value": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else "none"},
+        {"item": "device", "value": str(device)},
+        {"item": "CPUs", "value": os.cpu_count()},
+        {"item": "lits", "value": lits.__version__},
+    ]
+    for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        p = torch.cuda.get_device_properties(i)
+        rows.append({"item": f"GPU {i}", "value": f"{p.name}, {p.total_memory / 2**30:.1f} GiB, sm {p.major}{p.minor}"})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- 2. AMP smoke
+def amp_smoke(args, work: Path) -> list[dict]:
+    """debug=smoke with fp16 to a finished best.pt, then evaluated on the test split."""
+    from lits.evaluate.scoring import evaluate_checkpoint
+    from lits.train.task import train
+
+    run_dir = work / "smoke"
+    # a constant loss schedule: the epochs' losses are comparable (the progressive one changes the loss each epoch)
+    overrides = ["debug=smoke", "loss.schedule.kind=constant", "trainer.amp=fp16", f"trainer.device={args.device}",
+                 "trainer.progress=false", "trainer.log_images=false", "trainer.resume=null",
+                 f"paths.output_dir={run_dir}", f"paths.root_dir={work}",
+                 f"paths.data_dir={Path(args.data_dir).resolve()}"]  # fmt: skip
+    started = time.perf_counter()
+    summary = train(compose(overrides))
+    train_s = time.perf_counter() - started
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    started = time.perf_counter()
+    metrics = evaluate_checkpoint(run_dir / "checkpoints/best.pt", work / "smoke_evaluate", "test")
+    post = metrics["post"]
+    return [
+        {
+            "training s": train_s,
+            "epochs": summary["epochs"],
+            "loss first -> last epoch": f"{history[0]['train/loss']:.3f} -> {history[-1]['train/loss']:.3f}",
+            "grad scale": history[-1]["train/grad_scale"],
+            "bad steps": summary["bad_steps"],
+            "evaluate s": time.perf_counter() - started,
+            "test liver Dice": post["liver_dice_per_case"],
+            "test tumour Dice": post["tumor_dice_per_case"],
+            "evaluable": "yes",
+        }
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- 3. throughput
+def pure_rate(run, steps: int) -> float:
+    """samples/s of forward + loss + backward + clip + optimizer on one augmented batch already on the device."""
+    import torch
+
+    from lits.core.device import autocast
+    from lits.train.deep_supervision import supervised_loss
+    from lits.train.loss import targets_from_labels
+    from lits.train.step import prepare_batch
+
+    image, label = prepare_batch(run, next(iter(run.loader)))
+    target, clip = targets_from_labels(label), run.cfg.trainer.grad_clip
+
+    def step():
+        with autocast(run.device, run.amp):
+            logits = run.train_model(image)
+        loss, parts = supervised_loss(run.loss_fn, logits, target, 0.5)
+        torch.stack([loss.detach(), parts["bce"], parts["dice"]]).tolist()  # the loop's one host sync per step
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        if clip:
+            run.scaler.unscale_(run.optimizer)
+            torch.nn.utils.clip_grad_norm_(run.state.model.parameters(), clip)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+
+    for _ in range(3):
+        step()
+    synchronize(run.device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(run.device)
+    return steps * image.shape[0] / (time.perf_counter() - started)
+
+
+def measure_config(args, plan: Plan, work: Path, model: str, batch: int, channels_last: bool, compiled: bool,
+                   keep: Path | None = None) -> dict:  # fmt: skip
+    """One row: the loop's second epoch and the pure step, with the run built by train.py's own setup."""
+    import torch
+
+    from lits.train import distributed
+    from lits.train.checkpoint import save_checkpoint
+    from lits.train.fit import run_summary, train_epoch
+    from lits.train.run import build_run
+    from lits.train.signals import StopRequest
+
+    run_dir = work / f"{model}-b{batch}-cl{int(channels_last)}-c{int(compiled)}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    overrides = [f"model={model}", f"trainer.batch_size={batch}", f"data.crop_size={plan.crop}",
+                 f"data.sampling.samples_per_epoch={plan.steps * batch}", f"trainer.channels_last={channels_last}",
+                 f"trainer.compile={compiled}", "trainer.amp=auto", f"trainer.device={args.device}",
+                 "trainer.progress=false", "trainer.log_images=false", "trainer.resume=null",
+                 f"paths.output_dir={run_dir}", *data_overrides(args, plan)]  # fmt: skip
+    workers = args.workers if args.workers is not None else plan.workers
+    if workers is not None:
+        overrides.append(f"data.num_workers={workers}")
+    cfg = compose(overrides)
+    ctx = distributed.setup(cfg.trainer.device)
+    if ctx.device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+    run = build_run(cfg, ctx, StopRequest())
+    run.hooks.before_train(run)
+    run.started = time.time()
+    rates = []
+    for _ in range(2):  # the first epoch warms up (workers, cuDNN autotuning, compilation)
+        outcome = train_epoch(run)
+        run.state.end_epoch(None)
+        rates.append(outcome.steps * batch / outcome.seconds)
+    pure = pure_rate(run, plan.pure_steps)
+    memory = torch.cuda.max_memory_allocated(ctx.device) / 2**30 if ctx.device.type == "cuda" else None
+    if keep is not None:  # a real checkpoint of this run (for the predict section)
+        save_checkpoint(run.checkpoint([run.state.rank_state(run.device, False)], {}), keep)
+    run.hooks.after_train(run, run_summary(run))
+    del run
+    gc.collect()
+    return {
+        "model": model,
+        "batch": batch,
+        "channels_last": "on" if channels_last else "off",
+        "compile": "on" if compiled else "off",
+        "pure step samples/s": pure,
+        "loop samples/s": rates[1],
+        "loop / pure": f"{100 * rates[1] / pure:.0f}%",
+        "peak GPU GiB": memory if memory is not None else "- (CPU)",
+    }
+
+
+def throughput(args, plan: Plan, work: Path, ckpt: Path) -> list[dict]:
+    rows = []
+    for model in plan.models:
+        for batch in plan.batches:
+            variants = [(True, False)]
+            if args.all_variants or batch == plan.variant_batch:
+                variants += [(False, False)] + ([(True, True)] if plan.compile else [])
+            for channels_last, compiled in variants:
+                print(f"throughput: {model} batch {batch} channels_last={channels_last} compile={compiled} ...",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                keep = ckpt if (model, channels_last, compiled) == ("unet_small", True, False) else None
+                rows.append(measure_config(args, plan, work, model, batch, channels_last, compiled, keep))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- 4. loader
+def loader_only(args, plan: Plan) -> list[dict]:
+    """The training data's crops read as the training loader reads them, without a model."""
+    import benchmark_crops
+
+    from lits.data.prepare import prepare
+    from lits.data.sampling import SliceIndex, TrainSlices
+
+    output = f"paths.output_dir={Path(args.data_dir).resolve() / 'runs'}"  # composed, never written to
+    cfg = compose([f"data.crop_size={plan.crop}", output, *data_overrides(args, plan)])
+    workers = plan.crops["workers"] or (args.workers if args.workers is not None else cfg.data.num_workers)
+    _, cases = prepare(cfg.data, cfg.seed, only=("train",), progress=False)
+    index = SliceIndex(cases["train"])
+    dataset = TrainSlices(index, plan.crop, cfg.data.sampling, seed=cfg.seed)
+    weights = index.weights(cfg.data.sampling)
+    batch = plan.crops["batch_size"]
+    options = argparse.Namespace(batch_size=batch, batches=plan.crops["batches"], warmup=2, workers=workers)
+    alone = benchmark_crops.in_process(dataset, benchmark_crops.draws_of(weights, 8 * batch, 0), batch, batched=True)
+    loader = benchmark_crops.with_workers(dataset, weights, options, batched=True, epoch=1)
+    per_worker = f"{1000 / loader['cpu_ms']:.0f}" if loader["cpu_ms"] > 0 else "- (too short to measure)"
+    return [
+        {
+            "crop": plan.crop,
+            "batch": batch,
+            "workers": workers,
+            "loader crops/s": loader["crops_per_s"],
+            "per worker crops per CPU-second": per_worker,
+            "one process, one thread crops/s": alone["crops_per_s"],
+        }
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- 5. predict
+def predict_time(args, plan: Plan, ckpt: Path) -> list[dict]:
+    import benchmark_infer
+
+    options = argparse.Namespace(device=args.device, threads=0, tta=False, data_dir=args.data_dir)
+    ct, _ = benchmark_infer.make_ct(Path(args.data_dir).resolve() / "infer" / f"ct{plan.ct_size}", plan.ct_slices,
+                                    plan.ct_size)  # fmt: skip
+    result = benchmark_infer.run_child(options, "predict", ct, ckpt)
+    row = {"CT": f"{plan.ct_size}x{plan.ct_size}x{plan.ct_slices}", "total s": result["total_s"]}
+    row.update({f"{stage} s": seconds for stage, seconds in result["stages"].items() if stage != "metrics"})
+    row["peak RSS MB"] = result["peak_rss_mb"]
+    return [row]
+
+
+# ---------------------------------------------------------------------------------------------- 6. DDP
+def ddp_smoke(args, work: Path) -> list[dict]:
+    import torch
+
+    gpus = torch.cuda.device_count() if args.device == "cuda" and torch.cuda.is_available() else 0
+    if gpus < 2:
+        reason = "CPU mode (the gloo path runs in the test suite)" if args.device != "cuda" else f"{gpus} GPU visible"
+        return [{"run": "torchrun --nproc_per_node=2 (NCCL)", "result": f"skipped: {reason}"}]
+    run_dir = work / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(REPO / "train.py"), "debug=smoke", "trainer.amp=fp16", "trainer.device=cuda",
+               "trainer.dist_backend=nccl", "trainer.progress=false", "trainer.resume=null",
+               f"paths.data_dir={Path(args.data_dir).resolve()}", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, cwd=work)
+    seconds = time.perf_counter() - started
+    ok = result.returncode == 0 and (run_dir / "checkpoints/best.pt").exists()
+    detail = "best.pt written" if ok else (result.stderr.strip().splitlines() or ["no output"])[-1][:200]
+    return [{"run": "torchrun --nproc_per_node=2 (NCCL)", "result": ("ok: " if ok else "FAILED: ") + detail,
+             "seconds": seconds}]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda", help="cuda (the check) | cpu (the same code paths, slowly)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: seconds to minutes, for the test suite")
+    parser.add_argument("--out", default="gpu_check.md", help="the markdown report")
+    parser.add_argument("--data-dir", default=str(REPO / "data/benchmark/gpu_check"))
+    parser.add_argument("--workers", type=int, help="data.num_workers of the loop (default: the schema's)")
+    parser.add_argument("--all-variants", action="store_true", help="channels_last off / compile on at every batch")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--compile", action="store_true", help="with --quick: also the torch.compile rows")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from lits.core.device import resolve_device
+    from lits.core.errors import LitsError
+
+    try:
+        device = resolve_device(args.device, key="--device")
+    except LitsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    plan = plan_for(args)
+    work = Path(args.data_dir).resolve() / "runs"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    started = time.perf_counter()
+    sections = [("Environment", environment(device), ["item", "value"])]
+
+    def section(title: str, measure):
+        print(f"{title} ...", file=sys.stderr, flush=True)
+        begun = time.perf_counter()
+        with contextlib.redirect_stdout(sys.stderr):  # what the stages print is progress; the report is stdout
+            rows = measure()
+        seconds = time.perf_counter() - begun
+        print(f"{title}: {seconds:.0f} s", file=sys.stderr, flush=True)
+        sections.append((f"{title} ({seconds:.0f} s)", rows, list(rows[0])))
+
+    section("fp16 AMP smoke training and evaluation (debug=smoke)", lambda: amp_smoke(args, work))
+    ckpt = work / "unet_small-checkpoint.pt"  # written by the unet_small row of the throughput section
+    title = f"Training throughput, {plan.crop}x{plan.crop} crops, amp {'fp16' if device.type == 'cuda' else 'off'}, "
+    title += f"{plan.steps} steps per epoch"
+    section(title, lambda: throughput(args, plan, work, ckpt))
+    section("Loader alone (reading crops from the cache)", lambda: loader_only(args, plan))
+    section("predict.py, unet_small, synthetic CT (.nii.gz)", lambda: predict_time(args, plan, ckpt))
+    section("DDP", lambda: ddp_smoke(args, work))
+    load = os.getloadavg()[0]
+    head = (f"# lits GPU check\n\n{time.strftime('%Y-%m-%d %H:%M')}, `{' '.join(['gpu_check.py', *argv])}`, "
+            f"{(time.perf_counter() - started) / 60:.1f} min, load average at the end {load:.1f}, torch threads "
+            f"{torch.get_num_threads()}\n")  # fmt: skip
+    text = head + "".join(f"\n## {name}\n\n{table(rows, cols)}\n" for name, rows, cols in sections)
+    Path(args.out).write_text(text)
+    print(text)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
