@@ -66,6 +66,6 @@ def test_kill_during_any_checkpoint_write_then_resume_keeps_the_pair_consistent(
         assert got["best"] == expected["best"] and got["epoch"] == expected["epoch"], name
         assert expected["model"].keys() == got["model"].keys()
         assert all(torch.equal(expected["model"][k], got["model"][k]) for k in expected["model"]), name
-    assert checkpoint(work, run, "best.pt")["best"]["epoch"] == 1  # the second epoch's weights, as the record says
+    assert checkpoint(work, run, "best.pt")["best"]["epoch"] == 2  # the second epoch (numbered from 1), as recorded
     wanted = {k: summary(work, "straight")[k] for k in ("best_metric", "best_value", "best_epoch", "epochs")}
     assert {k: summary(work, run)[k] for k in wanted} == wanted

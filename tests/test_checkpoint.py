@@ -159,13 +159,15 @@ def test_resume_counts_the_best_from_what_best_pt_holds(tmp_path):
     save_checkpoint(with_best(0.4, 1), folder / "best.pt")  # behind (removed by hand, or an older lits' order)
     saved = load_checkpoint(last)
     message = reconcile_best(saved, folder, last)
-    assert "holds epoch 2" in message and "records the best at epoch 4 (0.5000), whose weights are lost" in message
+    assert (
+        "holds epoch 1" in message and "records the best at epoch 3 (0.5000), whose weights are lost" in message
+    )  # epochs from 1
     assert saved["best"] == with_best(0.4, 1)["best"]
 
     (folder / "best.pt").unlink()
     saved = load_checkpoint(last)
     assert "missing or unreadable" in reconcile_best(saved, folder, last)
-    assert saved["best"]["epoch"] == -1 and saved["best"]["value"] == float("-inf")
+    assert saved["best"]["epoch"] == 0 and saved["best"]["value"] == float("-inf")  # no best yet (epochs from 1)
 
 
 def test_resume_into_a_new_folder_takes_best_pt_along_and_a_fresh_start_drops_an_orphan(tmp_path):

@@ -26,6 +26,7 @@ from lits.core.errors import LitsError
 from lits.core.files import atomic_path
 
 UNSET = "<unset>"  # a key one of two configs lacks
+NO_EPOCH = 0  # a best record's epoch (numbered from 1) before any epoch was validated
 
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:
@@ -99,18 +100,24 @@ def reconcile_best(saved: dict | None, ckpt_dir: str | Path, resumed_from: str |
     if held == recorded:
         return None
     if held is None:
-        saved["best"] = {"metric": recorded["metric"], "value": -math.inf, "epoch": -1}
-        if recorded["epoch"] < 0:
+        saved["best"] = {**recorded, "value": -math.inf, "epoch": NO_EPOCH}
+        if "tiebreak_value" in recorded:
+            saved["best"]["tiebreak_value"] = -math.inf
+        if recorded["epoch"] <= NO_EPOCH:
             return None
-        return (f"{best}: missing or unreadable, although {resumed_from} records the best {recorded['metric']}="
-                f"{recorded['value']:.4f} at epoch {recorded['epoch'] + 1}: those weights are lost; the best is "
-                "counted afresh from here")  # fmt: skip
+        return (
+            f"{best}: missing or unreadable, although {resumed_from} records the best {recorded['metric']}="
+            f"{recorded['value']:.4f} at epoch {recorded['epoch']}: those weights are lost; the best is "
+            "counted afresh from here"
+        )
     saved["best"] = held
     if held["epoch"] > recorded["epoch"]:  # a stop between the two saves: best.pt is the newer one
         return None
-    return (f"{best}: holds epoch {held['epoch'] + 1} ({held['metric']}={held['value']:.4f}) but {resumed_from} "
-            f"records the best at epoch {recorded['epoch'] + 1} ({recorded['value']:.4f}), whose weights are lost; "
-            "the best is counted from best.pt's")  # fmt: skip
+    return (
+        f"{best}: holds epoch {held['epoch']} ({held['metric']}={held['value']:.4f}) but {resumed_from} "
+        f"records the best at epoch {recorded['epoch']} ({recorded['value']:.4f}), whose weights are lost; "
+        "the best is counted from best.pt's"
+    )
 
 
 def _flatten(tree, prefix: str = "") -> dict:
