@@ -211,7 +211,7 @@ def measure_config(args, plan: Plan, work: Path, model: str, batch: int, channel
     import torch
 
     from lits.train import distributed
-    from lits.train.checkpoint import save_checkpoint
+    from lits.infer.checkpoint import save_checkpoint
     from lits.train.fit import run_summary, train_epoch
     from lits.train.run import build_run
     from lits.train.signals import StopRequest
@@ -237,7 +237,7 @@ def measure_config(args, plan: Plan, work: Path, model: str, batch: int, channel
     rates = []
     for _ in range(2):  # the first epoch warms up (workers, cuDNN autotuning, compilation)
         outcome = train_epoch(run)
-        run.state.end_epoch(None)
+        run.state.end_epoch({})
         rates.append(outcome.steps * batch / outcome.seconds)
     pure = pure_rate(run, plan.pure_steps)
     memory = torch.cuda.max_memory_allocated(ctx.device) / 2**30 if ctx.device.type == "cuda" else None

@@ -58,7 +58,8 @@ def test_read_only_places_are_refused_before_any_work(tmp_path, mount, checkpoin
 def test_full_disk_is_one_line_naming_the_file_and_nothing_half_written(tmp_path, mount, checkpoint):
     root, ckpt = checkpoint
     labels = mount("labels", "size=8k")  # smaller than one label map
-    args = [f"ckpt={ckpt}", f"input={root}/volume-0.nii.gz", f"output={labels}", "progress=false", "hydra.run.dir=run"]
+    # naming=lits: the uncompressed LiTS submission file, larger than the mount (a .nii.gz label map would fit)
+    args = [f"ckpt={ckpt}", f"input={root}/volume-0.nii.gz", f"output={labels}", "naming=lits", "progress=false"]
     line = one_line_error(run_cli("predict.py", *args, cwd=tmp_path, timeout=120))
     assert f"{labels}/test-segmentation-0.nii: cannot write it (no space left on" in line.lower(), line
     assert not list(labels.iterdir())  # not even the temp file
