@@ -34,7 +34,7 @@ acquisition (blur, noise, affine), dataset (cases and NIfTI folders), montage (p
 from lits.core.config.synthetic import SyntheticParams
 from lits.data.synthetic.dataset import MANIFEST, case_filenames, generate_case, generate_dataset, manifest
 from lits.data.synthetic.montage import save_montage
-from lits.data.synthetic.params import HU_MAX, HU_MIN
+from lits.data.synthetic.params import GENERATOR_VERSION, HU_MAX, HU_MIN
 
 __all__ = [
     "SyntheticParams",
@@ -46,4 +46,5 @@ __all__ = [
     "HU_MAX",
     "MANIFEST",
     "manifest",
+    "GENERATOR_VERSION",
 ]
