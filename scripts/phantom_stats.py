@@ -44,10 +44,12 @@ class CaseStats:
     case: str
     diameters_mm: list[float] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)  # hypodense / isodense / hyperdense / unknown (no liver ring)
+    deltas_hu: list[float] = field(default_factory=list)  # lesion minus surrounding liver (nan without a ring)
     at_boundary: list[bool] = field(default_factory=list)
     slices: list[int] = field(default_factory=list)  # the slice (Z) with each lesion's largest cross-section
     z_ranges: list[tuple[int, int]] = field(default_factory=list)  # first and last slice + 1 of each lesion
     boundary_slices: list[int] = field(default_factory=list)  # the slice where each lesion touches background most
+    liver_area: np.ndarray | None = None  # liver (+ tumour) voxels per slice (Z)
     drawn: object = None  # the generator's Phantom (phase, lesions), when generated here
 
 
@@ -60,7 +62,7 @@ def to_zyx(vol_xyz: np.ndarray, seg_xyz: np.ndarray, affine: np.ndarray):
 def measure_case(case: str, vol_xyz: np.ndarray, seg_xyz: np.ndarray, affine: np.ndarray) -> CaseStats:
     """Every reference lesion of one case: equivalent diameter, density class, whether it touches the boundary."""
     vol, seg, spacing = to_zyx(vol_xyz, seg_xyz, affine)
-    out = CaseStats(case)
+    out = CaseStats(case, liver_area=(seg >= 1).sum(axis=(1, 2)))
     labels, n = reference_lesions(seg == 2)
     if n == 0:
         return out
@@ -74,11 +76,12 @@ def measure_case(case: str, vol_xyz: np.ndarray, seg_xyz: np.ndarray, affine: np
         v = int(lesion.sum())
         out.diameters_mm.append(float((6.0 * v * voxel_mm3 / np.pi) ** (1.0 / 3.0)))
         ring = ndimage.binary_dilation(lesion, plane, iterations=RING_VOXELS) & ~lesion & (seg[box] == 1)
-        if ring.any():
-            delta = float(vol[box][lesion].mean()) - float(vol[box][ring].mean())
-            out.classes.append("hypodense" if delta < -ISO_HU else "hyperdense" if delta > ISO_HU else "isodense")
-        else:
+        delta = float(vol[box][lesion].mean()) - float(vol[box][ring].mean()) if ring.any() else float("nan")
+        out.deltas_hu.append(delta)
+        if np.isnan(delta):
             out.classes.append("unknown")
+        else:
+            out.classes.append("hypodense" if delta < -ISO_HU else "hyperdense" if delta > ISO_HU else "isodense")
         touching = ndimage.binary_dilation(lesion) & (seg[box] == 0)
         out.at_boundary.append(bool(touching.any()))
         out.boundary_slices.append(int(np.argmax(touching.sum(axis=(1, 2)))) + box[0].start)
@@ -216,8 +219,9 @@ def table(s: dict, source: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- the montage
 def hardest_slices(cases: list[CaseStats]) -> list[tuple[str, int, str]]:
-    """(case, slice, caption) of up to four hard sights: the slice with the most lesions, the largest isodense
-    lesion, a mid-sized lesion at the liver boundary and the slice with the most lesions under 10 mm elsewhere."""
+    """(case, slice, caption) of up to four hard sights: the slice with the most lesions, the isodense lesion of
+    8-30 mm closest to the liver's density, a mid-sized lesion at the liver boundary and the slice with the most
+    lesions under 10 mm in yet another case."""
     picks: list[tuple[str, int, str]] = []
 
     def per_slice(c: CaseStats, small_only: bool = False) -> tuple[int, int]:
@@ -233,8 +237,11 @@ def hardest_slices(cases: list[CaseStats]) -> list[tuple[str, int, str]]:
     if n:
         picks.append((busiest.case, k, f"case {busiest.case}, slice {k}: {n} lesions in this slice"))
     iso = [(d, c, i) for c in cases for i, (d, k2) in enumerate(zip(c.diameters_mm, c.classes)) if k2 == "isodense"]
+    iso = [t for t in iso if 8.0 <= t[0] <= 30.0] or iso  # one you could miss, not a mass whose texture averages out
+    wide = [t for t in iso if t[1].liver_area[t[1].slices[t[2]]] >= 0.5 * t[1].liver_area.max()]
+    iso = wide or iso  # in a slice through the body of the liver, not its tip
     if iso:
-        d, c, i = max(iso, key=lambda t: t[0])
+        d, c, i = min(iso, key=lambda t: abs(t[1].deltas_hu[t[2]]))
         picks.append((c.case, c.slices[i], f"case {c.case}, slice {c.slices[i]}: isodense lesion, {d:.0f} mm"))
     edge = [(d, c.case, c.boundary_slices[i]) for c in cases for i, d in enumerate(c.diameters_mm) if c.at_boundary[i]]
     edge.sort()
@@ -242,7 +249,7 @@ def hardest_slices(cases: list[CaseStats]) -> list[tuple[str, int, str]]:
     if edge:
         d, case, k = edge[len(edge) // 2]
         picks.append((case, k, f"case {case}, slice {k}: lesion at the liver boundary, {d:.0f} mm"))
-    others = [c for c in cases if c.case != busiest.case]
+    others = [c for c in cases if c.case not in {p[0] for p in picks}]
     if others:
         small = max(others, key=lambda c: per_slice(c, True)[1])
         k, n = per_slice(small, True)
