@@ -102,16 +102,26 @@ def generated_cases(num_cases: int, seed: int, params):
         yield str(i), vol, seg, aff, phantom
 
 
-def folder_cases(root: Path):
-    """(case id, volume, segmentation, affine, None) for every labelled case of a LiTS-format folder."""
-    import nibabel as nib
-
+def folder_pairs(root: Path) -> dict:
+    """case id -> (volume path, segmentation path) of every labelled case of a LiTS-format folder, in case order."""
     from lits.data.sources import find_lits, natural_key
 
     cases, _ = find_lits(root)  # raises on a folder without LiTS volumes; unlabelled volumes are left out
-    for c in sorted(cases, key=lambda c: natural_key(c.case_id)):
-        img, lab = nib.load(str(c.image)), nib.load(str(c.label))
-        yield str(c.case_id), np.asarray(img.dataobj), np.asarray(lab.dataobj), lab.affine, None
+    return {c.case_id: (c.image, c.label) for c in sorted(cases, key=lambda c: natural_key(c.case_id))}
+
+
+def read_case(paths) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(volume, segmentation, affine) of one case's files, arrays in file order (X, Y, Z)."""
+    import nibabel as nib
+
+    img, lab = nib.load(str(paths[0])), nib.load(str(paths[1]))
+    return np.asarray(img.dataobj), np.asarray(lab.dataobj), lab.affine
+
+
+def folder_cases(root: Path):
+    """(case id, volume, segmentation, affine, None) for every labelled case of a LiTS-format folder."""
+    for case, paths in folder_pairs(root).items():
+        yield (case, *read_case(paths), None)
 
 
 # ------------------------------------------------------------------------------------------------ the table
@@ -328,14 +338,8 @@ def _loader(args, synth):
         from lits.data.synthetic import generate_case
 
         return lambda case: generate_case(int(case), args.seed, synth.params)[:2]
-
-    def load(case: str):
-        for cid, vol, seg, _, _ in folder_cases(args.root):
-            if cid == case:
-                return vol, seg
-        raise LitsError(f"{args.root}: case {case} vanished while drawing")
-
-    return load
+    pairs = folder_pairs(args.root)
+    return lambda case: read_case(pairs[case])[:2]
 
 
 if __name__ == "__main__":

@@ -19,9 +19,11 @@ What LiTS shows -> what is drawn here (defaults in `SyntheticParams`):
 * Lesion size. From a few mm (tens of mm^3) to masses over 10 cm. Shares per size bin not reported (assumed:
   about half of all lesions under 10 mm equivalent diameter, since metastases dominate the count and most are
   small; the few large masses dominate the tumour volume).
-  -> in ``dominant_lesion_fraction`` 55% of tumour-bearing cases the first lesion is a mass, lognormal with
-  median ``dominant_diameter_mm`` 45 mm (sigma 0.45); every other lesion lognormal with median
-  ``lesion_diameter_mm`` 9 mm (sigma 0.7); clipped to ``tumor_diameter_range_mm`` 4-120 mm.
+  -> in ``dominant_lesion_fraction`` 75% of tumour-bearing cases the first lesion is a mass, lognormal with
+  median ``dominant_diameter_mm`` 65 mm (sigma 0.45); every other lesion lognormal with median
+  ``lesion_diameter_mm`` 9 mm (sigma 0.7); clipped to ``tumor_diameter_range_mm`` 4-120 mm. (The masses keep the
+  tumour burden of the previous phantom, about 0.5% of a tumour-bearing volume, so that the default task keeps
+  enough tumour voxels to learn from.)
 * Density. Hypo- and hyperdense lesions at various lesion-to-liver contrasts. Shares not reported (assumed: mostly
   hypodense, as metastases are in the portal-venous phase; about one in ten isodense, one in ten hyperdense).
   -> ``contrast_fractions`` 78 / 12 / 10%: hypodense 15-70 HU below the liver (``hypodense_hu``), isodense
@@ -201,8 +203,11 @@ class LesionMixin:
                 continue
             if radius < self.sz:  # small lesions centred on a slice (+-20%), so that they are imaged at all
                 c[2] = round(c[2] / self.sz) * self.sz + rng.uniform(-0.2, 0.2) * self.sz
-            gap = np.array([np.linalg.norm(c - c2) - radius - r2 for c2, r2 in placed])
-            if not len(gap) or gap.min() > 2.5 * self.s:  # two voxels of liver between lesions: separate lesions
+            if not placed:
+                break
+            centres, radii = np.array([c2 for c2, _ in placed]), np.array([r2 for _, r2 in placed])
+            gap = np.linalg.norm(centres - c, axis=1) - radius - radii
+            if gap.min() > 2.5 * self.s:  # two voxels of liver between lesions: the scorer counts them apart
                 break
         return c, radius, where, vein
 
