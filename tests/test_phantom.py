@@ -140,7 +140,7 @@ def built():
 
 
 def test_a_perivascular_lesion_wraps_its_vein(built):
-    ph, rng = built, np.random.default_rng(0)
+    ph = built
     sites = LiverSites(ph)
     for _ in range(20):
         c, vein = ph._vein_site(sites, 6.0)
@@ -151,7 +151,6 @@ def test_a_perivascular_lesion_wraps_its_vein(built):
     csl, lumen = ph.capsule(*vein)
     assert ph.tumor.any() and not (ph.tumor[csl] & lumen).any()  # the vein keeps its voxels
     assert (ndimage.binary_dilation(ph.tumor, iterations=2)[csl] & lumen).any()  # ... and the lesion is against it
-    del rng
 
 
 def test_a_bulging_lesion_grows_the_liver_into_the_fat(built):
