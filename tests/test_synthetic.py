@@ -116,9 +116,9 @@ def test_realism_statistics(default_cases):
     assert free_slices > 0.5  # most slices carry no tumour
     mean_frac = float(np.mean([c["tumor_frac"] for c in tumour_cases]))
     assert 0.005 <= mean_frac <= 0.03, mean_frac
-    # tumours are hypodense: per case and on average
+    # tumours are mostly hypodense: on average and in most cases (some lesions are iso- or hyperdense, as in LiTS)
     diffs = [c["liver_hu"] - c["tumor_hu"] for c in tumour_cases]
-    assert min(diffs) > 0 and np.mean(diffs) > 15, diffs
+    assert np.mean(np.array(diffs) > 0) >= 0.7 and np.mean(diffs) > 15, diffs
 
 
 def test_liver_leaves_liver_free_slices(default_cases):

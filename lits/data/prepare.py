@@ -43,6 +43,11 @@ def ensure_synthetic(data_cfg: DataConfig) -> None:
     if root.exists():
         wanted = manifest(synth.num_cases, synth.seed, synth.params)
         found = json.loads((root / MANIFEST).read_text()) if (root / MANIFEST).exists() else None
+        if found is not None and found.get("generator", 1) != wanted["generator"]:
+            raise LitsError(
+                f"{root}: made by synthetic generator version {found.get('generator', 1)}, this lits makes version "
+                f"{wanted['generator']} (other lesions); delete the folder to regenerate or set data.root elsewhere"
+            )
         if found is not None and found != wanted:
             changed = sorted(k for k in wanted["params"] if wanted["params"][k] != found["params"].get(k))
             changed += [k for k in ("num_cases", "seed") if wanted[k] != found[k]]

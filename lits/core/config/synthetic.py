@@ -17,24 +17,33 @@ class SyntheticParams:
     num_slices: tuple[int, int] = (48, 72)  # min/max slices per case (inclusive)
     spacing_xy: tuple[float, float] = (1.2, 1.6)  # mm, square pixels, drawn per case
     spacing_z: tuple[float, float] = (2.5, 5.0)  # mm, drawn per case
-    tumor_free_fraction: float = 0.12  # probability that a case has no tumour at all
-    max_tumors: int = 6
-    # --- realism knobs -------------------------------------------------------------------
-    liver_hu: tuple[float, float] = (95.0, 135.0)  # enhanced parenchyma, per case
-    vessel_contrast_hu: tuple[float, float] = (50.0, 80.0)  # hepatic/portal veins above liver
-    tumor_contrast_hu: tuple[float, float] = (20.0, 70.0)  # typical hypodensity below liver
-    low_contrast_fraction: float = 0.15  # share of tumours drawn from low_contrast_hu instead
-    low_contrast_hu: tuple[float, float] = (8.0, 20.0)
-    tumor_diameter_mm: float = 66.0  # median diameter of the dominant tumour (lognormal)
-    satellite_diameter_mm: float = 34.0  # median diameter of further tumours
-    tumor_diameter_sigma: float = 0.40  # lognormal sigma of tumour diameters
-    small_tumor_fraction: float = 0.3  # share of further tumours that are small (hard to detect)
-    small_tumor_diameter_mm: float = 10.0  # their median diameter
-    tumor_diameter_range_mm: tuple[float, float] = (5.0, 110.0)  # clip
-    tumor_band: float = 0.30  # tumour centres lie in a z-band of this fraction of the liver height
-    noise_sd_hu: tuple[float, float] = (10.0, 20.0)  # scanner noise sd, per case
+    # --- contrast phase and scanner, per case -------------------------------------------------------------
+    phase_fractions: tuple[float, float, float] = (0.75, 0.15, 0.10)  # portal-venous, arterial, delayed phase
+    liver_hu: tuple[float, float] = (95.0, 135.0)  # enhanced parenchyma in the portal-venous phase
+    vessel_contrast_hu: tuple[float, float] = (50.0, 80.0)  # portal/hepatic veins above liver (portal-venous)
+    noise_sd_hu: tuple[float, float] = (8.0, 28.0)  # scanner noise sd, per case (low- to high-noise protocols)
     psf_sigma_mm: tuple[float, float] = (0.55, 0.85)  # in-plane partial-volume blur, per case
     slice_profile: float = 0.35  # z blur sigma as a fraction of the slice spacing
+    # --- lesions: count, size, density, texture, placement (sources: lits/data/synthetic/lesions.py) -------
+    tumor_free_fraction: float = 0.10  # share of cases without any lesion
+    max_tumors: int = 75  # most lesions drawn for one case
+    lesion_count_mean: float = 6.0  # mean number of lesions besides the first in a tumour-bearing case
+    lesion_count_shape: float = 0.45  # negative-binomial shape of that number: smaller = heavier tail
+    dominant_lesion_fraction: float = 0.75  # share of tumour-bearing cases whose first lesion is a large mass
+    dominant_diameter_mm: float = 65.0  # median diameter of such a mass (lognormal)
+    dominant_diameter_sigma: float = 0.45  # its lognormal sigma
+    lesion_diameter_mm: float = 9.0  # median diameter of every other lesion (lognormal)
+    lesion_diameter_sigma: float = 0.7  # its lognormal sigma
+    tumor_diameter_range_mm: tuple[float, float] = (4.0, 120.0)  # drawn diameters are clipped to this
+    contrast_fractions: tuple[float, float, float] = (0.78, 0.12, 0.10)  # hypo-, iso-, hyperdense lesions
+    hypodense_hu: tuple[float, float] = (15.0, 70.0)  # how far a hypodense lesion lies below the liver
+    isodense_hu: tuple[float, float] = (3.0, 10.0)  # |lesion - liver| of an isodense lesion (either sign)
+    hyperdense_hu: tuple[float, float] = (15.0, 50.0)  # how far a hyperdense lesion lies above the liver
+    necrosis_probability: float = 0.5  # share of lesions >= necrosis_min_diameter_mm with a necrotic core
+    necrosis_min_diameter_mm: float = 20.0
+    rim_probability: float = 0.25  # share of hypodense lesions with an enhancing rim
+    boundary_fraction: float = 0.25  # lesions centred at the liver surface (half of them bulge out of it)
+    perivascular_fraction: float = 0.20  # lesions placed against a hepatic or portal vein
     gallbladder_probability: float = 0.75
 
     def __post_init__(self) -> None:
@@ -42,43 +51,83 @@ class SyntheticParams:
             value = getattr(self, f.name)
             if isinstance(value, list):
                 object.__setattr__(self, f.name, tuple(value))
+        self._check_ranges()
+        self._check_lesions()
 
-        def bad(name: str, why: str) -> LitsError:
-            return LitsError(
-                f"synthetic data: invalid setting {name}={getattr(self, name)!r} ({why}); "
-                f"fix data.synthetic.{name} in your config or on the command line"
-            )
+    def _bad(self, name: str, why: str) -> LitsError:
+        return LitsError(
+            f"synthetic data: invalid setting {name}={getattr(self, name)!r} ({why}); "
+            f"fix data.synthetic.{name} in your config or on the command line"
+        )
 
-        for name in (
-            "num_slices",
-            "spacing_xy",
-            "spacing_z",
-            "liver_hu",
-            "vessel_contrast_hu",
-            "tumor_contrast_hu",
-            "low_contrast_hu",
-            "tumor_diameter_range_mm",
-            "noise_sd_hu",
-            "psf_sigma_mm",
-        ):
+    def _check_ranges(self) -> None:
+        for name in _RANGES:
             v = getattr(self, name)
             if not (isinstance(v, tuple) and len(v) == 2 and v[0] <= v[1]):
-                raise bad(name, "expected [low, high] with low <= high")
+                raise self._bad(name, "expected [low, high] with low <= high")
         if int(self.size) != self.size or self.size < 48:
-            raise bad("size", "must be an integer >= 48")
+            raise self._bad("size", "must be an integer >= 48")
         if self.num_slices[0] < 16:
-            raise bad("num_slices", "need at least 16 slices so liver-free slices exist at both ends")
+            raise self._bad("num_slices", "need at least 16 slices so liver-free slices exist at both ends")
         if self.spacing_xy[0] <= 0 or self.spacing_z[0] <= 0:
-            raise bad("spacing_xy" if self.spacing_xy[0] <= 0 else "spacing_z", "must be positive")
-        if not 0.0 <= self.tumor_free_fraction <= 1.0:
-            raise bad("tumor_free_fraction", "must be within [0, 1]")
-        if self.max_tumors < 0:
-            raise bad("max_tumors", "must be >= 0")
-        for name in ("low_contrast_fraction", "small_tumor_fraction", "gallbladder_probability"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise bad(name, "must be within [0, 1]")
+            raise self._bad("spacing_xy" if self.spacing_xy[0] <= 0 else "spacing_z", "must be positive")
         if self.noise_sd_hu[0] < 0:
-            raise bad("noise_sd_hu", "must be >= 0")
+            raise self._bad("noise_sd_hu", "must be >= 0")
+        for name in ("phase_fractions", "contrast_fractions"):
+            v = getattr(self, name)
+            if not (isinstance(v, tuple) and len(v) == 3 and min(v) >= 0 and abs(sum(v) - 1.0) < 1e-6):
+                raise self._bad(name, "expected three shares >= 0 that sum to 1")
+
+    def _check_lesions(self) -> None:
+        for name in _SHARES:
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise self._bad(name, "must be within [0, 1]")
+        if self.boundary_fraction + self.perivascular_fraction > 1.0:
+            raise self._bad("perivascular_fraction", "boundary_fraction + perivascular_fraction must be <= 1")
+        if self.max_tumors < 0:
+            raise self._bad("max_tumors", "must be >= 0")
+        for name in _POSITIVE:
+            if not getattr(self, name) > 0:
+                raise self._bad(name, "must be > 0")
+        if self.tumor_diameter_range_mm[0] <= 0:
+            raise self._bad("tumor_diameter_range_mm", "diameters must be > 0")
+        for name in ("hypodense_hu", "isodense_hu", "hyperdense_hu"):
+            if getattr(self, name)[0] < 0:
+                raise self._bad(name, "contrasts are magnitudes: must be >= 0")
+        if self.lesion_count_mean < 0:
+            raise self._bad("lesion_count_mean", "must be >= 0")
+
+
+_RANGES = (
+    "num_slices",
+    "spacing_xy",
+    "spacing_z",
+    "liver_hu",
+    "vessel_contrast_hu",
+    "noise_sd_hu",
+    "psf_sigma_mm",
+    "tumor_diameter_range_mm",
+    "hypodense_hu",
+    "isodense_hu",
+    "hyperdense_hu",
+)
+_SHARES = (
+    "tumor_free_fraction",
+    "dominant_lesion_fraction",
+    "necrosis_probability",
+    "rim_probability",
+    "boundary_fraction",
+    "perivascular_fraction",
+    "gallbladder_probability",
+)
+_POSITIVE = (
+    "lesion_count_shape",
+    "dominant_diameter_mm",
+    "dominant_diameter_sigma",
+    "lesion_diameter_mm",
+    "lesion_diameter_sigma",
+    "necrosis_min_diameter_mm",
+)
 
 
 @dataclass(unsafe_hash=True)  # mutable: Hydra overrides it; hashable once normalised

@@ -1,11 +1,12 @@
 """Synthetic abdominal CT in the LiTS2017 file format: the embedded default data set.
 
-Each case is an upper-abdomen contrast-enhanced (portal-venous phase) CT phantom built from
+Each case is an upper-abdomen contrast-enhanced CT phantom (portal-venous, arterial or delayed phase) built from
 smooth implicit shapes: body outline with subcutaneous fat and muscle wall, spine with discs and
 posterior elements, paraspinal muscles, obliquely cut ribs, aorta and IVC, kidneys, spleen,
 stomach with an air-fluid level, gallbladder, bowel loops, lung bases and heart above a
 two-domed diaphragm, and the liver (a deformed union of ellipsoids hugging the right abdominal
-wall) with branching portal and hepatic veins and 0..max_tumors hypodense, lobulated tumours.
+wall) with branching portal and hepatic veins and up to max_tumors lesions drawn with the LiTS
+data set's statistics (lesions.py: count, size, density, texture, placement, with their sources).
 Labels are fixed first; only then is the image blurred (partial volume, anisotropic) and given
 correlated scanner noise.
 
@@ -26,15 +27,17 @@ not anatomical.
 Determinism: case ``index`` depends only on ``(seed, index)`` through
 ``np.random.default_rng([seed, index])``; the same inputs give byte-identical arrays.
 
-Modules: params (settings), fields (smooth random fields, geometry helpers), canvas (grid and
-shape primitives), trunk / thorax / abdomen / liver (the organs), anatomy (the builder),
-acquisition (blur, noise, affine), dataset (cases and NIfTI folders), montage (pictures).
+Modules: params (generator version, HU range), fields (smooth random fields, geometry helpers),
+canvas (grid and shape primitives), phases (contrast phases), trunk / thorax / abdomen / liver (the
+organs), lesions (the liver lesions), anatomy (the builder), acquisition (blur, noise, affine),
+dataset (cases and NIfTI folders; the manifest records GENERATOR_VERSION), writer (background
+NIfTI writing), montage (pictures).
 """
 
 from lits.core.config.synthetic import SyntheticParams
 from lits.data.synthetic.dataset import MANIFEST, case_filenames, generate_case, generate_dataset, manifest
 from lits.data.synthetic.montage import save_montage
-from lits.data.synthetic.params import HU_MAX, HU_MIN
+from lits.data.synthetic.params import GENERATOR_VERSION, HU_MAX, HU_MIN
 
 __all__ = [
     "SyntheticParams",
@@ -46,4 +49,5 @@ __all__ = [
     "HU_MAX",
     "MANIFEST",
     "manifest",
+    "GENERATOR_VERSION",
 ]

@@ -7,12 +7,14 @@ import numpy as np
 from lits.data.synthetic.abdomen import AbdomenMixin
 from lits.data.synthetic.acquisition import acquire, scanner_affine
 from lits.data.synthetic.canvas import Canvas
+from lits.data.synthetic.lesions import LesionMixin
 from lits.data.synthetic.liver import LiverMixin
+from lits.data.synthetic.phases import draw_phase
 from lits.data.synthetic.thorax import ThoraxMixin
 from lits.data.synthetic.trunk import TrunkMixin
 
 
-class Phantom(Canvas, TrunkMixin, ThoraxMixin, AbdomenMixin, LiverMixin):
+class Phantom(Canvas, TrunkMixin, ThoraxMixin, AbdomenMixin, LiverMixin, LesionMixin):
     """Builds one case from ``rng`` (consumed in a fixed order: same generator state, same case).
 
     The steps share the layout through attributes: `plan` draws the body outline and the liver's
@@ -45,7 +47,7 @@ class Phantom(Canvas, TrunkMixin, ThoraxMixin, AbdomenMixin, LiverMixin):
 
     def plan(self):
         """Body outline and cavity half-axes, the liver's z extent (``w_bot`` .. ``w_top``, leaving
-        liver-free slices at both ends) and the liver's HU."""
+        liver-free slices at both ends), the contrast phase and the liver's HU."""
         rng, g = self.rng, self.g
         # body outline (cross-section constant up to a smooth scale s(w))
         self.a_body = self.fov / 2 * rng.uniform(0.80, 0.90)
@@ -70,4 +72,5 @@ class Phantom(Canvas, TrunkMixin, ThoraxMixin, AbdomenMixin, LiverMixin):
         hi_top = (nz - 1 - self.m_hi) * sz - 6.0 * g
         self.w_top = float(rng.uniform(lo_top, max(lo_top, hi_top)))  # liver dome apex
         self.w_bot = self.w_top - self.Lz
-        self.liver_hu = float(rng.uniform(*self.p.liver_hu))
+        self.phase = draw_phase(rng, self.p)
+        self.liver_hu = float(rng.uniform(*self.phase.liver_hu))

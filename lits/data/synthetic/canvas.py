@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from lits.core.config.synthetic import SyntheticParams
-from lits.data.synthetic.fields import smooth_field
+from lits.data.synthetic.fields import capsule_distance2, smooth_field
 
 _REF_FOV_MM = 360.0  # anatomy lengths below are in mm for this field of view
 _REF_SIZE = 256  # in-plane size the z geometry is calibrated for
@@ -94,11 +94,7 @@ class Canvas:
         if box is None:
             return None
         sl, U, V, W = box
-        d = p1 - p0
-        l2 = float(d @ d) + 1e-6
-        du, dv, dw = U - p0[0], V - p0[1], W - p0[2]
-        t = np.clip((du * d[0] + dv * d[1] + dw * d[2]) / np.float32(l2), 0.0, 1.0)
-        dist2 = (du - t * d[0]) ** 2 + (dv - t * d[1]) ** 2 + (dw - t * d[2]) ** 2
+        dist2, t = capsule_distance2(U, V, W, p0, p1)
         r = np.float32(r0) + np.float32(r1 - r0) * t
         if shell is None:
             return sl, dist2 <= r * r

@@ -18,6 +18,8 @@ from lits.core.config.synthetic import SyntheticParams
 from lits.core.errors import LitsError
 from lits.core.files import FOLDER_MODE
 from lits.data.synthetic.anatomy import Phantom
+from lits.data.synthetic.params import GENERATOR_VERSION
+from lits.data.synthetic.writer import BackgroundWriter
 
 _DEFAULT_PARAMS = SyntheticParams()  # frozen: one shared default is safe
 _COMPRESSLEVEL = 1  # gzip level for .nii.gz: level 1 is ~5x faster than 9 and only ~10% larger
@@ -71,12 +73,19 @@ def _save_nifti(img, path: Path) -> None:
         nib.openers.Opener.default_compresslevel = old
 
 
+def _write_case(folder: Path, i: int, seed: int, vol: np.ndarray, seg: np.ndarray, aff: np.ndarray) -> None:
+    vname, sname = case_filenames(i)
+    _save_nifti(_nifti(vol, aff, f"lits synthetic seed={seed} case={i}"), folder / vname)
+    _save_nifti(_nifti(seg, aff, f"lits synthetic seed={seed} case={i} labels"), folder / sname)
+
+
 MANIFEST = "synthetic.json"  # the generator settings a data set was made with
 
 
 def manifest(num_cases: int, seed: int, params: SyntheticParams) -> dict:
-    """The JSON-ready record written to MANIFEST: case count, seed and every generator setting."""
-    return {"num_cases": int(num_cases), "seed": int(seed), "params": json.loads(json.dumps(asdict(params)))}
+    """The JSON-ready record written to MANIFEST: generator version, case count, seed and every generator setting."""
+    params_json = json.loads(json.dumps(asdict(params)))
+    return {"generator": GENERATOR_VERSION, "num_cases": int(num_cases), "seed": int(seed), "params": params_json}
 
 
 def _temp_prefix(root: Path) -> str:
@@ -135,11 +144,11 @@ def generate_dataset(
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(root), dir=root.parent))
     try:
         os.chmod(tmp, FOLDER_MODE)  # mkdtemp makes it private; the data set is not
-        for i in tqdm(range(int(num_cases)), desc=f"synthetic LiTS -> {root.name}", unit="case", disable=not progress):
-            vol, seg, aff = generate_case(i, seed, params)
-            vname, sname = case_filenames(i)
-            _save_nifti(_nifti(vol, aff, f"lits synthetic seed={seed} case={i}"), tmp / vname)
-            _save_nifti(_nifti(seg, aff, f"lits synthetic seed={seed} case={i} labels"), tmp / sname)
+        with BackgroundWriter() as writer:
+            for i in tqdm(
+                range(int(num_cases)), desc=f"synthetic LiTS -> {root.name}", unit="case", disable=not progress
+            ):
+                writer.submit(_write_case, tmp, i, seed, *generate_case(i, seed, params))
         (tmp / MANIFEST).write_text(json.dumps(manifest(num_cases, seed, params), indent=1))
         try:
             os.replace(tmp, root)  # replaces an empty directory atomically; fails if non-empty

@@ -71,3 +71,13 @@ def segment_mask2d(U, V, p0, p1, r):
     du, dv = U - np.float32(p0[0]), V - np.float32(p0[1])
     t = np.clip((du * d[0] + dv * d[1]) / np.float32(l2), 0, 1)
     return (du - t * d[0]) ** 2 + (dv - t * d[1]) ** 2 <= np.float32(r * r)
+
+
+def capsule_distance2(U, V, W, p0, p1):
+    """Squared distance (mm^2) of every grid point to the segment p0 -> p1, and the position t in [0, 1] of its
+    nearest point on it; ``U``, ``V``, ``W`` are broadcastable mm coordinate arrays, p0 and p1 float32 triples."""
+    d = p1 - p0
+    l2 = float(d @ d) + 1e-6
+    du, dv, dw = U - p0[0], V - p0[1], W - p0[2]
+    t = np.clip((du * d[0] + dv * d[1] + dw * d[2]) / np.float32(l2), 0.0, 1.0)
+    return (du - t * d[0]) ** 2 + (dv - t * d[1]) ** 2 + (dw - t * d[2]) ** 2, t

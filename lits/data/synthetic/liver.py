@@ -1,20 +1,19 @@
-"""The liver: a deformed union of ellipsoids with branching portal and hepatic veins and hypodense tumours."""
+"""The liver: a deformed union of ellipsoids with branching portal and hepatic veins (lesions: lesions.py)."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from scipy import ndimage
 
 from lits.data.synthetic.fields import largest_component, smooth_field, unit
 
 
 class LiverMixin:
-    """Phantom steps for the liver; they fill the ``liver`` and ``tumor`` label masks.
+    """Phantom steps for the liver; they fill the ``liver`` label mask.
 
     ``liver_shape`` sets ``liver_box`` (the slices bounding the liver), which the vessels and
-    tumours are drawn in; tumours are clipped to the liver, so label 2 lies inside label 1."""
+    lesions are drawn in; ``liver_vessels`` sets ``vessel_segs``, which lesions may lie against."""
 
     def liver_shape(self):
         rng, g = self.rng, self.g
@@ -77,7 +76,7 @@ class LiverMixin:
 
     def liver_vessels(self):
         rng, g = self.rng, self.g
-        vhu = self.liver_hu + rng.uniform(*self.p.vessel_contrast_hu)
+        vhu = self.liver_hu + rng.uniform(*self.phase.vessel_contrast_hu)
         segs = []
         sl = self.liver_box
         lm = self.liver
@@ -134,84 +133,4 @@ class LiverMixin:
             csl, m = cap
             self.paint(csl, m, np.float32(vhu), where=self.cav3)
         self.vessel_segments = len(segs)
-
-    def tumors(self):
-        rng, g, p = self.rng, self.g, self.p
-        if p.max_tumors == 0 or rng.random() < p.tumor_free_fraction:
-            self.n_tumors = 0
-            return
-        n = int(min(p.max_tumors, rng.geometric(0.33)))
-        self.n_tumors = n
-        sl = self.liver_box
-        lm = self.liver[sl]
-        # liver depth map (mm) on a 2x in-plane subsampled grid, to place tumour centres inside
-        f = 2 if self.n >= 128 else 1
-        sub = lm[::f, ::f, :]
-        depth = ndimage.distance_transform_edt(sub, sampling=(f * self.s, f * self.s, self.sz))
-        ks = np.nonzero(lm.any(axis=(0, 1)))[0]
-        if len(ks) == 0:
-            self.n_tumors = 0
-            return
-        k_lo, k_hi = ks[0], ks[-1]
-        span = k_hi - k_lo + 1
-        band = max(1, int(round(p.tumor_band * span)))
-        b0 = k_lo + int(rng.integers(0, max(1, span - band + 1)))
-        lo_mm, hi_mm = p.tumor_diameter_range_mm
-        for t in range(n):
-            if t == 0:
-                med = p.tumor_diameter_mm
-            elif rng.random() < p.small_tumor_fraction:
-                med = p.small_tumor_diameter_mm
-            else:
-                med = p.satellite_diameter_mm
-            diam = float(np.clip(med * math.exp(rng.normal(0, p.tumor_diameter_sigma)), lo_mm, hi_mm)) * g
-            R = diam / 2
-            dband = depth[:, :, b0 : b0 + band]
-            dmax = float(dband.max())
-            if dmax <= 0:
-                break
-            need = min(0.7 * R, 0.85 * dmax)
-            cand = np.argwhere(dband >= need)
-            pick = cand[rng.integers(len(cand))]
-            i, j, k = pick[0] * f + sl[0].start, pick[1] * f + sl[1].start, pick[2] + b0 + sl[2].start
-            R = min(R, 1.2 * float(depth[pick[0], pick[1], pick[2] + b0]) + 2 * g)
-            self._one_tumor(np.array([self.u[i], self.v[j], self.w[k]], dtype=float), R)
-
-    def _one_tumor(self, c, R):
-        rng, g, p = self.rng, self.g, self.p
-        spheres = [(c, R)]
-        for _ in range(int(rng.integers(0, 4))):
-            d = unit(rng.normal(size=3))
-            spheres.append((c + d * R * rng.uniform(0.45, 0.85), R * rng.uniform(0.35, 0.7)))
-        amp = rng.uniform(0.04, 0.18)
-        ext = 1.7 * R * (1 + 2 * amp) + 2 * g
-        box = self.crop(c - ext, c + ext)
-        if box is None:
-            return
-        sl, U, V, W = box
-        q = None
-        for cc, r in spheres:
-            qi = np.sqrt(
-                (U - np.float32(cc[0])) ** 2 + (V - np.float32(cc[1])) ** 2 + (W - np.float32(cc[2])) ** 2
-            ) / np.float32(r)
-            q = qi if q is None else np.minimum(q, qi)
-        coords = (U.ravel(), V.ravel(), W.ravel())
-        q = q * (1 + np.float32(amp) * smooth_field(rng, coords, max(0.6 * R, 3 * g)))
-        lm = self.liver[sl]
-        inside = (q < 1) & lm
-        if not inside.any():
-            return
-        if rng.random() < p.low_contrast_fraction:
-            delta = rng.uniform(*p.low_contrast_hu)
-        else:
-            delta = rng.uniform(*p.tumor_contrast_hu)
-        T = np.float32(self.liver_hu - delta) + np.float32(0.2 * delta) * smooth_field(rng, coords, max(0.4 * R, 3 * g))
-        if 12 * g < R and rng.random() < 0.4:  # necrotic core
-            T = T - np.float32(rng.uniform(15, 40)) * np.clip((0.6 - q) / 0.2, 0, 1)
-        if rng.random() < 0.2:  # enhancing rim
-            T = T + np.float32(rng.uniform(15, 35) + delta * 0.5) * np.clip(1 - np.abs(q - 0.88) / 0.1, 0, 1)
-        # soft edge: half contrast at the label boundary, fading out 15 % beyond it (inside the liver)
-        wgt = np.clip((1.15 - q) / 0.3, 0, 1) * lm
-        cur = self.img[sl]
-        cur += wgt * (T - cur)
-        self.tumor[sl] |= inside
+        self.vessel_segs = segs  # (p0, p1, r0, r1) in mm: lesions are placed against them

@@ -1,4 +1,4 @@
-"""A PNG montage of a case: a few tumour and tumour-free liver slices with label outlines."""
+"""PNG pictures of cases: a montage of a case's tumour and tumour-free liver slices, and chosen slices side by side."""
 
 from __future__ import annotations
 
@@ -111,6 +111,47 @@ def save_montage(
         ax.text(0.5, 0.98, "A", color="yellow", transform=ax.transAxes, fontsize=9, ha="center", va="top")
         ax.set_axis_off()
     fig.suptitle(f"window [{lo:g}, {hi:g}] HU  -  green: liver, red: tumour", color="white", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path, ".tmp") as tmp:
+        fig.savefig(tmp, format="png", facecolor=fig.get_facecolor())
+    return path
+
+
+def save_panels(
+    panels: list[tuple[np.ndarray, np.ndarray, str]],
+    path: str | Path,
+    window: tuple[float, float] = (-160.0, 240.0),
+    title: str = "",
+) -> Path:
+    """PNG of axial slices side by side, each twice: the CT alone on top (as a reader would see it), below with the
+    liver (green) and tumour (red) outlines. A panel is (HU slice, label slice, caption), both 2-D in this
+    generator's voxel orientation (X, Y: patient right on image left, anterior up), cropped as the caller wants.
+    Written atomically. Returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not panels:
+        raise LitsError(f"{path}: no slices to draw")
+    fig = Figure(figsize=(3.4 * len(panels), 7.2), dpi=110, facecolor="black")
+    FigureCanvasAgg(fig)
+    for n, (image, labels, caption) in enumerate(panels):
+        for row in (0, 1):
+            ax = fig.add_subplot(2, len(panels), row * len(panels) + n + 1)
+            ax.imshow(np.asarray(image).T, cmap="gray", vmin=window[0], vmax=window[1], interpolation="nearest")
+            lab = np.asarray(labels).T
+            if row == 1:
+                if (lab >= 1).any():
+                    ax.contour((lab >= 1).astype(np.float32), levels=[0.5], colors=["lime"], linewidths=0.8)
+                if (lab == 2).any():
+                    ax.contour((lab == 2).astype(np.float32), levels=[0.5], colors=["red"], linewidths=0.8)
+            else:
+                ax.set_title(caption, color="white", fontsize=8)
+            ax.set_axis_off()
+    fig.suptitle(title or f"window [{window[0]:g}, {window[1]:g}] HU", color="white", fontsize=9)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path, ".tmp") as tmp:

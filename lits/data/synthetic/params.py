@@ -1,3 +1,8 @@
-"""The HU range synthetic volumes are clipped to (the generator's settings are lits.core.config.SyntheticParams)."""
+"""The generator's version and the HU range volumes are clipped to (its settings: lits.core.config.SyntheticParams)."""
 
 HU_MIN, HU_MAX = -1024, 3071  # the 12-bit CT range volumes are clipped to
+
+# Bumped whenever the same settings and seed would give other cases; recorded in a data set's manifest, so that a
+# folder made by another version is refused instead of being read as this one's. Version 2: lesions with the LiTS
+# data set's statistics (lesions.py) and per-case contrast phases (phases.py).
+GENERATOR_VERSION = 2

@@ -112,7 +112,7 @@ class TrunkMixin:
 
     def great_vessels(self):
         rng, g = self.rng, self.g
-        self.ao_hu = float(rng.uniform(150, 200))
+        self.ao_hu = float(rng.uniform(*self.phase.aorta_hu))
         self.r_ao = r_ao = rng.uniform(9, 12.5) * g
         self.ao = (self.spine_cu + rng.uniform(8, 16) * g, self.v_vb - self.vb_b - r_ao - 2 * g)
         box = self.ellipsoid((self.ao[0], self.ao[1], self.zext / 2), (r_ao, r_ao, 10 * self.zext))
@@ -120,7 +120,7 @@ class TrunkMixin:
             sl, q, *_ = box
             self.paint(sl, q < 1, self.ao_hu)
         self.ivc = (self.spine_cu - rng.uniform(20, 28) * g, self.ao[1] - rng.uniform(2, 8) * g)
-        self.ivc_hu = self.ao_hu - rng.uniform(10, 45)
+        self.ivc_hu = self.ao_hu - rng.uniform(*self.phase.ivc_below_aorta_hu)
         box = self.ellipsoid(
             (self.ivc[0], self.ivc[1], self.zext / 2),
             (rng.uniform(11, 15) * g, rng.uniform(8, 11) * g, 10 * self.zext),

@@ -1,0 +1,346 @@
+#!/usr/bin/env python
+"""The synthetic phantom's lesion statistics, measured the way the LiTS scorer sees lesions, next to LiTS's.
+
+    python scripts/phantom_stats.py                                  # the default data set (40 cases, seed 0)
+    python scripts/phantom_stats.py --num-cases 200 --seed 1         # more cases, another seed
+    python scripts/phantom_stats.py --root /data/LiTS                # any LiTS-format folder, e.g. the real data
+    python scripts/phantom_stats.py --out docs/phantom_stats.md --montage docs/phantom_hard_cases.png
+
+Without --root the cases are generated in memory exactly as `generate_case` makes them (same arrays), which also
+gives what the generator drew (contrast phase, placements, necrosis, rims) besides what is measured.
+
+What is measured, per case, from the volume and its labels only:
+* lesions: `lits.evaluate.metrics.reference_lesions` on the tumour label (the scorer's definition: in-plane
+  dilation by one voxel, 6-connected components), on (Z, Y, X) arrays as evaluate.py scores them;
+* equivalent diameter of a lesion: (6 V / pi)^(1/3), V its voxel count times the voxel volume from the affine;
+* density class: mean HU of the lesion minus the mean HU of the liver (label 1) within 3 voxels around it in-plane:
+  hypodense below -10 HU, hyperdense above +10 HU, isodense in between (partial-volume blur and noise included);
+* at the liver boundary: the lesion's voxels touch background (label 0) 6-connectedly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from lits.core.errors import LitsError
+from lits.evaluate.metrics import reference_lesions
+
+REPO = Path(__file__).resolve().parents[1]
+ISO_HU = 10.0  # |lesion - surrounding liver| below this: isodense
+RING_VOXELS = 3  # in-plane width of the liver ring a lesion is compared with
+BINS_MM = (10.0, 20.0)  # equivalent-diameter bins: < 10, 10-20, > 20 mm
+
+
+@dataclass
+class CaseStats:
+    """One case's measured lesions (one entry per lesion in each list) and what the generator drew, if known."""
+
+    case: str
+    diameters_mm: list[float] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)  # hypodense / isodense / hyperdense / unknown (no liver ring)
+    deltas_hu: list[float] = field(default_factory=list)  # lesion minus surrounding liver (nan without a ring)
+    at_boundary: list[bool] = field(default_factory=list)
+    slices: list[int] = field(default_factory=list)  # the slice (Z) with each lesion's largest cross-section
+    z_ranges: list[tuple[int, int]] = field(default_factory=list)  # first and last slice + 1 of each lesion
+    boundary_slices: list[int] = field(default_factory=list)  # the slice where each lesion touches background most
+    liver_area: np.ndarray | None = None  # liver (+ tumour) voxels per slice (Z)
+    drawn: object = None  # the generator's Phantom (phase, lesions), when generated here
+
+
+def to_zyx(vol_xyz: np.ndarray, seg_xyz: np.ndarray, affine: np.ndarray):
+    """NIfTI (X, Y, Z) arrays -> (Z, Y, X) as the scorer reads them, and the spacing (sz, sy, sx) in mm."""
+    spacing = tuple(float(x) for x in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)[::-1])
+    return np.asarray(vol_xyz).transpose(2, 1, 0), np.asarray(seg_xyz).transpose(2, 1, 0), spacing
+
+
+def measure_case(case: str, vol_xyz: np.ndarray, seg_xyz: np.ndarray, affine: np.ndarray) -> CaseStats:
+    """Every reference lesion of one case: equivalent diameter, density class, whether it touches the boundary."""
+    vol, seg, spacing = to_zyx(vol_xyz, seg_xyz, affine)
+    out = CaseStats(case, liver_area=(seg >= 1).sum(axis=(1, 2)))
+    labels, n = reference_lesions(seg == 2)
+    if n == 0:
+        return out
+    voxel_mm3 = float(np.prod(spacing))
+    plane = ndimage.generate_binary_structure(2, 1)[None]  # in-plane 4-neighbourhood
+    for k, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        box = tuple(slice(max(0, b.start - m), b.stop + m) for b, m in zip(box, (1, RING_VOXELS + 1, RING_VOXELS + 1)))
+        lesion = labels[box] == k
+        v = int(lesion.sum())
+        out.diameters_mm.append(float((6.0 * v * voxel_mm3 / np.pi) ** (1.0 / 3.0)))
+        ring = ndimage.binary_dilation(lesion, plane, iterations=RING_VOXELS) & ~lesion & (seg[box] == 1)
+        delta = float(vol[box][lesion].mean()) - float(vol[box][ring].mean()) if ring.any() else float("nan")
+        out.deltas_hu.append(delta)
+        if np.isnan(delta):
+            out.classes.append("unknown")
+        else:
+            out.classes.append("hypodense" if delta < -ISO_HU else "hyperdense" if delta > ISO_HU else "isodense")
+        touching = ndimage.binary_dilation(lesion) & (seg[box] == 0)
+        out.at_boundary.append(bool(touching.any()))
+        out.boundary_slices.append(int(np.argmax(touching.sum(axis=(1, 2)))) + box[0].start)
+        area = lesion.sum(axis=(1, 2))
+        out.slices.append(int(np.argmax(area)) + box[0].start)
+        z = np.nonzero(area)[0] + box[0].start
+        out.z_ranges.append((int(z[0]), int(z[-1]) + 1))
+    return out
+
+
+def generated_cases(num_cases: int, seed: int, params):
+    """(case id, volume, segmentation, affine, phantom) for cases 0..num_cases-1, as `generate_case` makes them."""
+    from lits.data.synthetic.anatomy import Phantom
+
+    for i in range(num_cases):
+        phantom = Phantom(np.random.default_rng([int(seed), int(i)]), params)
+        vol, seg, aff = phantom.build()
+        yield str(i), vol, seg, aff, phantom
+
+
+def folder_pairs(root: Path) -> dict:
+    """case id -> (volume path, segmentation path) of every labelled case of a LiTS-format folder, in case order."""
+    from lits.data.sources import find_lits, natural_key
+
+    cases, _ = find_lits(root)  # raises on a folder without LiTS volumes; unlabelled volumes are left out
+    return {c.case_id: (c.image, c.label) for c in sorted(cases, key=lambda c: natural_key(c.case_id))}
+
+
+def read_case(paths) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(volume, segmentation, affine) of one case's files, arrays in file order (X, Y, Z)."""
+    import nibabel as nib
+
+    img, lab = nib.load(str(paths[0])), nib.load(str(paths[1]))
+    return np.asarray(img.dataobj), np.asarray(lab.dataobj), lab.affine
+
+
+def folder_cases(root: Path):
+    """(case id, volume, segmentation, affine, None) for every labelled case of a LiTS-format folder."""
+    for case, paths in folder_pairs(root).items():
+        yield (case, *read_case(paths), None)
+
+
+# ------------------------------------------------------------------------------------------------ the table
+PUBLISHED = {
+    "cases": "131 training + 70 test volumes",
+    "tumour_free": "10% (13 of the 131 training volumes)",
+    "per_case": "0 to 75 (range); median and quartiles not reported (assumed: median 3)",
+    "per_bearing": "not reported",
+    "diameter": "from a few mm to masses > 10 cm",
+    "bins": "not reported (assumed: about half < 10 mm)",
+    "classes": "hypo- and hyperdense lesions; shares not reported (assumed: mostly hypodense)",
+    "boundary": "present; share not reported",
+}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def summarise(cases: list[CaseStats]) -> dict:
+    """Aggregates over cases: lesion counts, diameter bins, density classes, boundary share, and what was drawn."""
+    counts = np.array([len(c.diameters_mm) for c in cases])
+    bearing = counts[counts > 0] if (counts > 0).any() else np.array([0])
+    diam = np.array([d for c in cases for d in c.diameters_mm])
+    classes = [k for c in cases for k in c.classes if k != "unknown"]
+    out = {
+        "cases": len(cases),
+        "tumour_free": float(np.mean(counts == 0)),
+        "per_case": (float(np.median(counts)), *np.percentile(counts, [25, 75]).tolist(), int(counts.max())),
+        "per_bearing": (float(np.median(bearing)), *np.percentile(bearing, [25, 75]).tolist()),
+        "bearing_20": float(np.mean(bearing >= 20)),
+        "lesions": int(counts.sum()),
+        "diameter": (float(np.median(diam)), float(diam.min()), float(diam.max())) if len(diam) else (0, 0, 0),
+        "bins": [float(np.mean(diam < BINS_MM[0])), float(np.mean((diam >= BINS_MM[0]) & (diam <= BINS_MM[1])))]
+        if len(diam)
+        else [0.0, 0.0],
+        "classes": {k: classes.count(k) / max(1, len(classes)) for k in ("hypodense", "isodense", "hyperdense")},
+        "boundary": float(np.mean([b for c in cases for b in c.at_boundary])) if len(diam) else 0.0,
+    }
+    out["bins"].append(1.0 - sum(out["bins"]) if len(diam) else 0.0)
+    drawn = [c.drawn for c in cases if c.drawn is not None]
+    if drawn:
+        lesions = [les for ph in drawn for les in ph.lesions]
+        n = max(1, len(lesions))
+        out["drawn"] = {
+            "phases": {name: sum(ph.phase.name == name for ph in drawn) / len(drawn) for name in _phases()},
+            "placements": {k: sum(les.placement == k for les in lesions) / n for k in ("boundary", "vessel")},
+            "exophytic": sum(les.exophytic for les in lesions) / n,
+            "necrotic": sum(les.necrotic for les in lesions) / n,
+            "rim": sum(les.rim for les in lesions) / n,
+            "lesions": len(lesions),
+        }
+    return out
+
+
+def _phases() -> tuple[str, ...]:
+    from lits.data.synthetic.phases import PHASES
+
+    return PHASES
+
+
+def table(s: dict, source: str) -> str:
+    """The summary as a markdown table, the phantom's numbers next to LiTS's."""
+    med, q1, q3, mx = s["per_case"]
+    bmed, bq1, bq3 = s["per_bearing"]
+    d_med, d_min, d_max = s["diameter"]
+    c = s["classes"]
+    rows = [
+        ("cases", str(s["cases"]), PUBLISHED["cases"]),
+        ("tumour-free cases", _pct(s["tumour_free"]), PUBLISHED["tumour_free"]),
+        ("lesions per case: median [quartiles], max", f"{med:g} [{q1:g}, {q3:g}], {mx}", PUBLISHED["per_case"]),
+        (
+            "lesions per tumour-bearing case: median [quartiles]; share with >= 20",
+            f"{bmed:g} [{bq1:g}, {bq3:g}]; {_pct(s['bearing_20'])}",
+            PUBLISHED["per_bearing"],
+        ),
+        ("lesions in all", str(s["lesions"]), "not used"),
+        (
+            "equivalent diameter: median (min - max)",
+            f"{d_med:.1f} mm ({d_min:.1f} - {d_max:.0f} mm)",
+            PUBLISHED["diameter"],
+        ),
+        ("lesions < 10 / 10-20 / > 20 mm", " / ".join(_pct(x) for x in s["bins"]), PUBLISHED["bins"]),
+        (
+            "density vs surrounding liver: hypo / iso (within 10 HU) / hyper",
+            " / ".join(_pct(c[k]) for k in ("hypodense", "isodense", "hyperdense")),
+            PUBLISHED["classes"],
+        ),
+        ("lesions touching the liver boundary", _pct(s["boundary"]), PUBLISHED["boundary"]),
+    ]
+    lines = [f"| statistic | {source} | LiTS |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    if "drawn" in s:
+        d = s["drawn"]
+        phases = " / ".join(f"{k.replace('_', '-')} {_pct(v)}" for k, v in d["phases"].items())
+        lines += [
+            "",
+            f"As drawn by the generator ({d['lesions']} lesions): contrast phase {phases}; lesions placed at the "
+            f"liver surface {_pct(d['placements']['boundary'])} (bulging out of it {_pct(d['exophytic'])}), against a "
+            f"vein {_pct(d['placements']['vessel'])}; necrotic core {_pct(d['necrotic'])}, enhancing rim "
+            f"{_pct(d['rim'])}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- the montage
+def hardest_slices(cases: list[CaseStats]) -> list[tuple[str, int, str]]:
+    """(case, slice, caption) of up to four hard sights: the slice with the most lesions, the isodense lesion of
+    8-30 mm closest to the liver's density, a mid-sized lesion at the liver boundary and the slice with the most
+    lesions under 10 mm in yet another case."""
+    picks: list[tuple[str, int, str]] = []
+
+    def per_slice(c: CaseStats, small_only: bool = False) -> tuple[int, int]:
+        nz = max((z1 for _, z1 in c.z_ranges), default=0)
+        counts = np.zeros(nz + 1, dtype=int)
+        for (z0, z1), d in zip(c.z_ranges, c.diameters_mm):
+            if not small_only or d < BINS_MM[0]:
+                counts[z0:z1] += 1
+        return int(counts.argmax()), int(counts.max())
+
+    busiest = max(cases, key=lambda c: per_slice(c)[1])
+    k, n = per_slice(busiest)
+    if n:
+        picks.append((busiest.case, k, f"case {busiest.case}, slice {k}: {n} lesions in this slice"))
+    iso = [(d, c, i) for c in cases for i, (d, k2) in enumerate(zip(c.diameters_mm, c.classes)) if k2 == "isodense"]
+    iso = [t for t in iso if 8.0 <= t[0] <= 30.0] or iso  # one you could miss, not a mass whose texture averages out
+    wide = [t for t in iso if t[1].liver_area[t[1].slices[t[2]]] >= 0.5 * t[1].liver_area.max()]
+    iso = wide or iso  # in a slice through the body of the liver, not its tip
+    if iso:
+        d, c, i = min(iso, key=lambda t: abs(t[1].deltas_hu[t[2]]))
+        picks.append((c.case, c.slices[i], f"case {c.case}, slice {c.slices[i]}: isodense lesion, {d:.0f} mm"))
+    edge = [(d, c.case, c.boundary_slices[i]) for c in cases for i, d in enumerate(c.diameters_mm) if c.at_boundary[i]]
+    edge.sort()
+    edge = [e for e in edge if 8.0 <= e[0] <= 40.0] or edge
+    if edge:
+        d, case, k = edge[len(edge) // 2]
+        picks.append((case, k, f"case {case}, slice {k}: lesion at the liver boundary, {d:.0f} mm"))
+    others = [c for c in cases if c.case not in {p[0] for p in picks}]
+    if others:
+        small = max(others, key=lambda c: per_slice(c, True)[1])
+        k, n = per_slice(small, True)
+        if n:
+            picks.append((small.case, k, f"case {small.case}, slice {k}: {n} lesions < 10 mm in this slice"))
+    return picks
+
+
+def liver_crop(seg_slice: np.ndarray, margin: int = 12) -> tuple[slice, slice]:
+    """The in-plane box of the liver in one (X, Y) slice, with a margin (the whole slice if it has no liver)."""
+    idx = np.argwhere(seg_slice >= 1)
+    if not len(idx):
+        return slice(None), slice(None)
+    lo = np.maximum(idx.min(axis=0) - margin, 0)
+    hi = idx.max(axis=0) + margin + 1
+    return slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1]))
+
+
+def save_hardest(cases: list[CaseStats], load, path: Path) -> Path:
+    """The montage of `hardest_slices`; ``load(case)`` returns that case's (volume, segmentation) in (X, Y, Z)."""
+    from lits.data.synthetic.montage import save_panels
+
+    panels = []
+    for case, k, caption in hardest_slices(cases):
+        vol, seg = load(case)
+        box = liver_crop(seg[:, :, k])
+        panels.append((vol[:, :, k][box], seg[:, :, k][box], caption))
+    return save_panels(panels, path, title="synthetic phantom, hard cases (window [-160, 240] HU); below: labels")
+
+
+# ------------------------------------------------------------------------------------------------------ main
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Lesion statistics of the synthetic phantom (or any LiTS folder).")
+    p.add_argument("--root", type=Path, default=None, help="measure this LiTS-format folder instead of generating")
+    p.add_argument("--num-cases", type=int, default=None, help="cases to generate (default: data.synthetic's 40)")
+    p.add_argument("--seed", type=int, default=0, help="data set seed (default 0)")
+    p.add_argument("--size", type=int, default=None, help="in-plane voxels (default: the generator's 256)")
+    p.add_argument("--out", type=Path, default=None, help="also write the table to this markdown file")
+    p.add_argument("--montage", type=Path, default=None, help="also write a PNG of the hardest slices")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        from lits.core.config.synthetic import SyntheticConfig
+
+        if args.root is not None:
+            source, rows = f"{args.root.name} (measured)", folder_cases(args.root)
+        else:
+            synth = SyntheticConfig(**({"size": args.size} if args.size else {}))
+            num_cases = args.num_cases or synth.num_cases
+            source = f"phantom, {num_cases} cases, seed {args.seed} (measured)"
+            rows = generated_cases(num_cases, args.seed, synth.params)
+        cases = []
+        for case, vol, seg, aff, phantom in rows:
+            cases.append(measure_case(case, vol, seg, aff))
+            cases[-1].drawn = phantom
+        text = table(summarise(cases), source)
+        print(text)
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text)
+        if args.montage is not None:
+            path = save_hardest(cases, _loader(args, synth if args.root is None else None), args.montage)
+            print(f"wrote {path}")
+    except LitsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _loader(args, synth):
+    """case id -> (volume, segmentation) in (X, Y, Z): regenerated, or read from --root."""
+    if synth is not None:
+        from lits.data.synthetic import generate_case
+
+        return lambda case: generate_case(int(case), args.seed, synth.params)[:2]
+    pairs = folder_pairs(args.root)
+    return lambda case: read_case(pairs[case])[:2]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
