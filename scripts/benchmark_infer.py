@@ -266,9 +266,8 @@ def evaluate_child(args) -> dict:
     import lits.evaluate.sources
     from lits.core.config import EvaluateConfig, PathsConfig
     from lits.data.prepare import prepare
-    from lits.infer.checkpoint import load_checkpoint
+    from lits.infer.checkpoint import load_checkpoint, save_checkpoint
     from lits.infer.spec import data_from_checkpoint
-    from lits.infer.checkpoint import save_checkpoint
 
     out = Path(args.out)
     state = load_checkpoint(args.ckpt)  # the same network, pointed at a one-case data set: test = [the CT]

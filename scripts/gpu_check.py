@@ -210,8 +210,8 @@ def measure_config(args, plan: Plan, work: Path, model: str, batch: int, channel
     """One row: the loop's second epoch and the pure step, with the run built by train.py's own setup."""
     import torch
 
-    from lits.train import distributed
     from lits.infer.checkpoint import save_checkpoint
+    from lits.train import distributed
     from lits.train.fit import run_summary, train_epoch
     from lits.train.run import build_run
     from lits.train.signals import StopRequest
