@@ -113,7 +113,9 @@ def test_evaluation_in_the_run_is_a_tensorboard_run_of_its_own(trained):
     logged = {e.step: e.value for e in train.Scalars("val/tumor_dice_post")}
     assert scored.step == 2 and scored.value == pytest.approx(logged[2], abs=1e-6)
     report = (work / "outputs/ev/report.html").read_text()
-    assert "training_progress" not in report and report.count("data:image/png;base64,") == 2  # curves + plot
+    assert (
+        "training_progress" not in report and report.count("data:image/png;base64,") == 3
+    )  # curves, detection curve, plot
     assert (work / "outputs/ev/training_progress.png").is_file()
 
 

@@ -119,6 +119,8 @@ def test_report_files_name_every_case_and_stage(evaluated):
         png = out / "montages" / f"case-{case}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"(montages/case-{case}.png)" in md
     assert (out / "tumor_dice_vs_volume.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Lesion finding" in md and "| < 10 mm" in md and "(detection_curve.png)" in md
+    assert (out / "detection_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert not [p for p in out.rglob(".*") if p.is_file()]  # no temp files left behind
 
 
@@ -218,7 +220,8 @@ def test_report_html_is_self_contained_and_complete(evaluated):
     page = Page((out / "report.html").read_text())
     assert page.images and not [u for u in page.images + page.links if "://" in u]  # no network, no server
     inline = [base64.b64decode(src.split(",", 1)[1]) for src in page.images if src.startswith("data:image/png;base64,")]
-    assert len(inline) == 2  # the training curves and the Dice-vs-volume plot, in the page itself
+    # the training curves, the detection curve and the Dice-vs-volume plot, in the page itself
+    assert len(inline) == 3
     assert all(png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000 for png in inline)
     files = [src for src in page.images if not src.startswith("data:")]
     assert sorted(files) == [f"montages/case-{c}.png" for c in "012"] and all((out / f).is_file() for f in files)
@@ -231,6 +234,12 @@ def test_report_html_is_self_contained_and_complete(evaluated):
     for row in table["rows"]:
         assert float(row[2]["value"]) == pytest.approx(float(csv_rows[row[0]["text"]]["tumor_dice"]))
     assert [row[0]["text"] for row in page.tables["stage-table"]["rows"]] == STAGES
+    size_rows = page.tables["size-table"]["rows"]  # lesion finding by size, counts as the scorer matched them
+    assert [row[0]["text"] for row in size_rows] == ["< 10 mm", "10-20 mm", "> 20 mm"]
+    post = metrics["post"]
+    assert [int(row[1]["text"]) for row in size_rows] == [
+        int(post[f"tumor_lesion_ref_{b}"]) for b in ("under10mm", "10to20mm", "over20mm")
+    ]
     assert "sortTable" in "".join(page.scripts) and not [s for s in page.scripts if s.endswith(".js")]
     assert metrics["headline"] in html.unescape((out / "report.html").read_text())
 

@@ -19,9 +19,11 @@ from lits.evaluate.report import (
     CASE_COLUMNS,
     CONSOLE_STAGE_COLUMNS,
     NOT_AVAILABLE,
+    SIZE_BIN_COLUMNS,
     cases,
     cell,
     describe_source,
+    size_bin_rows,
     training_sentence,
 )
 
@@ -130,6 +132,25 @@ def _training_section(training, picture: Path | None) -> list[str]:
     return [f"<p>{sentence}</p>", f'<figure><img alt="learning curves" src="{data_uri(picture)}"></figure>']
 
 
+def _lesion_section(stage: dict, out_dir: Path, pictures: dict) -> list[str]:
+    """Lesion finding by size, the detection curve and, when tuned here, the reliability diagram."""
+    rows = size_bin_rows(stage)
+    parts = ['<h2 id="lesions">Lesion finding</h2>']
+    if rows:
+        parts.append("<p>Reference lesions by equivalent diameter, matched with the scorer's rules.</p>")
+        parts.append(_table(rows, SIZE_BIN_COLUMNS, "size-table"))
+    for key, caption in (
+        ("detection_curve", "lesion recall against false positives per case over the tumour threshold"),
+        ("reliability", "calibration chosen on this split: reliability before and after (tuning.md)"),
+    ):
+        if pictures.get(key):
+            parts.append(
+                f'<figure><img alt="{_e(caption)}" src="{data_uri(out_dir / pictures[key])}">'
+                f"<figcaption>{_e(caption)}</figcaption></figure>"
+            )
+    return parts if len(parts) > 1 else []
+
+
 def report_html(result: dict, source, summary: dict, rows: list[dict], out_dir: Path, pictures: dict) -> str:
     """The page. `rows`: the main stage's per-case rows; `pictures`: file names in out_dir (None: not drawn) of
     dice_volume and training; montages/case-N.png are linked when they exist."""
@@ -156,7 +177,7 @@ def report_html(result: dict, source, summary: dict, rows: list[dict], out_dir: 
         f"stage <b>{_e(source.main)}</b> &middot; lits {_e(lits.__version__)} &middot; "
         f"{time.strftime('%Y-%m-%d %H:%M')}</p>",
         '<nav><a href="#training">training</a><a href="#stages">stages</a><a href="#cases">cases</a>'
-        '<a href="#plots">Dice vs volume</a><a href="#montages">montages</a></nav>',
+        '<a href="#lesions">lesions</a><a href="#plots">Dice vs volume</a><a href="#montages">montages</a></nav>',
         f'<div class="tiles">{tiles}</div>',
         '<h2 id="training">Training</h2>',
         *_training_section(source.training, training_png),
@@ -168,6 +189,7 @@ def report_html(result: dict, source, summary: dict, rows: list[dict], out_dir: 
         'all aggregates: <a href="metrics.json">metrics.json</a>.</p>',
         _table(rows, case_columns, "case-table", case_link),
         f'<p class="sub">{_e(NOT_AVAILABLE)}.</p>',
+        *_lesion_section(summary[source.main], out_dir, pictures),
         '<h2 id="plots">Tumour Dice against tumour volume</h2>',
         f'<figure><img alt="tumour Dice vs volume" src="{data_uri(dice_png)}"></figure>' if dice_png else "<p>-</p>",
         '<h2 id="montages">Slices with the largest tumour error</h2>',

@@ -226,10 +226,61 @@ def training_sentence(training) -> str:
     return text
 
 
+SIZE_BIN_LABELS = {"under10mm": "< 10 mm", "10to20mm": "10-20 mm", "over20mm": "> 20 mm"}
+SIZE_BIN_COLUMNS = [
+    ("size", "lesion size (equivalent diameter)"),
+    ("lesions", "reference lesions"),
+    ("recall50", "found, IoU > 0.5"),
+    ("recall0", "found, IoU > 0"),
+    ("dice", "mean lesion Dice"),
+]
+
+
+def size_bin_rows(stage: dict) -> list[dict]:
+    """Lesion finding by reference lesion size (a stage's aggregate): one row per bin, None where a bin is empty."""
+    if "tumor_lesion_ref_under10mm" not in stage:
+        return []
+    return [
+        {
+            "size": label,
+            "lesions": int(stage[f"tumor_lesion_ref_{b}"]),
+            "recall50": stage[f"tumor_lesion_recall_iou50_{b}"],
+            "recall0": stage[f"tumor_lesion_recall_iou0_{b}"],
+            "dice": stage[f"tumor_lesion_dice_{b}"],
+        }
+        for b, label in SIZE_BIN_LABELS.items()
+    ]
+
+
+def lesion_markdown(result: dict, stage: str, pictures: dict[str, str | None]) -> list[str]:
+    """report.md's lesion-finding section: the size-bin table, the detection curve, the tuning (when done here)."""
+    rows = size_bin_rows(result[stage])
+    lines = ["## Lesion finding", ""] if rows or pictures.get("detection_curve") else []
+    if rows:
+        lines += [f"Stage `{stage}`, reference lesions by equivalent diameter (the scorer's matching):", ""]
+        lines += [text_table(rows, SIZE_BIN_COLUMNS), ""]
+    if pictures.get("detection_curve"):
+        lines += ["Lesion recall against false positives per case as the tumour threshold moves:", ""]
+        lines += [f"![lesion detection curve]({pictures['detection_curve']})", ""]
+    if pictures.get("reliability"):
+        lines += [
+            "## Tuning on this split",
+            "",
+            "Calibration and post-processing were chosen here and stored in the "
+            "checkpoint (`tuning.md` ranks the candidates). Reliability before and after calibration:",
+            "",
+            f"![reliability diagram]({pictures['reliability']})",
+            "",
+        ]
+    return lines
+
+
 def full_stage_table(summary: dict[str, dict]) -> str:
     """Every SUMMARY_KEYS aggregate (rows) of every stage (columns), for report.md, report.html and TensorBoard."""
-    rows = [{"metric": key, **{stage: cell(key, values.get(key)) for stage, values in summary.items()}}
-            for key in SUMMARY_KEYS]  # fmt: skip
+    rows = [
+        {"metric": key, **{stage: cell(key, values.get(key)) for stage, values in summary.items()}}
+        for key in SUMMARY_KEYS
+    ]
     return format_table(rows, ["metric", *summary])
 
 
@@ -266,9 +317,15 @@ def markdown(result: dict, source, tables: dict[str, str], pictures: dict[str, s
             f"Cumulative ablation: each stage adds one step to the one before. `post` = `postprocess.*`: {post}.",
         ]
     lines += ["", "## Aggregates per stage", "", tables["stages"], "", f"## Cases (stage `{source.main}`)", ""]
-    lines += [tables["cases"], "", "Every metric per case: `cases.csv`"
-              + (" and `ablation_cases.csv` (all stages)" if len(source.stages) > 1 else "")
-              + "; all aggregates: `metrics.json`.", ""]  # fmt: skip
+    lines += [
+        tables["cases"],
+        "",
+        "Every metric per case: `cases.csv`"
+        + (" and `ablation_cases.csv` (all stages)" if len(source.stages) > 1 else "")
+        + "; all aggregates: `metrics.json`.",
+        "",
+    ]
+    lines += lesion_markdown(result, source.main, pictures)
     if pictures["training"]:
         lines += ["## Training", "", training_sentence(source.training), ""]
         lines += [f"![learning curves of the training run]({pictures['training']})", ""]

@@ -142,7 +142,12 @@ def score(cfg: EvaluateConfig, source: Source) -> dict:
     if len(rows) > 1:
         write_csv(out_dir / "ablation_cases.csv", [r for s in rows for r in rows[s]])
     split = source.info["split"] or "predictions"
-    pictures = {"dice_volume": None, "training": training_picture(out_dir, source.training)}
+    pictures = {
+        "dice_volume": None,
+        "training": training_picture(out_dir, source.training),
+        "detection_curve": "detection_curve.png" if curves else None,
+        "reliability": "reliability.png" if cfg.tune else None,
+    }
     if cfg.report.plot:
         title = f"{split}, stage {source.main}: tumour Dice per case {main['tumor_dice_per_case']:.3f}"
         write_bytes_atomic(out_dir / "tumor_dice_vs_volume.png", dice_volume_png(rows[source.main], title))
