@@ -59,6 +59,8 @@ def test_probabilities_to_labels():
     assert np.count_nonzero(lab) == 2
     lab = probabilities_to_labels(liver, tumor, threshold=0.45)
     assert lab[0, 0, 1] == 1 and np.count_nonzero(lab == 1) == 1
+    lab = probabilities_to_labels(liver, tumor, threshold=0.5, tumor_threshold=0.8)  # its own cut for the tumour
+    assert lab[0, 0, 2] == 1 and lab[1, 0, 0] == 2
 
 
 def test_all_steps_off_equals_raw_labels():

@@ -58,12 +58,35 @@ def test_tuning_stores_the_best_validation_choice_in_the_checkpoint(tuned):
     )
 
 
-def test_later_evaluations_use_the_tuned_post_processing(tuned):
-    tmp_path, ckpt, _ = tuned
+def test_later_evaluations_use_the_tuned_post_processing_and_calibration(tuned, monkeypatch):
+    tmp_path, ckpt, before = tuned
     spec = spec_from_checkpoint(torch.load(ckpt, weights_only=True), "ckpt")
+    assert spec.calibration != (1.0, 1.0)  # the fake network is not calibrated, so the fit moves both heads
+    temperatures = []
+
+    def recording_model(*args, temperature=(1.0, 1.0), **kwargs):
+        temperatures.append(tuple(np.broadcast_to(temperature, (2,))))
+        return fake_calibrated_model(*args, temperature=temperature, **kwargs)
+
+    monkeypatch.setattr(lits.evaluate.sources, "predict_volume", recording_model)
     lits.evaluate.scoring.evaluate(evaluate_cfg(tmp_path, f"ckpt={ckpt}", "split=test", out="test"))
     metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
     assert metrics["postprocess"] == spec.postprocess.__dict__
+    expected = tuple(before.temperature * c for c in spec.calibration)
+    assert temperatures and all(t == pytest.approx(expected) for t in temperatures)
+
+
+def test_tuning_again_fits_afresh_and_warns_about_tta(tuned, caplog):
+    tmp_path, ckpt, _ = tuned
+    first = spec_from_checkpoint(torch.load(ckpt, weights_only=True), "ckpt").calibration
+    lits.evaluate.scoring.evaluate(evaluate_cfg(tmp_path, f"ckpt={ckpt}", "split=val", "tune=true", out="again"))
+    state = torch.load(ckpt, weights_only=True)
+    # fitted on the network's own probabilities again, not on the already calibrated ones: the same factors
+    assert spec_from_checkpoint(state, "ckpt").calibration == pytest.approx(first)
+    assert state["tuning"]["tta"] is False
+    with caplog.at_level("WARNING"):
+        lits.evaluate.scoring.evaluate(evaluate_cfg(tmp_path, f"ckpt={ckpt}", "split=test", "tta=true", out="tta"))
+    assert "tuned without flip TTA; pass tta=false" in caplog.text
 
 
 def test_tuning_on_the_test_split_is_refused(tmp_path):

@@ -21,7 +21,7 @@ from lits.data.prepare import prepare
 from lits.data.sources import discover, natural_key
 from lits.evaluate.curves import read_history
 from lits.evaluate.report import tensorboard_dir
-from lits.infer.checkpoint import checkpoint_epoch, load_model
+from lits.infer.checkpoint import checkpoint_epoch, load_model, warn_if_tuned_for_other_tta
 from lits.infer.export import SEGMENTATION_NAME, is_nifti
 from lits.infer.postprocess import ablation_stages, postprocess
 from lits.infer.predictor import TTA_FLIPS, predict_volume
@@ -122,6 +122,7 @@ def _checkpoint_source(cfg: EvaluateConfig) -> Source:
         )
     device = resolve_device(cfg.device, key="device")
     model, spec, state = load_model(cfg.ckpt, device)
+    warn_if_tuned_for_other_tta(state, cfg.tta, cfg.ckpt)
     if cfg.split not in state["splits"]:
         raise LitsError(f"split={cfg.split}: not in the checkpoint's splits {sorted(state['splits'])}")
     data = data_from_checkpoint(state, cfg.ckpt)

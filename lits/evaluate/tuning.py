@@ -180,7 +180,8 @@ def tune(cfg: EvaluateConfig) -> dict:
         data, 0, splits=state["splits"], only=("val",), progress=cfg.progress, report_dir=cfg.paths.output_dir
     )
     use_crf = cfg.tune_crf and _crf_available()
-    cases = collect(cfg, model, spec, prepared["val"], device, with_image=use_crf)
+    uncalibrated = dataclasses.replace(spec, calibration=(1.0, 1.0))  # a second tuning fits afresh
+    cases = collect(cfg, model, uncalibrated, prepared["val"], device, with_image=use_crf)
     factors, calibration = fit_calibration(cases)
     for case in cases:
         case.probs = np.stack([calibrate(case.probs[h].astype(np.float32), factors[h]) for h in (0, 1)]).astype(
@@ -202,6 +203,7 @@ def tune(cfg: EvaluateConfig) -> dict:
         "split": "val",
         "criterion": cfg.tune_criterion,
         "cases": len(cases),
+        "tta": bool(cfg.tta),  # chosen on flip-TTA probabilities: evaluate and predict warn when run without
         "chosen": best,
         "calibration": calibration,
         "candidates": table,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from lits.core.errors import LitsError
 from lits.core.files import atomic_path, fsync_dir
 from lits.infer.networks import build_model
 from lits.infer.spec import InferenceSpec, spec_from_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -55,6 +58,19 @@ def load_model(ckpt_path: str | Path, device: torch.device) -> tuple[torch.nn.Mo
             "the checkpoint is damaged or edited"
         ) from None
     return model.to(device).eval(), spec, state
+
+
+def warn_if_tuned_for_other_tta(state: dict, tta: bool, where: str | Path) -> None:
+    """A checkpoint tuned on flip-TTA probabilities (evaluate.py tune=true tta=true) used without TTA, or the
+    reverse, applies thresholds chosen for other probabilities: say so."""
+    if "tuning" in state and "tta" in state["tuning"] and bool(state["tuning"]["tta"]) != bool(tta):
+        tuned = "with" if state["tuning"]["tta"] else "without"
+        log.warning(
+            "%s: its post-processing was tuned %s flip TTA; pass tta=%s for the setting it was chosen for",
+            where,
+            tuned,
+            str(bool(state["tuning"]["tta"])).lower(),
+        )
 
 
 def checkpoint_epoch(state: dict) -> int:

@@ -51,12 +51,15 @@ from lits.core.config import PostprocessConfig
 _CONN26 = np.ones((3, 3, 3), dtype=bool)
 
 
-def probabilities_to_labels(liver_prob: np.ndarray, tumor_prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Raw label map (uint8): 1 where liver_prob > threshold, 2 where tumor_prob > threshold; no cleanup.
+def probabilities_to_labels(
+    liver_prob: np.ndarray, tumor_prob: np.ndarray, threshold: float = 0.5, tumor_threshold: float | None = None
+) -> np.ndarray:
+    """Raw label map (uint8): 1 where liver_prob > threshold, 2 where tumor_prob > tumor_threshold (None: the
+    same threshold); no cleanup.
 
     Tumour counts as liver: a voxel above threshold for tumour is labelled 2 whatever its liver probability.
     """
-    liver, tumor = _threshold(liver_prob, tumor_prob, threshold)
+    liver, tumor = _threshold(liver_prob, tumor_prob, threshold, tumor_threshold)
     return _compose(liver, tumor)
 
 

@@ -5,7 +5,7 @@ come from the checkpoint's training config; post-processing from ``postprocess.*
 Everything goes to output=: the label maps (compressed .nii.gz unless naming=lits) and predictions.csv; files already
 there are replaced only with overwrite=true, and a refused run creates no folder.
 Every input goes through the same reader as training data (lits/data/nifti.py: validation, canonical
-orientation) and its label map is written back on the input's own voxel grid (lits/export.py).
+orientation) and its label map is written back on the input's own voxel grid (lits/infer/export.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from lits.core.tables import format_table
 from lits.data.nifti import CasePaths, open_pair
 from lits.data.preprocess import preprocess_pair
 from lits.data.resample import resize_inplane
-from lits.infer.checkpoint import load_model
+from lits.infer.checkpoint import load_model, warn_if_tuned_for_other_tta
 from lits.infer.export import (
     SEGMENTATION_NAME,
     export_labels,
@@ -149,7 +149,8 @@ def predict(cfg) -> dict:
     check_overwrite(out_dir, names, cfg.save_probabilities, cfg.overwrite)
     check_writable_folder(out_dir, "label maps", "choose a writable output=DIR")
     device = resolve_device(cfg.device, key="device")
-    model, spec, _ = load_model(cfg.ckpt, device)
+    model, spec, state = load_model(cfg.ckpt, device)
+    warn_if_tuned_for_other_tta(state, cfg.tta, cfg.ckpt)
     post = spec.postprocess.with_overrides(cfg.postprocess)
     infer = dict(
         device=device,

@@ -58,10 +58,11 @@ class InferenceSpec:
         return Preprocessing(window=self.window, target_spacing_xy=self.target_spacing_xy)
 
     def predictor_settings(self) -> dict:
-        """The keyword arguments of `predict_volume` that the trained network fixes."""
+        """The keyword arguments of `predict_volume` that the trained network and its tuning fix: the temperature
+        per head is the training temperature times the calibration factor fitted on validation."""
         return {
             "size_multiple": self.network.size_multiple,
-            "temperature": self.temperature,
+            "temperature": tuple(self.temperature * c for c in self.calibration),
             "context_slices": self.context_slices,
             "normalization": self.normalization,
         }
