@@ -105,3 +105,14 @@ def test_evaluation_draws_the_lesion_detection_curve(tuned):
     recalls = [p["recall_iou0"] for p in points]
     assert recalls == sorted(recalls, reverse=True)  # a higher threshold never finds more lesions here
     assert (tmp_path / "tune" / "detection_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tuning_starts_from_the_command_line_post_processing(tmp_path, monkeypatch):
+    for module in (lits.evaluate.sources, lits.evaluate.tuning):
+        monkeypatch.setattr(module, "predict_volume", fake_calibrated_model)
+    ckpt = make_checkpoint(tmp_path, write_phantom_tree(tmp_path / "lits"), test_ids=("0", "1", "2"))
+    cfg = evaluate_cfg(tmp_path, f"ckpt={ckpt}", "split=val", "tune=true", "postprocess.liver_dilation=4", out="t")
+    lits.evaluate.scoring.evaluate(cfg)
+    record = torch.load(ckpt, weights_only=True)["tuning"]
+    assert record["candidates"][0]["postprocess"]["liver_dilation"] == 4
+    assert {c["postprocess"]["liver_dilation"] for c in record["candidates"]} == {4}  # the grid keeps it too

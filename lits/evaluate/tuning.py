@@ -188,7 +188,8 @@ def tune(cfg: EvaluateConfig) -> dict:
             np.float16
         )
     table = []
-    for post in tqdm(candidates(spec.postprocess), desc="tuning: post-processing", disable=not cfg.progress):
+    base = spec.postprocess.with_overrides(cfg.postprocess)  # candidate 0: the checkpoint's, as overridden here
+    for post in tqdm(candidates(base), desc="tuning: post-processing", disable=not cfg.progress):
         table.append({"postprocess": dataclasses.asdict(post), **evaluate_candidate(cases, post, cfg.tune_criterion)})
     best = max(range(len(table)), key=lambda i: (table[i]["score"], -i))
     chosen = PostprocessConfig.from_mapping(table[best]["postprocess"])
