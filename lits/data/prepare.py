@@ -43,9 +43,11 @@ def ensure_synthetic(data_cfg: DataConfig) -> None:
     if root.exists():
         wanted = manifest(synth.num_cases, synth.seed, synth.params)
         found = json.loads((root / MANIFEST).read_text()) if (root / MANIFEST).exists() else None
-        if found is not None and found.get("generator", 1) != wanted["generator"]:
+        # A manifest file, not a setting: version 1 of the generator wrote no "generator" field.
+        found_version = None if found is None else found.get("generator", 1)
+        if found is not None and found_version != wanted["generator"]:
             raise LitsError(
-                f"{root}: made by synthetic generator version {found.get('generator', 1)}, this lits makes version "
+                f"{root}: made by synthetic generator version {found_version}, this lits makes version "
                 f"{wanted['generator']} (other lesions); delete the folder to regenerate or set data.root elsewhere"
             )
         if found is not None and found != wanted:
