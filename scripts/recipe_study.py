@@ -8,7 +8,7 @@ has the machine to itself, then for each run:
   3. scores the tuned best.pt on the test split ("tuned").
 and writes study.md: per variant, mean and spread over seeds of the validation criterion (lesion score = mean of
 tumour Dice per case and lesion F1 at IoU > 0.5), test tumour Dice per case and global, lesion recall and precision
-at IoU > 0.5, and Dice per lesion size bin.
+at IoU > 0.5 and at any overlap, and Dice per lesion size bin.
 
     python scripts/recipe_study.py --minutes 4 --seeds 0,1 --out outputs/recipe_study [--variants baseline,context]
 
@@ -36,6 +36,7 @@ VARIANTS = {
     "lesion_select": ["trainer.monitor=val/lesion_score"],  # best.pt chosen by finding lesions, not tumour Dice alone
     "nnunet_aug": ["augment=nnunet"],  # nnU-Net v2's augmentation set
     "context_lesion": ["data.context_slices=1", "model.in_channels=3", "trainer.monitor=val/lesion_score"],
+    "lesion_crops": ["data.sampling.lesion_center=lesion"],  # tumour crops centred on a lesion drawn uniformly
 }
 BINS = ("under10mm", "10to20mm", "over20mm")
 EVALUATIONS = {  # folder -> evaluate.py arguments besides ckpt and the run folder
@@ -87,6 +88,8 @@ def measures(folder: Path) -> dict:
         out[f"test lesion recall {mode}"] = post["tumor_lesion_recall_iou50"]
         out[f"test lesion precision {mode}"] = post["tumor_lesion_precision_iou50"]
         out[f"test lesion F1 {mode}"] = f1(post)
+        out[f"test recall any overlap {mode}"] = post["tumor_lesion_recall_iou0"]
+        out[f"test precision any overlap {mode}"] = post["tumor_lesion_precision_iou0"]
         for b in BINS:
             out[f"test Dice {b} {mode}"] = post[f"tumor_lesion_dice_{b}"]
     return out
@@ -106,7 +109,7 @@ def tables(per_variant: dict[str, list[dict]]) -> str:
     sections = []
     val_columns = ["epochs", "val score as trained", "val score tuned"]
     test = ["test tumour/case", "test tumour global", "test lesion recall", "test lesion precision", "test lesion F1",
-            *(f"test Dice {b}" for b in BINS)]  # fmt: skip
+            "test recall any overlap", "test precision any overlap", *(f"test Dice {b}" for b in BINS)]  # fmt: skip
     for title, columns, suffix in (("validation (lesion score)", val_columns, ""),
                                    ("test, post-processing as trained", test, " as_trained"),
                                    ("test, post-processing tuned on validation", test, " tuned")):  # fmt: skip

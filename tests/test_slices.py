@@ -7,8 +7,17 @@ import pytest
 import torch
 from conftest import build_cache, find_lits_pairs
 
+from lits.core.errors import LitsError
 from lits.data.context import context_batch, input_channels
-from lits.data.sampling import LesionSampler, SamplingConfig, SliceIndex, TrainSlices, _NpyRows, crop_origin
+from lits.data.sampling import (
+    LesionSampler,
+    SamplingConfig,
+    SliceIndex,
+    TrainSlices,
+    _NpyRows,
+    crop_origin,
+    tumour_centre_candidates,
+)
 
 
 @pytest.fixture
@@ -51,8 +60,10 @@ def test_sampler_epochs_ranks_and_determinism(index):
     assert sorted(ranks[0] + ranks[1], key=lambda t: t[1]) == a  # together they are the single-process draw
 
 
-def test_lesion_centred_crops_contain_tumour(index):
-    ds = TrainSlices(index, crop_size=16, sampling=SamplingConfig(p_lesion_center=1.0), seed=0)
+@pytest.mark.parametrize("lesion_center", ["voxel", "lesion"])
+def test_lesion_centred_crops_contain_tumour(index, lesion_center):
+    sampling = SamplingConfig(p_lesion_center=1.0, lesion_center=lesion_center)
+    ds = TrainSlices(index, crop_size=16, sampling=sampling, seed=0)
     tumor_slices = np.flatnonzero(index.tumor > 0)
     for draw, s in enumerate(tumor_slices):
         item = ds[(int(s), draw)]
@@ -64,6 +75,34 @@ def test_lesion_centred_crops_contain_tumour(index):
     index.tumor_box = None  # caches without tumour boxes: the whole label slice is read, same distribution
     for draw, s in enumerate(tumor_slices):
         assert (ds[(int(s), draw)]["label"] == 2).any()
+
+
+def test_lesion_centring_draws_lesions_not_voxels():
+    """A 30x30 mass and a 2x2 lesion in one slice: by voxel the small lesion is the centre 4 times in 904, by
+    lesion half the time."""
+    tumour = np.zeros((64, 64), dtype=bool)
+    tumour[5:35, 5:35] = True
+    tumour[50:52, 50:52] = True
+    rng = np.random.default_rng(0)
+
+    def small_share(rule: str, draws: int = 4000) -> float:
+        hits = 0
+        for _ in range(draws):
+            ys, xs = tumour_centre_candidates(tumour, rule, rng)
+            pick = rng.integers(len(ys))
+            assert tumour[ys[pick], xs[pick]]
+            hits += ys[pick] >= 50
+        return hits / draws
+
+    assert small_share("voxel") < 0.015  # 4 / 904 = 0.0044
+    assert abs(small_share("lesion") - 0.5) < 0.04  # ~5 standard errors at n=4000
+    ys, xs = tumour_centre_candidates(tumour, "voxel", rng)
+    assert len(ys) == 904  # every tumour voxel, as the default always drew
+
+
+def test_lesion_center_is_checked():
+    with pytest.raises(LitsError, match=r"data.sampling.lesion_center=blob: unknown tumour-centred crop rule"):
+        SamplingConfig(lesion_center="blob")
 
 
 def test_liver_crops_touch_liver_and_small_slices_are_padded(index):

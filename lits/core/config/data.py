@@ -55,12 +55,16 @@ class SamplingConfig:
     liver_weight: float = 1.0
     background_weight: float = 0.1  # slices without liver (inside the liver margin): still seen, rarely
     p_lesion_center: float = 0.5  # a tumour slice's crop is centred on a tumour voxel with this probability
+    lesion_center: str = "voxel"  # that voxel: any tumour voxel (voxel), or one of a uniformly drawn lesion (lesion)
     samples_per_epoch: int = 4000  # crops per epoch, all processes together
 
     def __post_init__(self) -> None:
         for name in ("lesion_factor", "liver_weight", "background_weight"):
             setattr(self, name, checks.number(f"data.sampling.{name}", getattr(self, name), 0.0))
         self.p_lesion_center = checks.probability("data.sampling.p_lesion_center", self.p_lesion_center)
+        self.lesion_center = checks.choice(
+            "data.sampling.lesion_center", self.lesion_center, ("voxel", "lesion"), "tumour-centred crop rule"
+        )
         self.samples_per_epoch = checks.integer("data.sampling.samples_per_epoch", self.samples_per_epoch, 1)
         if self.liver_weight * max(self.lesion_factor, 1.0) + self.background_weight <= 0:
             raise checks.fail("data.sampling.liver_weight", self.liver_weight, "> 0 (or background_weight > 0)")
