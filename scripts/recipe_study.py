@@ -115,6 +115,9 @@ def tables(per_variant: dict[str, list[dict]]) -> str:
                                    ("test, post-processing tuned on validation", test, " tuned")):  # fmt: skip
         rows = [{"variant": v, "seeds": len(runs), **{c: mean_std([r[c + suffix] for r in runs]) for c in columns}}
                 for v, runs in per_variant.items()]  # fmt: skip
+        for row, runs in zip(rows, per_variant.values()):
+            if "epochs" in row:  # whole numbers: each seed's count
+                row["epochs"] = ", ".join(str(r["epochs"]) for r in runs)
         sections.append(f"### {title}\n\n" + format_table(rows, ["variant", "seeds", *columns]))
     return "\n\n".join(sections)
 
