@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import FAULTS, train_config
+from conftest import FAULTS, one_line_error, run_cli, train_args, train_config
 
 from lits.core.errors import LitsError
 
@@ -56,6 +56,17 @@ def test_too_many_bad_steps_in_a_row_abort_with_a_clear_error(work):
     ):
         run(config(work, "abort", "faults.nan_steps=[1,2,3,4]", "trainer.max_bad_steps=3"))
     assert not (work / "outputs/abort/checkpoints/last.pt").exists()
+
+
+@pytest.mark.slow
+def test_an_error_inside_the_loop_with_loader_workers_exits_instead_of_hanging(tmp_path):
+    """The loader's persistent workers ignore SIGTERM; an error in the loop must still end the process (it used to
+    wait for them forever after printing the error)."""
+    args = train_args(
+        "abort", "data.num_workers=2", "faults.nan_steps=[1,2,3,4]", "trainer.max_bad_steps=3", debug=FAULTS
+    )
+    result = run_cli("train.py", *args, cwd=tmp_path, timeout=240)
+    assert "3 non-finite losses in a row" in one_line_error(result)
 
 
 def test_skipped_step_puts_batchnorm_statistics_back():

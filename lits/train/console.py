@@ -24,6 +24,7 @@ SUMMARY_COLUMNS = (
     ("tumor_dice_post", "tumour Dice"),
     ("tumor_dice_global_post", "tumour global"),
     ("tumor_dice", "tumour Dice raw"),
+    ("lesion_score", "lesion score"),
 )
 
 

@@ -47,6 +47,16 @@ def _quiet_worker(_worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def close_loader(loader: DataLoader) -> None:
+    """Stop the loader's persistent workers now, as its iterator's finaliser would. They ignore SIGTERM (above), so
+    after an exception, whose traceback keeps the loader alive until interpreter exit, multiprocessing's exit
+    handler would SIGTERM them and then wait for them forever. torch has no public way to do this."""
+    iterator = loader._iterator  # noqa: SLF001  (DataLoader keeps its persistent workers' iterator here)
+    if iterator is not None:
+        iterator._shutdown_workers()  # noqa: SLF001
+        loader._iterator = None  # noqa: SLF001
+
+
 def build_loader(cfg: TrainConfig, index: SliceIndex, weights, rank: int, world_size: int, device: torch.device):
     """(loader, positioned sampler, the loader's seed generator, steps per epoch) for this rank.
 

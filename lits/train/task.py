@@ -11,6 +11,7 @@ from lits.core.files import write_json
 from lits.train import distributed
 from lits.train.console import opening_lines
 from lits.train.fit import fit
+from lits.train.loader import close_loader
 from lits.train.run import build_run
 from lits.train.signals import StopRequest
 
@@ -29,6 +30,7 @@ def train(cfg) -> dict:
     level = lits_logger.level
     if ctx.distributed and not ctx.is_main:  # only rank 0 logs progress; warnings and errors of every rank still show
         lits_logger.setLevel(logging.WARNING)
+    run = None
     try:
         if ctx.is_main:
             for line in opening_lines(Path(cfg.paths.output_dir)):
@@ -51,6 +53,8 @@ def train(cfg) -> dict:
                 evaluate_checkpoint(best, run.run_dir / "evaluate", cfg.evaluate_after, t.progress)
         return summary
     finally:
+        if run is not None:
+            close_loader(run.loader)
         stop.restore()
         lits_logger.setLevel(level)
         distributed.teardown(ctx)
