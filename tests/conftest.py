@@ -328,3 +328,64 @@ def evaluate_cfg(tmp_path, *overrides, out="eval"):
     return compose(
         "evaluate", *overrides, "progress=false", f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / out}"
     )
+
+
+# ---------------------------------------------------------------------------------------------- data preparation
+
+WINDOW = (-200.0, 250.0)
+
+
+def data_cfg(root, cache, **over):
+    """A data config for preparing the LiTS tree `root` into `cache` directly (no Hydra); `over` replaces keys."""
+    cfg = {
+        "layout": "lits",
+        "root": str(root),
+        "cache_dir": str(cache),
+        "window": list(WINDOW),
+        "on_error": "fail",
+        "prepare_workers": 1,
+        "liver_margin_mm": None,
+        "target_spacing_xy": None,
+        "context_slices": 0,
+        "split": {"val": 0.2, "test": 0.2, "train": None, "seed": None, "file": None},
+        "fold": None,
+        "num_folds": 5,
+        "synthetic": None,
+    }
+    cfg.update(over)
+    return OmegaConf.create(cfg)
+
+
+PREPARE_DATA = "scripts/prepare_data.py"
+
+
+def prepare_args(root, cache, workers=1):
+    """scripts/prepare_data.py's arguments for the LiTS tree `root` and the cache folder `cache`."""
+    return ["data=lits", f"data.root={root}", f"data.cache_dir={cache}", f"data.prepare_workers={workers}"]
+
+
+def prepare_cmd(root, cache, workers=1):
+    """The command line for a preparer in a child process this test controls (killed, or two at once)."""
+    return [sys.executable, str(REPO / PREPARE_DATA), *prepare_args(root, cache, workers)]
+
+
+def big_tree(root: Path, n: int) -> Path:
+    """Cases big enough (~1.5 MB of voxels each) that a run takes a few seconds."""
+    root.mkdir(parents=True)
+    for i in range(n):
+        vol, seg = make_case(shape=(128, 128, 48), seed=i)
+        write_nifti(root / f"volume-{i}.nii.gz", vol, LPS)
+        write_nifti(root / f"segmentation-{i}.nii.gz", seg, LPS)
+    return root
+
+
+# ---------------------------------------------------------------------------------------------- a stand-in network
+
+
+def fake_predict_volume(model, image, *args, **kwargs):
+    """Stands in for the network: probabilities read off the phantom's intensities (window [-200, 250])."""
+    hu = np.asarray(image, np.float32) * 450 - 200
+    near = lambda value: np.abs(hu - value) < 5  # noqa: E731
+    liver = np.where(hu > -20, 0.9, 0.05)
+    tumor = np.select([near(CORE_HU) | near(OUTSIDE_TUMOR_HU), near(RIM_HU)], [0.9, 0.4], 0.02)
+    return np.stack([liver, tumor]).astype(np.float32)

@@ -6,15 +6,26 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import LPS, REPO, make_case, make_lits_tree, make_msd_tree, run_cli, truncate, write_nifti
-from omegaconf import OmegaConf
+from conftest import (
+    LPS,
+    PREPARE_DATA,
+    WINDOW,
+    big_tree,
+    data_cfg,
+    make_case,
+    make_lits_tree,
+    make_msd_tree,
+    prepare_args,
+    prepare_cmd,
+    run_cli,
+    truncate,
+    write_nifti,
+)
 
 from lits.core.errors import LitsError
 from lits.data import nifti
@@ -23,28 +34,6 @@ from lits.data.nifti import CasePaths, load_case
 from lits.data.prepare import SKIPPED_FILE, cache_folder, prepare, prepare_all
 from lits.data.preprocess import window_to_unit
 from lits.data.sampling import SliceIndex
-
-WINDOW = (-200.0, 250.0)
-
-
-def data_cfg(root, cache, **over):
-    cfg = {
-        "layout": "lits",
-        "root": str(root),
-        "cache_dir": str(cache),
-        "window": list(WINDOW),
-        "on_error": "fail",
-        "prepare_workers": 1,
-        "liver_margin_mm": None,
-        "target_spacing_xy": None,
-        "context_slices": 0,
-        "split": {"val": 0.2, "test": 0.2, "train": None, "seed": None, "file": None},
-        "fold": None,
-        "num_folds": 5,
-        "synthetic": None,
-    }
-    cfg.update(over)
-    return OmegaConf.create(cfg)
 
 
 def reference(image_path, label_path):
@@ -257,28 +246,6 @@ def test_changed_source_is_rebuilt_and_unchanged_reused(tmp_path):
         cases["train"][0],
         CasePaths("0", root / "Training Batch 1/volume-0.nii", root / "Training Batch 1/segmentation-0.nii"),
     )
-
-
-PREPARE_DATA = "scripts/prepare_data.py"
-
-
-def prepare_args(root, cache, workers=1):
-    return ["data=lits", f"data.root={root}", f"data.cache_dir={cache}", f"data.prepare_workers={workers}"]
-
-
-def prepare_cmd(root, cache, workers=1):
-    """The command line for a preparer in a child process this test controls (killed, or two at once)."""
-    return [sys.executable, str(REPO / PREPARE_DATA), *prepare_args(root, cache, workers)]
-
-
-def big_tree(root: Path, n: int) -> Path:
-    """Cases big enough (~1.5 MB of voxels each) that a run takes a few seconds."""
-    root.mkdir(parents=True)
-    for i in range(n):
-        vol, seg = make_case(shape=(128, 128, 48), seed=i)
-        write_nifti(root / f"volume-{i}.nii.gz", vol, LPS)
-        write_nifti(root / f"segmentation-{i}.nii.gz", seg, LPS)
-    return root
 
 
 @pytest.mark.slow

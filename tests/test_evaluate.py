@@ -15,13 +15,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import (
-    CORE_HU,
-    OUTSIDE_TUMOR_HU,
     PHANTOM_AFFINE,
     PHANTOM_SHAPE,
-    RIM_HU,
     ablation_phantom,
     evaluate_cfg,
+    fake_predict_volume,
     make_checkpoint,
     read_csv_rows,
     run_cli,
@@ -37,15 +35,6 @@ from lits.core.errors import LitsError
 SPACING_ML = 0.8 * 0.7 * 2.5 / 1000
 CORE_VOXELS, TUMOR_VOXELS = 6 * 6 * 3, 8 * 8 * 3
 STAGES = ["raw", "largest_liver", "fill_holes", "tumor_in_liver", "min_tumor", "hysteresis", "post"]
-
-
-def fake_predict_volume(model, image, *args, **kwargs):
-    """Stands in for the network: probabilities read off the phantom's intensities (window [-200, 250])."""
-    hu = np.asarray(image, np.float32) * 450 - 200
-    near = lambda value: np.abs(hu - value) < 5  # noqa: E731
-    liver = np.where(hu > -20, 0.9, 0.05)
-    tumor = np.select([near(CORE_HU) | near(OUTSIDE_TUMOR_HU), near(RIM_HU)], [0.9, 0.4], 0.02)
-    return np.stack([liver, tumor]).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------- checkpoint mode

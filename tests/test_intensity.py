@@ -10,8 +10,7 @@ import logging
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import LPS, make_case, make_lits_tree, write_nifti
-from test_data_prepare import data_cfg
+from conftest import LPS, data_cfg, make_case, make_lits_tree, write_nifti
 
 from lits.core.config.synthetic import SyntheticParams
 from lits.core.errors import LitsError

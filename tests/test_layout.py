@@ -88,3 +88,15 @@ def test_functions_and_modules_stay_readable(name):
         and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
     ]
     assert not long, f"{name}: functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_test_modules_share_helpers_through_conftest_only():
+    """A helper two test modules need lives in conftest.py: a test module importing another would also import (and
+    let pytest collect twice) that module's fixtures and state."""
+    offenders = []
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            offenders += [f"{path.name} imports {n}" for n in names if n.startswith("test_")]
+    assert not offenders, offenders

@@ -5,9 +5,7 @@ full file systems are real: small tmpfs mounts (the tests are skipped where moun
 import subprocess
 
 import pytest
-from conftest import make_checkpoint, one_line_error, run_cli, write_phantom_tree
-from test_data_prepare import prepare_args
-from test_prepare_faults import big_tree
+from conftest import big_tree, make_checkpoint, one_line_error, prepare_args, run_cli, write_phantom_tree
 
 pytestmark = pytest.mark.slow  # entry points in child processes
 

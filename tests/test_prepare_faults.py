@@ -10,8 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, run_cli
-from test_data_prepare import WINDOW, big_tree, prepare_args, prepare_cmd
+from conftest import REPO, WINDOW, big_tree, prepare_args, prepare_cmd, run_cli
 
 from lits.data.cache import cache_key
 from lits.data.cache_lock import TEMP_MARKER

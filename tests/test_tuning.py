@@ -6,8 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import evaluate_cfg, make_checkpoint, write_phantom_tree
-from test_evaluate import fake_predict_volume
+from conftest import evaluate_cfg, fake_predict_volume, make_checkpoint, write_phantom_tree
 
 import lits.evaluate.scoring
 import lits.evaluate.sources
