@@ -168,9 +168,10 @@ def test_global_dice_over_two_ranks_equals_one_process_on_the_whole_batch(tmp_pa
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    # fork: no re-import in the children (they run one thread and share nothing with this process but the code)
+    # spawn, not fork: this pytest process already runs torch's thread pools, and a child forked from it can inherit a
+    # pool lock held by a thread that does not exist in the child and wait on it forever
     torch.multiprocessing.start_processes(
-        _ddp_worker, args=(2, port, str(tmp_path / "rank0.pt")), nprocs=2, start_method="fork"
+        _ddp_worker, args=(2, port, str(tmp_path / "rank0.pt")), nprocs=2, start_method="spawn"
     )
     ddp = torch.load(tmp_path / "rank0.pt", weights_only=True)
     model = net()
