@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -143,12 +142,14 @@ def net():
     return torch.nn.Conv2d(1, 2, 3, padding=1)
 
 
-def _ddp_worker(rank, world, port, out):
+def _ddp_worker(rank, world, store, out):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # a file store, not tcp://: with tcp:// rank 0 hosts the store, and when it exits first the other rank's
+    # teardown loses its connection and aborts (seen once in CI: "terminate called without an active exception")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         model = net()
         ddp = DistributedDataParallel(model)
@@ -160,18 +161,16 @@ def _ddp_worker(rank, world, port, out):
         loss.backward()  # DDP averages the gradients of the two ranks
         if rank == 0:
             torch.save({"dice": parts["dice"], "grads": [p.grad for p in model.parameters()]}, out)
+        dist.barrier()  # neither rank tears down while the other still communicates
     finally:
         dist.destroy_process_group()
 
 
 def test_global_dice_over_two_ranks_equals_one_process_on_the_whole_batch(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     # spawn, not fork: this pytest process already runs torch's thread pools, and a child forked from it can inherit a
     # pool lock held by a thread that does not exist in the child and wait on it forever
     torch.multiprocessing.start_processes(
-        _ddp_worker, args=(2, port, str(tmp_path / "rank0.pt")), nprocs=2, start_method="spawn"
+        _ddp_worker, args=(2, str(tmp_path / "store"), str(tmp_path / "rank0.pt")), nprocs=2, start_method="spawn"
     )
     ddp = torch.load(tmp_path / "rank0.pt", weights_only=True)
     model = net()
