@@ -389,3 +389,17 @@ def fake_predict_volume(model, image, *args, **kwargs):
     liver = np.where(hu > -20, 0.9, 0.05)
     tumor = np.select([near(CORE_HU) | near(OUTSIDE_TUMOR_HU), near(RIM_HU)], [0.9, 0.4], 0.02)
     return np.stack([liver, tumor]).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def tensors(tree, prefix=""):
+    """{path: tensor} of every tensor in a nested checkpoint structure."""
+    if isinstance(tree, torch.Tensor):
+        return {prefix: tree}
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in tensors(sub, f"{prefix}/{key}").items()}
+    if isinstance(tree, (list, tuple)):
+        return {k: v for i, sub in enumerate(tree) for k, v in tensors(sub, f"{prefix}/{i}").items()}
+    return {}

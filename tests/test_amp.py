@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import FAULTS, run_cli, train_args, train_config
+from conftest import FAULTS, run_cli, tensors, train_args, train_config
 
 from lits.core.device import autocast, resolve_amp
 
@@ -15,17 +15,6 @@ INITIAL_SCALE = torch.amp.GradScaler("cpu").get_scale()  # 65536: PyTorch's defa
 
 def history(run_dir):
     return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
-
-
-def tensors(tree, prefix=""):
-    """{path: tensor} of every tensor in a nested checkpoint structure."""
-    if isinstance(tree, torch.Tensor):
-        return {prefix: tree}
-    if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in tensors(sub, f"{prefix}/{key}").items()}
-    if isinstance(tree, (list, tuple)):
-        return {k: v for i, sub in enumerate(tree) for k, v in tensors(sub, f"{prefix}/{i}").items()}
-    return {}
 
 
 def optimizer_steps(state) -> int:

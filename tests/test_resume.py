@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import FAULTS, run_cli, train_args, train_config
+from conftest import FAULTS, run_cli, tensors, train_args, train_config
 
 # every test here starts from a smoke training run in a child process
 pytestmark = pytest.mark.slow
@@ -26,16 +26,6 @@ def load(work, run, name="last.pt"):
 
 def history(work, run):
     return [json.loads(line) for line in (work / "outputs" / run / "history.jsonl").read_text().splitlines()]
-
-
-def tensors(tree, prefix=""):
-    if isinstance(tree, torch.Tensor):
-        return {prefix: tree}
-    if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in tensors(sub, f"{prefix}/{key}").items()}
-    if isinstance(tree, (list, tuple)):
-        return {k: v for i, sub in enumerate(tree) for k, v in tensors(sub, f"{prefix}/{i}").items()}
-    return {}
 
 
 @pytest.fixture(scope="module")

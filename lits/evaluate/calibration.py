@@ -10,11 +10,12 @@ the post-processing acts on: the bounding box of reference and predicted liver (
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize_scalar
+
+from lits.evaluate.pictures import png_bytes
 
 EPS = 1e-6
 BINS = 15  # reliability bins of equal width in probability
@@ -90,11 +91,9 @@ def reliability(p: np.ndarray, y: np.ndarray, bins: int = BINS) -> Reliability:
 def reliability_png(curves: dict[str, Reliability], title: str) -> bytes:
     """PNG: reliability diagram (observed frequency against predicted probability) of each named curve, with the
     diagonal of perfect calibration and the ECE in the legend."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5.2, 4.6), dpi=100)
-    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfectly calibrated")
     for name, curve in curves.items():
@@ -114,6 +113,4 @@ def reliability_png(curves: dict[str, Reliability], title: str) -> bytes:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return png_bytes(fig)

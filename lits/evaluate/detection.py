@@ -9,13 +9,13 @@ what another operating point of this very pipeline would give; counts are summed
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import numpy as np
 
 from lits.core.config import PostprocessConfig
 from lits.evaluate.metrics import DETECTION_THRESHOLDS, match_lesions, reference_lesions
 from lits.evaluate.metrics.geometry import bounding_box
+from lits.evaluate.pictures import png_bytes
 from lits.infer.postprocess import postprocess, predicted_lesions
 
 CURVE_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -73,11 +73,9 @@ def curve(per_case: list[list[dict]]) -> list[dict]:
 def curve_png(points: list[dict], operating: float, title: str) -> bytes:
     """PNG: lesion recall against false positives per case (both IoU rules), thresholds written at the points,
     the configured operating threshold circled."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.0, 4.4), dpi=100)
-    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for t, style in (("iou50", "-o"), ("iou0", "--s")):
         x = [p[f"fp_per_case_{t}"] for p in points]
@@ -103,6 +101,4 @@ def curve_png(points: list[dict], operating: float, title: str) -> bytes:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return png_bytes(fig)
