@@ -76,7 +76,9 @@ from monai.losses import DiceCELoss, FocalLoss, GeneralizedDiceLoss  # noqa: E40
 from lits.core.errors import LitsError  # noqa: E402
 
 NEW_EXPERIMENTS = ("focal", "generalized_dice", "log_dice", "dice_ce")
-VARIANTS = [{"region": r, "pixel": p} for r in ("dice", "generalized_dice", "log_dice") for p in ("bce", "focal")]
+VARIANTS = [
+    {"region": r, "pixel": p} for r in ("dice", "generalized_dice", "log_dice", "tversky") for p in ("bce", "focal")
+] + [{"region": r, "pixel": "bce", "blob_weight": 0.5} for r in ("dice", "tversky")]
 
 
 def variant(**changes):
@@ -253,7 +255,10 @@ def test_scale_multiplies_the_total_only():
 @pytest.mark.parametrize(
     "config, key",
     [
-        ({"region": "tversky"}, "loss.region=tversky"),
+        ({"region": "hausdorff"}, "loss.region=hausdorff"),
+        ({"region": "log_dice", "blob_weight": 0.5}, "loss.blob_weight=0.5"),
+        ({"blob_weight": 1.5}, "loss.blob_weight=1.5"),
+        ({"region": "tversky", "tversky_beta": 1.2}, "loss.tversky_beta=1.2"),
         ({"pixel": "hinge"}, "loss.pixel=hinge"),
         ({"region": "generalized_dice", "dice_reduction": "global"}, "loss.dice_reduction=global"),
         ({"region": "log_dice", "dice_reduction": "global"}, "loss.dice_reduction=global"),

@@ -4,7 +4,9 @@ The two terms are chosen in the loss config (`loss.region`, `loss.pixel`: lits/c
 
 * region (`loss.region`, weight alpha): `dice` soft Dice / IoU (MONAI DiceLoss, per channel) | `generalized_dice`
   (MONAI GeneralizedDiceLoss over both channels, class weights 1/(sum g)^2) | `log_dice` (-log(clamp(1 - Dice loss,
-  loss.log_dice_floor)) per channel).
+  loss.log_dice_floor)) per channel) | `tversky` (MONAI TverskyLoss per channel, false negatives weighted
+  loss.tversky_beta). With `loss.blob_weight` w > 0 the tumour channel's region term is (1 - w) * region + w * blob,
+  blob = a Dice per reference lesion (lits/train/lesion_loss.py).
 * pixel (`loss.pixel`, weight 1 - alpha): `bce` BCEWithLogits | `focal` (MONAI FocalLoss, sigmoid, loss.focal_gamma).
 
 total = loss.scale * (alpha * region + (1 - alpha) * pixel). With region=dice, pixel=bce, alpha=0.5, scale=2 and
@@ -15,11 +17,14 @@ tests/test_loss.py checks it). The defaults (dice, bce, scale 1) are the origina
 from __future__ import annotations
 
 import torch
-from monai.losses import DiceLoss, FocalLoss, GeneralizedDiceLoss
+from monai.losses import DiceLoss, FocalLoss, GeneralizedDiceLoss, TverskyLoss
 
 from lits.core.config import LossConfig, typed
 from lits.core.errors import LitsError
 from lits.train.distributed import global_sum
+from lits.train.lesion_loss import blob_dice
+
+TUMOUR_CHANNEL = 1  # the output channel whose lesions the blob term scores one by one (0 is the liver)
 
 
 def alpha_at(epoch: int, schedule) -> float:
@@ -92,6 +97,12 @@ class HybridLoss(torch.nn.Module):
             smooth_nr=dice.eps,
             smooth_dr=dice.eps,
         )
+        if self.region == "tversky":
+            beta = cfg.tversky_beta
+            self.tversky = TverskyLoss(
+                sigmoid=True, alpha=1.0 - beta, beta=beta, batch=dice.batch, smooth_nr=dice.eps, smooth_dr=dice.eps
+            )
+        self.blob_weight = cfg.blob_weight
         if self.region == "generalized_dice":
             self.generalized_dice = WeightedGeneralizedDiceLoss(
                 self.channel_weights, sigmoid=True, batch=dice.batch, smooth_nr=dice.eps, smooth_dr=dice.eps
@@ -120,20 +131,27 @@ class HybridLoss(torch.nn.Module):
             if self.region == "generalized_dice":
                 region = self.generalized_dice(logits, target)  # channel weights act inside, on the class weights
             else:
-                if self.reduction == "global":
-                    dice = self.global_dice(logits, target)
-                else:
-                    dice = torch.stack(
-                        [self.dice(logits[:, c : c + 1], target[:, c : c + 1]) for c in range(logits.shape[1])]
-                    )
-                if self.region == "log_dice":
-                    dice = -torch.log(torch.clamp(1.0 - dice, min=self.log_dice_floor))
-                region = (dice * weights).sum() / weights.sum()
+                region = (self.region_terms(logits, target) * weights).sum() / weights.sum()
             total = alpha * region + (1.0 - alpha) * pixel
             if self.scale != 1.0:
                 total = self.scale * total
         pixel, region = pixel.detach(), region.detach()
         return total, {"bce": pixel, "dice": region, "pixel": pixel, "region": region}
+
+    def region_terms(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-channel region loss (dice, log_dice or tversky), the tumour channel's mixed with the blob term: (C,)."""
+        if self.reduction == "global":
+            terms = self.global_dice(logits, target)
+        else:
+            term = self.tversky if self.region == "tversky" else self.dice
+            terms = torch.stack([term(logits[:, c : c + 1], target[:, c : c + 1]) for c in range(logits.shape[1])])
+        if self.region == "log_dice":
+            terms = -torch.log(torch.clamp(1.0 - terms, min=self.log_dice_floor))
+        if self.blob_weight > 0 and logits.shape[1] > TUMOUR_CHANNEL:
+            c, w = TUMOUR_CHANNEL, self.blob_weight
+            blob = blob_dice(torch.sigmoid(logits[:, c]), target[:, c], self.eps)
+            terms = torch.cat([terms[:c], ((1.0 - w) * terms[c] + w * blob)[None], terms[c + 1 :]])
+        return terms
 
     def pixel_terms(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-channel mean over batch and pixels of BCEWithLogits or sigmoid focal loss: shape (C,)."""

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import lits.core.config.checks as checks
 
-REGIONS = ("dice", "generalized_dice", "log_dice")
+REGIONS = ("dice", "generalized_dice", "log_dice", "tversky")
+BLOB_REGIONS = ("dice", "tversky")  # region terms the lesion-wise blob term mixes with
 PIXELS = ("bce", "focal")
 SCHEDULES = ("progressive", "constant")
 DICE_REDUCTIONS = ("local", "global")
@@ -75,9 +76,14 @@ class LossConfig:
     """
 
     region: str = "dice"  # dice (MONAI DiceLoss per channel) | generalized_dice | log_dice (-log(clamp(Dice, floor)))
+    # | tversky (MONAI TverskyLoss per channel: false negatives weighted tversky_beta, false positives 1 - beta)
     pixel: str = "bce"  # bce: BCEWithLogits | focal: MONAI FocalLoss, sigmoid, (1 - p_t)^focal_gamma * BCE
     log_dice_floor: float = 0.01  # log_dice only: the Dice is clamped to this before the log
     focal_gamma: float = 2.0  # focal only: 0 is BCE
+    tversky_beta: float = 0.7  # tversky only: > 0.5 favours recall (missed tumour costs more); 0.5 is the soft Dice
+    # tumour channel's region term = (1 - w) * region + w * blob, blob = a Dice per reference lesion of the crop,
+    # averaged over lesions (lits/train/lesion_loss.py): a missed small lesion costs as much as a missed mass; 0 = off
+    blob_weight: float = 0.0
     scale: float = 1.0  # the total is multiplied by this (experiment dice_ce: 2 with alpha 0.5 = Dice + BCE)
     temperature: float = 1.0  # sigmoid temperature (2.0 gives softer probabilities); inference uses the same
     channel_weights: list[float] = field(default_factory=lambda: [1.0, 1.0])  # liver, tumour: one per output channel
@@ -90,6 +96,12 @@ class LossConfig:
         self.pixel = checks.choice("loss.pixel", self.pixel, PIXELS, "pixel term")
         self.log_dice_floor = checks.number("loss.log_dice_floor", self.log_dice_floor, 0.0, 1.0, open_low=True)
         self.focal_gamma = checks.number("loss.focal_gamma", self.focal_gamma, 0.0)
+        self.tversky_beta = checks.number("loss.tversky_beta", self.tversky_beta, 0.0, 1.0)
+        self.blob_weight = checks.probability("loss.blob_weight", self.blob_weight)
+        if self.blob_weight > 0 and self.region not in BLOB_REGIONS:
+            regions = " or ".join(BLOB_REGIONS)
+            reason = f"mixes with loss.region={regions} only (got {self.region}); set loss.blob_weight=0"
+            raise checks.fail("loss.blob_weight", self.blob_weight, reason)
         self.scale = checks.number("loss.scale", self.scale, 0.0, open_low=True)
         self.temperature = checks.number("loss.temperature", self.temperature, 0.0, open_low=True)
         weights = [checks.number("loss.channel_weights", w, 0.0) for w in self.channel_weights]
