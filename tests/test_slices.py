@@ -207,3 +207,44 @@ def test_training_loader_hands_out_batches_of_the_sampler_draws(index):
     for b, batch in enumerate(batches):
         expected = ds[draws[4 * b : 4 * b + 4]]
         assert torch.equal(batch["image"], expected["image"]) and torch.equal(batch["label"], expected["label"])
+
+
+def _two_lesion_case(tmp_path):
+    """A cached case (as prepare writes it) with a 20-slice mass and a 2-slice lesion, in a 40-slice volume."""
+    from lits.data.cache import CachedCase
+    from lits.data.preprocess import slice_stats
+
+    label = np.zeros((40, 32, 32), dtype=np.uint8)
+    label[5:35, 4:28, 4:28] = 1
+    label[8:28, 6:20, 6:20] = 2  # the mass: slices 8..27
+    label[30:32, 24:26, 24:26] = 2  # the small lesion: slices 30, 31
+    np.save(tmp_path / "label.npy", label)
+    np.save(tmp_path / "image.npy", np.zeros(label.shape, dtype=np.float16))
+    image, lab = (np.load(tmp_path / f"{n}.npy", mmap_mode="r") for n in ("image", "label"))
+    return CachedCase("0", tmp_path, image, lab, slice_stats(label), {"train_z_range": [2, 38]})
+
+
+def test_per_lesion_sampling_draws_every_lesion_equally(tmp_path):
+    """Slice weights give the mass 20 of 22 tumour draws; per lesion, each lesion gets half of them, spread evenly
+    over its slices; the tumour share of all draws stays the same."""
+    index = SliceIndex([_two_lesion_case(tmp_path)])
+    by_slice, by_lesion = (index.weights(SamplingConfig(per_lesion=flag)) for flag in (False, True))
+    tumour = index.tumor > 0
+    small = np.isin(index.z, [30, 31])
+    assert by_lesion[tumour].sum() == pytest.approx(by_slice[tumour].sum())
+    assert by_slice[small].sum() / by_slice[tumour].sum() == pytest.approx(2 / 22)
+    assert by_lesion[small].sum() / by_lesion[tumour].sum() == pytest.approx(0.5)
+    assert np.allclose(by_lesion[small], by_lesion[small][0]) and np.allclose(by_lesion[tumour & ~small], by_lesion[8])
+    draws = np.array([i for i, _ in LesionSampler(by_lesion, 20000, seed=2)])
+    hits = small[draws].sum() / tumour[draws].sum()
+    assert abs(hits - 0.5) < 0.02  # ~4 standard errors
+
+
+def test_per_lesion_sampling_counts_lesions_in_3d_and_only_training_slices(tmp_path):
+    case = _two_lesion_case(tmp_path)
+    case.meta["train_z_range"] = [2, 31]  # cuts the small lesion to slice 30 alone
+    share = SliceIndex([case]).lesion_weights()
+    index = SliceIndex([case])
+    assert share.sum() == pytest.approx(1.0)
+    assert share[index.z == 30].item() == pytest.approx(0.5)  # still one lesion of two, on its one slice
+    assert share[index.z == 10].item() == pytest.approx(0.5 / 20)

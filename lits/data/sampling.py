@@ -55,10 +55,31 @@ class SliceIndex:
         return len(self.z)
 
     def weights(self, cfg: SamplingConfig) -> np.ndarray:
-        """Sampling probability per slice: tumour slices lesion_factor x liver slices, background slices small."""
+        """Sampling probability per slice: tumour slices lesion_factor x liver slices, background slices small.
+        With `per_lesion` the tumour slices' total weight is the same but shared out by lesion (`lesion_weights`)."""
         w = np.where(self.liver > 0, cfg.liver_weight, cfg.background_weight).astype(np.float64)
-        w[self.tumor > 0] = cfg.liver_weight * cfg.lesion_factor
+        tumour = self.tumor > 0
+        w[tumour] = cfg.liver_weight * cfg.lesion_factor
+        if cfg.per_lesion and tumour.any():
+            w[tumour] = w[tumour].sum() * self.lesion_weights()[tumour]
         return w / w.sum()
+
+    def lesion_weights(self) -> np.ndarray:
+        """Per slice, the share of tumour draws that lands on it when every 3D lesion (6-connected components of the
+        tumour label within the training slices) is equally likely and a lesion's slices are equally likely: sums to
+        1 over the tumour slices. Reads each training case's tumour region once."""
+        share = np.zeros(len(self), dtype=np.float64)
+        spans = []  # per lesion: the slice-index positions it lies in
+        offset = 0
+        for number, case in enumerate(self.cases):
+            rows = np.flatnonzero(self.case == number)
+            z0, tumour_rows = int(self.z[rows[0]]) if len(rows) else 0, rows[self.tumor[rows] > 0]
+            if len(tumour_rows):
+                spans += [offset + zs for zs in _lesion_slices(case, self.z[tumour_rows], z0)]
+            offset += len(rows)
+        for positions in spans:
+            share[positions] += 1.0 / (len(spans) * len(positions))
+        return share
 
 
 class LesionSampler(Sampler):
@@ -88,6 +109,20 @@ class LesionSampler(Sampler):
         base = self.epoch * total
         for pos in range(self.rank, total, self.world_size):
             yield int(picks[pos]), base + pos
+
+
+def _lesion_slices(case: CachedCase, tumour_z: np.ndarray, z0: int) -> list[np.ndarray]:
+    """The slices (relative to the training range's first slice z0) of each 3D lesion of one cached case, from its
+    label inside the tumour slices' bounding box."""
+    za, zb = int(tumour_z.min()), int(tumour_z.max()) + 1
+    tumour = np.asarray(case.label[za:zb]) == 2
+    tumour[~np.isin(np.arange(za, zb), tumour_z)] = False  # outside the training range
+    lesions, _ = ndimage.label(tumour)
+    spans = []
+    for label, box in enumerate(ndimage.find_objects(lesions), start=1):
+        present = [z for z in range(box[0].start, box[0].stop) if (lesions[z][box[1:]] == label).any()]
+        spans.append(np.asarray(present, dtype=np.int64) + za - z0)
+    return spans
 
 
 def crop_origin(size: int, extent: int, center: int) -> int:
@@ -230,7 +265,8 @@ class TrainSlices(Dataset):
                 self.index.tumor_box[slice_index] if self.index.tumor_box is not None else (0, height, 0, width)
             )
             tumour = labels.read(z, int(ty0), int(ty1), files)[:, tx0:tx1] == 2
-            ys, xs = tumour_centre_candidates(tumour, self.sampling.lesion_center, rng)
+            rule = "lesion" if self.sampling.per_lesion else self.sampling.lesion_center
+            ys, xs = tumour_centre_candidates(tumour, rule, rng)
             pick = rng.integers(len(ys))
             cy, cx = int(ty0 + ys[pick]), int(tx0 + xs[pick])
         elif self.index.liver[slice_index] > 0:

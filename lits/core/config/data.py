@@ -56,6 +56,9 @@ class SamplingConfig:
     background_weight: float = 0.1  # slices without liver (inside the liver margin): still seen, rarely
     p_lesion_center: float = 0.5  # a tumour slice's crop is centred on a tumour voxel with this probability
     lesion_center: str = "voxel"  # that voxel: any tumour voxel (voxel), or one of a uniformly drawn lesion (lesion)
+    # tumour draws per lesion: every 3D lesion of the training cases equally likely whatever its size (its slices
+    # share its weight), crops centred as with lesion_center=lesion; the tumour share of draws is unchanged
+    per_lesion: bool = False
     samples_per_epoch: int = 4000  # crops per epoch, all processes together
 
     def __post_init__(self) -> None:
@@ -65,6 +68,7 @@ class SamplingConfig:
         self.lesion_center = checks.choice(
             "data.sampling.lesion_center", self.lesion_center, ("voxel", "lesion"), "tumour-centred crop rule"
         )
+        self.per_lesion = checks.flag("data.sampling.per_lesion", self.per_lesion)
         self.samples_per_epoch = checks.integer("data.sampling.samples_per_epoch", self.samples_per_epoch, 1)
         if self.liver_weight * max(self.lesion_factor, 1.0) + self.background_weight <= 0:
             raise checks.fail("data.sampling.liver_weight", self.liver_weight, "> 0 (or background_weight > 0)")
