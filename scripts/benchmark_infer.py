@@ -238,7 +238,9 @@ def whole_volume_child(args) -> dict:
     native_yx, case.image = case.image.shape[1:], None
     clock.leave()
     clock.enter("batching")
-    probs = predict_volume(model, image, device, tta=args.tta, **spec.predictor_settings())
+    probs = predict_volume(
+        model, image, device, flips=((), (3,), (2,)) if args.tta else ((),), **spec.predictor_settings()
+    )
     if probs.shape[2:] != native_yx:
         probs = resize_inplane(probs, native_yx, order=1)
     clock.leave()

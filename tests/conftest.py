@@ -308,7 +308,7 @@ def make_checkpoint(tmp_path, data_root, test_ids=("0", "1", "2"), prior=(0.5, 0
     typed_cfg = typed(TrainConfig, cfg)
     window = Normalization("window", typed_cfg.data.window)
     spec = InferenceSpec.for_training(typed_cfg.model, typed_cfg.data, typed_cfg.loss.temperature, window,
-                                      typed_cfg.postprocess)  # fmt: skip
+                                      typed_cfg.postprocess, typed_cfg.augment)  # fmt: skip
     state = {
         "format": CHECKPOINT_FORMAT,
         "model": model.state_dict(),

@@ -21,10 +21,10 @@ from lits.data.prepare import prepare
 from lits.data.sources import discover, natural_key
 from lits.evaluate.curves import read_history
 from lits.evaluate.report import tensorboard_dir
-from lits.infer.checkpoint import checkpoint_epoch, load_model, warn_if_tuned_for_other_tta
+from lits.infer.checkpoint import checkpoint_epoch, load_model, warn_about_tta
 from lits.infer.export import SEGMENTATION_NAME, is_nifti
 from lits.infer.postprocess import ablation_stages, postprocess
-from lits.infer.predictor import TTA_FLIPS, predict_volume
+from lits.infer.predictor import predict_volume
 from lits.infer.spec import data_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -94,15 +94,18 @@ def _stages(post: PostprocessConfig, ablation: bool, tta: bool) -> tuple[list, l
     return steps, stages
 
 
-def _checkpoint_predictor(model: torch.nn.Module, infer: dict, steps: list, post: PostprocessConfig, tta: bool):
+def _checkpoint_predictor(model: torch.nn.Module, infer: dict, steps: list, post: PostprocessConfig, views: tuple):
+    """`views`: the identity, then the trained flips that test-time augmentation averages (none: no TTA)."""
+    tta = len(views) > 1
+
     def predict(case) -> Prediction:
         # probabilities back on the native grid (identity unless data.target_spacing_xy resampled the cache)
         plain = case.to_native(predict_volume(model, case.image, flips=((),), **infer), order=1)
         probs = plain
         if tta:  # identity and flips predicted apart so post_no_tta costs no extra forward pass
-            probs = case.to_native(predict_volume(model, case.image, flips=TTA_FLIPS[1:], **infer), order=1)
-            probs *= (len(TTA_FLIPS) - 1) / len(TTA_FLIPS)
-            probs += plain / len(TTA_FLIPS)
+            probs = case.to_native(predict_volume(model, case.image, flips=views[1:], **infer), order=1)
+            probs *= (len(views) - 1) / len(views)
+            probs += plain / len(views)
         spacing = case.native_spacing
         image = case.to_native(np.asarray(case.image, np.float32), order=1) if any(c.crf for *_, c in steps) else None
         for name, _, stage_cfg in steps:
@@ -122,7 +125,7 @@ def _checkpoint_source(cfg: EvaluateConfig) -> Source:
         )
     device = resolve_device(cfg.device, key="device")
     model, spec, state = load_model(cfg.ckpt, device)
-    warn_if_tuned_for_other_tta(state, cfg.tta, cfg.ckpt)
+    tta = warn_about_tta(state, spec, cfg.tta, cfg.ckpt)
     if cfg.split not in state["splits"]:
         raise LitsError(f"split={cfg.split}: not in the checkpoint's splits {sorted(state['splits'])}")
     data = data_from_checkpoint(state, cfg.ckpt)
@@ -132,7 +135,7 @@ def _checkpoint_source(cfg: EvaluateConfig) -> Source:
         data, 0, splits=state["splits"], only=(cfg.split,), progress=cfg.progress, report_dir=cfg.paths.output_dir
     )  # (data.on_error=skip lists left-out cases there)
     post = spec.postprocess.with_overrides(cfg.postprocess)
-    steps, stages = _stages(post, cfg.ablation, cfg.tta)
+    steps, stages = _stages(post, cfg.ablation, tta)
     infer = dict(device=device, batch_size=cfg.batch_size, amp=cfg.amp, **spec.predictor_settings())
     tb_dir = tensorboard_dir(cfg.tensorboard_dir, Path(cfg.ckpt).resolve().parent.parent / "tensorboard", cfg.split)
     paths = {p.case_id: p.image for p in discover(data)[0]} if cfg.save_predictions else {}
@@ -142,9 +145,10 @@ def _checkpoint_source(cfg: EvaluateConfig) -> Source:
         "ckpt": str(Path(cfg.ckpt).resolve()),
         "split": cfg.split,
         "trained_epochs": epoch,  # the checkpoint's epoch, numbered from 1
-        "tta": bool(cfg.tta),
+        "tta": tta,  # averaged views: tta=true and a network trained with mirroring
+        "tta_flips": [list(f) for f in spec.views(tta)[1:]],
     }
-    predict = _checkpoint_predictor(model, infer, steps, post, cfg.tta)
+    predict = _checkpoint_predictor(model, infer, steps, post, spec.views(tta))
     source = Source(cases[cfg.split], stages, "post", predict, info, paths, (tb_dir, epoch) if tb_dir else None, post)
     source.training, source.window = training_record(cfg.ckpt, state), spec.window
     return source

@@ -47,23 +47,32 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
 def load_model(ckpt_path: str | Path, device: torch.device) -> tuple[torch.nn.Module, InferenceSpec, dict]:
     """(network in eval mode on `device`, its inference spec, the checkpoint dict), from a checkpoint alone."""
     state = load_checkpoint(ckpt_path)
-    spec = spec_from_checkpoint(state, str(ckpt_path))
+    return (*model_from_state(state, ckpt_path, device), state)
+
+
+def model_from_state(state: dict, where: str | Path, device: torch.device) -> tuple[torch.nn.Module, InferenceSpec]:
+    """(network in eval mode on `device`, its inference spec) of a loaded checkpoint dict."""
+    spec = spec_from_checkpoint(state, str(where))
     model = build_model(spec.network)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise LitsError(
-            f"{ckpt_path}: weights do not fit the network its spec describes ({first}); "
-            "the checkpoint is damaged or edited"
+            f"{where}: weights do not fit the network its spec describes ({first}); the checkpoint is damaged or edited"
         ) from None
-    return model.to(device).eval(), spec, state
+    return model.to(device).eval(), spec
 
 
-def warn_if_tuned_for_other_tta(state: dict, tta: bool, where: str | Path) -> None:
-    """A checkpoint tuned on flip-TTA probabilities (evaluate.py tune=true tta=true) used without TTA, or the
-    reverse, applies thresholds chosen for other probabilities: say so."""
-    if "tuning" in state and "tta" in state["tuning"] and bool(state["tuning"]["tta"]) != bool(tta):
+def warn_about_tta(state: dict, spec: InferenceSpec, tta: bool, where: str | Path) -> bool:
+    """Whether test-time augmentation happens (tta=true and the network was trained with mirroring; else one line
+    says why not), and a warning when the checkpoint's post-processing was tuned on the other kind of probabilities
+    (thresholds chosen for TTA-averaged probabilities, applied to single-view ones, or the reverse)."""
+    note = spec.tta_note(tta, str(where))
+    if note:
+        log.warning("%s", note)
+    averaged = len(spec.views(tta)) > 1
+    if "tuning" in state and "tta" in state["tuning"] and bool(state["tuning"]["tta"]) != averaged:
         tuned = "with" if state["tuning"]["tta"] else "without"
         log.warning(
             "%s: its post-processing was tuned %s flip TTA; pass tta=%s for the setting it was chosen for",
@@ -71,6 +80,7 @@ def warn_if_tuned_for_other_tta(state: dict, tta: bool, where: str | Path) -> No
             tuned,
             str(bool(state["tuning"]["tta"])).lower(),
         )
+    return averaged
 
 
 def checkpoint_epoch(state: dict) -> int:

@@ -26,7 +26,7 @@ from lits.core.tables import format_table
 from lits.data.nifti import CasePaths, open_pair
 from lits.data.preprocess import preprocess_pair
 from lits.data.resample import resize_inplane
-from lits.infer.checkpoint import load_model, warn_if_tuned_for_other_tta
+from lits.infer.checkpoint import load_model, warn_about_tta
 from lits.infer.export import (
     SEGMENTATION_NAME,
     export_labels,
@@ -150,13 +150,13 @@ def predict(cfg) -> dict:
     check_writable_folder(out_dir, "label maps", "choose a writable output=DIR")
     device = resolve_device(cfg.device, key="device")
     model, spec, state = load_model(cfg.ckpt, device)
-    warn_if_tuned_for_other_tta(state, cfg.tta, cfg.ckpt)
+    tta = warn_about_tta(state, spec, cfg.tta, cfg.ckpt)
     post = spec.postprocess.with_overrides(cfg.postprocess)
     infer = dict(
         device=device,
         batch_size=cfg.batch_size,
         amp=cfg.amp,
-        tta=cfg.tta,
+        flips=spec.views(tta),
         progress=cfg.progress,
         **spec.predictor_settings(),
     )

@@ -17,9 +17,6 @@ from lits.data.context import context_batch
 from lits.data.normalization import Normalization
 from lits.data.resample import resize_inplane
 
-# Flip test-time augmentation: identity, horizontal (X), vertical (Y) flips of each (N, 1, Y, X) slice batch.
-TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,))
-
 
 @torch.inference_mode()
 def predict_batches(
@@ -30,8 +27,7 @@ def predict_batches(
     amp: str = "auto",
     size_multiple: int = 16,
     temperature: float | Sequence[float] = 1.0,
-    tta: bool = False,
-    flips: Sequence[tuple[int, ...]] | None = None,
+    flips: Sequence[tuple[int, ...]] = ((),),
     progress: bool = False,
     context_slices: int = 0,
     normalization: Normalization | None = None,
@@ -39,8 +35,6 @@ def predict_batches(
     """(start, probabilities (2, n, Y, X) float32 of slices start .. start+n-1), one slice batch at a time: what
     `predict_volume` assembles, for callers that reduce every batch as it comes (`predict_masks`). The arguments are
     `predict_volume`'s."""
-    if flips is None:
-        flips = TTA_FLIPS if tta else ((),)
     if not flips:
         raise ValueError("predict_volume: flips must name at least one view, e.g. ((),) for the identity")
     model.eval()
@@ -78,8 +72,7 @@ def predict_volume(
     amp: str = "auto",
     size_multiple: int = 16,
     temperature: float | Sequence[float] = 1.0,
-    tta: bool = False,
-    flips: Sequence[tuple[int, ...]] | None = None,
+    flips: Sequence[tuple[int, ...]] = ((),),
     progress: bool = False,
     context_slices: int = 0,
     normalization: Normalization | None = None,
@@ -91,13 +84,13 @@ def predict_volume(
     neighbours each side as channels, stacked as in training (lits.data.context.context_batch).
     `temperature` is the loss's sigmoid temperature, so probabilities mean at inference what they meant in
     training (one value, or one per output channel: the calibrated temperatures of the inference spec).
-    `tta=True` averages the probabilities of the identity and the horizontal and vertical flips
-    (TTA_FLIPS); `flips` picks the views explicitly (evaluate.py predicts the identity and the two flips
-    separately to report both). `normalization` maps the [0, 1] window values to the network's input (the run's,
+    `flips`: the views whose probabilities are averaged, as flip dims of the (N, C, Y, X) batch (`()` the identity);
+    test-time augmentation passes `InferenceSpec.views(tta=True)`, the flips the network was trained with.
+    `normalization` maps the [0, 1] window values to the network's input (the run's,
     from its checkpoint; None: the window as is).
     """
     settings = dict(batch_size=batch_size, amp=amp, size_multiple=size_multiple, temperature=temperature)
-    settings.update(tta=tta, flips=flips, progress=progress, context_slices=context_slices, normalization=normalization)
+    settings.update(flips=flips, progress=progress, context_slices=context_slices, normalization=normalization)
     probs = np.empty((2, *image.shape), dtype=np.float32)
     for start, batch in predict_batches(model, image, device, **settings):
         probs[:, start : start + batch.shape[1]] = batch

@@ -13,7 +13,11 @@ patient split and the data location for evaluation), never the training config's
                         (evaluate.py tune=true; 1.0 = uncalibrated): calibrated probabilities for every threshold
     normalization       what the network sees: the window values or nnU-Net's CT z-score (lits/data/normalization.py)
     postprocess         the post-processing settings (lits.core.config.PostprocessConfig)
+    tta_flips           the mirror flips the network was trained with (augment.p_mirror_x / p_mirror_y), as dims of a
+                        (N, C, Y, X) slice batch: [3] mirrors X, [2] Y, [2, 3] both. tta=true averages the identity
+                        and these views only: averaging views the network never saw in training lowers Dice.
 
+Version 1 (before tta_flips) is read as a network trained without mirroring: tta=true predicts the identity view.
 Checkpoints written before the spec existed (no `format` key) are migrated from their training config: same network,
 window, resampling, context and temperature; post-processing = the defaults, which is what evaluate.py and predict.py
 applied to them.
@@ -25,14 +29,16 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from lits.core.config import DataConfig, ModelConfig, PostprocessConfig, typed
+from lits.core.config import AugmentConfig, DataConfig, ModelConfig, PostprocessConfig, typed
 from lits.core.errors import LitsError
 from lits.data.normalization import Normalization
 from lits.data.preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no tta_flips (trained without mirroring as far as the spec knows)
+MIRROR_X, MIRROR_Y = (3,), (2,)  # flip dims of a (N, C, Y, X) slice batch
 # What evaluate.py and predict.py applied to checkpoints written before the spec (their defaults then), spelled out so
 # that later default changes leave those checkpoints' results as they were.
 LEGACY_POSTPROCESS = PostprocessConfig(threshold=0.5, largest_liver_component=True, tumor_in_liver=True,
@@ -51,6 +57,20 @@ class InferenceSpec:
     normalization: Normalization
     postprocess: PostprocessConfig
     calibration: tuple[float, float] = (1.0, 1.0)
+    tta_flips: tuple[tuple[int, ...], ...] = ()
+
+    def views(self, tta: bool) -> tuple[tuple[int, ...], ...]:
+        """The flips to average: the identity, plus with `tta` every flip the network was trained with."""
+        return ((), *self.tta_flips) if tta else ((),)
+
+    def tta_note(self, tta: bool, where: str) -> str | None:
+        """The one line to log when tta=true has nothing to average (None otherwise)."""
+        if tta and not self.tta_flips:
+            return (
+                f"{where}: tta=true, but its network was trained without mirroring (augment.p_mirror_x and "
+                "p_mirror_y 0), so no flipped view matches its training: predicting without TTA"
+            )
+        return None
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -82,14 +102,15 @@ class InferenceSpec:
             "calibration": list(self.calibration),
             "normalization": self.normalization.to_dict(),
             "postprocess": dataclasses.asdict(self.postprocess),
+            "tta_flips": [list(f) for f in self.tta_flips],
         }
 
     @classmethod
     def from_dict(cls, spec: dict, where: str) -> InferenceSpec:
-        if spec.get("version") != SPEC_VERSION:
+        if spec.get("version") not in READABLE_VERSIONS:
             raise LitsError(
-                f"{where}: inference spec version {spec.get('version')} is not {SPEC_VERSION}; "
-                "use the lits version that wrote this checkpoint, or retrain"
+                f"{where}: inference spec version {spec.get('version')} is not one this lits reads "
+                f"({', '.join(map(str, READABLE_VERSIONS))}); use the lits version that wrote it, or retrain"
             )
         spacing = spec["target_spacing_xy"]
         return cls(
@@ -101,6 +122,7 @@ class InferenceSpec:
             normalization=Normalization.from_dict(spec["normalization"]),
             postprocess=PostprocessConfig.from_mapping(spec["postprocess"]),
             calibration=tuple(float(c) for c in spec["calibration"]),
+            tta_flips=tuple(tuple(int(d) for d in f) for f in spec.get("tta_flips", ())),  # absent in version 1
         )
 
     @classmethod
@@ -111,6 +133,7 @@ class InferenceSpec:
         temperature: float,
         normalization: Normalization,
         postprocess: PostprocessConfig,
+        augment: AugmentConfig,
     ) -> InferenceSpec:
         return cls(
             model,
@@ -120,7 +143,16 @@ class InferenceSpec:
             float(temperature),
             normalization,
             postprocess,
+            tta_flips=trained_flips(augment),
         )
+
+
+def trained_flips(augment: AugmentConfig) -> tuple[tuple[int, ...], ...]:
+    """The mirror flips an augmentation config trains with: X and/or Y (and both together when both are on)."""
+    if not augment.enabled:
+        return ()
+    x, y = augment.p_mirror_x > 0, augment.p_mirror_y > 0
+    return tuple(f for f, on in ((MIRROR_X, x), (MIRROR_Y, y), (MIRROR_Y + MIRROR_X, x and y)) if on)
 
 
 def _legacy_section(config: dict, name: str, schema: type, where: str):

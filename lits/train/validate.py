@@ -61,7 +61,8 @@ def validate(
     """
     raw_rows, post_rows, shown = [], [], []
     for case in tqdm(cases, desc="validating", unit="case", leave=False, disable=not progress):
-        probs = predict_volume(model, case.image, device, batch_size, amp, tta=tta, **spec.predictor_settings())
+        views = spec.views(tta)
+        probs = predict_volume(model, case.image, device, batch_size, amp, flips=views, **spec.predictor_settings())
         raw = probabilities_to_labels(probs[0], probs[1], spec.postprocess.threshold, spec.postprocess.tumor_threshold)
         image = case.image if spec.postprocess.crf else None
         post = postprocess(probs[0], probs[1], spec.postprocess, case.spacing, image)
