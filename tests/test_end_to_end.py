@@ -43,6 +43,27 @@ def test_training_writes_checkpoints_tensorboard_and_split(trained):
     assert 0.0 <= history[-1]["val/tumor_dice"] <= 1.0 and 0.0 <= history[-1]["val/liver_dice"] <= 1.0
 
 
+def test_every_run_tunes_its_checkpoints_and_says_so(trained):
+    """tune_after (on by default): calibration and post-processing chosen on validation are stored in best.pt and
+    last.pt (the same weights here, tuned once), and named in train.log and the closing summary with their cost."""
+    work, run_dir = trained
+    states = [torch.load(run_dir / "checkpoints" / name, weights_only=True) for name in ("best.pt", "last.pt")]
+    for state in states:
+        record = state["tuning"]
+        assert record["split"] == "val" and record["criterion"] == "lesion_score" and record["tta"] is False
+        assert state["inference"]["postprocess"] == record["candidates"][record["chosen"]]["postprocess"]
+        assert state["inference"]["calibration"] == [record["calibration"][h]["factor"] for h in ("liver", "tumour")]
+        assert record["seconds"] > 0
+    assert states[0]["tuning"] == states[1]["tuning"]  # best.pt is last.pt's epoch: one tuning serves both
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    assert set(summary["tuned"]) == {"best.pt", "last.pt"}
+    log = (run_dir / "train.log").read_text()
+    lines = log_messages((work / "train.stdout").read_text())
+    for name, line in summary["tuned"].items():
+        assert line.startswith("tuned post-processing: tumour threshold ") and line.endswith(" s)")
+        assert f"{name}: {line}" in log and f"{name}: {line}" in lines
+
+
 def test_tensorboard_has_the_documented_tags(trained):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -85,7 +85,32 @@ def test_tuning_again_fits_afresh_and_warns_about_tta(tuned, caplog):
     assert state["tuning"]["tta"] is False
     with caplog.at_level("WARNING"):
         lits.evaluate.scoring.evaluate(evaluate_cfg(tmp_path, f"ckpt={ckpt}", "split=test", "tta=true", out="tta"))
+    # trained without mirroring: tta=true has no view to average, so it is not TTA and matches the tuning
+    assert "trained without mirroring" in caplog.text and "tuned without flip TTA" not in caplog.text
+    assert json.loads((tmp_path / "tta" / "metrics.json").read_text())["tta"] is False
+
+
+def test_tta_averages_the_trained_flips_and_warns_when_tuned_without(tmp_path, monkeypatch, caplog):
+    views = []
+
+    def recording_model(model, image, *args, flips=((),), **kwargs):
+        views.append(tuple(flips))
+        return fake_calibrated_model(model, image, *args, **kwargs)
+
+    for module in (lits.evaluate.sources, lits.evaluate.tuning):
+        monkeypatch.setattr(module, "predict_volume", recording_model)
+    tree = write_phantom_tree(tmp_path / "lits")
+    ckpt = make_checkpoint(tmp_path, tree, overrides=("augment.p_mirror_x=0.5",))
+    assert spec_from_checkpoint(torch.load(ckpt, weights_only=True), "ckpt").tta_flips == ((3,),)
+    lits.evaluate.scoring.evaluate(evaluate_cfg(tmp_path, f"ckpt={ckpt}", "split=val", "tune=true", out="tune"))
+    assert set(views) == {((),)}  # tuned (and scored) without TTA
+    views.clear()
+    with caplog.at_level("WARNING"):
+        lits.evaluate.scoring.evaluate(evaluate_cfg(tmp_path, f"ckpt={ckpt}", "split=test", "tta=true", out="tta"))
     assert "tuned without flip TTA; pass tta=false" in caplog.text
+    assert set(views) == {((),), ((3,),)}  # the identity and the one trained flip, predicted apart
+    metrics = json.loads((tmp_path / "tta" / "metrics.json").read_text())
+    assert metrics["tta"] is True and metrics["tta_flips"] == [[3]]
 
 
 def test_tuning_on_the_test_split_is_refused(tmp_path):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,15 +113,32 @@ def _region(probs: np.ndarray, label: np.ndarray) -> tuple[slice, ...]:
     return tuple(slice(max(0, s[0] - m), s[-1] + 1 + m) for s, m in zip(spans, margins))
 
 
-def collect(cfg: EvaluateConfig, model, spec, cases, device, with_image: bool) -> list[ValidationCase]:
+@dataclass(frozen=True)
+class TuneSettings:
+    """How the validation cases are predicted and the candidates judged."""
+
+    batch_size: int
+    amp: str
+    tta: bool  # average the trained flips (evaluate and predict should then run with tta=true too)
+    criterion: str  # lesion_score | tumor_dice
+    crf: bool  # also try the dense-CRF stage
+    progress: bool
+
+    @classmethod
+    def of(cls, cfg: EvaluateConfig) -> TuneSettings:
+        crf = cfg.tune_crf and _crf_available()
+        return cls(cfg.batch_size, cfg.amp, cfg.tta, cfg.tune_criterion, crf, cfg.progress)
+
+
+def collect(model, spec, cases, device, settings: TuneSettings) -> list[ValidationCase]:
     """Predict every validation case once and keep what post-processing needs, inside the liver region."""
-    infer = dict(device=device, batch_size=cfg.batch_size, amp=cfg.amp, tta=cfg.tta, **spec.predictor_settings())
+    infer = dict(device=device, batch_size=settings.batch_size, amp=settings.amp, flips=spec.views(settings.tta))
     kept = []
-    for case in tqdm(cases, desc="tuning: predicting", unit="case", disable=not cfg.progress):
-        probs = case.to_native(predict_volume(model, case.image, **infer), order=1)
+    for case in tqdm(cases, desc="tuning: predicting", unit="case", disable=not settings.progress):
+        probs = case.to_native(predict_volume(model, case.image, **infer, **spec.predictor_settings()), order=1)
         label = np.asarray(case.native_label)
         box = _region(probs, label)
-        image = case.to_native(np.asarray(case.image, np.float32), order=1)[box] if with_image else None
+        image = case.to_native(np.asarray(case.image, np.float32), order=1)[box] if settings.crf else None
         kept.append(
             ValidationCase(
                 case.case_id,
@@ -162,6 +180,61 @@ def _curve(r) -> dict:
     }
 
 
+def choose(model, spec, cases: list, device, settings: TuneSettings, base: PostprocessConfig):
+    """Calibration and post-processing chosen on the validation `cases` (cached) for `model`: (the tuned spec, the
+    record: every candidate's scores, the calibration fit, the seconds it took). `base` is candidate 0."""
+    started = time.perf_counter()
+    uncalibrated = dataclasses.replace(spec, calibration=(1.0, 1.0))  # a second tuning fits afresh
+    kept = collect(model, uncalibrated, cases, device, settings)
+    factors, calibration = fit_calibration(kept)
+    for case in kept:
+        case.probs = np.stack([calibrate(case.probs[h].astype(np.float32), factors[h]) for h in (0, 1)]).astype(
+            np.float16
+        )
+    table = []
+    for post in tqdm(candidates(base), desc="tuning: post-processing", disable=not settings.progress):
+        table.append({"postprocess": dataclasses.asdict(post), **evaluate_candidate(kept, post, settings.criterion)})
+    best = max(range(len(table)), key=lambda i: (table[i]["score"], -i))
+    chosen = PostprocessConfig.from_mapping(table[best]["postprocess"])
+    if settings.crf:
+        with_crf = dataclasses.replace(chosen, crf=True)
+        table.append(
+            {"postprocess": dataclasses.asdict(with_crf), **evaluate_candidate(kept, with_crf, settings.criterion)}
+        )
+        if table[-1]["score"] > table[best]["score"]:
+            best, chosen = len(table) - 1, with_crf
+    record = {
+        "split": "val",
+        "criterion": settings.criterion,
+        "cases": len(kept),
+        "tta": len(spec.views(settings.tta)) > 1,  # chosen on TTA probabilities: evaluate and predict warn without
+        "chosen": best,
+        "calibration": calibration,
+        "candidates": table,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return spec.tuned(chosen, factors), record
+
+
+def summary_line(record: dict) -> str:
+    """'tuned post-processing: ...' as train.log, the end-of-run summary and evaluate's log say it."""
+    chosen = record["candidates"][record["chosen"]]
+    post = PostprocessConfig.from_mapping(chosen["postprocess"])
+    factors = [round(record["calibration"][head]["factor"], 3) for head in ("liver", "tumour")]
+    return (
+        f"tuned post-processing: {_describe(post)}; calibration x{factors[0]:g} liver, x{factors[1]:g} tumour "
+        f"(on {record['cases']} validation cases by {record['criterion']}: {chosen['score']:.4f}, the untuned "
+        f"{record['candidates'][0]['score']:.4f}; {record['seconds']:g} s)"
+    )
+
+
+def store(state: dict, path, spec, record: dict) -> None:
+    """Write the tuned spec and the tuning record into the checkpoint `state` and save it to `path` atomically."""
+    state["inference"] = spec.to_dict()
+    state["tuning"] = record
+    save_checkpoint(state, path)
+
+
 def tune(cfg: EvaluateConfig) -> dict:
     """Choose calibration and post-processing on cfg.split (val) and write them into cfg.ckpt; the record."""
     if cfg.split != "val":
@@ -179,54 +252,18 @@ def tune(cfg: EvaluateConfig) -> dict:
     _, prepared = prepare(
         data, 0, splits=state["splits"], only=("val",), progress=cfg.progress, report_dir=cfg.paths.output_dir
     )
-    use_crf = cfg.tune_crf and _crf_available()
-    uncalibrated = dataclasses.replace(spec, calibration=(1.0, 1.0))  # a second tuning fits afresh
-    cases = collect(cfg, model, uncalibrated, prepared["val"], device, with_image=use_crf)
-    factors, calibration = fit_calibration(cases)
-    for case in cases:
-        case.probs = np.stack([calibrate(case.probs[h].astype(np.float32), factors[h]) for h in (0, 1)]).astype(
-            np.float16
-        )
-    table = []
     base = spec.postprocess.with_overrides(cfg.postprocess)  # candidate 0: the checkpoint's, as overridden here
-    for post in tqdm(candidates(base), desc="tuning: post-processing", disable=not cfg.progress):
-        table.append({"postprocess": dataclasses.asdict(post), **evaluate_candidate(cases, post, cfg.tune_criterion)})
-    best = max(range(len(table)), key=lambda i: (table[i]["score"], -i))
-    chosen = PostprocessConfig.from_mapping(table[best]["postprocess"])
-    if use_crf:
-        with_crf = dataclasses.replace(chosen, crf=True)
-        table.append(
-            {"postprocess": dataclasses.asdict(with_crf), **evaluate_candidate(cases, with_crf, cfg.tune_criterion)}
-        )
-        if table[-1]["score"] > table[best]["score"]:
-            best, chosen = len(table) - 1, with_crf
-    record = {
-        "split": "val",
-        "criterion": cfg.tune_criterion,
-        "cases": len(cases),
-        "tta": bool(cfg.tta),  # chosen on flip-TTA probabilities: evaluate and predict warn when run without
-        "chosen": best,
-        "calibration": calibration,
-        "candidates": table,
-    }
-    state["inference"] = spec.tuned(chosen, factors).to_dict()
-    state["tuning"] = record
-    save_checkpoint(state, cfg.ckpt)
-    log.info(
-        "tuned on %d validation cases: calibration %s, post-processing %s (score %.4f, was %.4f)",
-        len(cases),
-        [round(f, 3) for f in factors],
-        _describe(chosen),
-        table[best]["score"],
-        table[0]["score"],
-    )
+    tuned, record = choose(model, spec, prepared["val"], device, TuneSettings.of(cfg), base)
+    store(state, cfg.ckpt, tuned, record)
+    log.info("%s", summary_line(record))
     return record
 
 
 def _describe(post: PostprocessConfig) -> str:
+    on = {True: "on", False: "off"}
     return (
         f"tumour threshold {post.tumor_cut:g}, min {post.min_tumor_mm3:g} mm3 / {post.min_tumor_voxels} voxels, "
-        f"keep confident {post.keep_confident:g}, hysteresis {post.hysteresis}, crf {post.crf}"
+        f"keep confident {post.keep_confident:g}, hysteresis {on[post.hysteresis]}, crf {on[post.crf]}"
     )
 
 

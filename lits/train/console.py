@@ -136,6 +136,7 @@ def summary_lines(run, summary: dict, history: list[dict]) -> list[str]:
             {"": name, "epoch": r["epoch"], **{k: r.get(f"val/{k}") for k, _ in SUMMARY_COLUMNS}} for name, r in chosen
         ]
         lines += text_table(rows, [("", ""), ("epoch", "epoch"), *SUMMARY_COLUMNS]).splitlines()
+    lines += [f"{name}: {line}" for name, line in summary["tuned"].items()]
     ckpt = shown_path(run.ckpt_dir / "best.pt")
     tiebreak = run.cfg.trainer.monitor_tiebreak
     lines += [

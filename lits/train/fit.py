@@ -155,6 +155,7 @@ def run_summary(run: Run) -> dict:
         "bad_steps": state.bad_total,
         "world_size": run.ctx.world_size,
         "resumed_from": run.resumed_from,
+        "tuned": {},  # checkpoint name -> its tuned post-processing (tune_after: lits/train/tuning_hook.py)
     }
 
 

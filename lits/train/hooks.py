@@ -9,8 +9,8 @@ fixed points and knows nothing of what they do.
     on_interrupt(run)            SIGTERM/SIGINT stopped the epoch; every rank, before the process exits 128 + signal
     after_train(run, summary)    the run is finished
 
-Hooks that write files run on rank 0 only (`build_hooks`); the checkpoint hook runs everywhere because saving
-gathers every rank's random state.
+Hooks that write files run on rank 0 only (`lits.train.run.build_hooks`); the checkpoint hook runs everywhere because
+saving gathers every rank's random state.
 """
 
 from __future__ import annotations
@@ -356,16 +356,3 @@ def dying_save(kill_at: int):
             os.kill(os.getpid(), signal.SIGKILL)
 
     return save
-
-
-def build_hooks(run) -> Hooks:
-    """The hooks of this rank: console and checkpoints everywhere, files on rank 0, faults only under debug=faults."""
-    hooks: list[Hook] = [ConsoleHook()]
-    if run.ctx.is_main:
-        hooks += [TensorBoardHook(), HistoryHook(), ProgressPlotHook()]
-    faults = run.cfg.faults
-    dying = faults is not None and faults.kill_during_save is not None
-    hooks.append(CheckpointHook(dying_save(faults.kill_during_save)) if dying else CheckpointHook())
-    if run.cfg.faults is not None:
-        hooks.append(FaultHook(run.cfg.faults, run.ctx.rank, run.ctx.world_size))
-    return Hooks(hooks)

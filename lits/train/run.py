@@ -26,13 +26,24 @@ from lits.infer.spec import InferenceSpec
 from lits.train import distributed
 from lits.train.augment import BatchAugment
 from lits.train.checkpoint import check_compatible, config_differences, reconcile_best, resume_path
-from lits.train.hooks import Hooks, build_hooks
+from lits.train.hooks import (
+    CheckpointHook,
+    ConsoleHook,
+    FaultHook,
+    HistoryHook,
+    Hook,
+    Hooks,
+    ProgressPlotHook,
+    TensorBoardHook,
+    dying_save,
+)
 from lits.train.loader import PositionedSampler, build_loader
 from lits.train.loss import HybridLoss
 from lits.train.optim import TimeBudget, build_optimizer
 from lits.train.signals import StopRequest
 from lits.train.state import Best, TrainState
 from lits.train.step import NormStatsGuard
+from lits.train.tuning_hook import TuningHook
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +275,12 @@ def build_run(cfg: TrainConfig, ctx: distributed.Context, stop: StopRequest) -> 
     loader, sampler, loader_generator, steps = build_loader(cfg, index, weights, ctx.rank, ctx.world_size, device)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     state, budget = _training_state(cfg, ctx, amp, memory_format, saved, resumed_from, steps)
-    spec = InferenceSpec.for_training(cfg.model, cfg.data, cfg.loss.temperature, normalization, cfg.postprocess)
+    spec = InferenceSpec.for_training(
+        cfg.model, cfg.data, cfg.loss.temperature, normalization, cfg.postprocess, cfg.augment
+    )
+    note = spec.tta_note(t.val_tta, "trainer.val_tta")
+    if note and ctx.is_main:
+        log.warning("%s", note)
     record = dict(
         config=config,
         splits=splits,
@@ -302,3 +318,17 @@ def build_run(cfg: TrainConfig, ctx: distributed.Context, stop: StopRequest) -> 
     )
     run.hooks = build_hooks(run)
     return run
+
+
+def build_hooks(run: Run) -> Hooks:
+    """The hooks of this rank: console and checkpoints everywhere, files on rank 0, faults only under debug=faults;
+    tuning (rank 0) first, so that the console's closing summary names what it chose."""
+    hooks: list[Hook] = [TuningHook(), ConsoleHook()]
+    if run.ctx.is_main:
+        hooks += [TensorBoardHook(), HistoryHook(), ProgressPlotHook()]
+    faults = run.cfg.faults
+    dying = faults is not None and faults.kill_during_save is not None
+    hooks.append(CheckpointHook(dying_save(faults.kill_during_save)) if dying else CheckpointHook())
+    if run.cfg.faults is not None:
+        hooks.append(FaultHook(run.cfg.faults, run.ctx.rank, run.ctx.world_size))
+    return Hooks(hooks)

@@ -21,6 +21,9 @@ class TrainConfig:
     name: str = "train"  # run folder: outputs/<name>/<timestamp>; every experiment sets its own
     seed: int = 0
     evaluate_after: str | None = None  # test | val: when training ends, score best.pt on that split (<run>/evaluate)
+    # when training ends, choose calibration and post-processing on the validation split for best.pt and last.pt and
+    # store them there (evaluate.py and predict.py then apply them); false: the checkpoints keep postprocess.*
+    tune_after: bool = True
     data: DataConfig = MISSING
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # before optim: its t_max follows max_epochs
@@ -33,6 +36,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.seed = checks.integer("seed", self.seed, 0)
+        self.tune_after = checks.flag("tune_after", self.tune_after)
         self.evaluate_after = checks.optional(checks.choice, "evaluate_after", self.evaluate_after, ("test", "val"))
         if self.model.in_channels != self.data.input_channels:
             raise checks.fail(
