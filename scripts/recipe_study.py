@@ -10,7 +10,8 @@ and writes study.md: per variant, mean and spread over seeds of the validation c
 tumour Dice per case and lesion F1 at IoU > 0.5), test tumour Dice per case and global, lesion recall and precision
 at IoU > 0.5 and at any overlap, and Dice per lesion size bin.
 
-    python scripts/recipe_study.py --minutes 4 --seeds 0,1 --out outputs/recipe_study [--variants baseline,context]
+    python scripts/recipe_study.py --minutes 3 --seeds 0,1,2 --out outputs/lesion_study \\
+        --variants baseline,mirror_tta,per_lesion,blob,tversky
 
 Extra overrides after `--` go to every training run. A run whose folder already holds its three evaluations is not
 redone, so an interrupted study continues where it stopped.
@@ -31,14 +32,23 @@ from lits.core.tables import format_table
 REPO = Path(__file__).resolve().parents[1]
 
 VARIANTS = {
-    "baseline": [],  # the defaults: the published LiTS2017 recipe (rotation + elastic, UNet, AdamW, progressive loss)
+    "baseline": [],  # the defaults
+    "mirror_tta": ["augment.p_mirror_x=0.5", "augment.p_mirror_y=0.5"],  # trained with mirroring, scored with TTA
+    "per_lesion": ["data.sampling.per_lesion=true"],  # every lesion equally likely in the tumour draws
+    "blob": ["loss.blob_weight=0.5"],  # lesion-wise Dice (blob loss) mixed into the tumour's region term
+    "tversky": ["loss.region=tversky", "loss.tversky_beta=0.7"],  # missed tumour costs more than false tumour
+    "per_lesion_blob": ["data.sampling.per_lesion=true", "loss.blob_weight=0.5"],
     "context": ["data.context_slices=1", "model.in_channels=3"],  # 2.5D: a slice and its neighbours as channels
-    "lesion_select": ["trainer.monitor=val/lesion_score"],  # best.pt chosen by finding lesions, not tumour Dice alone
     "nnunet_aug": ["augment=nnunet"],  # nnU-Net v2's augmentation set
-    "context_lesion": ["data.context_slices=1", "model.in_channels=3", "trainer.monitor=val/lesion_score"],
     "lesion_crops": ["data.sampling.lesion_center=lesion"],  # tumour crops centred on a lesion drawn uniformly
 }
+# evaluate.py arguments of each variant's three evaluations: a network trained with mirroring is scored with TTA
+EVALUATE_WITH = {
+    name: ["tta=true"] if "augment.p_mirror_x=0.5" in overrides else [] for name, overrides in VARIANTS.items()
+}
 BINS = ("under10mm", "10to20mm", "over20mm")
+PAIRED = ("test tumour/case", "test tumour global", "test lesion recall", "test lesion precision",
+          "test recall under10mm")  # fmt: skip
 EVALUATIONS = {  # folder -> evaluate.py arguments besides ckpt and the run folder
     "test_as_trained": ["split=test"],
     "val_tuning": ["split=val", "tune=true"],
@@ -55,19 +65,22 @@ def run(cmd: list[str], log_path: Path) -> float:
     return time.time() - started
 
 
-def train_and_evaluate(folder: Path, variant: list[str], seed: int, minutes: float, extra: list[str]) -> None:
+def train_and_evaluate(folder: Path, name: str, seed: int, minutes: float, extra: list[str]) -> None:
+    """Train (tune_after=false: the study tunes as its own step) and run the three evaluations, skipping what is
+    already there."""
+    variant = VARIANTS[name]
     if not (folder / "train_summary.json").exists():
         folder.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "train.py", "experiment=progressive", f"name=study_{folder.parent.name}",
                f"seed={seed}", f"trainer.max_time={minutes}", "trainer.resume=null", "trainer.progress=false",
-               f"hydra.run.dir={folder}", *variant, *extra]  # fmt: skip
+               "tune_after=false", f"hydra.run.dir={folder}", *variant, *extra]  # fmt: skip
         seconds = run(cmd, folder / "train_stdout.log")
         print(f"[{folder.parent.name} seed {seed}] trained in {seconds / 60:.1f} min", flush=True)
-    for name, arguments in EVALUATIONS.items():  # in this order: the test as trained comes before tuning
-        if not (folder / name / "metrics.json").exists():
+    for step, arguments in EVALUATIONS.items():  # in this order: the test as trained comes before tuning
+        if not (folder / step / "metrics.json").exists():
             cmd = [sys.executable, "evaluate.py", f"ckpt={folder}/checkpoints/best.pt", *arguments, "progress=false",
-                   f"hydra.run.dir={folder}/{name}"]  # fmt: skip
-            run(cmd, folder / f"{name}.log")
+                   *EVALUATE_WITH[name], f"hydra.run.dir={folder}/{step}"]  # fmt: skip
+            run(cmd, folder / f"{step}.log")
 
 
 def f1(stage: dict) -> float:
@@ -92,6 +105,10 @@ def measures(folder: Path) -> dict:
         out[f"test precision any overlap {mode}"] = post["tumor_lesion_precision_iou0"]
         for b in BINS:
             out[f"test Dice {b} {mode}"] = post[f"tumor_lesion_dice_{b}"]
+        out[f"test recall under10mm {mode}"] = post["tumor_lesion_recall_iou50_under10mm"]
+    tta = json.loads((folder / "test_tuned" / "metrics.json").read_text())
+    if "post_no_tta" in tta:  # the Dice TTA added (post) over the identity view alone (post_no_tta)
+        out["tta gain tumour/case"] = tta["post"]["tumor_dice_per_case"] - tta["post_no_tta"]["tumor_dice_per_case"]
     return out
 
 
@@ -109,7 +126,8 @@ def tables(per_variant: dict[str, list[dict]]) -> str:
     sections = []
     val_columns = ["epochs", "val score as trained", "val score tuned"]
     test = ["test tumour/case", "test tumour global", "test lesion recall", "test lesion precision", "test lesion F1",
-            "test recall any overlap", "test precision any overlap", *(f"test Dice {b}" for b in BINS)]  # fmt: skip
+            "test recall any overlap", "test precision any overlap", "test recall under10mm",
+            *(f"test Dice {b}" for b in BINS)]  # fmt: skip
     for title, columns, suffix in (("validation (lesion score)", val_columns, ""),
                                    ("test, post-processing as trained", test, " as_trained"),
                                    ("test, post-processing tuned on validation", test, " tuned")):  # fmt: skip
@@ -119,7 +137,28 @@ def tables(per_variant: dict[str, list[dict]]) -> str:
             if "epochs" in row:  # whole numbers: each seed's count
                 row["epochs"] = ", ".join(str(r["epochs"]) for r in runs)
         sections.append(f"### {title}\n\n" + format_table(rows, ["variant", "seeds", *columns]))
+    sections.append(paired(per_variant))
     return "\n\n".join(sections)
+
+
+def paired(per_variant: dict[str, list[dict]]) -> str:
+    """Per variant, the seed-by-seed difference to the baseline on the test split (tuned), mean ± std: the study's
+    decision table (a gain counts when it exceeds the spread)."""
+    base = per_variant.get("baseline")
+    if not base:
+        return "(no baseline run: no paired differences)"
+    rows = []
+    for variant, runs in per_variant.items():
+        if variant == "baseline":
+            continue
+        row = {"variant": variant, "seeds": len(runs)}
+        for c in PAIRED:
+            row[c] = mean_std([r[c + " tuned"] - b[c + " tuned"] for r, b in zip(runs, base)])
+        row["TTA gain tumour/case"] = mean_std([r["tta gain tumour/case"] for r in runs if "tta gain tumour/case" in r])
+        rows.append(row)
+    return "### paired difference to the baseline (variant - baseline, same seed and split), test, tuned\n\n" + (
+        format_table(rows, ["variant", "seeds", *PAIRED, "TTA gain tumour/case"])
+    )
 
 
 def main() -> None:
@@ -141,7 +180,7 @@ def main() -> None:
         for name in names:
             folder = out / name / f"seed{seed}"
             print(f"[{name} seed {seed}] {' '.join(VARIANTS[name]) or '(defaults)'}", flush=True)
-            train_and_evaluate(folder, VARIANTS[name], seed, args.minutes, args.overrides)
+            train_and_evaluate(folder, name, seed, args.minutes, args.overrides)
             per_variant.setdefault(name, []).append(measures(folder))
     best = max(per_variant, key=lambda v: statistics.mean(r["val score tuned"] for r in per_variant[v]))
     text = (f"# Recipe study: {args.minutes:g} min of training per run, seeds {', '.join(map(str, seeds))}\n\n"

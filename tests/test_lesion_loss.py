@@ -7,7 +7,7 @@ from monai.losses import TverskyLoss
 from omegaconf import OmegaConf
 from scipy import ndimage
 
-from lits.train.lesion_loss import blob_dice, component_labels
+from lits.train.lesion_loss import blob_dice, component_labels, propagate_labels
 from lits.train.loss import HybridLoss
 
 SURE = 30.0  # a logit whose sigmoid is 1 or 0 to float precision
@@ -40,7 +40,11 @@ def test_components_are_8_connected_and_per_sample():
     mask[0, 10, 1:10] = True
     mask[0, 1:11, 9] = True  # ... and a long arm: propagation needs many rounds
     mask[1, 1:4, 1:4] = True  # the same pixels in sample 1: another component
-    labels = component_labels(mask)
+    for labels in (component_labels(mask), propagate_labels(mask)):  # scipy on the CPU, the device's way
+        check_components(mask, labels)
+
+
+def check_components(mask, labels):
     for b in range(2):
         expected, count = ndimage.label(mask[b].numpy(), structure=[[1, 1, 1]] * 3)
         ours = labels[b].numpy()

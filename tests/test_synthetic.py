@@ -27,14 +27,18 @@ def test_case_format_and_geometry():
     vol, seg, aff = generate_case(0, seed=0, params=SMALL)
     assert vol.dtype == np.int16 and seg.dtype == np.uint8 and aff.dtype == np.float64
     assert vol.shape == seg.shape and vol.shape[:2] == (96, 96)
-    assert SMALL.num_slices[0] <= vol.shape[2] <= SMALL.num_slices[1]
+    sz = float(np.diag(aff)[2])
+    thin = SMALL.thin_spacing_z[0] <= sz <= SMALL.thin_spacing_z[1]
+    assert thin or SMALL.spacing_z[0] <= sz <= SMALL.spacing_z[1]
+    # the z extent: num_slices x spacing_z for a body framed at 360/256 mm, scaled with the in-plane spacing drawn
+    extent = np.array(SMALL.num_slices) * np.array(SMALL.spacing_z) * -np.diag(aff)[0] / (360 / 256)
+    assert extent[0] - sz <= vol.shape[2] * sz <= extent[1] + sz
     assert set(np.unique(seg).tolist()) <= {0, 1, 2} and (seg == 1).any()
     assert vol.min() >= syn.HU_MIN and vol.max() <= syn.HU_MAX
     assert aff.shape == (4, 4)
     sx, sy, sz = np.diag(aff)[:3]
     assert sx < 0 and sy < 0 and sz > 0 and sx == sy  # LiTS/DICOM-like: diag(-s, -s, sz)
     assert SMALL.spacing_xy[0] <= -sx <= SMALL.spacing_xy[1]
-    assert SMALL.spacing_z[0] <= sz <= SMALL.spacing_z[1]
     assert np.count_nonzero(aff[:3, :3] - np.diag(np.diag(aff)[:3])) == 0
     assert np.abs(aff[:3, 3]).max() > 10  # a real origin offset, not zero
     assert nib.aff2axcodes(aff) == ("L", "P", "S")

@@ -122,7 +122,7 @@ class InferenceSpec:
             normalization=Normalization.from_dict(spec["normalization"]),
             postprocess=PostprocessConfig.from_mapping(spec["postprocess"]),
             calibration=tuple(float(c) for c in spec["calibration"]),
-            tta_flips=tuple(tuple(int(d) for d in f) for f in spec.get("tta_flips", ())),  # absent in version 1
+            tta_flips=tuple(tuple(int(d) for d in f) for f in spec["tta_flips"]) if spec["version"] >= 2 else (),
         )
 
     @classmethod

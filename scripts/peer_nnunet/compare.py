@@ -106,7 +106,7 @@ def main() -> None:
     lines = [
         f"# Peer benchmark: lits vs nnU-Net v2 2d, {minutes:g}-minute training budget each",
         "",
-        "Same synthetic data (data/synthetic-v2-40x256-seed0), same patient split (our seed 0: 28 train / 6 val / "
+        "Same synthetic data (data/synthetic-v3-40x256-seed0), same patient split (our seed 0: 28 train / 6 val / "
         "6 test), test cases scored by our `evaluate.py` (LiTS metrics; 'per case' = mean over the test cases).",
         "",
         "| " + " | ".join(head) + " |",

@@ -81,7 +81,7 @@ def cmd_raw(args) -> None:
             copy_gz(Path(case.label), out / labels / f"{nnunet_name(cid)}.nii.gz")  # labelsTs: for reference only
     dataset = {
         "name": args.dataset,
-        "description": "lits synthetic LiTS-format CT (data/synthetic-v2-40x256-seed0); train+val: our train/val",
+        "description": "lits synthetic LiTS-format CT (data/synthetic-v3-40x256-seed0); train+val: our train/val",
         "channel_names": {"0": "CT"},  # "CT": nnU-Net's CT normalisation (foreground percentiles + z-score)
         "labels": {"background": 0, "liver": 1, "tumor": 2},
         "numTraining": len(splits["train"]) + len(splits["val"]),

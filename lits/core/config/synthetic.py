@@ -14,14 +14,16 @@ class SyntheticParams:
     structure). Every field has a default; tuples may be given as lists (Hydra)."""
 
     size: int = 256  # in-plane voxels (square)
-    num_slices: tuple[int, int] = (48, 72)  # min/max slices per case (inclusive)
-    spacing_xy: tuple[float, float] = (1.2, 1.6)  # mm, square pixels, drawn per case
-    spacing_z: tuple[float, float] = (2.5, 5.0)  # mm, drawn per case
+    num_slices: tuple[int, int] = (34, 50)  # slices per case (inclusive range) at spacing_z and a 1.4 mm FOV
+    spacing_xy: tuple[float, float] = (0.7, 0.9)  # mm, square pixels, drawn per case (the body fits the FOV)
+    spacing_z: tuple[float, float] = (2.5, 5.0)  # mm, drawn per case ...
+    thin_slice_fraction: float = 0.6  # ... except in this share of cases, thin-slice scans of the same z extent ...
+    thin_spacing_z: tuple[float, float] = (0.8, 1.4)  # ... with this spacing (mm) and proportionally more slices
     # --- contrast phase and scanner, per case -------------------------------------------------------------
     phase_fractions: tuple[float, float, float] = (0.75, 0.15, 0.10)  # portal-venous, arterial, delayed phase
     liver_hu: tuple[float, float] = (95.0, 135.0)  # enhanced parenchyma in the portal-venous phase
     vessel_contrast_hu: tuple[float, float] = (50.0, 80.0)  # portal/hepatic veins above liver (portal-venous)
-    noise_sd_hu: tuple[float, float] = (8.0, 28.0)  # scanner noise sd, per case (low- to high-noise protocols)
+    noise_sd_hu: tuple[float, float] = (6.0, 19.0)  # scanner noise sd, per case (low- to high-noise protocols)
     psf_sigma_mm: tuple[float, float] = (0.55, 0.85)  # in-plane partial-volume blur, per case
     slice_profile: float = 0.35  # z blur sigma as a fraction of the slice spacing
     # --- lesions: count, size, density, texture, placement (sources: lits/data/synthetic/lesions.py) -------
@@ -32,11 +34,11 @@ class SyntheticParams:
     dominant_lesion_fraction: float = 0.75  # share of tumour-bearing cases whose first lesion is a large mass
     dominant_diameter_mm: float = 65.0  # median diameter of such a mass (lognormal)
     dominant_diameter_sigma: float = 0.45  # its lognormal sigma
-    lesion_diameter_mm: float = 9.0  # median diameter of every other lesion (lognormal)
+    lesion_diameter_mm: float = 10.5  # median diameter of every other lesion (lognormal)
     lesion_diameter_sigma: float = 0.7  # its lognormal sigma
     tumor_diameter_range_mm: tuple[float, float] = (4.0, 120.0)  # drawn diameters are clipped to this
-    contrast_fractions: tuple[float, float, float] = (0.78, 0.12, 0.10)  # hypo-, iso-, hyperdense lesions
-    hypodense_hu: tuple[float, float] = (15.0, 70.0)  # how far a hypodense lesion lies below the liver
+    contrast_fractions: tuple[float, float, float] = (0.86, 0.06, 0.08)  # hypo-, iso-, hyperdense lesions
+    hypodense_hu: tuple[float, float] = (40.0, 100.0)  # how far a hypodense lesion lies below the liver
     isodense_hu: tuple[float, float] = (3.0, 10.0)  # |lesion - liver| of an isodense lesion (either sign)
     hyperdense_hu: tuple[float, float] = (15.0, 50.0)  # how far a hyperdense lesion lies above the liver
     necrosis_probability: float = 0.5  # share of lesions >= necrosis_min_diameter_mm with a necrotic core
@@ -69,8 +71,9 @@ class SyntheticParams:
             raise self._bad("size", "must be an integer >= 48")
         if self.num_slices[0] < 16:
             raise self._bad("num_slices", "need at least 16 slices so liver-free slices exist at both ends")
-        if self.spacing_xy[0] <= 0 or self.spacing_z[0] <= 0:
-            raise self._bad("spacing_xy" if self.spacing_xy[0] <= 0 else "spacing_z", "must be positive")
+        for name in ("spacing_xy", "spacing_z", "thin_spacing_z"):
+            if getattr(self, name)[0] <= 0:
+                raise self._bad(name, "must be positive")
         if self.noise_sd_hu[0] < 0:
             raise self._bad("noise_sd_hu", "must be >= 0")
         for name in ("phase_fractions", "contrast_fractions"):
@@ -102,6 +105,7 @@ _RANGES = (
     "num_slices",
     "spacing_xy",
     "spacing_z",
+    "thin_spacing_z",
     "liver_hu",
     "vessel_contrast_hu",
     "noise_sd_hu",
@@ -112,6 +116,7 @@ _RANGES = (
     "hyperdense_hu",
 )
 _SHARES = (
+    "thin_slice_fraction",
     "tumor_free_fraction",
     "dominant_lesion_fraction",
     "necrosis_probability",

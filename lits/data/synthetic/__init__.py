@@ -16,8 +16,10 @@ Superior; ``nib.aff2axcodes`` gives ``('L', 'P', 'S')``). Voxel i = 0 is the pat
 the liver sits at low X; j = 0 is anterior. Readers must reorient to RAS with the affine.
 
 Anatomy is laid out relative to the field of view (FOV = size * spacing, like a scanner that
-fits the FOV to the patient); lengths quoted in mm in the code are for a 360 mm FOV. The z
-geometry is calibrated for size 256 and a mean of 60 slices: a smaller ``size`` or
+fits the FOV to the patient); lengths quoted in mm in the code are for a 360 mm FOV. A case's z
+extent is ``num_slices`` x ``spacing_z`` for a body framed at 360/256 mm per pixel, scaled with the
+in-plane spacing drawn; thin-slice scans (``thin_slice_fraction``) cover it with more, thinner
+slices. The z geometry is calibrated for size 256 and a mean of 60 slices: a smaller ``size`` or
 ``num_slices`` samples the same phantom more coarsely (about the same label fractions per volume
 and per slice), while the affine always reports the spacing actually drawn from ``spacing_xy``
 and ``spacing_z``. So at non-default sizes the physical size of the "patient" in the affine is

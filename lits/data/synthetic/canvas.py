@@ -11,8 +11,10 @@ from lits.core.config.synthetic import SyntheticParams
 from lits.data.synthetic.fields import capsule_distance2, smooth_field
 
 _REF_FOV_MM = 360.0  # anatomy lengths below are in mm for this field of view
-_REF_SIZE = 256  # in-plane size the z geometry is calibrated for
+REF_SIZE = 256  # in-plane size the z geometry is calibrated for
 _REF_SLICES = 60.0  # mean slice count the z geometry is calibrated for
+_REF_SPACING_XY = _REF_FOV_MM / REF_SIZE  # in-plane mm at which num_slices x spacing_z is the z extent
+_MIN_SLICES = 12  # fewest slices of a case: room for the liver and liver-free slices at both ends
 
 
 class Canvas:
@@ -30,12 +32,19 @@ class Canvas:
         self.nz = int(rng.integers(p.num_slices[0], p.num_slices[1] + 1))
         self.s = float(rng.uniform(*p.spacing_xy))
         self.sz_true = float(rng.uniform(*p.spacing_z))
+        # The scan's z extent follows the body, which is drawn to fit the FOV: num_slices x spacing_z is the extent
+        # of a body framed at _REF_SPACING_XY, scaled by the in-plane spacing drawn. Thin-slice scans cover the
+        # same extent with proportionally more slices.
+        extent = self.nz * self.sz_true * self.s / _REF_SPACING_XY
+        if rng.random() < p.thin_slice_fraction:
+            self.sz_true = float(rng.uniform(*p.thin_spacing_z))
+        self.nz = max(_MIN_SLICES, int(round(extent / self.sz_true)))
         # Anatomy is built in "anatomical mm": in-plane it scales with the FOV (factor g below);
         # along z the slice spacing is rescaled by size/256 and by 60/mean(num_slices), so that a
         # smaller `size` or fewer slices give the same phantom sampled more coarsely (same label
         # fractions per slice and per volume) rather than a squashed or truncated patient.
         # With the default size and num_slices this is the identity.
-        self.sz = self.sz_true * (n / _REF_SIZE) * (_REF_SLICES / (0.5 * (p.num_slices[0] + p.num_slices[1])))
+        self.sz = self.sz_true * (n / REF_SIZE) * (_REF_SLICES / (0.5 * (p.num_slices[0] + p.num_slices[1])))
         self.n = n
         self.shape = (n, n, self.nz)
         self.fov = n * self.s

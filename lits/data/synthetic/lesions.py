@@ -21,12 +21,12 @@ What LiTS shows -> what is drawn here (defaults in `SyntheticParams`):
   small; the few large masses dominate the tumour volume).
   -> in ``dominant_lesion_fraction`` 75% of tumour-bearing cases the first lesion is a mass, lognormal with
   median ``dominant_diameter_mm`` 65 mm (sigma 0.45); every other lesion lognormal with median
-  ``lesion_diameter_mm`` 9 mm (sigma 0.7); clipped to ``tumor_diameter_range_mm`` 4-120 mm. (The masses keep the
+  ``lesion_diameter_mm`` 10.5 mm (sigma 0.7); clipped to ``tumor_diameter_range_mm`` 4-120 mm. (The masses keep the
   tumour burden of the previous phantom, about 0.5% of a tumour-bearing volume, so that the default task keeps
   enough tumour voxels to learn from.)
 * Density. Hypo- and hyperdense lesions at various lesion-to-liver contrasts. Shares not reported (assumed: mostly
   hypodense, as metastases are in the portal-venous phase; about one in ten isodense, one in ten hyperdense).
-  -> ``contrast_fractions`` 78 / 12 / 10%: hypodense 15-70 HU below the liver (``hypodense_hu``), isodense
+  -> ``contrast_fractions`` 86 / 6 / 8%: hypodense 40-100 HU below the liver (``hypodense_hu``), isodense
   within 3-10 HU of it (``isodense_hu``; only lesions under 30 mm, larger ones are drawn hypodense instead),
   hyperdense 15-50 HU above it (``hyperdense_hu``); the case's contrast
   phase shifts these (phases.py: more hyperdense lesions in the arterial phase, less contrast in the delayed).
@@ -40,8 +40,14 @@ What LiTS shows -> what is drawn here (defaults in `SyntheticParams`):
   (the vein keeps its voxels, the lesion wraps round it); the rest inside the parenchyma. Lesions keep two
   voxels of liver between them when there is room, so that the scorer counts them apart.
 
-Sizes are drawn in the phantom's anatomical mm (for a 360 mm field of view, scaled with the FOV like the rest of
-the anatomy), never below 2.2 voxels in-plane, and small lesions are centred on a slice, so that every drawn
+Calibration (generator version 3): small lesions are calibrated against the lesions under 10 mm of a real
+multi-focal LiTS volume, measured by `scripts/phantom_stats.py` (voxels per lesion ~100, contrast -47 HU,
+contrast-to-noise ratio 3.1), which the size, density and noise settings above meet within 25 % (docs/small_lesions.md).
+
+A dominant mass is sized in the phantom's anatomical mm (for a 360 mm field of view, scaled with the FOV like the
+rest of the anatomy, since it is sized against the liver); every other lesion in the scanner's mm at the default
+size (scaled by size / 256 otherwise), like the real lesions whose statistics it follows; never below 2.2 voxels
+in-plane, and small lesions are centred on a slice, so that every drawn
 lesion is imaged. Labels are exact: a lesion's label is the voxels whose centres lie inside it and inside the
 (possibly bulged) liver, one connected piece of at least MIN_VOXELS voxels; label 2 is always part of the liver.
 """
@@ -55,6 +61,7 @@ import numpy as np
 from scipy import ndimage
 
 from lits.core.config.synthetic import SyntheticParams
+from lits.data.synthetic.canvas import REF_SIZE
 from lits.data.synthetic.fields import capsule_distance2, smooth_field, unit
 from lits.data.synthetic.phases import Phase
 
@@ -88,13 +95,19 @@ def lesion_count(rng: np.random.Generator, p: SyntheticParams) -> int:
     return int(min(p.max_tumors, 1 + extra))
 
 
-def lesion_diameters(rng: np.random.Generator, p: SyntheticParams, n: int) -> np.ndarray:
+def lesion_diameters(
+    rng: np.random.Generator, p: SyntheticParams, n: int, mass_scale: float = 1.0, lesion_scale: float = 1.0
+) -> np.ndarray:
     """``n`` drawn diameters (mm, largest first): lognormal, the first one a dominant mass with
-    ``dominant_lesion_fraction``, all clipped to ``tumor_diameter_range_mm``."""
+    ``dominant_lesion_fraction``, all clipped to ``tumor_diameter_range_mm``; then a mass scaled by `mass_scale`
+    (it is sized against the liver, like the anatomy) and every other lesion by `lesion_scale` (sized in the
+    scanner's mm, like the real lesions whose size statistics it follows)."""
     d = p.lesion_diameter_mm * np.exp(rng.normal(0.0, p.lesion_diameter_sigma, n))
+    scale = np.full(n, lesion_scale)
     if n and rng.random() < p.dominant_lesion_fraction:
         d[0] = p.dominant_diameter_mm * math.exp(rng.normal(0.0, p.dominant_diameter_sigma))
-    return np.sort(np.clip(d, *p.tumor_diameter_range_mm))[::-1]
+        scale[0] = mass_scale
+    return np.sort(np.clip(d, *p.tumor_diameter_range_mm) * scale)[::-1]
 
 
 def contrast_classes(rng: np.random.Generator, p: SyntheticParams, phase: Phase, n: int) -> np.ndarray:
@@ -160,7 +173,8 @@ class LesionMixin:
         n = lesion_count(rng, p)
         if n == 0:
             return
-        diameters = np.maximum(lesion_diameters(rng, p, n) * self.g, 2.2 * self.s)
+        # masses scale with the anatomy (g); the others keep their mm at the default size (coarser at smaller sizes)
+        diameters = np.maximum(lesion_diameters(rng, p, n, self.g, self.n / REF_SIZE), 2.2 * self.s)
         classes = contrast_classes(rng, p, self.phase, n)
         classes[(classes == 1) & (diameters >= ISO_MAX_DIAMETER_MM * self.g)] = 0  # large masses are not isodense
         shares = (1.0 - p.boundary_fraction - p.perivascular_fraction, p.boundary_fraction, p.perivascular_fraction)
