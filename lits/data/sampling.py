@@ -72,10 +72,10 @@ class SliceIndex:
         spans = []  # per lesion: the slice-index positions it lies in
         offset = 0
         for number, case in enumerate(self.cases):
-            rows = np.flatnonzero(self.case == number)
-            z0, tumour_rows = int(self.z[rows[0]]) if len(rows) else 0, rows[self.tumor[rows] > 0]
+            rows = np.flatnonzero(self.case == number)  # this case's slices, contiguous and in z order
+            tumour_rows = rows[self.tumor[rows] > 0]
             if len(tumour_rows):
-                spans += [offset + zs for zs in _lesion_slices(case, self.z[tumour_rows], z0)]
+                spans += [offset + zs for zs in _lesion_slices(case, self.z[tumour_rows], int(self.z[rows[0]]))]
             offset += len(rows)
         for positions in spans:
             share[positions] += 1.0 / (len(spans) * len(positions))
@@ -120,8 +120,8 @@ def _lesion_slices(case: CachedCase, tumour_z: np.ndarray, z0: int) -> list[np.n
     lesions, _ = ndimage.label(tumour)
     spans = []
     for label, box in enumerate(ndimage.find_objects(lesions), start=1):
-        present = [z for z in range(box[0].start, box[0].stop) if (lesions[z][box[1:]] == label).any()]
-        spans.append(np.asarray(present, dtype=np.int64) + za - z0)
+        present = np.flatnonzero((lesions[box] == label).any(axis=(1, 2)))  # a lesion may skip slices of its box
+        spans.append(present.astype(np.int64) + box[0].start + za - z0)
     return spans
 
 

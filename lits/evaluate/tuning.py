@@ -133,9 +133,10 @@ class TuneSettings:
 def collect(model, spec, cases, device, settings: TuneSettings) -> list[ValidationCase]:
     """Predict every validation case once and keep what post-processing needs, inside the liver region."""
     infer = dict(device=device, batch_size=settings.batch_size, amp=settings.amp, flips=spec.views(settings.tta))
+    infer.update(spec.predictor_settings())
     kept = []
     for case in tqdm(cases, desc="tuning: predicting", unit="case", disable=not settings.progress):
-        probs = case.to_native(predict_volume(model, case.image, **infer, **spec.predictor_settings()), order=1)
+        probs = case.to_native(predict_volume(model, case.image, **infer), order=1)
         label = np.asarray(case.native_label)
         box = _region(probs, label)
         image = case.to_native(np.asarray(case.image, np.float32), order=1)[box] if settings.crf else None
@@ -207,7 +208,7 @@ def choose(model, spec, cases: list, device, settings: TuneSettings, base: Postp
         "split": "val",
         "criterion": settings.criterion,
         "cases": len(kept),
-        "tta": len(spec.views(settings.tta)) > 1,  # chosen on TTA probabilities: evaluate and predict warn without
+        "tta": spec.averages(settings.tta),  # chosen on TTA probabilities: evaluate and predict warn without
         "chosen": best,
         "calibration": calibration,
         "candidates": table,

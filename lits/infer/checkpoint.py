@@ -71,7 +71,7 @@ def warn_about_tta(state: dict, spec: InferenceSpec, tta: bool, where: str | Pat
     note = spec.tta_note(tta, str(where))
     if note:
         log.warning("%s", note)
-    averaged = len(spec.views(tta)) > 1
+    averaged = spec.averages(tta)
     if "tuning" in state and "tta" in state["tuning"] and bool(state["tuning"]["tta"]) != averaged:
         tuned = "with" if state["tuning"]["tta"] else "without"
         log.warning(

@@ -63,6 +63,10 @@ class InferenceSpec:
         """The flips to average: the identity, plus with `tta` every flip the network was trained with."""
         return ((), *self.tta_flips) if tta else ((),)
 
+    def averages(self, tta: bool) -> bool:
+        """Whether `tta` averages anything: tta=true and the network was trained with mirroring."""
+        return len(self.views(tta)) > 1
+
     def tta_note(self, tta: bool, where: str) -> str | None:
         """The one line to log when tta=true has nothing to average (None otherwise)."""
         if tta and not self.tta_flips:
