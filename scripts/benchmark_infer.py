@@ -165,6 +165,7 @@ def predict_child(args) -> dict:
 
     import lits.data.nifti
     import lits.data.preprocess
+    import lits.infer.checkpoint
     import lits.infer.predict
     from lits.core.config import PredictConfig, typed
 
@@ -182,14 +183,14 @@ def predict_child(args) -> dict:
         clock.wrap(predict, name, "post-processing")
     for name in ("export_labels", "export_probabilities", "read_header", "write_csv"):
         clock.wrap(predict, name, "writing")
-    load_model = predict.load_model
+    load_model = lits.infer.checkpoint.load_model  # what predict imports when it opens a checkpoint
 
     def load_and_time(*a, **kw):
         model, spec, state = load_model(*a, **kw)
         clock.time_forward(model)
         return model, spec, state
 
-    predict.load_model = load_and_time
+    lits.infer.checkpoint.load_model = load_and_time
     out = Path(args.out)
     cfg = typed(
         PredictConfig,

@@ -181,11 +181,15 @@ def test_cli_error_is_one_line(setup, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ct4d.nii.gz"]  # a refused run leaves no folder behind
 
 
-def test_predict_requires_ckpt_input_and_output(tmp_path):
+def test_predict_requires_ckpt_or_model_input_and_output(tmp_path):
     from omegaconf import OmegaConf
 
+    from lits.core.config import PredictConfig, typed
+
     cfg = predict_cfg(tmp_path)
-    assert all(OmegaConf.is_missing(cfg, key) for key in ("ckpt", "input", "output"))
+    assert all(OmegaConf.is_missing(cfg, key) for key in ("input", "output"))
+    with pytest.raises(LitsError, match=r"ckpt or model is required: pass ckpt=PATH \(a checkpoint\) or model=DIR"):
+        typed(PredictConfig, predict_cfg(tmp_path, "input=a.nii", "output=out"))
 
 
 @pytest.mark.parametrize("spacing", [None, "[1.4,1.6]"])

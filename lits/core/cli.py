@@ -80,6 +80,12 @@ def prepare_hydra() -> None:
     utils.run_and_report = run_and_report
 
 
+def rename_argument(argv: list[str], key: str, name: str) -> list[str]:
+    """Command-line arguments with `key=VALUE` passed as `name=VALUE` (for a task setting whose command-line key is
+    also a config group's name, which Hydra would otherwise try to select)."""
+    return [f"{name}={arg[len(key) + 1 :]}" if arg.startswith(f"{key}=") else arg for arg in argv]
+
+
 def _stop_now(signum, _frame) -> None:
     raise Stopped(signum)
 

@@ -15,11 +15,14 @@ clipped by the window the percentiles are unknowable from the cache and preparat
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from lits.core.errors import LitsError
+
+if TYPE_CHECKING:  # apply() works on torch tensors and numpy arrays alike; the ONNX path never imports torch
+    import torch
 
 KINDS = ("window", "ct")
 SLICES_PER_CASE = 32  # foreground slices read per training case (evenly spaced through its liver)
@@ -35,13 +38,13 @@ class Normalization:
     mean: float = 0.0  # ct: HU mean of the training foreground
     std: float = 1.0  # ct: HU std of the training foreground
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """[0, 1] window values -> network input (elementwise: shapes, device and memory format are kept)."""
+    def apply(self, x: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+        """[0, 1] window values -> network input, float32 (elementwise: shapes, device and memory format are kept)."""
         if self.kind == "window":
             return x
         low, high = self.window
-        hu = x.float() * (high - low) + low
-        return (hu.clamp(*self.clip) - self.mean) / self.std
+        hu = (x.astype(np.float32) if isinstance(x, np.ndarray) else x.float()) * (high - low) + low
+        return (hu.clip(*self.clip) - self.mean) / self.std
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}

@@ -21,11 +21,11 @@ from lits.data.prepare import prepare
 from lits.data.sources import discover, natural_key
 from lits.evaluate.curves import read_history
 from lits.evaluate.report import tensorboard_dir
-from lits.infer.checkpoint import checkpoint_epoch, load_model, warn_about_tta
+from lits.infer.checkpoint import checkpoint_epoch, load_model, tuned_tta
 from lits.infer.export import SEGMENTATION_NAME, is_nifti
 from lits.infer.postprocess import ablation_stages, postprocess
 from lits.infer.predictor import predict_volume
-from lits.infer.spec import data_from_checkpoint
+from lits.infer.spec import data_from_checkpoint, warn_about_tta
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def _checkpoint_source(cfg: EvaluateConfig) -> Source:
         )
     device = resolve_device(cfg.device, key="device")
     model, spec, state = load_model(cfg.ckpt, device)
-    tta = warn_about_tta(state, spec, cfg.tta, cfg.ckpt)
+    tta = warn_about_tta(spec, cfg.tta, tuned_tta(state), cfg.ckpt)
     if cfg.split not in state["splits"]:
         raise LitsError(f"split={cfg.split}: not in the checkpoint's splits {sorted(state['splits'])}")
     data = data_from_checkpoint(state, cfg.ckpt)

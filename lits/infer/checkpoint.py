@@ -64,23 +64,12 @@ def model_from_state(state: dict, where: str | Path, device: torch.device) -> tu
     return model.to(device).eval(), spec
 
 
-def warn_about_tta(state: dict, spec: InferenceSpec, tta: bool, where: str | Path) -> bool:
-    """Whether test-time augmentation happens (tta=true and the network was trained with mirroring; else one line
-    says why not), and a warning when the checkpoint's post-processing was tuned on the other kind of probabilities
-    (thresholds chosen for TTA-averaged probabilities, applied to single-view ones, or the reverse)."""
-    note = spec.tta_note(tta, str(where))
-    if note:
-        log.warning("%s", note)
-    averaged = spec.averages(tta)
-    if "tuning" in state and "tta" in state["tuning"] and bool(state["tuning"]["tta"]) != averaged:
-        tuned = "with" if state["tuning"]["tta"] else "without"
-        log.warning(
-            "%s: its post-processing was tuned %s flip TTA; pass tta=%s for the setting it was chosen for",
-            where,
-            tuned,
-            str(bool(state["tuning"]["tta"])).lower(),
-        )
-    return averaged
+def tuned_tta(state: dict) -> bool | None:
+    """Whether the checkpoint's post-processing was tuned on flip-TTA probabilities (None: not tuned, or tuned before
+    the tuning record said)."""
+    if "tuning" in state and "tta" in state["tuning"]:
+        return bool(state["tuning"]["tta"])
+    return None
 
 
 def checkpoint_epoch(state: dict) -> int:

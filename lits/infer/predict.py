@@ -1,7 +1,11 @@
-"""Segment new CTs (no labels) from a checkpoint alone and write NIfTI label maps on each input's grid.
+"""Segment new CTs (no labels) from a checkpoint or an exported model folder and write NIfTI label maps on each
+input's grid.
 
-python predict.py ckpt=PATH input=FILE_OR_DIR output=DIR: the model, the HU window and the sigmoid temperature
-come from the checkpoint's training config; post-processing from ``postprocess.*`` (same defaults as evaluate).
+python predict.py ckpt=PATH input=FILE_OR_DIR output=DIR: the network and its inference spec (HU window, sigmoid
+temperature, calibration, post-processing, TTA flips) come from the checkpoint; ``postprocess.*`` replaces settings.
+python predict.py model=DIR ...: the same from a folder written by export.py, the network run by onnxruntime. That
+path imports no torch (tests/test_onnx.py checks it with python -X importtime): the torch modules are imported in
+`_open_network` only for ckpt=.
 Everything goes to output=: the label maps (compressed .nii.gz unless naming=lits) and predictions.csv; files already
 there are replaced only with overwrite=true, and a refused run creates no folder.
 Every input goes through the same reader as training data (lits/data/nifti.py: validation, canonical
@@ -19,14 +23,13 @@ from tqdm import tqdm
 
 from lits.core.cli import check_writable_folder
 from lits.core.config import PredictConfig, typed
-from lits.core.device import resolve_device
 from lits.core.errors import LitsError
 from lits.core.files import write_csv, write_json
 from lits.core.tables import format_table
 from lits.data.nifti import CasePaths, open_pair
 from lits.data.preprocess import preprocess_pair
 from lits.data.resample import resize_inplane
-from lits.infer.checkpoint import load_model, warn_about_tta
+from lits.infer.batches import predict_masks, predict_volume
 from lits.infer.export import (
     SEGMENTATION_NAME,
     export_labels,
@@ -37,8 +40,9 @@ from lits.infer.export import (
     probability_name,
     read_header,
 )
+from lits.infer.onnx_network import open_model_folder
 from lits.infer.postprocess import count_lesions, needs_probabilities, postprocess, postprocess_masks
-from lits.infer.predictor import predict_masks, predict_volume
+from lits.infer.spec import warn_about_tta
 
 log = logging.getLogger(__name__)
 
@@ -148,18 +152,11 @@ def predict(cfg) -> dict:
     names = _output_names(inputs, out_dir, cfg.naming)
     check_overwrite(out_dir, names, cfg.save_probabilities, cfg.overwrite)
     check_writable_folder(out_dir, "label maps", "choose a writable output=DIR")
-    device = resolve_device(cfg.device, key="device")
-    model, spec, state = load_model(cfg.ckpt, device)
-    tta = warn_about_tta(state, spec, cfg.tta, cfg.ckpt)
+    network, spec, tuned_tta = _open_network(cfg)
+    source = cfg.ckpt if cfg.model_dir is None else cfg.model_dir
+    tta = warn_about_tta(spec, cfg.tta, tuned_tta, source)
     post = spec.postprocess.with_overrides(cfg.postprocess)
-    infer = dict(
-        device=device,
-        batch_size=cfg.batch_size,
-        amp=cfg.amp,
-        flips=spec.views(tta),
-        progress=cfg.progress,
-        **spec.predictor_settings(),
-    )
+    infer = dict(batch_size=cfg.batch_size, flips=spec.views(tta), progress=cfg.progress, **spec.predictor_settings())
 
     rows = []
     for path, name in tqdm(list(zip(inputs, names)), desc="predicting", unit="volume", disable=not cfg.progress):
@@ -167,7 +164,7 @@ def predict(cfg) -> dict:
         if read is None:
             continue
         image, native_yx, orientation, spacing = read
-        labels, probabilities = _segment(model, image, native_yx, spacing, post, infer, cfg.save_probabilities)
+        labels, probabilities = _segment(network, image, native_yx, spacing, post, infer, cfg.save_probabilities)
         del image
         header = read_header(path)
         export_labels(out_dir / name, labels, orientation, header)
@@ -196,6 +193,20 @@ def predict(cfg) -> dict:
     return {"outputs": [r["output"] for r in rows], "rows": rows, "skipped": {str(k): v for k, v in skipped.items()}}
 
 
+def _open_network(cfg: PredictConfig):
+    """(network as a lits.infer.batches.SliceNetwork, inference spec, whether its post-processing was tuned on flip
+    TTA or None) of model= (onnxruntime) or ckpt= (torch, imported here so that model= never imports it)."""
+    if cfg.model_dir is not None:
+        return open_model_folder(cfg.model_dir, cfg.device, cfg.amp)
+    from lits.core.device import resolve_device
+    from lits.infer.checkpoint import load_model, tuned_tta
+    from lits.infer.predictor import TorchNetwork
+
+    device = resolve_device(cfg.device, key="device")
+    model, spec, state = load_model(cfg.ckpt, device)
+    return TorchNetwork(model, device, cfg.amp), spec, tuned_tta(state)
+
+
 def _read(path: Path, spec, on_error: str, skipped: dict[Path, str]):
     """(image float16 in [0, 1] as the training cache holds it, native (Y, X), orientation, spacing) of one CT, or
     None when it turns out unreadable or implausible while read and on_error=skip (then listed in `skipped`)."""
@@ -213,17 +224,17 @@ def _read(path: Path, spec, on_error: str, skipped: dict[Path, str]):
     return image, pair.shape[1:], pair.orientation, pair.spacing  # the stored voxels go with `pair`
 
 
-def _segment(model, image, native_yx, spacing, post, infer: dict, save_probabilities: bool):
+def _segment(network, image, native_yx, spacing, post, infer: dict, save_probabilities: bool):
     """(label map on the CT's own grid, its probabilities or None). Thresholded batch by batch into masks (back on
     the native grid when the cache grid was resampled in-plane); whole probability volumes only where needed."""
     if post.crf:  # the CRF refines whole probability volumes along the image
-        probs = predict_volume(model, image, **infer)
+        probs = predict_volume(network, image, **infer)
         unit = image.astype(np.float32)
         if probs.shape[2:] != tuple(native_yx):
             probs, unit = resize_inplane(probs, native_yx, order=1), resize_inplane(unit, native_yx, order=1)
         return postprocess(probs[0], probs[1], post, spacing, unit), probs
     keep = dict(tumor_probability=needs_probabilities(post), probabilities=save_probabilities)
-    masks = predict_masks(model, image, threshold=post.threshold, tumor_threshold=post.tumor_cut, out_yx=native_yx,
+    masks = predict_masks(network, image, threshold=post.threshold, tumor_threshold=post.tumor_cut, out_yx=native_yx,
                           **keep, **infer)  # fmt: skip
     labels = postprocess_masks(masks.liver, masks.tumor, post, masks.tumor_probability, spacing)
     return labels, masks.probabilities

@@ -189,3 +189,22 @@ def spec_from_checkpoint(state: dict, where: str) -> InferenceSpec:
 def data_from_checkpoint(state: dict, where: str) -> DataConfig:
     """Where the run's cases are (root, layout, cache, window ...): its training data config, migrated if older."""
     return _legacy_section(state["config"], "data", DataConfig, where)
+
+
+def warn_about_tta(spec: InferenceSpec, tta: bool, tuned_tta: bool | None, where: str) -> bool:
+    """Whether test-time augmentation happens (tta=true and the network was trained with mirroring; else one line
+    says why not), and a warning when the post-processing was tuned on the other kind of probabilities (thresholds
+    chosen for TTA-averaged probabilities, applied to single-view ones, or the reverse). `tuned_tta`: what the tuning
+    record says (None: no record)."""
+    note = spec.tta_note(tta, str(where))
+    if note:
+        log.warning("%s", note)
+    averaged = spec.averages(tta)
+    if tuned_tta is not None and tuned_tta != averaged:
+        log.warning(
+            "%s: its post-processing was tuned %s flip TTA; pass tta=%s for the setting it was chosen for",
+            where,
+            "with" if tuned_tta else "without",
+            str(tuned_tta).lower(),
+        )
+    return averaged

@@ -11,6 +11,7 @@ from omegaconf import MISSING
 import lits.core.config.checks as checks
 from lits.core.config.data import DataConfig
 from lits.core.config.typed import Schema
+from lits.core.errors import LitsError
 
 NAMINGS = ("auto", "lits", "input")
 SPLITS = ("train", "val", "test")
@@ -175,10 +176,13 @@ class EvaluateConfig(InferenceSettings):
 
 @dataclass
 class PredictConfig(InferenceSettings):
-    """python predict.py ckpt=PATH input=FILE_OR_DIR output=DIR"""
+    """python predict.py ckpt=PATH | model=DIR  input=FILE_OR_DIR output=DIR"""
 
     name: str = "predict"
-    ckpt: str = MISSING
+    ckpt: str | None = None  # a checkpoint (best.pt / last.pt), run by PyTorch ...
+    # ... or a model folder written by export.py, run by onnxruntime without torch. On the command line `model=DIR`
+    # (predict.py passes it here: `model` is also the training config group of the networks, configs/model/)
+    model_dir: str | None = None
     input: str = MISSING  # a .nii / .nii.gz CT, or a folder of them (LiTS segmentation-N files in it are skipped)
     output: str = MISSING  # folder for the label maps and predictions.csv (created when the first one is written)
     # auto: test-segmentation-N.nii.gz when the input name has a case number, else <input name>.nii.gz |
@@ -194,3 +198,19 @@ class PredictConfig(InferenceSettings):
         super().__post_init__()
         self.naming = checks.choice("naming", self.naming, NAMINGS, "naming")
         self.on_error = checks.choice("on_error", self.on_error, ("fail", "skip"))
+        if self.ckpt is None and self.model_dir is None:
+            raise LitsError("ckpt or model is required: pass ckpt=PATH (a checkpoint) or model=DIR (a model folder "
+                            "written by export.py)")  # fmt: skip
+        if self.ckpt is not None and self.model_dir is not None:
+            raise LitsError(f"ckpt={self.ckpt} and model={self.model_dir}: pass one of them, not both")
+
+
+@dataclass
+class ExportConfig:
+    """python export.py ckpt=PATH output=DIR"""
+
+    name: str = "export"
+    ckpt: str = MISSING  # a checkpoint (best.pt / last.pt), tuned or not: its inference spec goes with the network
+    output: str = MISSING  # the model folder: model.onnx and inference.json (created when both are ready)
+    overwrite: bool = False  # replace a model folder's files already in output=; refused otherwise
+    paths: PathsConfig = field(default_factory=PathsConfig)

@@ -1,7 +1,7 @@
 """Register the schema with Hydra's ConfigStore, so that composing configs/ validates types against it.
 
 Each group's YAML files start from the group's schema (`defaults: [base]`) and carry only the values that differ;
-the task configs (train.yaml, evaluate.yaml, predict.yaml) start from their task schema.
+the task configs (train.yaml, evaluate.yaml, predict.yaml, export.yaml) start from their task schema.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from hydra.core.config_store import ConfigStore
 
 from lits.core.config.augment import AugmentConfig
 from lits.core.config.data import DataConfig
-from lits.core.config.infer import EvaluateConfig, PathsConfig, PostprocessConfig, PredictConfig
+from lits.core.config.infer import EvaluateConfig, ExportConfig, PathsConfig, PostprocessConfig, PredictConfig
 from lits.core.config.model import ModelConfig
 from lits.core.config.tasks import TrainConfig
 from lits.core.config.train import FaultsConfig, LossConfig, OptimConfig, TrainerConfig
@@ -26,7 +26,12 @@ GROUP_SCHEMAS = {
     "paths": PathsConfig,
     "faults": FaultsConfig,
 }
-TASK_SCHEMAS = {"train_schema": TrainConfig, "evaluate_schema": EvaluateConfig, "predict_schema": PredictConfig}
+TASK_SCHEMAS = {
+    "train_schema": TrainConfig,
+    "evaluate_schema": EvaluateConfig,
+    "predict_schema": PredictConfig,
+    "export_schema": ExportConfig,
+}
 
 
 def register() -> None:
