@@ -113,6 +113,7 @@ def make_ct(folder: Path, slices: int, size: int = 512) -> tuple[Path, Path]:
     import numpy as np
 
     from lits.data.synthetic import SyntheticParams, generate_case
+    from lits.data.synthetic.canvas import REF_SPACING_XY
 
     ct, seg = folder / f"volume-{slices}.nii.gz", folder / f"segmentation-{slices}.nii.gz"
     if ct.exists() and seg.exists():
@@ -120,7 +121,11 @@ def make_ct(folder: Path, slices: int, size: int = 512) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     print(f"generating a synthetic {size}x{size}x{slices} CT into {folder} (once)", file=sys.stderr, flush=True)
     base = min(slices, 300)
-    volume, label, affine = generate_case(0, 0, SyntheticParams(size=size, num_slices=(base, base)))
+    # exactly `base` slices: the generator scales a case's slice count with its in-plane spacing (fixed here at the
+    # reference spacing, where num_slices is the count) and gives thin-slice cases more (none here)
+    params = SyntheticParams(size=size, num_slices=(base, base), spacing_xy=(REF_SPACING_XY, REF_SPACING_XY),
+                             thin_slice_fraction=0.0)  # fmt: skip
+    volume, label, affine = generate_case(0, 0, params)
     if slices > base:
         reps = -(-slices // (2 * base))
         volume = np.concatenate([volume, volume[..., ::-1]] * reps, axis=2)[..., :slices]

@@ -131,6 +131,20 @@ def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
     return path
 
 
+def write_huge_header(path: Path, shape=(3000, 3000, 3000)) -> Path:
+    """A NIfTI file whose header claims `shape` int16 voxels (54 GB for 3000^3) but holds 1 kB of them: what a
+    corrupt or hostile file looks like to a reader that trusts its header (.nii.gz: a few kB on disk)."""
+    import gzip
+
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.int16)
+    header.set_qform(LPS, code=1)
+    raw = header.binaryblock + b"\0" * 4 + b"\0" * 1024  # header, no extensions, the first voxels
+    path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
+    return path
+
+
 def truncate(path: Path) -> None:
     """Cut a file in half, as an interrupted copy leaves it."""
     raw = path.read_bytes()

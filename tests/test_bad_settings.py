@@ -40,3 +40,13 @@ def test_unwritable_run_folder_is_one_line_before_anything_runs(tmp_path):
     line = one_line_error(result)
     assert f"{blocker}/run: cannot write the run folder here (a file is in the way" in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no synthetic data generated, no outputs/
+
+
+def test_a_run_without_validation_cases_is_refused_at_start_up(tmp_path):
+    args = ("debug=smoke", "data.split.val=0", "trainer.progress=false", "hydra.run.dir=run")
+    result = run_cli("train.py", *args, cwd=tmp_path, timeout=300)
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]  # after the phantom generator's progress bar
+    assert "no validation cases (data.split.val=0, after data.on_error=fail)" in line, line
+    assert "e.g. data.split.val=0.2" in line
+    assert not (tmp_path / "run/checkpoints").exists()  # refused before training: no epoch ran

@@ -146,7 +146,8 @@ def test_console_starts_with_the_headline_and_stays_narrow(evaluated):
             "test split, best.pt (epoch 4), 3 cases, stage post: tumour Dice "
             f"{post['tumor_dice_per_case']:.3f} per case "
             f"/ {post['tumor_dice_global']:.3f} global, liver Dice {post['liver_dice_per_case']:.3f}, lesion recall "
-            f"{post['tumor_lesion_recall_iou50']:.2f} (IoU > 0.5)"
+            f"{post['tumor_lesion_recall_iou50']:.2f} (IoU > 0.5) (1 of 3 cases tumour-free, scored 1 when nothing is "
+            f"predicted; {metrics['tumor_free']['dice_with_tumor']:.3f} over the 2 with tumour)"
         )
     )
     assert max(len(line) for line in lines if line.startswith("|")) <= 120
@@ -365,17 +366,40 @@ def test_score_a_predictions_folder_from_the_command_line(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {r["case"]: r for r in read_csv_rows(tmp_path / "out/cases.csv")}
-    assert sorted(rows) == ["0", "2"] and {r["stage"] for r in rows.values()} == {"given"}
+    assert sorted(rows) == ["0", "1", "2"] and {r["stage"] for r in rows.values()} == {"given"}
     assert float(rows["0"]["tumor_dice"]) == 1.0 and float(rows["0"]["tumor_assd"]) == 0.0
     assert float(rows["2"]["tumor_dice"]) == 0.0 and float(rows["2"]["liver_dice"]) == 1.0
     assert int(rows["2"]["tumor_lesion_fn_iou50"]) == 1
+    # case 1 has no prediction file: scored as an empty prediction (tumour-free reference: tumour Dice 1, liver 0)
+    assert float(rows["1"]["liver_dice"]) == 0.0 and float(rows["1"]["tumor_dice"]) == 1.0
     metrics = json.loads((tmp_path / "out/metrics.json").read_text())
-    assert metrics["mode"] == "predictions" and metrics["unscored_references"] == ["1"]
-    assert metrics["given"]["tumor_dice_per_case"] == 0.5 and metrics["given"]["tumor_lesion_recall_iou50"] == 0.5
-    assert {p.name for p in (tmp_path / "out/montages").iterdir()} == {"case-0.png", "case-2.png"}
-    assert "| given" in (tmp_path / "out/report.md").read_text()
+    assert metrics["mode"] == "predictions"
+    assert metrics["missing_predictions"] == {"cases": ["1"], "of": 3, "rule": "empty"}
+    assert metrics["tumor_free"] == {"cases": 1, "of": 3, "dice_with_tumor": 0.5}
+    assert metrics["given"]["tumor_dice_per_case"] == pytest.approx(2 / 3)
+    assert metrics["given"]["tumor_lesion_recall_iou50"] == 0.5
+    assert {p.name for p in (tmp_path / "out/montages").iterdir()} == {"case-0.png", "case-1.png", "case-2.png"}
+    notes = ("1 of 3 reference cases have no prediction file, scored as empty predictions: 1",
+             "1 of 3 cases tumour-free, scored 1 when nothing is predicted; 0.500 over the 2 with tumour")  # fmt: skip
+    report_md, report_html = ((tmp_path / "out" / name).read_text() for name in ("report.md", "report.html"))
+    assert "| given" in report_md and all(note in report_md and note in report_html for note in notes)
     printed = [line for line in result.stdout.splitlines() if not re.match(r"\d\d:\d\d:\d\d ", line)]  # not the log
-    assert printed[0].startswith(f"predictions {tmp_path / 'preds'}, 2 cases, stage given: tumour Dice 0.500 ")
+    assert printed[0].startswith(f"predictions {tmp_path / 'preds'}, 3 cases, stage given: tumour Dice 0.667 ")
+    assert all(f"({note})" in printed[0] for note in notes)
+
+
+def test_missing_predictions_skip_scores_only_the_files_present_and_says_so(tmp_path, capsys):
+    root = write_phantom_tree(tmp_path / "lits")
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    write_nifti(preds / "segmentation-0.nii.gz", ablation_phantom()[1], PHANTOM_AFFINE)
+    cfg = evaluate_cfg(tmp_path, f"predictions={preds}", "data=lits", f"data.root={root}", "missing_predictions=skip",
+                       "report.montages=false", "report.plot=false")  # fmt: skip
+    result = lits.evaluate.scoring.evaluate(cfg)
+    assert result["num_cases"] == 1 and result["missing_predictions"]["cases"] == ["1", "2"]
+    note = "2 of 3 reference cases have no prediction file, not scored (missing_predictions=skip): 1, 2"
+    assert note in result["headline"] and note in (tmp_path / "eval/report.md").read_text()
+    assert capsys.readouterr().out.splitlines()[0] == result["headline"]
 
 
 def test_prediction_off_the_reference_grid_is_refused(tmp_path):

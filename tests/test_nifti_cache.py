@@ -5,7 +5,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import LPS, build_cache, find_lits_pairs, make_case, truncate, write_nifti
+from conftest import LPS, build_cache, find_lits_pairs, make_case, truncate, write_huge_header, write_nifti
 
 from lits.core.errors import LitsError
 from lits.data.cache import cache_key
@@ -38,6 +38,7 @@ def test_missing_root_and_missing_label(tmp_path, lits_tree):
         ("nan", "NaN or infinite"),
         ("truncated", "cannot read NIfTI"),
         ("4d", "expected a 3D CT volume"),
+        ("huge", r"header claims 3000 x 3000 x 3000 voxels \(54 GB\), more than the 1,000,000,000 lits reads"),
     ],
 )
 def test_validation_errors_name_the_file(tmp_path, problem, message):
@@ -61,6 +62,8 @@ def test_validation_errors_name_the_file(tmp_path, problem, message):
     write_nifti(seg_path, seg, seg_affine)
     if problem == "truncated":
         truncate(vol_path)
+    if problem == "huge":
+        write_huge_header(vol_path)
     from lits.data.nifti import CasePaths
 
     with pytest.raises(LitsError, match=message) as err:

@@ -20,6 +20,7 @@ from conftest import (
     read_csv_rows,
     run_cli,
     truncate,
+    write_huge_header,
     write_nifti,
     write_phantom_tree,
 )
@@ -245,8 +246,8 @@ def test_tta_is_the_mean_of_identity_and_flips(context):
 
 
 def broken_folder(folder):
-    """Four CTs: volume-4 good, volume-5 truncated (its header still reads), volume-6 not NIfTI at all, volume-7 stored
-    as HU + 1024 in uint16 without a rescale intercept."""
+    """Five CTs: volume-4 good, volume-5 truncated (its header still reads), volume-6 not NIfTI at all, volume-7 stored
+    as HU + 1024 in uint16 without a rescale intercept, volume-8 a header claiming 3000^3 voxels."""
     folder.mkdir()
     vol, _ = ablation_phantom()
     write_nifti(folder / "volume-4.nii.gz", vol, PHANTOM_AFFINE)
@@ -254,6 +255,7 @@ def broken_folder(folder):
     truncate(folder / "volume-5.nii.gz")
     (folder / "volume-6.nii").write_bytes(b"garbage" * 100)
     write_nifti(folder / "volume-7.nii.gz", (vol.astype(np.int32) + 1024).astype(np.uint16), PHANTOM_AFFINE)
+    write_huge_header(folder / "volume-8.nii.gz")  # claims 54 GB: refused from its header, never allocated
     return folder
 
 
@@ -272,10 +274,11 @@ def test_a_broken_volume_stops_the_folder_unless_skipped(setup, tmp_path):
     assert [Path(r["input"]).name for r in read_csv_rows(tmp_path / "out/predictions.csv")] == ["volume-4.nii.gz"]
     listed = json.loads((tmp_path / "out/skipped_inputs.json").read_text())
     reasons = {Path(r["input"]).name: r["reason"] for r in listed}
-    assert sorted(reasons) == ["volume-5.nii.gz", "volume-6.nii", "volume-7.nii.gz"]
+    assert sorted(reasons) == ["volume-5.nii.gz", "volume-6.nii", "volume-7.nii.gz", "volume-8.nii.gz"]
     assert sorted(result["skipped"]) == sorted(str(folder / name) for name in reasons)
     assert "cannot read NIfTI" in reasons["volume-5.nii.gz"] and "cannot read NIfTI" in reasons["volume-6.nii"]
     assert "looks like HU + 1024 stored without its rescale intercept" in reasons["volume-7.nii.gz"]
+    assert "header claims 3000 x 3000 x 3000 voxels (54 GB)" in reasons["volume-8.nii.gz"]
 
 
 def test_a_mis_scaled_ct_is_refused_naming_the_file(setup, tmp_path):

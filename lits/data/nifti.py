@@ -27,6 +27,30 @@ from lits.data.intensity import IntensityCheck
 
 LABELS = (0, 1, 2)  # background, liver, tumour
 CHUNK_SLICES = 32  # canonical slices per slab when streaming a volume
+# Voxels one volume may have: 4x the largest LiTS CT (512 x 512 x 987). A header claiming more (a corrupt or hostile
+# file: 3000^3 int16 fits in a 1 kB gzip) is refused before its voxels are allocated.
+MAX_VOXELS = 1_000_000_000
+
+
+def header_problem(path: Path, header) -> str | None:
+    """Why a NIfTI header cannot be a CT volume lits reads (one line naming the file and the fix), or None: 3D after
+    dropping trailing singleton axes, at most MAX_VOXELS voxels."""
+    shape = tuple(int(n) for n in header.get_data_shape())
+    while len(shape) > 3 and shape[-1] == 1:  # (X, Y, Z, 1) is a 3D volume
+        shape = shape[:-1]
+    if len(shape) != 3:
+        return (
+            f"{path}: expected a 3D CT volume, got shape {shape}; pass single 3D volumes "
+            "(split 4D series, stack 2D slices into a volume)"
+        )
+    voxels = int(np.prod(shape, dtype=np.int64))
+    if voxels > MAX_VOXELS:
+        size_gb = voxels * header.get_data_dtype().itemsize / 1e9
+        return (
+            f"{path}: its header claims {shape[0]} x {shape[1]} x {shape[2]} voxels ({size_gb:.0f} GB), more than "
+            f"the {MAX_VOXELS:,} lits reads; the file is corrupt or not a CT: re-export it"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -86,6 +110,9 @@ def _open(path: Path, scaled: bool = False) -> _Source:
     """Header + stored voxels of one file, or a one-line LitsError naming it."""
     try:
         img = nib.load(str(path))
+        problem = header_problem(path, img.header)
+        if problem:
+            raise LitsError(problem)
         proxy = img.dataobj
         raw = np.asanyarray(proxy) if scaled else proxy.get_unscaled()
         slope = None if scaled else getattr(proxy, "slope", None)
@@ -94,17 +121,15 @@ def _open(path: Path, scaled: bool = False) -> _Source:
         inter = 0.0 if inter is None else float(inter)
     except FileNotFoundError:
         raise LitsError(f"{path}: file not found; check data.root") from None
-    except MemoryError:
+    except (MemoryError, LitsError):
         raise
     except Exception as exc:  # nibabel, gzip and zlib raise many types for truncated / corrupt files
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise LitsError(
             f"{path}: cannot read NIfTI ({type(exc).__name__}: {detail}); re-download or re-export the file"
         ) from None
-    while raw.ndim > 3 and raw.shape[-1] == 1:
+    while raw.ndim > 3 and raw.shape[-1] == 1:  # 3D by header_problem's rule
         raw = raw[..., 0]
-    if raw.ndim != 3:
-        raise LitsError(f"{path}: expected a 3D CT volume, got shape {raw.shape}; pass single 3D volumes")
     if raw.dtype.kind not in "iuf":
         raise LitsError(f"{path}: voxel type {raw.dtype} is not numeric; expected a CT in HU / integer labels")
     if not (np.isfinite(slope) and np.isfinite(inter)):

@@ -23,8 +23,10 @@ from lits.evaluate.report import (
     cases,
     cell,
     describe_source,
+    missing_note,
     size_bin_rows,
     training_sentence,
+    tumor_free_note,
 )
 
 HEADINGS = {
@@ -63,6 +65,7 @@ table.sortable th[aria-sort=ascending]::after{content:" \\25B2"}
 table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
 tbody tr:nth-child(even){background:#fbfbfb} td.na{color:#999}
 img{max-width:100%} figure{margin:1em 0} figcaption{color:#555;font-size:.9em}
+.note{background:#fff6d6;border-left:4px solid #e0b000;padding:.4em .8em;margin:.4em 0}
 """
 # Sorts a table.sortable by a clicked heading (numbers by value, n/a and empty cells last); #sort=key:dir on load.
 SCRIPT = """
@@ -179,6 +182,7 @@ def report_html(result: dict, source, summary: dict, rows: list[dict], out_dir: 
         '<nav><a href="#training">training</a><a href="#stages">stages</a><a href="#cases">cases</a>'
         '<a href="#lesions">lesions</a><a href="#plots">Dice vs volume</a><a href="#montages">montages</a></nav>',
         f'<div class="tiles">{tiles}</div>',
+        *[f'<p class="note">{_e(note)}</p>' for note in (missing_note(result), tumor_free_note(result)) if note],
         '<h2 id="training">Training</h2>',
         *_training_section(source.training, training_png),
         '<h2 id="stages">Post-processing stages</h2>',

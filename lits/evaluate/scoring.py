@@ -47,6 +47,7 @@ from lits.evaluate.report import (
     markdown,
     text_table,
     training_picture,
+    tumor_free,
 )
 from lits.evaluate.sources import Source, open_source
 from lits.evaluate.tuning import tune, write_tuning_files
@@ -126,6 +127,7 @@ def score(cfg: EvaluateConfig, source: Source) -> dict:
         "main_stage": source.main,
         "stages": [{"name": n, "description": d} for n, d in source.stages],
         "postprocess": dataclasses.asdict(source.postprocess) if source.postprocess else None,
+        "tumor_free": tumor_free(rows[source.main]),
         **summary,
     }
     result["headline"] = headline(result, main)

@@ -177,10 +177,13 @@ def _predictions_source(cfg: EvaluateConfig) -> Source:
         )
     for cid, path in files.items():  # headers only: fail before any case is scored
         _check_grid(path, refs[cid].image)
-    unscored = sorted(set(refs) - set(files), key=natural_key)
-    if unscored:
-        log.warning("%d reference cases have no prediction and are not scored: %s", len(unscored), unscored[:10])
-    ids = sorted(files, key=natural_key)
+    missing = sorted(set(refs) - set(files), key=natural_key)
+    empty = cfg.missing_predictions == "empty"
+    if missing:
+        what = "scored as empty predictions" if empty else "not scored (missing_predictions=skip)"
+        log.warning("%d of %d reference cases have no prediction file, %s: %s", len(missing), len(refs), what,
+                    ", ".join(missing[:20]))  # fmt: skip
+    ids = sorted(refs if empty else files, key=natural_key)
     _, cases = prepare(
         data,
         0,
@@ -191,6 +194,9 @@ def _predictions_source(cfg: EvaluateConfig) -> Source:
     )
 
     def predict(case) -> Prediction:
+        if case.case_id not in files:  # missing_predictions=empty
+            yield "given", np.zeros(np.shape(case.native_label), np.uint8), None
+            return
         source_affine = np.asarray(case.meta["orientation"]["source_affine"])
         labels, _ = to_canonical(_read_labels(files[case.case_id]), source_affine)
         yield "given", labels, None
@@ -200,7 +206,7 @@ def _predictions_source(cfg: EvaluateConfig) -> Source:
         "predictions": str(Path(cfg.predictions).resolve()),
         "references": str(Path(data.root).resolve()),
         "split": None,
-        "unscored_references": unscored,
+        "missing_predictions": {"cases": missing, "of": len(refs), "rule": cfg.missing_predictions},
     }
     tb_dir = tensorboard_dir(cfg.tensorboard_dir, None, "predictions")
     stages = [("given", "predictions as given")]

@@ -136,6 +136,8 @@ def open_model_folder(folder: str | Path, device: str, amp: str) -> tuple[OnnxNe
     spec, info = read_model_folder(folder)
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: its warnings about unused initializers are not the user's concern
+    # no memory arena: on a 512 x 512 x 300 CT peak RSS 921 MB instead of 1520 MB, for 21.0 s instead of 18.8 s
+    options.enable_cpu_mem_arena = False
     try:
         session = onnxruntime.InferenceSession(
             str(Path(folder) / MODEL_FILE), options, providers=onnx_providers(device)

@@ -26,7 +26,7 @@ from lits.core.config import PredictConfig, typed
 from lits.core.errors import LitsError
 from lits.core.files import write_csv, write_json
 from lits.core.tables import format_table
-from lits.data.nifti import CasePaths, open_pair
+from lits.data.nifti import CasePaths, header_problem, open_pair
 from lits.data.preprocess import preprocess_pair
 from lits.data.resample import resize_inplane
 from lits.infer.batches import predict_masks, predict_volume
@@ -76,19 +76,12 @@ def find_inputs(input_path: str | Path) -> list[Path]:
 
 
 def _header_problem(path: Path) -> str | None:
-    """Why `path` is not a readable 3D NIfTI volume (one line), or None."""
+    """Why `path` is not a readable 3D NIfTI volume of a plausible size (one line), or None."""
     try:
-        shape = nib.load(str(path)).shape
+        header = nib.load(str(path)).header
     except Exception as exc:
         return f"{path}: cannot read NIfTI ({type(exc).__name__}); pass CT volumes in NIfTI format"
-    while len(shape) > 3 and shape[-1] == 1:  # (X, Y, Z, 1) is a 3D volume, as the reader treats it
-        shape = shape[:-1]
-    if len(shape) != 3:
-        return (
-            f"{path}: expected a 3D CT volume, got shape {tuple(shape)}; pass single 3D volumes "
-            "(split 4D series, stack 2D slices into a volume)"
-        )
-    return None
+    return header_problem(path, header)
 
 
 def check_inputs(files: list[Path], on_error: str = "fail") -> tuple[list[Path], dict[Path, str]]:

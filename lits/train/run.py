@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+import lits.core.config.checks as checks
 from lits.core.config import TrainConfig
 from lits.core.device import resolve_amp
 from lits.core.errors import LitsError
@@ -175,6 +176,8 @@ def _prepare_data(cfg: TrainConfig, ctx: distributed.Context, splits: dict | Non
                 progress=cfg.trainer.progress,
                 report_dir=run_dir,
             )
+            if not prepared[1]["val"]:
+                error = no_validation_cases(cfg)
         except LitsError as exc:
             error = str(exc)
     error, splits = distributed.broadcast_object((error, prepared[0] if prepared else None))
@@ -188,6 +191,16 @@ def _prepare_data(cfg: TrainConfig, ctx: distributed.Context, splits: dict | Non
         run_dir.mkdir(parents=True, exist_ok=True)
         write_split(prepared[0], run_dir / "split.json")
     return prepared
+
+
+def no_validation_cases(cfg: TrainConfig) -> str:
+    """The one line that refuses a run without validation cases at start-up (validation chooses best.pt and tunes
+    post-processing; without it the run would crash at its first validation, with nothing saved)."""
+    return (
+        f"no validation cases (data.split.val={checks.show(cfg.data.split.val)}, after data.on_error="
+        f"{cfg.data.on_error}): validation chooses best.pt, so give it at least one case, e.g. data.split.val=0.2, "
+        "or fix the validation cases the log lists as skipped"
+    )
 
 
 def _sampling_index(cfg: TrainConfig, cases: dict) -> tuple[SliceIndex, np.ndarray]:

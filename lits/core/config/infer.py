@@ -149,6 +149,9 @@ class EvaluateConfig(InferenceSettings):
     name: str = "evaluate"
     ckpt: str | None = MISSING  # a checkpoint (best.pt / last.pt) ...
     predictions: str | None = None  # ... or a folder of segmentation-N.nii[.gz] predictions to score instead
+    # predictions=: a reference case without a prediction file is scored as an empty prediction (empty: the LiTS
+    # leaderboard's rule, Dice 0 where the reference has tumour) or left out (skip); either way the report says which
+    missing_predictions: str = "empty"
     split: str = "test"  # test | val | train (checkpoint mode)
     data_root: str | None = None  # where the data lives now, if it moved since training
     data: DataConfig | None = None  # predictions mode only: data=lits data.root=DIR (where the references are)
@@ -171,6 +174,7 @@ class EvaluateConfig(InferenceSettings):
             self.ckpt = None
         self.split = checks.choice("split", self.split, SPLITS, "split")
         self.tune_criterion = checks.choice("tune_criterion", self.tune_criterion, ("lesion_score", "tumor_dice"))
+        self.missing_predictions = checks.choice("missing_predictions", self.missing_predictions, ("empty", "skip"))
         self.naming = checks.choice("naming", self.naming, NAMINGS, "naming")
 
 

@@ -13,7 +13,7 @@ from lits.data.synthetic.fields import capsule_distance2, smooth_field
 _REF_FOV_MM = 360.0  # anatomy lengths below are in mm for this field of view
 REF_SIZE = 256  # in-plane size the z geometry is calibrated for
 _REF_SLICES = 60.0  # mean slice count the z geometry is calibrated for
-_REF_SPACING_XY = _REF_FOV_MM / REF_SIZE  # in-plane mm at which num_slices x spacing_z is the z extent
+REF_SPACING_XY = _REF_FOV_MM / REF_SIZE  # in-plane mm at which num_slices x spacing_z is the z extent
 _MIN_SLICES = 12  # fewest slices of a case: room for the liver and liver-free slices at both ends
 
 
@@ -33,9 +33,9 @@ class Canvas:
         self.s = float(rng.uniform(*p.spacing_xy))
         self.sz_true = float(rng.uniform(*p.spacing_z))
         # The scan's z extent follows the body, which is drawn to fit the FOV: num_slices x spacing_z is the extent
-        # of a body framed at _REF_SPACING_XY, scaled by the in-plane spacing drawn. Thin-slice scans cover the
+        # of a body framed at REF_SPACING_XY, scaled by the in-plane spacing drawn. Thin-slice scans cover the
         # same extent with proportionally more slices.
-        extent = self.nz * self.sz_true * self.s / _REF_SPACING_XY
+        extent = self.nz * self.sz_true * self.s / REF_SPACING_XY
         if rng.random() < p.thin_slice_fraction:
             self.sz_true = float(rng.uniform(*p.thin_spacing_z))
         self.nz = max(_MIN_SLICES, int(round(extent / self.sz_true)))
