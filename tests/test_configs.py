@@ -39,6 +39,35 @@ def test_models_build_from_config(model):
         assert 23.0e6 < count_parameters(net) < 24.0e6  # the README's LiTS recipe model: 23.6M
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_builds_at_the_smoke_sizes(model):
+    """debug=smoke with any model= (the README suggests model=dynunet debug=smoke) builds the network MONAI accepts."""
+    import torch
+
+    from lits.infer.networks import build_model, size_multiple
+
+    cfg = compose_train(f"model={model}", "debug=smoke")
+    net = build_model(cfg.model).eval()
+    size = size_multiple(cfg.model) * 2
+    assert net(torch.zeros(1, 1, size, size)).shape == (1, 2, size, size)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("model.channels=[8]", "model.strides=[]"), r"model.channels=\[8\]: give at least 2 levels"),
+        (("model=dynunet", "model.channels=[8,16,32]", "model.strides=[2,2]", "model.deep_supr_num=2"),
+         r"model.deep_supr_num=2: give at most 1: dynunet's decoder has 2 up-sampling levels"),
+    ],
+)  # fmt: skip
+def test_network_settings_monai_would_reject_are_one_line(overrides, message):
+    from lits.core.config import TrainConfig, typed
+    from lits.core.errors import LitsError
+
+    with pytest.raises(LitsError, match=message):
+        typed(TrainConfig, compose_train(*overrides))
+
+
 def test_command_line_overrides_reach_values():
     cfg = compose_train("trainer.max_epochs=3", "data=lits", "data.root=/x/LiTS", "loss.schedule.final_alpha=0.7")
     assert cfg.trainer.max_epochs == 3 and cfg.data.root == "/x/LiTS" and cfg.loss.schedule.final_alpha == 0.7

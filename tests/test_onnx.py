@@ -31,7 +31,7 @@ NETWORKS = {  # the four networks of configs/model/, at the smoke sizes of conft
     "unet_small": (),
     "unet": ("model=unet",),
     "resunet34": ("model=resunet34",),
-    "dynunet": ("model=dynunet", "model.deep_supr_num=1"),  # the smoke U-Net has 2 decoder levels
+    "dynunet": ("model=dynunet",),
 }
 TUNED = dict(hysteresis=True, hysteresis_low=0.35, hysteresis_high=0.6, keep_confident=0.7, min_tumor_voxels=4,
              fill_liver_holes=True)  # fmt: skip

@@ -13,8 +13,11 @@ import contextlib
 import copy
 import logging
 import os
+import shutil
 import signal
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import open_dict, read_write
@@ -23,7 +26,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from lits.core.config.store import TASK_SCHEMAS, register
 from lits.core.config.typed import typed
 from lits.core.errors import LitsError, Stopped
-from lits.core.files import STORAGE_ERRNOS, check_writable_folder, write_error
+from lits.core.files import STORAGE_ERRNOS, check_writable_folder, hold_folder_lock, write_bytes_atomic, write_error
 
 _DETAIL_PREFIXES = (
     "full_key:",
@@ -86,6 +89,45 @@ def rename_argument(argv: list[str], key: str, name: str) -> list[str]:
     return [f"{name}={arg[len(key) + 1 :]}" if arg.startswith(f"{key}=") else arg for arg in argv]
 
 
+@dataclass
+class _RunFolder:
+    """What CheckFirst saw of the run folder before Hydra wrote into it, so that a task refused at start-up leaves it
+    as it was: a folder Hydra created is removed, an existing one gets its .hydra/ record back."""
+
+    path: Path | None = None
+    fresh: bool = False
+    record: dict[str, bytes] = field(default_factory=dict)  # .hydra/ file name -> its bytes before this attempt
+    started: bool = False
+
+
+_RUN_FOLDER = _RunFolder()
+
+
+def mark_started() -> None:
+    """The task is past its start-up checks (training: the run is built; evaluate: the source is open): from here on a
+    failure keeps what the run folder holds."""
+    _RUN_FOLDER.started = True
+
+
+def _remember_run_folder(run_dir: Path) -> None:
+    record_dir = run_dir / ".hydra"
+    record = {p.name: p.read_bytes() for p in record_dir.iterdir() if p.is_file()} if record_dir.is_dir() else {}
+    _RUN_FOLDER.path, _RUN_FOLDER.fresh, _RUN_FOLDER.record = run_dir, not run_dir.exists(), record
+
+
+def _undo_refused_start() -> None:
+    """After a refusal before `mark_started`: remove the run folder this process created (only .hydra/, a log and the
+    lock are in it), or put back the .hydra/ record Hydra overwrote in an existing one."""
+    folder = _RUN_FOLDER.path
+    if folder is None or _RUN_FOLDER.started or os.environ.get("RANK", "0") != "0":
+        return
+    if _RUN_FOLDER.fresh:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for name, data in _RUN_FOLDER.record.items():
+        write_bytes_atomic(folder / ".hydra" / name, data)
+
+
 def _stop_now(signum, _frame) -> None:
     raise Stopped(signum)
 
@@ -103,8 +145,10 @@ def run_task(task, cfg):
     try:
         return task(cfg)
     except LitsError as exc:
+        _undo_refused_start()
         print(f"error: {exc}", file=sys.stderr)
     except MissingMandatoryValue as exc:
+        _undo_refused_start()
         key = getattr(exc, "full_key", None) or str(exc).splitlines()[0]
         print(f"error: {key} is required; set it on the command line, e.g. {key}=...", file=sys.stderr)
     except OSError as exc:  # a write outside atomic_path (a log, history.jsonl) on a full or read-only disk
@@ -124,7 +168,8 @@ def run_task(task, cfg):
 
 class CheckFirst(Callback):
     """Before Hydra creates the run folder (on_run_start): the composed config must pass the task's schema and the
-    run folder must be creatable; else one `error:` line and exit 2, and nothing is written."""
+    run folder must be creatable; else one `error:` line and exit 2, and nothing is written. A training also locks
+    its run folder for as long as it runs: a second training into the same folder is refused, naming the first."""
 
     def on_run_start(self, config, config_name: str | None = None, **kwargs) -> None:
         schema = TASK_SCHEMAS.get(f"{config_name}_schema")
@@ -145,6 +190,9 @@ class CheckFirst(Callback):
                 del task["hydra"]
             typed(schema, task)
             check_writable_folder(run_dir, "run folder", "pass a writable hydra.run.dir=... or run from another folder")
+            _remember_run_folder(Path(run_dir))
+            if config_name == "train" and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 holds it for all
+                hold_folder_lock(run_dir, "run folder", "wait for it to finish, or choose another hydra.run.dir=...")
         except LitsError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from lits.core.cli import mark_started
 from lits.core.config import EvaluateConfig, PathsConfig, typed
 from lits.core.errors import LitsError
 from lits.core.files import write_atomic, write_bytes_atomic, write_csv, write_json
@@ -64,7 +65,10 @@ def evaluate(cfg) -> dict:
     cfg = typed(EvaluateConfig, cfg)
     if cfg.tune:  # before the source is opened: it then reads the tuned checkpoint
         write_tuning_files(Path(cfg.paths.output_dir), tune(cfg))
-    return score(cfg, open_source(cfg))
+        mark_started()  # the checkpoint is tuned: a later failure keeps the run folder (lits.core.cli)
+    source = open_source(cfg)
+    mark_started()
+    return score(cfg, source)
 
 
 def evaluate_checkpoint(ckpt: Path, out_dir: Path, split: str, progress: bool = False) -> dict:

@@ -142,9 +142,23 @@ def config_differences(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> li
     return out
 
 
+# Settings whose saved state only fits their own kind: the optimizer's moments (AdamW) or momentum buffers (SGD), and
+# the learning-rate scheduler's state.
+STATEFUL_OPTIM_KEYS = ("name", "schedule")
+
+
 def check_compatible(state: dict, config: dict, path: str | Path) -> None:
-    """Refuse a checkpoint whose network (model.*, input channels) differs from `config` (the run's resolved config)."""
+    """Refuse a checkpoint whose network (model.*, input channels), optimizer or LR schedule kind differs from
+    `config` (the run's resolved config): their saved states would not load into the new ones."""
     old = state["config"]
+    for key in STATEFUL_OPTIM_KEYS:
+        before, after = old["optim"][key], config["optim"][key]
+        if before != after:
+            raise LitsError(
+                f"{path}: trained with optim.{key}={before}, resumed with optim.{key}={after}; its saved optimizer "
+                f"state belongs to {before}: resume with optim.{key}={before}, or start a new run "
+                "(trainer.resume=null, another hydra.run.dir)"
+            )
     old_net = {"model": old["model"], "context_slices": old["data"]["context_slices"]}
     new_net = {"model": config["model"], "context_slices": config["data"]["context_slices"]}
     ignore = tuple(f"model.{k}" for k in NON_ARCHITECTURE_KEYS)

@@ -36,6 +36,9 @@ class ModelConfig:
         self.in_channels = checks.integer("model.in_channels", self.in_channels, 1)
         self.channels = [checks.integer("model.channels", c, 1) for c in self.channels]
         self.strides = [checks.integer("model.strides", s, 1) for s in self.strides]
+        if self.arch != "flexible_unet" and len(self.channels) < 2:
+            fix = "give at least 2 levels, e.g. [16,32] (a U-Net downsamples at least once)"
+            raise checks.fail("model.channels", self.channels, fix)
         if len(self.channels) != len(self.strides) + 1:
             raise checks.fail(
                 "model.strides",
@@ -47,6 +50,12 @@ class ModelConfig:
         self.norm = checks.choice("model.norm", self.norm, NORMS, "normalisation")
         self.dropout = checks.number("model.dropout", self.dropout, 0.0, 1.0)
         self.deep_supr_num = checks.integer("model.deep_supr_num", self.deep_supr_num, 1)
+        if self.arch == "dynunet" and self.deep_supervision and self.deep_supr_num >= len(self.strides):
+            raise checks.fail(
+                "model.deep_supr_num", self.deep_supr_num,
+                f"give at most {len(self.strides) - 1}: dynunet's decoder has {len(self.strides)} up-sampling levels "
+                f"(model.strides={checks.show(self.strides)}) and the last one is the output itself",
+            )  # fmt: skip
         if self.output_prior is not None:
             prior = tuple(self.output_prior)
             if len(prior) != 2 or not all(checks.is_number(p) and 0.0 < float(p) < 1.0 for p in prior):
