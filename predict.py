@@ -9,7 +9,7 @@ import sys
 
 import hydra
 
-from lits.core.cli import prepare_hydra, rename_argument, run_task
+from lits.core.cli import prepare_hydra, rename_argument, run_task, starting
 
 prepare_hydra()
 sys.argv = rename_argument(sys.argv, "model", "model_dir")
@@ -17,7 +17,8 @@ sys.argv = rename_argument(sys.argv, "model", "model_dir")
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="predict")
 def main(cfg):
-    from lits.infer.predict import predict  # imported here so --help and config errors stay fast
+    with starting():
+        from lits.infer.predict import predict  # imported here so --help and config errors stay fast
 
     return run_task(predict, cfg)
 

@@ -2,14 +2,15 @@
 
 import hydra
 
-from lits.core.cli import prepare_hydra, run_task
+from lits.core.cli import prepare_hydra, run_task, starting
 
 prepare_hydra()
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg):
-    from lits.train.task import train  # imported here so --help and config errors stay fast
+    with starting():
+        from lits.train.task import train  # imported here so --help and config errors stay fast
 
     return run_task(train, cfg)
 

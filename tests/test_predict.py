@@ -57,6 +57,7 @@ def test_predict_a_file(setup, tmp_path, capsys):
         )
     )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".lits-predict.json",
         "predictions.csv",
         "test-segmentation-0.nii.gz",  # compressed unless naming=lits asks for the submission's .nii
         "test-segmentation-0_probabilities.nii.gz",
@@ -70,7 +71,7 @@ def test_predict_a_file(setup, tmp_path, capsys):
     assert [r["output"].endswith("test-segmentation-0.nii.gz") for r in rows] == [True]
     out = capsys.readouterr().out
     assert "tumor_ml" in out and out.splitlines()[-1] == (
-        f"wrote 1 label maps (0 background, 1 liver, 2 tumour) and predictions.csv to {tmp_path}/out"
+        f"wrote 1 label map (0 background, 1 liver, 2 tumour) and predictions.csv to {tmp_path}/out"
     )
 
 
@@ -87,6 +88,7 @@ def test_predict_a_folder_from_the_command_line(setup, tmp_path):
     result = run_cli("predict.py", f"ckpt={ckpt}", f"input={folder}", "output=out", cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".lits-predict.json",  # the model and settings they were made with: a rerun continues
         "patient_b.nii.gz",
         "predictions.csv",
         "test-segmentation-4.nii.gz",
@@ -95,10 +97,14 @@ def test_predict_a_folder_from_the_command_line(setup, tmp_path):
     np.testing.assert_allclose(nib.load(tmp_path / "out/patient_b.nii.gz").affine, LPS)
     assert len(read_csv_rows(tmp_path / "out/predictions.csv")) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cts", "out"]  # no run folder, no log elsewhere
-    # a second run into the same folder is refused, changes nothing and leaves nothing behind ...
+    # the same run again has nothing left to do; a run with other settings is refused, changes nothing ...
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
     again = run_cli("predict.py", f"ckpt={ckpt}", f"input={folder}", "output=out", cwd=tmp_path, timeout=300)
+    assert "wrote 2 label maps (2 of them by an earlier run of the same model and settings)" in again.stdout
+    again = run_cli("predict.py", f"ckpt={ckpt}", f"input={folder}", "output=out", "postprocess.threshold=0.6",
+                    cwd=tmp_path, timeout=300)  # fmt: skip
     assert "out/patient_b.nii.gz: already exists (and 2 more" in one_line_error(again)
+    assert "made with another model or settings" in one_line_error(again)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cts", "out"]
     # ... unless overwrite=true; naming=lits writes the LiTS submission's uncompressed names
@@ -106,7 +112,9 @@ def test_predict_a_folder_from_the_command_line(setup, tmp_path):
                     "overwrite=true", "naming=lits", cwd=tmp_path, timeout=300)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     assert (tmp_path / "out/test-segmentation-4.nii").is_file()
-    assert [r["output"] for r in read_csv_rows(tmp_path / "out/predictions.csv")] == ["out/test-segmentation-4.nii"]
+    rows = read_csv_rows(tmp_path / "out/predictions.csv")
+    assert [r["output"] for r in rows] == [str(tmp_path / "out/test-segmentation-4.nii")]  # absolute paths
+    assert rows[0]["input"] == str(folder / "volume-4.nii.gz") and len(rows[0]["liver_ml"].partition(".")[2]) <= 2
 
 
 def _write(path, data):
@@ -270,7 +278,7 @@ def test_a_broken_volume_stops_the_folder_unless_skipped(setup, tmp_path):
         predict_cfg(tmp_path, f"ckpt={ckpt}", f"input={folder}", f"output={tmp_path}/out", "on_error=skip")
     )
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert written == ["predictions.csv", "skipped_inputs.json", "test-segmentation-4.nii.gz"]  # all in output=
+    assert written == [".lits-predict.json", "predictions.csv", "skipped_inputs.json", "test-segmentation-4.nii.gz"]
     assert [Path(r["input"]).name for r in read_csv_rows(tmp_path / "out/predictions.csv")] == ["volume-4.nii.gz"]
     listed = json.loads((tmp_path / "out/skipped_inputs.json").read_text())
     reasons = {Path(r["input"]).name: r["reason"] for r in listed}
@@ -339,3 +347,26 @@ def test_streamed_prediction_equals_the_whole_volume_path(tmp_path, monkeypatch,
     np.testing.assert_array_equal(labels, expected)
     tumor = labels == 2
     assert 0 < np.count_nonzero(tumor) < tumor.size and count_lesions(tumor) == predicted_lesions(tumor)[1] > 0
+
+
+def test_an_interrupted_folder_continues_on_rerun_and_lists_what_finished(setup, tmp_path):
+    _, root, ckpt = setup
+    folder = tmp_path / "cts"
+    folder.mkdir()
+    vol, _ = ablation_phantom()
+    write_nifti(folder / "volume-4.nii.gz", vol, PHANTOM_AFFINE)
+    write_nifti(folder / "volume-5.nii.gz", (vol.astype(np.int32) + 1024).astype(np.uint16), PHANTOM_AFFINE)
+    args = (f"ckpt={ckpt}", f"input={folder}", f"output={tmp_path}/out")
+    with pytest.raises(LitsError, match="volume-5.nii.gz: looks like HU"):  # stops at the second CT
+        lits.infer.predict.predict(predict_cfg(tmp_path, *args))
+    rows = read_csv_rows(tmp_path / "out/predictions.csv")  # the finished part is listed
+    assert [Path(r["output"]).name for r in rows] == ["test-segmentation-4.nii.gz"]
+    first = (tmp_path / "out/test-segmentation-4.nii.gz").stat().st_mtime_ns
+    write_nifti(folder / "volume-5.nii.gz", vol, PHANTOM_AFFINE)  # the user fixes the CT and reruns
+    result = lits.infer.predict.predict(predict_cfg(tmp_path, *args))
+    assert (tmp_path / "out/test-segmentation-4.nii.gz").stat().st_mtime_ns == first  # not predicted again
+    assert [Path(r["output"]).name for r in result["rows"]] == [
+        "test-segmentation-4.nii.gz",
+        "test-segmentation-5.nii.gz",
+    ]
+    assert len(read_csv_rows(tmp_path / "out/predictions.csv")) == 2

@@ -71,9 +71,14 @@ def prepare_hydra() -> None:
         def composition_errors_as_one_line():
             try:
                 return func()
-            except config_errors as exc:
+            except (*config_errors, AssertionError) as exc:
                 if os.environ.get("HYDRA_FULL_ERROR") == "1":
                     raise
+                if isinstance(exc, AssertionError):  # OmegaConf: an override under a section that is null here
+                    if "Unexpected type for root" not in str(exc):
+                        raise
+                    print(f"error: {_unset_section_line(sys.argv[1:])}", file=sys.stderr)
+                    sys.exit(2)
                 print(f"error: {one_line(exc)}", file=sys.stderr)
                 sys.exit(2)
 
@@ -81,6 +86,22 @@ def prepare_hydra() -> None:
 
     run_and_report.__wrapped_by_lits__ = True
     utils.run_and_report = run_and_report
+
+
+# Sections a command leaves null unless selected, and what to do instead of setting their keys.
+UNSET_SECTION_HINTS = {
+    "data": "with ckpt= the data come from the checkpoint (data_root=DIR if they moved); with predictions= select them "
+    "first: data=lits (or msd, csv) data.root=DIR",
+}
+
+
+def _unset_section_line(args: list[str]) -> str:
+    """One line for an override such as data.root=DIR on a command where `data` is null (not selected)."""
+    for arg in args:
+        section = arg.lstrip("+~").partition("=")[0].partition(".")[0]
+        if "." in arg.partition("=")[0] and section in UNSET_SECTION_HINTS:
+            return f"{arg}: {section} is not selected on this command; {UNSET_SECTION_HINTS[section]}"
+    return "an override sets a key under a section that is null here; --cfg job prints every key"
 
 
 def rename_argument(argv: list[str], key: str, name: str) -> list[str]:
@@ -126,6 +147,18 @@ def _undo_refused_start() -> None:
         return
     for name, data in _RUN_FOLDER.record.items():
         write_bytes_atomic(folder / ".hydra" / name, data)
+
+
+@contextlib.contextmanager
+def starting():
+    """Around the task's imports in an entry point (torch takes seconds to load): Ctrl-C there ends in one line and
+    exit code 130, and the run folder Hydra just created is removed, instead of a KeyboardInterrupt traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _undo_refused_start()
+        print("stopped by SIGINT while starting; nothing was run", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
 
 
 def _stop_now(signum, _frame) -> None:

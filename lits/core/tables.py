@@ -7,6 +7,11 @@ import math
 import numpy as np
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """'1 case', '3 cases', '1 label map': a number and its noun in the right number."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def format_table(rows: list[dict], columns: list[str]) -> str:
     """A markdown table (also readable in a terminal); floats with 4 decimals, NaN / None as '-'."""
 

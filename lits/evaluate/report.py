@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from lits.core.files import write_bytes_atomic
-from lits.core.tables import format_table
+from lits.core.tables import count, format_table
 from lits.evaluate.curves import progress_png
 from lits.evaluate.metrics.keys import LARGE
 from lits.evaluate.pictures import error_slices, montage_png
@@ -126,8 +126,8 @@ def has_sentinel(rows: list[dict], keys) -> bool:
     return any(isinstance(row.get(k), (int, float)) and float(row[k]) == LARGE for row in rows for k in keys)
 
 
-def cases(count: int) -> str:
-    return f"{count} case" + ("" if count == 1 else "s")
+def cases(n: int) -> str:
+    return count(n, "case")
 
 
 def tumor_free(rows: list[dict]) -> dict:

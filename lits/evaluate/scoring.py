@@ -52,6 +52,7 @@ from lits.evaluate.report import (
 )
 from lits.evaluate.sources import Source, open_source
 from lits.evaluate.tuning import tune, write_tuning_files
+from lits.infer.checkpoint import checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ def evaluate(cfg) -> dict:
     """The evaluate task (evaluate.py): a composed evaluate config or EvaluateConfig in, the run folder's reports out;
     returns what metrics.json holds."""
     cfg = typed(EvaluateConfig, cfg)
+    if cfg.ckpt is not None:  # a run folder means its best.pt: the reports name the file
+        cfg = dataclasses.replace(cfg, ckpt=str(checkpoint_file(cfg.ckpt)))
     if cfg.tune:  # before the source is opened: it then reads the tuned checkpoint
         write_tuning_files(Path(cfg.paths.output_dir), tune(cfg))
         mark_started()  # the checkpoint is tuned: a later failure keeps the run folder (lits.core.cli)

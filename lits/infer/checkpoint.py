@@ -16,11 +16,27 @@ from lits.infer.spec import InferenceSpec, spec_from_checkpoint
 log = logging.getLogger(__name__)
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load with weights_only=True (a checkpoint cannot run code); one-line errors for missing or corrupt files."""
+def checkpoint_file(path: str | Path) -> Path:
+    """A checkpoint file named by ckpt=: the file itself, or a run folder (its checkpoints/best.pt) or its checkpoints
+    folder (best.pt). One line saying what to pass when there is none."""
     path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "best.pt", path / "best.pt"):
+            if candidate.is_file():
+                return candidate
+        raise LitsError(
+            f"{path}: a folder without checkpoints/best.pt; pass ckpt=<run>/checkpoints/best.pt or last.pt "
+            "(a run without an improved validation has only last.pt)"
+        )
     if not path.is_file():
         raise LitsError(f"{path}: checkpoint not found; pass ckpt=outputs/<experiment>/<run>/checkpoints/best.pt")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load with weights_only=True (a checkpoint cannot run code); one-line errors for missing or corrupt files.
+    `path`: as `checkpoint_file` takes it (a run folder means its best.pt)."""
+    path = checkpoint_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -25,7 +25,7 @@ from lits.core.cli import check_writable_folder
 from lits.core.config import PredictConfig, typed
 from lits.core.errors import LitsError
 from lits.core.files import write_csv, write_json
-from lits.core.tables import format_table
+from lits.core.tables import count, format_table
 from lits.data.nifti import CasePaths, header_problem, open_pair
 from lits.data.preprocess import preprocess_pair
 from lits.data.resample import resize_inplane
@@ -40,13 +40,20 @@ from lits.infer.export import (
     probability_name,
     read_header,
 )
-from lits.infer.onnx_network import open_model_folder
+from lits.infer.onnx_network import SPEC_FILE, open_model_folder, read_model_folder
 from lits.infer.postprocess import count_lesions, needs_probabilities, postprocess, postprocess_masks
+from lits.infer.predict_outputs import (
+    CSV_COLUMNS,
+    CSV_NAME,
+    RUN_RECORD,
+    check_overwrite,
+    csv_row,
+    finished_rows,
+    run_record,
+)
 from lits.infer.spec import warn_about_tta
 
 log = logging.getLogger(__name__)
-
-CSV_NAME = "predictions.csv"  # beside the label maps: input, output, liver and tumour ml, lesions per CT
 
 
 def find_inputs(input_path: str | Path) -> list[Path]:
@@ -118,72 +125,84 @@ def _output_names(inputs: list[Path], out_dir: Path, naming: str) -> list[str]:
     return names
 
 
-def check_overwrite(out_dir: Path, names: list[str], probabilities: bool, overwrite: bool) -> None:
-    """Refuse (before anything is predicted or created) to replace files in out_dir unless overwrite=true."""
-    targets = [out_dir / n for n in names]
-    targets += [out_dir / probability_name(n) for n in names] if probabilities else []
-    targets.append(out_dir / CSV_NAME)
-    existing = [t for t in targets if t.exists()]
-    if existing and not overwrite:
-        more = f" (and {len(existing) - 1} more of the files this run writes)" if len(existing) > 1 else ""
-        raise LitsError(
-            f"{existing[0]}: already exists{more}; pass overwrite=true to replace, or choose another output=DIR"
-        )
-
-
 def predict(cfg) -> dict:
     """The predict task (predict.py): a composed predict config or PredictConfig in, one label map per input CT out.
 
     Before any inference: the inputs' headers are checked and the output folder must be writable. A CT that turns out
     unreadable or implausible while it is read stops the run (on_error=fail; the label maps written so far are
-    complete files) or is skipped and listed (on_error=skip: in the log, the summary and skipped_inputs.json)."""
+    complete files) or is skipped and listed (on_error=skip: in the log, the summary and skipped_inputs.json). A rerun
+    with the same model and settings continues: the CTs an earlier run finished are not predicted again."""
     cfg = typed(PredictConfig, cfg)
     inputs, skipped = check_inputs(find_inputs(cfg.input), cfg.on_error)
     for reason in skipped.values():
         log.warning("skipped %s", reason)
     out_dir = Path(cfg.output)
     names = _output_names(inputs, out_dir, cfg.naming)
-    check_overwrite(out_dir, names, cfg.save_probabilities, cfg.overwrite)
+    record = run_record(cfg, _model_file(cfg))
+    finished = None if cfg.overwrite else finished_rows(out_dir, record, cfg.save_probabilities)
+    check_overwrite(out_dir, names, cfg.save_probabilities, cfg.overwrite, same_run=finished is not None)
     check_writable_folder(out_dir, "label maps", "choose a writable output=DIR")
+    finished = finished or {}
+    if finished:
+        log.info("continuing in %s: %d of %d CTs already predicted with this model and these settings", out_dir,
+                 sum(n in finished for n in names), len(names))  # fmt: skip
     network, spec, tuned_tta = _open_network(cfg)
-    source = cfg.ckpt if cfg.model_dir is None else cfg.model_dir
-    tta = warn_about_tta(spec, cfg.tta, tuned_tta, source)
+    tta = warn_about_tta(spec, cfg.tta, tuned_tta, cfg.ckpt if cfg.model_dir is None else cfg.model_dir)
     post = spec.postprocess.with_overrides(cfg.postprocess)
     infer = dict(batch_size=cfg.batch_size, flips=spec.views(tta), progress=cfg.progress, **spec.predictor_settings())
 
-    rows = []
-    for path, name in tqdm(list(zip(inputs, names)), desc="predicting", unit="volume", disable=not cfg.progress):
+    rows = {name: finished[name] for name in names if name in finished}
+    todo = [(path, name) for path, name in zip(inputs, names) if name not in finished]
+    recorded = False
+    for path, name in tqdm(todo, desc="predicting", unit="volume", disable=not cfg.progress):
         read = _read(path, spec, cfg.on_error, skipped)
         if read is None:
             continue
-        image, native_yx, orientation, spacing = read
-        labels, probabilities = _segment(network, image, native_yx, spacing, post, infer, cfg.save_probabilities)
-        del image
-        header = read_header(path)
-        export_labels(out_dir / name, labels, orientation, header)
-        if cfg.save_probabilities:
-            export_probabilities(out_dir / probability_name(name), probabilities, orientation, header)
-        voxel_ml = float(np.prod(spacing)) / 1000.0
-        tumor = labels == 2
-        rows.append(
-            {
-                "input": str(path),
-                "output": str(out_dir / name),
-                "liver_ml": float(np.count_nonzero(labels)) * voxel_ml,
-                "tumor_ml": float(np.count_nonzero(tumor)) * voxel_ml,
-                "lesions": count_lesions(tumor),
-            }
-        )
+        if not recorded:  # before this run's first label map: what makes them
+            recorded = bool(write_json(out_dir / RUN_RECORD, record))
+        rows[name] = _predict_one(network, read, post, infer, cfg.save_probabilities, path, out_dir / name)
+        write_csv(out_dir / CSV_NAME, [rows[n] for n in names if n in rows])  # what is finished, after each CT
 
     if not rows:
         _report_skipped(skipped, out_dir)
         raise LitsError(f"{cfg.input}: none of the {len(skipped)} inputs could be predicted; see the reasons above")
-    write_csv(out_dir / CSV_NAME, rows)
-    shown = [{**r, "input": Path(r["input"]).name, "output": Path(r["output"]).name} for r in rows]
-    print(format_table(shown, ["input", "output", "liver_ml", "tumor_ml", "lesions"]))
-    print(f"wrote {len(rows)} label maps (0 background, 1 liver, 2 tumour) and {CSV_NAME} to {out_dir}")
+    shown = [{**r, "input": Path(r["input"]).name, "output": Path(r["output"]).name} for r in rows.values()]
+    print(format_table(shown, list(CSV_COLUMNS)))
+    earlier = f" ({len(finished)} of them by an earlier run of the same model and settings)" if finished else ""
+    print(f"wrote {count(len(rows), 'label map')}{earlier} (0 background, 1 liver, 2 tumour) and {CSV_NAME} to "
+          f"{out_dir}")  # fmt: skip
     _report_skipped(skipped, out_dir)
-    return {"outputs": [r["output"] for r in rows], "rows": rows, "skipped": {str(k): v for k, v in skipped.items()}}
+    ordered = [rows[n] for n in names if n in rows]
+    return {"outputs": [r["output"] for r in ordered], "rows": ordered,
+            "skipped": {str(k): v for k, v in skipped.items()}}  # fmt: skip
+
+
+def _predict_one(network, read, post, infer: dict, save_probabilities: bool, path: Path, target: Path) -> dict:
+    """Segment one read CT, write its label map (and probabilities) to `target`: its predictions.csv row."""
+    image, native_yx, orientation, spacing = read
+    labels, probabilities = _segment(network, image, native_yx, spacing, post, infer, save_probabilities)
+    del image
+    header = read_header(path)
+    export_labels(target, labels, orientation, header)
+    if save_probabilities:
+        export_probabilities(target.with_name(probability_name(target.name)), probabilities, orientation, header)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    tumor = labels == 2
+    return csv_row(path, target, np.count_nonzero(labels) * voxel_ml, np.count_nonzero(tumor) * voxel_ml,
+                   count_lesions(tumor))  # fmt: skip
+
+
+def _model_file(cfg: PredictConfig) -> Path:
+    """The file that identifies the model: the checkpoint, or the model folder's inference.json (it holds model.onnx's
+    sha256). Refuses in one line when there is none."""
+    if cfg.model_dir is not None:
+        spec_file = Path(cfg.model_dir) / SPEC_FILE
+        if not spec_file.is_file():
+            read_model_folder(cfg.model_dir)  # raises its one-line refusal
+        return spec_file
+    from lits.infer.checkpoint import checkpoint_file  # torch: only for ckpt=
+
+    return checkpoint_file(cfg.ckpt)
 
 
 def _open_network(cfg: PredictConfig):
