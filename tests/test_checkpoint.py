@@ -106,11 +106,13 @@ def test_incompatible_network_is_refused_with_the_differences(tmp_path):
         "config": {
             "model": {"arch": "unet", "channels": [8, 16], "output_prior": [0.1, 0.01]},
             "data": {"context_slices": 0},
+            "optim": {"name": "adamw", "schedule": "cosine", "lr": 1e-3},
         }
     }
     same_net = {
         "model": {"arch": "unet", "channels": [8, 16], "output_prior": [0.2, 0.02]},
         "data": {"context_slices": 0},
+        "optim": {"name": "adamw", "schedule": "cosine", "lr": 3e-4},  # a new learning rate resumes
     }
     check_compatible(saved, same_net, "last.pt")  # the initial bias is not part of the network's shape
     with pytest.raises(
@@ -119,6 +121,12 @@ def test_incompatible_network_is_refused_with_the_differences(tmp_path):
         check_compatible(saved, {**same_net, "model": {**same_net["model"], "channels": [8, 32]}}, "last.pt")
     with pytest.raises(LitsError, match="context_slices: 0 -> 2"):
         check_compatible(saved, {**same_net, "data": {"context_slices": 2}}, "last.pt")
+    for key, value in (("name", "sgd"), ("schedule", "poly")):
+        other = {**same_net, "optim": {**same_net["optim"], key: value}}
+        with pytest.raises(
+            LitsError, match=rf"last.pt: trained with optim.{key}=\w+, resumed with optim.{key}={value}"
+        ):
+            check_compatible(saved, other, "last.pt")
 
 
 def draws(generator):
