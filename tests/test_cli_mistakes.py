@@ -45,3 +45,33 @@ def test_ctrl_c_while_the_task_loads_is_one_line_not_a_traceback(tmp_path):
     assert child.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-2000:]
     assert "stopped by SIGINT" in stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("script", "override", "expected"),
+    [
+        ("train.py", "trainer.max_epoch=3", "did you mean trainer.max_epochs?"),
+        ("train.py", "max_epochs=3", "did you mean trainer.max_epochs?"),
+        ("train.py", "data.crop=64", "did you mean data.crop_size?"),
+        ("evaluate.py", "postprocess.thresold=0.4", "did you mean postprocess.threshold?"),
+        ("train.py", "experiment=progresive", "experiment=progresive: no such experiment in configs/experiment/; "
+         "choose one of bce, dice, dice_ce, focal, generalized_dice, hybrid, log_dice, progressive "
+         "(did you mean progressive?)"),
+    ],
+)  # fmt: skip
+def test_a_misspelled_key_or_option_gets_the_right_one(tmp_path, script, override, expected):
+    line = one_line_error(run_cli(script, override, "ckpt=x" if script == "evaluate.py" else "debug=smoke",
+                                  cwd=tmp_path, timeout=120))  # fmt: skip
+    assert line.endswith(expected), line
+    assert "Config search path" not in line and "provider=" not in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_did_you_mean_looks_in_the_tasks_schema():
+    from lits.core.cli import did_you_mean, schema_keys
+
+    keys = schema_keys("train")
+    assert {"trainer.max_epochs", "data.crop_size", "data.sampling.per_lesion", "loss.schedule.kind"} <= set(keys)
+    assert did_you_mean("data.sampling.per_lesions", keys) == "data.sampling.per_lesion"
+    assert did_you_mean("completely_unrelated", keys) is None

@@ -386,6 +386,8 @@ def test_score_a_predictions_folder_from_the_command_line(tmp_path):
     printed = [line for line in result.stdout.splitlines() if not re.match(r"\d\d:\d\d:\d\d ", line)]  # not the log
     assert printed[0].startswith(f"predictions {tmp_path / 'preds'}, 3 cases, stage given: tumour Dice 0.667 ")
     assert all(f"({note})" in printed[0] for note in notes)
+    logged = (tmp_path / "out/evaluate.log").read_text().splitlines()  # what the console showed, then the log
+    assert logged[: len(printed)] == printed and any("[WARNING]" in line for line in logged[len(printed) :])
 
 
 def test_missing_predictions_skip_scores_only_the_files_present_and_says_so(tmp_path, capsys):

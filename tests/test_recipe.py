@@ -1,6 +1,7 @@
 """The training-recipe options: LR schedules, time budget, CT normalisation, deep supervision."""
 
 import json
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -94,6 +95,18 @@ def test_max_time_stops_training_with_a_validated_checkpoint(tmp_path):
     assert state["scheduler"]["planned_epochs"] == summary["epochs"] and state["train_seconds"] > 0
     norm = Normalization.from_dict(state["normalization"])
     assert norm.kind == "ct" and norm.clip[0] < norm.mean < norm.clip[1]
+
+
+@pytest.mark.slow
+def test_a_budget_shorter_than_an_epoch_says_where_it_stopped_and_warns(tmp_path):
+    """512 steps per epoch against a 1.2 s budget: it ends mid-epoch, and says so, and says the budget is too short."""
+    result = run_cli("train.py", *SMOKE, "trainer.max_time=0.02", "data.sampling.samples_per_epoch=2048",
+                     "trainer.progress=false", "hydra.run.dir=outputs/run", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert re.search(r"time budget reached at step \d+ of 512 of epoch 1: the epoch ends here", out), out[-3000:]
+    assert re.search(r"WARNING: trainer.max_time=0.02 fits only 0.\d epochs \(\d+ steps\) at this speed", out)
+    assert "give trainer.max_time=" in out and "of an epoch's steps without validation" in out
 
 
 # ---------------------------------------------------------------------------------------------- CT normalisation

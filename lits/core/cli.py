@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import difflib
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,19 +41,72 @@ _DETAIL_PREFIXES = (
 )  # the last: Hydra's hint for new keys, misleading for a typo
 
 
-def one_line(exc: BaseException) -> str:
-    """An exception and its cause as one line: their messages' lines joined, Hydra's bookkeeping lines dropped."""
+def one_line(exc: BaseException, task: str | None = None) -> str:
+    """An exception and its cause as one line: their messages' lines joined, Hydra's bookkeeping lines dropped; an
+    unknown config option lists the options, an unknown key names the closest one of `task`'s schema."""
+    text = "\n".join(str(err) for err in (exc, exc.__cause__) if err is not None)
+    missing_option = re.search(r"Could not find '([\w/]+)/([^']+)'", text)
+    if missing_option:
+        return _unknown_option(*missing_option.groups(), text)
     parts = []
-    for err in (exc, exc.__cause__):
-        if err is None:
-            continue
-        for line in str(err).splitlines():
-            line = line.strip()
-            if line and not line.startswith(_DETAIL_PREFIXES) and line not in parts:
-                parts.append(line.rstrip("."))
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(_DETAIL_PREFIXES) and line not in parts:
+            parts.append(line.rstrip("."))
     if any(" not in '" in part or "not in struct" in part for part in parts):
-        parts.append("check the name: --cfg job prints every key")
+        unknown = re.search(r"(?:Could not override|Could not append to config\. An item is already at|Key) '([\w.]+)'",
+                            text)  # fmt: skip
+        close = did_you_mean(unknown.group(1), schema_keys(task)) if unknown and task else None
+        parts.append(f"did you mean {close}?" if close else "check the name: --cfg job prints every key")
     return "; ".join(parts)
+
+
+def _unknown_option(group: str, option: str, text: str) -> str:
+    """'experiment=progresive: no such experiment; choose one of ... (did you mean progressive?)'."""
+    listed = text.partition(f"Available options in '{group}':")[2].partition("Config search path")[0]
+    options = [o.strip() for o in listed.split() if o.strip()]
+    close = difflib.get_close_matches(option, options, n=1)
+    return (
+        f"{group}={option}: no such {group.rsplit('/', 1)[-1]} in configs/{group}/; choose one of {', '.join(options)}"
+        + (f" (did you mean {close[0]}?)" if close else "")
+    )
+
+
+def schema_keys(task: str | None) -> list[str]:
+    """Every dotted key of a task's schema (train, evaluate, predict, export)."""
+    schema = TASK_SCHEMAS.get(f"{task}_schema")
+    if schema is None:
+        return []
+    keys: list[str] = []
+
+    def walk(node: type, prefix: str) -> None:
+        hints = typing.get_type_hints(node)
+        for f in dataclasses.fields(node):
+            keys.append(prefix + f.name)
+            kinds = [t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None)]
+            if len(kinds) == 1 and dataclasses.is_dataclass(kinds[0]):
+                walk(kinds[0], f"{prefix}{f.name}.")
+
+    walk(schema, "")
+    return keys
+
+
+def did_you_mean(key: str, keys: list[str]) -> str | None:
+    """The schema key closest to a mistyped one: by the whole dotted key, a key of the same section that begins with
+    it or that it begins with (data.crop -> data.crop_size), else by its last part (max_epochs ->
+    trainer.max_epochs)."""
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.8)
+    if close:
+        return close[0]
+    section, _, leaf = key.rpartition(".")
+    same_section = [k for k in keys if k.rpartition(".")[0] == section]
+    begins = [k for k in same_section if len(leaf) >= 3 and (k.rpartition(".")[2].startswith(leaf) or leaf.startswith(
+        k.rpartition(".")[2]))]  # fmt: skip
+    if 0 < len(begins) <= 3:
+        return " or ".join(begins)
+    leaves = {k.rsplit(".", 1)[-1]: k for k in reversed(keys)}
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(leaves), n=1, cutoff=0.8)
+    return leaves[close[0]] if close else None
 
 
 def prepare_hydra() -> None:
@@ -79,7 +136,7 @@ def prepare_hydra() -> None:
                         raise
                     print(f"error: {_unset_section_line(sys.argv[1:])}", file=sys.stderr)
                     sys.exit(2)
-                print(f"error: {one_line(exc)}", file=sys.stderr)
+                print(f"error: {one_line(exc, Path(sys.argv[0]).stem)}", file=sys.stderr)
                 sys.exit(2)
 
         return original(composition_errors_as_one_line)

@@ -126,6 +126,11 @@ def has_sentinel(rows: list[dict], keys) -> bool:
     return any(isinstance(row.get(k), (int, float)) and float(row[k]) == LARGE for row in rows for k in keys)
 
 
+def on_off(value):
+    """Booleans as a reader says them (on / off), anything else as it is."""
+    return {True: "on", False: "off"}[value] if isinstance(value, bool) else value
+
+
 def cases(n: int) -> str:
     return count(n, "case")
 
@@ -348,7 +353,7 @@ def markdown(result: dict, source, tables: dict[str, str], pictures: dict[str, s
     ]
     lines += [f"- `{name}`: {description}" for name, description in source.stages]
     if result["mode"] == "checkpoint":
-        post = ", ".join(f"{k}={v}" for k, v in result["postprocess"].items())
+        post = ", ".join(f"{k}={on_off(v)}" for k, v in result["postprocess"].items())
         lines += [
             "",
             f"Cumulative ablation: each stage adds one step to the one before. `post` = `postprocess.*`: {post}.",

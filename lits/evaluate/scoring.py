@@ -171,12 +171,26 @@ def score(cfg: EvaluateConfig, source: Source) -> dict:
 
 
 def print_results(result: dict, source: Source, summary: dict, rows: list[dict], out_dir: Path) -> None:
-    """The console: the headline first, then the cases and the stages in tables no wider than 120 characters."""
+    """The console: the headline first, then the cases and the stages in tables no wider than 120 characters; the
+    same text heads the run's evaluate.log."""
     stage_rows = [{"stage": name, **summary[name]} for name, _ in source.stages]
-    print(result["headline"])
-    print(text_table(rows, CONSOLE_CASE_COLUMNS))
-    print(text_table(stage_rows, CONSOLE_STAGE_COLUMNS))
+    lines = [result["headline"], text_table(rows, CONSOLE_CASE_COLUMNS), text_table(stage_rows, CONSOLE_STAGE_COLUMNS)]
     if has_sentinel(rows, [k for k, _ in CONSOLE_CASE_COLUMNS]):
-        print(NOT_AVAILABLE)
-    print(f"stages: {', '.join(n for n, _ in source.stages)} (report.md describes them); every metric: cases.csv")
-    print(f"wrote report.html, report.md, cases.csv, metrics.json and pictures to {out_dir}")
+        lines.append(NOT_AVAILABLE)
+    lines.append(
+        f"stages: {', '.join(n for n, _ in source.stages)} (report.md describes them); every metric: cases.csv"
+    )
+    lines.append(f"wrote report.html, report.md, cases.csv, metrics.json and pictures to {out_dir}")
+    text = "\n".join(lines)
+    print(text)
+    _head_the_log(text)
+
+
+def _head_the_log(text: str) -> None:
+    """Put `text` at the top of the run's log file (evaluate.log, Hydra's file handler), above the log records. In
+    place: the handler appends to the same open file afterwards."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.flush()
+            path = Path(handler.baseFilename)
+            path.write_text(f"{text}\n\nlog:\n{path.read_text()}")

@@ -8,16 +8,20 @@ this session (training, validation, checkpoints) times the epochs left.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 from pathlib import Path
 
 import torch
 
+from lits.core.tables import count
 from lits.evaluate.report import text_table
 
 WARMUP_STEPS = 2  # the first steps are slow (allocations, cuDNN autotuning, compilation): left out of the estimate
 ESTIMATE_STEPS = 20  # the throughput estimate covers this many steps after the warm-up (fewer if an epoch is shorter)
+MAX_LINE = 120  # characters of an epoch line
+MIN_BUDGET_EPOCHS = 3  # a time budget that fits fewer epochs is warned about (the first one or two only find the organ)
 # the closing table's validation columns: (history key without val/, heading)
 SUMMARY_COLUMNS = (
     ("liver_dice_post", "liver Dice"),
@@ -72,7 +76,7 @@ def opening_lines(run_dir: Path) -> list[str]:
 def plan_line(run) -> str:
     t, samples = run.cfg.trainer, run.steps_per_epoch * run.cfg.trainer.batch_size * run.ctx.world_size
     length = (
-        f"as many epochs as fit in {t.max_time:g} min" if t.max_time is not None else f"{run.budget.planned} epochs"
+        f"as many epochs as fit in {t.max_time:g} min" if t.max_time is not None else count(run.budget.planned, "epoch")
     )
     return (
         f"plan: {length}, each {samples} samples ({run.steps_per_epoch} steps of {t.batch_size}"
@@ -87,26 +91,47 @@ def estimate_line(run, rate: float, steps: int) -> str:
     epoch_s = samples / rate
     left = run.budget.planned - run.state.epoch
     if run.cfg.trainer.max_time is not None:
-        fit = int(run.cfg.trainer.max_time * 60 // epoch_s)
-        expected = f"the {run.cfg.trainer.max_time:g} min budget fits about {fit} epochs without validation"
+        fit = run.cfg.trainer.max_time * 60 / epoch_s
+        amount = count(int(fit), "epoch") if fit >= 1 else f"{fit * run.steps_per_epoch:.0f} of an epoch's steps"
+        expected = f"the {run.cfg.trainer.max_time:g} min budget fits about {amount} without validation"
     else:
-        expected = f"{left} epochs ~{duration(left * epoch_s)} of training"
+        expected = f"{count(left, 'epoch')} ~{duration(left * epoch_s)} of training"
     return (
         f"expected: {rate:.0f} samples/s over {steps} steps, {duration(epoch_s)} per epoch; {expected} "
         "plus validation (the epoch lines' ETA includes it)"
     )
 
 
+def budget_warning(run, rate: float) -> str | None:
+    """A warning when trainer.max_time fits less than MIN_BUDGET_EPOCHS epochs at `rate` samples/s: the LR and loss
+    schedules of trainer.max_epochs would be squeezed into a few hundred steps, too few to learn anything."""
+    t = run.cfg.trainer
+    if t.max_time is None:
+        return None
+    epoch_s = run.steps_per_epoch * t.batch_size * run.ctx.world_size / rate
+    fit = t.max_time * 60 / epoch_s
+    if fit >= MIN_BUDGET_EPOCHS:
+        return None
+    enough = math.ceil(MIN_BUDGET_EPOCHS * epoch_s / 60)
+    return (
+        f"trainer.max_time={t.max_time:g} fits only {fit:.1f} epochs ({fit * run.steps_per_epoch:.0f} steps) at this "
+        f"speed: the LR and loss schedules of trainer.max_epochs={t.max_epochs} are squeezed into them, too few to "
+        f"learn much; give trainer.max_time={enough} or more (about {MIN_BUDGET_EPOCHS} epochs)"
+    )
+
+
 def epoch_line(run, report, seconds: float, session_epochs: int) -> str:
     """One line per epoch (at most 120 characters): number, duration (training, validation, saving), ETA of the
-    run, loss and its parts (alpha is in the progress bar and progress.png), throughput, post-processed validation
-    Dice, best mark."""
+    run, loss with the schedule's alpha (the Dice weight: a loss that rises with alpha is the schedule, not
+    divergence) and its parts (dropped when the line would be too long), throughput, post-processed validation Dice,
+    best mark."""
     m, planned = report.metrics, run.budget.planned
     left = planned - report.epoch
     eta = run.elapsed_s() / max(1, session_epochs) * left
+    loss = f"loss {m['train/loss']:.3f} (α {m['train/alpha']:.2f}"
     parts = [
         f"epoch {report.epoch}/{planned} {duration(seconds)}" + (f" ETA {duration(eta)}" if left else ""),
-        f"loss {m['train/loss']:.3f} (bce {m['train/bce']:.3f} dice {m['train/dice']:.3f})",
+        f"{loss}: bce {m['train/bce']:.3f} dice {m['train/dice']:.3f})",
         f"{m.get('train/samples_per_s') or 0:.0f} samples/s",
     ]
     if m["train/bad_steps"]:
@@ -116,14 +141,18 @@ def epoch_line(run, report, seconds: float, session_epochs: int) -> str:
             f"val liver {m['val/liver_dice_post']:.3f} tumour {m['val/tumor_dice_post']:.3f}"
             + (" *best*" if report.improved else "")
         )
-    return " | ".join(parts)
+    line = " | ".join(parts)
+    if len(line) > MAX_LINE:
+        parts[1] = f"{loss})"
+        line = " | ".join(parts)
+    return line
 
 
 def summary_lines(run, summary: dict, history: list[dict]) -> list[str]:
     """The closing summary: time and throughput, best and last validated epochs, where best.pt is, what next."""
     rate = summary["samples_per_s"]
     lines = [
-        f"done: {summary['epochs']} epochs in {summary['minutes']:.1f} min"
+        f"done: {count(summary['epochs'], 'epoch')} in {summary['minutes']:.1f} min"
         + (f", {rate:.0f} samples/s while training" if rate else "")
     ]
     validated = [r for r in history if "val/tumor_dice_post" in r]

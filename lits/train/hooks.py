@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from lits.core.errors import LitsError
 from lits.core.files import atomic_path, write_atomic, write_bytes_atomic
+from lits.core.tables import count
 from lits.evaluate.curves import progress_png, read_history
 from lits.infer.checkpoint import save_checkpoint
 from lits.train import console, distributed
@@ -107,7 +108,9 @@ class ConsoleHook(Hook):
         t = run.cfg.trainer
         log.info(console.plan_line(run))
         if run.state.epoch >= run.budget.planned:
-            log.info("%s: all %d epochs are already trained; nothing to do", run.resumed_from, run.budget.planned)
+            log.info(
+                "%s: all %s are already trained; nothing to do", run.resumed_from, count(run.budget.planned, "epoch")
+            )
         if t.max_time is not None:
             log.info(
                 "time budget trainer.max_time=%g min: the run lasts as many epochs as fit (planned after each "
@@ -141,7 +144,14 @@ class ConsoleHook(Hook):
             self.clock = None  # once per session
             self.bar.clear()
             log.info(console.estimate_line(run, rate, steps))
+            warning = console.budget_warning(run, rate)
+            if warning:
+                log.warning("%s", warning)
             self.bar.refresh()
+        if result.out_of_time and not result.stop:
+            self.bar.clear()
+            log.info("time budget reached at step %d of %d of epoch %d: the epoch ends here; validation and "
+                     "checkpoints follow", run.state.batch, run.steps_per_epoch, run.state.epoch + 1)  # fmt: skip
         if result.stop or result.out_of_time or run.state.batch >= run.steps_per_epoch:
             self.bar.close()  # before validation draws its own bar
 

@@ -21,6 +21,7 @@ import torch
 
 from lits.core.config import OptimConfig, typed
 from lits.core.errors import LitsError
+from lits.core.tables import count
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class TimeBudget:
         if out_of_time:
             self.planned = epochs_done
         if abs(self.planned - before) >= max(1, before // 10):  # small corrections are routine
-            log.info("time budget: %d epochs planned (was %d)", self.planned, before)
+            log.info("time budget: %s planned (was %d)", count(self.planned, "epoch"), before)
 
     @property
     def enabled(self) -> bool:

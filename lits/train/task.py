@@ -33,11 +33,11 @@ def train(cfg) -> dict:
         lits_logger.setLevel(logging.WARNING)
     run = None
     try:
-        run = build_run(cfg, ctx, stop)
-        mark_started()  # a failure from here on keeps the run folder (lits.core.cli)
         if ctx.is_main:
             for line in opening_lines(Path(cfg.paths.output_dir)):
                 log.info(line)
+        run = build_run(cfg, ctx, stop)
+        mark_started()  # a failure from here on keeps the run folder (lits.core.cli)
         stop.deferred = True  # the loop stops politely after a step; setup and evaluate_after stop at once
         summary = fit(run)
         stop.deferred = False
