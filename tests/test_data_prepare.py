@@ -165,6 +165,19 @@ def test_on_error_skip_leaves_bad_cases_out_and_reports_them(tmp_path):
     assert sorted(cached) == ["2", "3", "4"] and len(problems) == 3
 
 
+def test_a_training_run_reads_its_test_splits_headers_at_start_up(tmp_path):
+    root = make_lits_tree(tmp_path / "LiTS", n=5)
+    test_ct = next(root.rglob("volume-3.nii*"))
+    test_ct.write_bytes(b"garbage" * 100)  # found only when scored, after training, unless read now
+    cfg = data_cfg(root, tmp_path / "cache", split={"val": [2], "test": [3]})
+    with pytest.raises(LitsError, match=r"volume-3.nii.* cannot read NIfTI .*\(case 3, checked at start-up\)"):
+        prepare(cfg, seed=0, only=("train", "val"), progress=False)
+    skip = data_cfg(root, tmp_path / "cache", on_error="skip", split={"val": [2], "test": [3, 4]})
+    splits, _ = prepare(skip, seed=0, only=("train", "val"), progress=False, report_dir=tmp_path / "run")
+    assert splits["test"] == ["4"]
+    assert [r["case"] for r in json.loads((tmp_path / "run" / SKIPPED_FILE).read_text())] == ["3"]
+
+
 def test_streaming_in_small_slabs_gives_the_same_arrays(tmp_path, monkeypatch):
     root = make_lits_tree(tmp_path / "LiTS", n=3)
     from lits.data.sources import find_lits

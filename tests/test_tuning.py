@@ -119,6 +119,24 @@ def test_tuning_on_the_test_split_is_refused(tmp_path):
         lits.evaluate.scoring.evaluate(evaluate_cfg(tmp_path, f"ckpt={ckpt}", "tune=true"))
 
 
+def test_an_unwritable_checkpoint_folder_is_refused_before_tuning(tmp_path, monkeypatch):
+    import tempfile
+
+    ckpt = make_checkpoint(tmp_path, write_phantom_tree(tmp_path / "lits"))
+    real_mkdtemp, calls = tempfile.mkdtemp, []
+
+    def read_only_checkpoints(*args, dir=None, **kwargs):  # the folder refuses writes (root ignores mode bits)
+        if dir is not None and str(dir) == str(ckpt.parent):
+            raise PermissionError(13, "Read-only file system")
+        return real_mkdtemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only_checkpoints)
+    monkeypatch.setattr(lits.evaluate.tuning, "predict_volume", lambda *a, **k: calls.append(1))
+    with pytest.raises(LitsError, match=r"checkpoints: cannot write the tuned checkpoint here \(Read-only file system"):
+        lits.evaluate.scoring.evaluate(evaluate_cfg(tmp_path, f"ckpt={ckpt}", "split=val", "tune=true"))
+    assert not calls  # refused before any case was predicted
+
+
 def test_evaluation_draws_the_lesion_detection_curve(tuned):
     from lits.evaluate.detection import CURVE_THRESHOLDS
 

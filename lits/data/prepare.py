@@ -19,10 +19,13 @@ import logging
 import os
 from pathlib import Path
 
+import nibabel as nib
+
 from lits.core.config import DataConfig, typed
 from lits.core.errors import LitsError
 from lits.core.files import atomic_path
 from lits.data.cache import CachedCase, cache_cases, key_folder
+from lits.data.nifti import header_problem
 from lits.data.preprocess import Preprocessing, liver_z_range
 from lits.data.sources import Problem, discover, natural_key
 from lits.data.splits import SPLITS, make_splits, split_cases  # noqa: F401  split_cases: public, used by tests
@@ -133,6 +136,9 @@ def prepare(
                 f"point data.root at the data the model was trained on"
             )
     wanted = [pairs[cid] for name in only for cid in splits[name] if cid in pairs]
+    if "train" in only:  # a training run scores its test split at the end (evaluate_after): read its headers now
+        later = [pairs[cid] for name in splits if name not in only for cid in splits[name] if cid in pairs]
+        problems += check_headers(later, data.on_error)
     cached, failed = cache_cases(
         wanted, data.cache_dir, prep, data.root, progress, _workers(data), data.on_error, data.lock_timeout_min
     )
@@ -147,6 +153,26 @@ def prepare(
     selected = {name: [cached[cid] for cid in splits[name]] for name in only}
     check_labels(selected, data.root)
     return splits, selected
+
+
+def check_headers(pairs: list, on_error: str) -> list[Problem]:
+    """The NIfTI headers of cases that are not cached now (a training run's test split, scored after training): each
+    image and label readable and a plausible 3D volume. on_error=fail: the first problem raises; skip: the problems."""
+    problems = []
+    for pair in pairs:
+        for path in (pair.image, pair.label):
+            if path is None:
+                continue
+            try:
+                problem = header_problem(path, nib.load(str(path)).header)
+            except Exception as exc:  # nibabel raises many types for unreadable files
+                problem = f"{path}: cannot read NIfTI ({type(exc).__name__}); re-download or re-export the file"
+            if problem and on_error == "fail":
+                raise LitsError(f"{problem} (case {pair.case_id}, checked at start-up); or set data.on_error=skip")
+            if problem:
+                problems.append(Problem(pair.case_id, str(path), problem))
+                break
+    return problems
 
 
 def _warn_intensities(cases) -> None:

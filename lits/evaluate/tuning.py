@@ -23,6 +23,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -30,6 +31,7 @@ from tqdm import tqdm
 from lits.core.config import EvaluateConfig, PostprocessConfig
 from lits.core.device import resolve_device
 from lits.core.errors import LitsError
+from lits.core.files import check_writable_folder
 from lits.data.prepare import prepare
 from lits.evaluate.calibration import calibrate, fit_temperature, region_sample, reliability
 from lits.evaluate.metrics import aggregate, case_metrics
@@ -243,6 +245,9 @@ def tune(cfg: EvaluateConfig) -> dict:
             f"tune=true with split={cfg.split}: choosing on the test split would leak into the reported "
             "numbers; tune on split=val"
         )
+    # tuning writes into the checkpoint: a folder it cannot write is refused before minutes of tuning, not after
+    check_writable_folder(Path(cfg.ckpt).parent, "tuned checkpoint", "copy the checkpoint to a writable folder and "
+                          "tune the copy")  # fmt: skip
     device = resolve_device(cfg.device, key="device")
     model, spec, state = load_model(cfg.ckpt, device)
     if "val" not in state["splits"] or not state["splits"]["val"]:
