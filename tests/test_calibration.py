@@ -63,3 +63,12 @@ def test_reliability_diagram_is_a_png():
     p, y = overconfident(n=5000)
     png = reliability_png({"raw": reliability(p, y), "calibrated": reliability(calibrate(p, 2.5), y)}, "tumour")
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_reliability_points_carry_their_voxel_counts():
+    from lits.evaluate.calibration import _compact
+
+    assert [_compact(n) for n in (950, 12_345, 3_400_000)] == ["950", "12k", "3.4M"]
+    probs, labels = overconfident(20_000)
+    png = reliability_png({"tumour": reliability(probs, labels)}, "test")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"

@@ -57,3 +57,12 @@ def test_the_curve_is_a_png():
     probs, label = case()
     png = curve_png(curve([case_curve(probs, label, POST, (1.0, 1.0, 1.0))]), 0.5, "test")
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_thresholds_at_one_point_share_one_label():
+    """Several thresholds at the origin (nothing found, nothing false) are one label '0.5-0.9', not a pile."""
+    from lits.evaluate.detection import _same_point_thresholds
+
+    points = [{"threshold": t} for t in (0.1, 0.3, 0.5, 0.7, 0.9)]
+    groups = _same_point_thresholds(points, [2.0, 1.0, 0.0, 0.0, 0.0], [1.0, 0.5, 0.0, 0.0, 0.0])
+    assert groups == {(2.0, 1.0): [0.1], (1.0, 0.5): [0.3], (0.0, 0.0): [0.5, 0.7, 0.9]}

@@ -34,7 +34,8 @@ from lits.core.errors import LitsError
 
 SPACING_ML = 0.8 * 0.7 * 2.5 / 1000
 CORE_VOXELS, TUMOR_VOXELS = 6 * 6 * 3, 8 * 8 * 3
-STAGES = ["raw", "largest_liver", "fill_holes", "tumor_in_liver", "min_tumor", "hysteresis", "post"]
+# the default pipeline as applied (post = + min_tumor), then the candidates it leaves off
+STAGES = ["raw", "largest_liver", "tumor_in_liver", "post", "post+fill_holes", "post+hysteresis"]
 
 
 # --------------------------------------------------------------------------------------- checkpoint mode
@@ -77,19 +78,19 @@ def test_ablation_rows_show_what_each_step_buys(evaluated):
     assert int(by["raw", "0"]["liver_pred_voxels"]) == 20 * 22 * 8 + spleen + outside
     # + largest liver component: the spleen goes
     assert int(by["largest_liver", "0"]["liver_pred_voxels"]) == 20 * 22 * 8 + outside
-    assert by["fill_holes", "0"] | {"stage": ""} == by["largest_liver", "0"] | {"stage": ""}  # no holes here
     # + tumour in liver: the protrusion is cut back to the 2-voxel dilation
     assert int(by["tumor_in_liver", "0"]["tumor_pred_voxels"]) == CORE_VOXELS + small + 2 * 4 * 4
-    # + small components: the 8-voxel blob and the 32-voxel stub go; the rim is still missing
-    assert int(by["min_tumor", "0"]["tumor_pred_voxels"]) == CORE_VOXELS
-    assert float(by["min_tumor", "0"]["tumor_dice"]) == pytest.approx(2 * CORE_VOXELS / (CORE_VOXELS + TUMOR_VOXELS))
-    assert float(by["min_tumor", "1"]["tumor_dice"]) == 1.0 and float(by["raw", "1"]["tumor_dice"]) == 0.0
-    # + hysteresis: the low-confidence rim joins its confident core
-    assert float(by["hysteresis", "0"]["tumor_dice"]) == 1.0 and float(by["hysteresis", "0"]["liver_dice"]) == 1.0
-    # aggregates follow, and 'post' is the configured default pipeline (= the min_tumor step)
+    # post (+ small components): the 8-voxel blob and the 32-voxel stub go; the rim is still missing
+    assert int(by["post", "0"]["tumor_pred_voxels"]) == CORE_VOXELS
+    assert float(by["post", "0"]["tumor_dice"]) == pytest.approx(2 * CORE_VOXELS / (CORE_VOXELS + TUMOR_VOXELS))
+    assert float(by["post", "1"]["tumor_dice"]) == 1.0 and float(by["raw", "1"]["tumor_dice"]) == 0.0
+    # candidates: hole filling changes nothing here; hysteresis lets the low-confidence rim join its confident core
+    assert by["post+fill_holes", "0"] | {"stage": ""} == by["post", "0"] | {"stage": ""}  # no holes here
+    assert float(by["post+hysteresis", "0"]["tumor_dice"]) == 1.0
+    assert float(by["post+hysteresis", "0"]["liver_dice"]) == 1.0
+    # aggregates follow; post scores at least what the applied steps before it do
     assert metrics["raw"]["liver_dice_per_case"] < metrics["largest_liver"]["liver_dice_per_case"] < 1.0
-    assert metrics["hysteresis"]["tumor_dice_per_case"] == 1.0
-    assert metrics["post"] == metrics["min_tumor"]
+    assert metrics["post+hysteresis"]["tumor_dice_per_case"] == 1.0
     assert metrics["raw"]["tumor_lesion_precision_iou50"] < metrics["post"]["tumor_lesion_precision_iou50"] == 1.0
     assert float(by["post", "0"]["tumor_volume_ref_ml"]) == pytest.approx(TUMOR_VOXELS * SPACING_ML)
 
@@ -107,6 +108,15 @@ def test_report_files_name_every_case_and_stage(evaluated):
     for case in "012":
         png = out / "montages" / f"case-{case}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"(montages/case-{case}.png)" in md
+    # montages worst first: by wrong tumour voxels of the main stage, the tumour-free perfect case last
+    wrong = {r["case"]: int(r["tumor_pred_voxels"]) + int(r["tumor_ref_voxels"]) - 2 * int(r["tumor_intersection"])
+             for r in rows if r["stage"] == "post"}  # fmt: skip
+    order = metrics["montage_order"]
+    assert [wrong[c] for c in order] == sorted(wrong.values(), reverse=True)
+    assert [md.index(f"(montages/case-{c}.png)") for c in order] == sorted(md.index(f"(montages/case-{c}.png)")
+                                                                           for c in order)  # fmt: skip
+    html = (out / "report.html").read_text()
+    assert '<div class="scroll"><table id="case-table"' in html  # scrolls sideways in a narrow window
     assert (out / "tumor_dice_vs_volume.png").read_bytes()[:4] == b"\x89PNG"
     assert "## Lesion finding" in md and "| < 10 mm" in md and "(detection_curve.png)" in md
     assert (out / "detection_curve.png").read_bytes()[:4] == b"\x89PNG"
@@ -480,8 +490,8 @@ def test_mode_errors(tmp_path, overrides, message):
 
 
 def test_each_distinct_label_map_is_scored_once(tmp_path, monkeypatch):
-    # 'fill_holes' leaves the labels of 'largest_liver' as they were and 'post' equals 'min_tumor' on these phantoms:
-    # their rows are copies, not recomputations, and still equal a fresh scoring
+    # 'post+fill_holes' leaves the labels of 'post' as they were on these phantoms: its rows are copies, not
+    # recomputations, and still equal a fresh scoring
     from lits.evaluate.metrics import case_metrics
 
     ckpt = make_checkpoint(tmp_path, write_phantom_tree(tmp_path / "lits", cases=(0,)), test_ids=("0",))
@@ -495,7 +505,6 @@ def test_each_distinct_label_map_is_scored_once(tmp_path, monkeypatch):
     monkeypatch.setattr(lits.evaluate.scoring, "case_metrics", counting)
     lits.evaluate.scoring.evaluate(evaluate_cfg(tmp_path, f"ckpt={ckpt}", "report.montages=false"))
     rows = {r["stage"]: r for r in read_csv_rows(tmp_path / "eval/ablation_cases.csv")}
-    assert list(rows) == STAGES and len(scored) == 5  # 7 stages, 5 different label maps
+    assert list(rows) == STAGES and len(scored) == 5  # 6 stages, 5 different label maps
     assert not any(np.array_equal(a, b) for i, a in enumerate(scored) for b in scored[:i])
-    assert rows["fill_holes"] | {"stage": ""} == rows["largest_liver"] | {"stage": ""}
-    assert rows["post"] | {"stage": ""} == rows["min_tumor"] | {"stage": ""}
+    assert rows["post+fill_holes"] | {"stage": ""} == rows["post"] | {"stage": ""}

@@ -88,9 +88,19 @@ def reliability(p: np.ndarray, y: np.ndarray, bins: int = BINS) -> Reliability:
     return Reliability(confidence, frequency, count, ece)
 
 
+def _compact(n: float) -> str:
+    """A voxel count in a few characters: 950, 12k, 3.4M."""
+    n = float(n)
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= limit:
+            return f"{n / limit:.2g}{suffix}"
+    return f"{n:.0f}"
+
+
 def reliability_png(curves: dict[str, Reliability], title: str) -> bytes:
     """PNG: reliability diagram (observed frequency against predicted probability) of each named curve, with the
-    diagonal of perfect calibration and the ECE in the legend."""
+    diagonal of perfect calibration, the ECE in the legend and each bin's voxel count at its point (the ECE weighs
+    bins by those counts: a far-off point with few voxels barely moves it)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5.2, 4.6), dpi=100)
@@ -98,13 +108,16 @@ def reliability_png(curves: dict[str, Reliability], title: str) -> bytes:
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfectly calibrated")
     for name, curve in curves.items():
         used = curve.count > 0
-        ax.plot(
+        (line,) = ax.plot(
             curve.confidence[used],
             curve.frequency[used],
             marker="o",
             markersize=4,
-            label=f"{name} (ECE {curve.ece:.3f})",
+            label=f"{name} (ECE {curve.ece:.3f}, voxel-weighted)",
         )
+        for xi, yi, n in zip(curve.confidence[used], curve.frequency[used], curve.count[used]):
+            ax.annotate(_compact(n), (xi, yi), fontsize=6, color=line.get_color(), xytext=(3, -8),
+                        textcoords="offset points")  # fmt: skip
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("predicted probability")

@@ -70,6 +70,15 @@ def curve(per_case: list[list[dict]]) -> list[dict]:
     return points
 
 
+def _same_point_thresholds(points: list[dict], x: list, y: list) -> dict[tuple, list[float]]:
+    """{(x, y): the thresholds at that point}: thresholds that give the same recall and false positives share one
+    label (e.g. '0.1-0.5' at the origin), instead of being written on top of each other."""
+    groups: dict[tuple, list[float]] = {}
+    for p, xi, yi in zip(points, x, y):
+        groups.setdefault((round(float(xi), 6), round(float(yi), 6)), []).append(float(p["threshold"]))
+    return groups
+
+
 def curve_png(points: list[dict], operating: float, title: str) -> bytes:
     """PNG: lesion recall against false positives per case (both IoU rules), thresholds written at the points,
     the configured operating threshold circled."""
@@ -82,8 +91,10 @@ def curve_png(points: list[dict], operating: float, title: str) -> bytes:
         y = [p[f"recall_{t}"] for p in points]
         ax.plot(x, y, style, markersize=4, label=f"IoU > {DETECTION_THRESHOLDS[t]:g}")
         if t == "iou50":
+            for (xi, yi), thresholds in _same_point_thresholds(points, x, y).items():  # one label per point
+                shown = f"{min(thresholds):g}" if len(thresholds) == 1 else f"{min(thresholds):g}-{max(thresholds):g}"
+                ax.annotate(shown, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
             for p, xi, yi in zip(points, x, y):
-                ax.annotate(f"{p['threshold']:g}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
                 if abs(p["threshold"] - operating) < 1e-9:
                     ax.plot(
                         [xi],
@@ -97,6 +108,7 @@ def curve_png(points: list[dict], operating: float, title: str) -> bytes:
     ax.set_xlabel("false positive lesions per case")
     ax.set_ylabel("lesion recall")
     ax.set_ylim(-0.02, 1.02)
+    ax.set_xlim(left=0)  # false positives are never negative
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")

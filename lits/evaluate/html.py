@@ -65,6 +65,7 @@ table.sortable th[aria-sort=ascending]::after{content:" \\25B2"}
 table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
 tbody tr:nth-child(even){background:#fbfbfb} td.na{color:#999}
 img{max-width:100%} figure{margin:1em 0} figcaption{color:#555;font-size:.9em}
+.scroll{overflow-x:auto;max-width:100%}
 .note{background:#fff6d6;border-left:4px solid #e0b000;padding:.4em .8em;margin:.4em 0}
 """
 # Sorts a table.sortable by a clicked heading (numbers by value, n/a and empty cells last); #sort=key:dir on load.
@@ -122,8 +123,9 @@ def _table(rows: list[dict], columns: list[tuple[str, str]], table_id: str, link
             klass = ' class="na"' if shown == "n/a" else ""
             cells.append(f'<td data-value="{_e(_sort_value(row.get(key)))}"{klass}>{content}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return (
-        f'<table id="{table_id}" class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return (  # in a box that scrolls sideways on narrow windows instead of running off the page
+        f'<div class="scroll"><table id="{table_id}" class="sortable"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
     )
 
 
@@ -163,7 +165,7 @@ def report_html(result: dict, source, summary: dict, rows: list[dict], out_dir: 
         for k, label in TILES
         if k in main
     )
-    montages = {c.case_id: f"montages/case-{c.case_id}.png" for c in source.cases}
+    montages = {cid: f"montages/case-{cid}.png" for cid in result["montage_order"]}  # worst first
     montages = {cid: name for cid, name in montages.items() if (out_dir / name).is_file()}
 
     def case_link(row) -> str:
@@ -197,7 +199,8 @@ def report_html(result: dict, source, summary: dict, rows: list[dict], out_dir: 
         '<h2 id="plots">Tumour Dice against tumour volume</h2>',
         f'<figure><img alt="tumour Dice vs volume" src="{data_uri(dice_png)}"></figure>' if dice_png else "<p>-</p>",
         '<h2 id="montages">Slices with the largest tumour error</h2>',
-        "<p>Each row: the CT (HU window and orientation marked; radiological view), the errors (tumour: yellow "
+        "<p>Cases with the most wrong tumour voxels first. Each row: "
+        "the CT (HU window and orientation marked; radiological view), the errors (tumour: yellow "
         "correct, cyan missed, red extra; liver: green tint correct, violet missed, orange extra) and the tumour "
         "probability with the reference tumour outlined.</p>",
     ]

@@ -126,6 +126,16 @@ def has_sentinel(rows: list[dict], keys) -> bool:
     return any(isinstance(row.get(k), (int, float)) and float(row[k]) == LARGE for row in rows for k in keys)
 
 
+def worst_first(rows: list[dict]) -> list[str]:
+    """Case ids by tumour error (false positive + false negative tumour voxels), then liver error, the largest first:
+    the order of the montages ("slices with the largest tumour error")."""
+
+    def errors(row: dict, s: str) -> int:
+        return int(row[f"{s}_pred_voxels"]) + int(row[f"{s}_ref_voxels"]) - 2 * int(row[f"{s}_intersection"])
+
+    return [str(r["case"]) for r in sorted(rows, key=lambda r: (-errors(r, "tumor"), -errors(r, "liver")))]
+
+
 def on_off(value):
     """Booleans as a reader says them (on / off), anything else as it is."""
     return {True: "on", False: "off"}[value] if isinstance(value, bool) else value
@@ -356,7 +366,9 @@ def markdown(result: dict, source, tables: dict[str, str], pictures: dict[str, s
         post = ", ".join(f"{k}={on_off(v)}" for k, v in result["postprocess"].items())
         lines += [
             "",
-            f"Cumulative ablation: each stage adds one step to the one before. `post` = `postprocess.*`: {post}.",
+            "The pipeline as applied: each stage adds the next step the configuration switches on, `post` (all of "
+            f"them) last; `post+<step>` rows are candidates, `post` with one step it leaves off. `postprocess.*`: "
+            f"{post}.",
         ]
     lines += ["", "## Aggregates per stage", "", tables["stages"], "", f"## Cases (stage `{source.main}`)", ""]
     lines += [
@@ -382,11 +394,12 @@ def markdown(result: dict, source, tables: dict[str, str], pictures: dict[str, s
         lines += [
             "## Slices with the largest tumour error",
             "",
-            "Each row: the CT (HU window and orientation marked; radiological view, the patient's right on the left), "
+            "Cases with the most wrong tumour voxels first. Each row: "
+            "the CT (HU window and orientation marked; radiological view, the patient's right on the left), "
             "the errors (tumour: yellow correct, cyan missed, red extra; liver: green tint correct, violet missed, "
             "orange extra) and the tumour probability with the reference tumour outlined.",
             "",
         ]
-        lines += [f"![case {c.case_id}](montages/case-{c.case_id}.png)" for c in source.cases]
+        lines += [f"![case {cid}](montages/case-{cid}.png)" for cid in result["montage_order"]]
         lines.append("")
     return "\n".join(lines)

@@ -3,9 +3,9 @@
 Two sources of predictions, one scoring and reporting path:
 
 * checkpoint mode, ``evaluate.py ckpt=PATH [split=test]``: rebuild model + preprocessing + split from the
-  checkpoint alone, predict (optionally with flip TTA), and score every post-processing stage: the cumulative
-  ablation (raw, + largest liver component, + hole filling, + tumour in liver, + small-tumour removal,
-  + hysteresis; ``lits.infer.postprocess.ablation_stages``) and ``post``, the configured pipeline (``postprocess.*``).
+  checkpoint alone, predict (optionally with flip TTA), and score every post-processing stage: the pipeline as
+  applied (raw, then each step ``postprocess.*`` switches on, in order), ``post`` (the configured pipeline) last,
+  then the candidates ``post+<step>``: post with one step it leaves off (``lits.infer.postprocess.pipeline_stages``).
   With ``tta=true`` also ``post_no_tta``: the configured pipeline on the identity view alone.
 * predictions mode, ``evaluate.py predictions=DIR data=lits data.root=DIR``: score a folder of
   ``segmentation-N.nii[.gz]`` / ``test-segmentation-N.nii[.gz]`` from any tool against the references, as given
@@ -49,6 +49,7 @@ from lits.evaluate.report import (
     text_table,
     training_picture,
     tumor_free,
+    worst_first,
 )
 from lits.evaluate.sources import Source, open_source
 from lits.evaluate.tuning import tune, write_tuning_files
@@ -64,7 +65,7 @@ def evaluate(cfg) -> dict:
     """The evaluate task (evaluate.py): a composed evaluate config or EvaluateConfig in, the run folder's reports out;
     returns what metrics.json holds."""
     cfg = typed(EvaluateConfig, cfg)
-    if cfg.ckpt is not None:  # a run folder means its best.pt: the reports name the file
+    if cfg.ckpt is not None and cfg.predictions is None and cfg.data is None:  # a run folder means its best.pt
         cfg = dataclasses.replace(cfg, ckpt=str(checkpoint_file(cfg.ckpt)))
     if cfg.tune:  # before the source is opened: it then reads the tuned checkpoint
         write_tuning_files(Path(cfg.paths.output_dir), tune(cfg))
@@ -135,6 +136,7 @@ def score(cfg: EvaluateConfig, source: Source) -> dict:
         "stages": [{"name": n, "description": d} for n, d in source.stages],
         "postprocess": dataclasses.asdict(source.postprocess) if source.postprocess else None,
         "tumor_free": tumor_free(rows[source.main]),
+        "montage_order": worst_first(rows[source.main]),
         **summary,
     }
     result["headline"] = headline(result, main)

@@ -23,7 +23,7 @@ from lits.evaluate.curves import read_history
 from lits.evaluate.report import tensorboard_dir
 from lits.infer.checkpoint import checkpoint_epoch, load_model, tuned_tta
 from lits.infer.export import SEGMENTATION_NAME, is_nifti
-from lits.infer.postprocess import ablation_stages, postprocess
+from lits.infer.postprocess import pipeline_stages, postprocess
 from lits.infer.predictor import predict_volume
 from lits.infer.spec import data_from_checkpoint, warn_about_tta
 
@@ -84,18 +84,26 @@ def open_source(cfg: EvaluateConfig) -> Source:
     return _checkpoint_source(cfg)
 
 
-def _stages(post: PostprocessConfig, ablation: bool, tta: bool) -> tuple[list, list[tuple[str, str]]]:
-    """(cumulative ablation steps, every stage's (name, description)) of checkpoint mode."""
-    steps = ablation_stages(post) if ablation else ablation_stages(post)[:1]
-    stages = [(name, description) for name, description, _ in steps]
-    stages.append(("post", "configured post-processing" + (" (flip TTA)" if tta else "")))
+def _stages(post: PostprocessConfig, ablation: bool, tta: bool) -> tuple[list, list, list[tuple[str, str]]]:
+    """(applied steps before post, candidate steps after it, every stage's (name, description) in report order) of
+    checkpoint mode: the pipeline as applied with post last (its last step is post itself), then the candidates."""
+    applied, candidates = pipeline_stages(post)
+    before = applied[:-1] if ablation and len(applied) > 1 else applied[:1]
+    after = candidates if ablation else []
+    stages = [(name, description) for name, description, _ in before]
+    applied_names = " -> ".join(name for name, _, _ in applied[1:]) or "threshold only"
+    stages.append(("post", f"configured post-processing ({applied_names})" + (", flip TTA" if tta else "")))
     if tta:
         stages.append(("post_no_tta", "configured post-processing, identity view only"))
-    return steps, stages
+    stages += [(name, description) for name, description, _ in after]
+    return before, after, stages
 
 
-def _checkpoint_predictor(model: torch.nn.Module, infer: dict, steps: list, post: PostprocessConfig, views: tuple):
-    """`views`: the identity, then the trained flips that test-time augmentation averages (none: no TTA)."""
+def _checkpoint_predictor(model: torch.nn.Module, infer: dict, steps: tuple[list, list], post: PostprocessConfig,
+                          views: tuple):  # fmt: skip
+    """`steps`: (applied stages before post, candidates after it); `views`: the identity, then the trained flips that
+    test-time augmentation averages (none: no TTA)."""
+    before, candidates = steps
     tta = len(views) > 1
 
     def predict(case) -> Prediction:
@@ -107,12 +115,15 @@ def _checkpoint_predictor(model: torch.nn.Module, infer: dict, steps: list, post
             probs *= (len(views) - 1) / len(views)
             probs += plain / len(views)
         spacing = case.native_spacing
-        image = case.to_native(np.asarray(case.image, np.float32), order=1) if any(c.crf for *_, c in steps) else None
-        for name, _, stage_cfg in steps:
+        crf = post.crf or any(c.crf for *_, c in before)
+        image = case.to_native(np.asarray(case.image, np.float32), order=1) if crf else None
+        for name, _, stage_cfg in before:
             yield name, postprocess(probs[0], probs[1], stage_cfg, spacing, image), None
         yield "post", postprocess(probs[0], probs[1], post, spacing, image), probs
         if tta:
             yield "post_no_tta", postprocess(plain[0], plain[1], post, spacing, image), None
+        for name, _, stage_cfg in candidates:
+            yield name, postprocess(probs[0], probs[1], stage_cfg, spacing, image), None
 
     return predict
 
@@ -135,7 +146,7 @@ def _checkpoint_source(cfg: EvaluateConfig) -> Source:
         data, 0, splits=state["splits"], only=(cfg.split,), progress=cfg.progress, report_dir=cfg.paths.output_dir
     )  # (data.on_error=skip lists left-out cases there)
     post = spec.postprocess.with_overrides(cfg.postprocess)
-    steps, stages = _stages(post, cfg.ablation, tta)
+    before, after, stages = _stages(post, cfg.ablation, tta)
     infer = dict(device=device, batch_size=cfg.batch_size, amp=cfg.amp, **spec.predictor_settings())
     tb_dir = tensorboard_dir(cfg.tensorboard_dir, Path(cfg.ckpt).resolve().parent.parent / "tensorboard", cfg.split)
     paths = {p.case_id: p.image for p in discover(data)[0]} if cfg.save_predictions else {}
@@ -148,7 +159,7 @@ def _checkpoint_source(cfg: EvaluateConfig) -> Source:
         "tta": tta,  # averaged views: tta=true and a network trained with mirroring
         "tta_flips": [list(f) for f in spec.views(tta)[1:]],
     }
-    predict = _checkpoint_predictor(model, infer, steps, post, spec.views(tta))
+    predict = _checkpoint_predictor(model, infer, (before, after), post, spec.views(tta))
     source = Source(cases[cfg.split], stages, "post", predict, info, paths, (tb_dir, epoch) if tb_dir else None, post)
     source.training, source.window = training_record(cfg.ckpt, state), spec.window
     return source

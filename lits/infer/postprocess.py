@@ -187,6 +187,40 @@ def ablation_stages(
     return stages
 
 
+def _switched_on(config: PostprocessConfig, switch: str, limits_from: PostprocessConfig) -> PostprocessConfig:
+    """`config` with one ablation step on; the size filter takes `limits_from`'s limits, or the class default."""
+    if switch != "size_filter":
+        return dataclasses.replace(config, **{switch: True})
+    limits = {"min_tumor_voxels": limits_from.min_tumor_voxels, "min_tumor_mm3": limits_from.min_tumor_mm3}
+    if not limits_from.removes_small_tumors:
+        limits["min_tumor_voxels"] = PostprocessConfig.min_tumor_voxels
+    return dataclasses.replace(config, **limits)
+
+
+def pipeline_stages(cfg: PostprocessConfig | Mapping[str, Any]) -> tuple[list, list]:
+    """(applied, candidates) as [(name, description, config)] for evaluate's stage table.
+
+    applied: 'raw' (threshold only), then each step `cfg` switches on, cumulatively, in the order `postprocess`
+    applies them; the last one is `cfg` itself (evaluate shows it as 'post'). candidates: `cfg` plus one step it leaves
+    off ('post+<step>'; the size filter at its default limit), each apart: what switching it on would change.
+    """
+    cfg = PostprocessConfig.from_mapping(cfg)
+    current = dataclasses.replace(cfg, largest_liver_component=False, fill_liver_holes=False, tumor_in_liver=False,
+                                  min_tumor_voxels=0, min_tumor_mm3=0.0, hysteresis=False, crf=False)  # fmt: skip
+    applied, candidates = [("raw", "threshold only", current)], []
+    for name, description, switch in _ABLATION_STEPS:
+        on = cfg.removes_small_tumors if switch == "size_filter" else getattr(cfg, switch)
+        if on:
+            current = _switched_on(current, switch, cfg)
+            applied.append((name, description, current))
+        else:
+            candidates.append((f"post+{name}", f"candidate, not applied: post {description}",
+                               _switched_on(cfg, switch, cfg)))  # fmt: skip
+    if cfg.crf:
+        applied.append(("crf", "+ dense-CRF refinement", dataclasses.replace(current, crf=True)))
+    return applied, candidates
+
+
 # ----------------------------------------------------------------------------------------------- helpers
 
 
