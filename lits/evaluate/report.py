@@ -87,14 +87,16 @@ CONSOLE_STAGE_COLUMNS = [
     ("tumor_lesion_recall_iou50", "lesion recall"),
     ("tumor_lesion_precision_iou50", "lesion precision"),
 ]
-# the headline scalars evaluate.py logs to TensorBoard: (summary key, tag name as training's val/* tags name it)
+# The headline scalars evaluate.py logs to TensorBoard: (summary key, the tag training's validation logs the same
+# metric of the post-processed stage under), so that a test or validation evaluation (a sibling run in TensorBoard,
+# tensorboard/evaluate/<split>) draws its point on the validation curves.
 TENSORBOARD_SCALARS = [
-    ("tumor_dice_per_case", "tumor_dice"),
-    ("tumor_dice_global", "tumor_dice_global"),
-    ("liver_dice_per_case", "liver_dice"),
-    ("liver_dice_global", "liver_dice_global"),
-    ("tumor_lesion_recall_iou50", "lesion_recall_iou50"),
-    ("tumor_lesion_precision_iou50", "lesion_precision_iou50"),
+    ("tumor_dice_per_case", "val/tumor_dice_post"),
+    ("tumor_dice_global", "val/tumor_dice_global_post"),
+    ("liver_dice_per_case", "val/liver_dice_post"),
+    ("liver_dice_global", "val/liver_dice_global_post"),  # validation leaves it out; evaluate's own
+    ("tumor_lesion_recall_iou50", "val/lesion_recall_iou50"),
+    ("tumor_lesion_precision_iou50", "val/lesion_precision_iou50"),
 ]
 NOT_AVAILABLE = (
     "n/a: no surface distance or burden where the reference or the prediction is empty "
@@ -247,19 +249,19 @@ def tensorboard_dir(setting, default_root: Path | None, split: str) -> Path | No
 
 
 def log_tensorboard(log_dir: Path, step: int, main: dict, stage: str, tables: dict[str, str], split: str) -> None:
-    """The main stage's headline scalars at the checkpoint's epoch (tags z_<split>/<metric>_<stage>) and the tables
-    as text; everything else is in metrics.json. TensorBoard orders tag groups by name and opens the first two:
-    the z_ keeps the training run's train/ and val/ first."""
+    """The main stage's headline scalars at the checkpoint's epoch, under the tags of training's validation curves
+    (TENSORBOARD_SCALARS; `log_dir` is a run of its own, evaluate/<split>, so TensorBoard overlays the two), and the
+    tables as text (<split>/stages, <split>/cases); everything else is in metrics.json. `stage`: the main stage's name
+    (post, or given for a predictions folder), which the tags leave out."""
     from torch.utils.tensorboard import SummaryWriter
 
-    suffix = "" if stage == "given" else f"_{stage}"
     with SummaryWriter(str(log_dir)) as writer:
-        for key, name in TENSORBOARD_SCALARS:
+        for key, tag in TENSORBOARD_SCALARS:
             value = main.get(key)
             if value is not None and math.isfinite(value):
-                writer.add_scalar(f"z_{split}/{name}{suffix}", value, step)
+                writer.add_scalar(tag, value, step)
         for name, table in tables.items():
-            writer.add_text(f"z_{split}/{name}", table, step)
+            writer.add_text(f"{split}/{name}", table, step)
     log.info("headline metrics logged to TensorBoard in %s (step = epoch %d)", log_dir, step)
 
 
