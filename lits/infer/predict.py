@@ -158,9 +158,9 @@ def predict(cfg) -> dict:
         read = _read(path, spec, cfg.on_error, skipped)
         if read is None:
             continue
-        if not recorded:  # before this run's first label map: what makes them
-            recorded = bool(write_json(out_dir / RUN_RECORD, record))
         rows[name] = _predict_one(network, read, post, infer, cfg.save_probabilities, path, out_dir / name)
+        if not recorded:  # with this run's first label map (a failed write leaves the folder as it was): what made it
+            recorded = bool(write_json(out_dir / RUN_RECORD, record))
         write_csv(out_dir / CSV_NAME, [rows[n] for n in names if n in rows])  # what is finished, after each CT
 
     if not rows:
