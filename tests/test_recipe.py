@@ -65,6 +65,8 @@ def test_time_budget_plans_whole_epochs_and_stretches_the_schedule():
     assert not plain.enabled and plain.replan(5, 1e9) == 30 and not plain.out_of_time(1e9)
     resumed = TimeBudget(1.0, 30, spent_s=50.0, planned=12)
     assert resumed.planned == 12 and resumed.out_of_time(10.0)
+    budget.reserve_s = 8.0  # the last validation took 8 s: training stops in time for the final one to fit
+    assert not budget.out_of_time(51.9) and budget.out_of_time(52.0)
     assert resumed.replan(10, elapsed_s=5.0) == 10  # 55 s over 10 epochs (both sessions): the 5 s left fit none
     with pytest.raises(LitsError, match="trainer.max_time=0"):
         TimeBudget(0, 30)

@@ -137,7 +137,11 @@ def validate_if_due(run: Run) -> Validation | None:
     if not run.ctx.is_main or ((epoch + 1) % t.val_every and epoch != run.budget.planned - 1):
         return None
     model, cases = run.state.model, run.cases["val"]
-    return validate(model, cases, run.spec, run.device, run.amp, t.val_batch_size, t.val_tta, t.log_images, t.progress)
+    started = time.perf_counter()
+    result = validate(model, cases, run.spec, run.device, run.amp, t.val_batch_size, t.val_tta, t.log_images,
+                      t.progress)  # fmt: skip
+    run.budget.reserve_s = time.perf_counter() - started  # a time budget keeps this much for the final validation
+    return result
 
 
 def run_summary(run: Run) -> dict:

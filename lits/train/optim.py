@@ -63,7 +63,9 @@ class TimeBudget:
 
     After every epoch the plan is refreshed from the mean cost of the epochs so far (their validations included):
     planned = done + floor(remaining / mean cost). Training ends after the planned epochs, and also stops mid-epoch
-    if the clock runs out first (the last epoch then ends early; validation and checkpoints follow as usual).
+    if the clock runs out first (the last epoch then ends early; validation and checkpoints follow as usual). The
+    clock runs out `reserve_s` early: the last validation's duration (rank 0 measures it), so that the final
+    validation fits inside the budget too (before the first validation nothing is known to reserve).
     Without a budget the plan is simply `max_epochs`.
     """
 
@@ -76,6 +78,7 @@ class TimeBudget:
         self.max_epochs = int(max_epochs)
         self.spent_s = float(spent_s)  # training seconds of earlier sessions of this run (resume)
         self.planned = int(planned) if planned else self.max_epochs
+        self.reserve_s = 0.0  # seconds kept for the final validation: the last one's duration
 
     def position(self, epoch: float) -> float:
         """Schedule position of `epoch` (reference epochs)."""
@@ -89,7 +92,7 @@ class TimeBudget:
 
     def out_of_time(self, elapsed_s: float) -> bool:
         """`elapsed_s` seconds into this session (earlier sessions' time is counted too)."""
-        return self.seconds is not None and self.spent_s + elapsed_s >= self.seconds
+        return self.seconds is not None and self.spent_s + elapsed_s + self.reserve_s >= self.seconds
 
     def replan(self, epochs_done: int, elapsed_s: float) -> int:
         """After `epochs_done` epochs (all sessions), `elapsed_s` seconds into this session: the new plan."""
