@@ -66,11 +66,14 @@ def device_name(device: torch.device) -> str:
     return f"{model}, {torch.get_num_threads()} threads of {os.cpu_count()} CPUs"
 
 
-def opening_lines(run_dir: Path) -> list[str]:
-    return [
-        f"run folder: {shown_path(run_dir)}",
-        f"watch it:   tensorboard --logdir {shown_path(run_dir / 'tensorboard')}",
-    ]
+def opening_line(run_dir: Path) -> str:
+    """The console's first line: where the run goes."""
+    return f"run folder: {shown_path(run_dir)}"
+
+
+def watch_line(run_dir: Path) -> str:
+    """Once the run has passed its start-up checks (a refused one leaves no folder to watch): how to watch it."""
+    return f"watch it:   tensorboard --logdir {shown_path(run_dir / 'tensorboard')}"
 
 
 def plan_line(run) -> str:

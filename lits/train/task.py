@@ -10,7 +10,7 @@ from lits.core.config import TrainConfig, typed
 from lits.core.errors import LitsError
 from lits.core.files import write_json
 from lits.train import distributed
-from lits.train.console import opening_lines
+from lits.train.console import opening_line, watch_line
 from lits.train.fit import fit
 from lits.train.loader import close_loader
 from lits.train.run import build_run
@@ -34,10 +34,11 @@ def train(cfg) -> dict:
     run = None
     try:
         if ctx.is_main:
-            for line in opening_lines(Path(cfg.paths.output_dir)):
-                log.info(line)
+            log.info(opening_line(Path(cfg.paths.output_dir)))
         run = build_run(cfg, ctx, stop)
         mark_started()  # a failure from here on keeps the run folder (lits.core.cli)
+        if ctx.is_main:
+            log.info(watch_line(Path(cfg.paths.output_dir)))
         stop.deferred = True  # the loop stops politely after a step; setup and evaluate_after stop at once
         summary = fit(run)
         stop.deferred = False
