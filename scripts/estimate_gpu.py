@@ -1,5 +1,5 @@
-"""Estimate GPU memory and time per epoch of a training recipe from what a CPU can measure (README "Results: the
-loss-schedule ablation", where the LiTS2017 recipe's estimate is quoted).
+"""Estimate GPU memory and time per epoch of a training recipe from what a CPU can measure (docs/how_to/gpu.md
+quotes the LiTS2017 recipe's estimate).
 
     python scripts/estimate_gpu.py [model=resunet34] [data=lits] [trainer.batch_size=8] [--tflops 60] [...overrides]
 

@@ -22,7 +22,7 @@ Sections of the report (--out, also printed):
 6. DDP: a 2-process NCCL `torchrun` smoke training when two GPUs are visible (skipped otherwise).
 
 Synthetic 512 x 512 data (LiTS-sized slices) is generated once into --data-dir. Nothing here is asserted: the report
-is what the person with the GPU pastes into an issue or the README.
+is what the person with the GPU pastes into an issue or docs/how_to/gpu.md.
 """
 
 from __future__ import annotations

@@ -43,33 +43,33 @@ class AugmentConfig(Schema):
 
     PREFIX = "augment"
 
-    enabled: bool = True
-    p_rotate: float = 0.5
-    max_rotate_deg: float = 15.0
-    p_elastic: float = 0.3
+    enabled: bool = True  # false: no augmentation at all
+    p_rotate: float = 0.5  # per-sample probability of a rotation ...
+    max_rotate_deg: float = 15.0  # ... by up to this many degrees either way
+    p_elastic: float = 0.3  # per-sample probability of an elastic deformation
     elastic_sigma: float = 25.0  # std of control-point displacements, in pixels
     elastic_points: int = 3  # control grid is points x points, upsampled bicubically to the image
-    p_intensity: float = 0.5
-    intensity_scale: tuple[float, float] = (0.9, 1.1)
-    intensity_shift: tuple[float, float] = (-0.1, 0.1)
+    p_intensity: float = 0.5  # per-sample probability of an intensity scale and shift ...
+    intensity_scale: tuple[float, float] = (0.9, 1.1)  # ... x * s ...
+    intensity_shift: tuple[float, float] = (-0.1, 0.1)  # ... + t (image units)
     # spatial, nnU-Net v2
     p_scale: float = 0.0
     scale_range: tuple[float, float] = (0.7, 1.4)  # nnU-Net convention: s > 1 makes the anatomy smaller
     p_mirror_x: float = 0.0  # flip along the width
     p_mirror_y: float = 0.0  # flip along the height
     # intensity, nnU-Net v2 (in the order applied)
-    p_noise: float = 0.0
+    p_noise: float = 0.0  # Gaussian noise
     noise_std: tuple[float, float] = (0.0, 0.03)  # in image units ([0, 1] HU window by default)
-    p_blur: float = 0.0
+    p_blur: float = 0.0  # Gaussian blur
     blur_sigma: tuple[float, float] = (0.5, 1.0)  # pixels, drawn per axis
-    p_brightness: float = 0.0
+    p_brightness: float = 0.0  # multiplicative brightness
     brightness_range: tuple[float, float] = (0.75, 1.25)  # x * f
-    p_contrast: float = 0.0
+    p_contrast: float = 0.0  # contrast around the mean
     contrast_range: tuple[float, float] = (0.75, 1.25)  # (x - mean) * f + mean, clipped to [min, max]
-    p_lowres: float = 0.0
+    p_lowres: float = 0.0  # simulated low resolution
     lowres_zoom: tuple[float, float] = (0.5, 1.0)  # nearest-exact down to zoom * size, bilinear back up
     p_gamma_invert: float = 0.0  # inverted gamma pass (applied before the plain one, as nnU-Net)
-    p_gamma: float = 0.0
+    p_gamma: float = 0.0  # gamma
     gamma_range: tuple[float, float] = (0.7, 1.5)  # both passes; mean and std are retained
 
     def __post_init__(self) -> None:

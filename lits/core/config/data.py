@@ -52,7 +52,7 @@ class SamplingConfig:
     """Which training slices are drawn how often (lits/data/sampling.py LesionSampler)."""
 
     lesion_factor: float = 4.0  # a slice with tumour is drawn this many times as often as a liver-only slice
-    liver_weight: float = 1.0
+    liver_weight: float = 1.0  # a slice with liver and no tumour (the unit of the other weights)
     background_weight: float = 0.1  # slices without liver (inside the liver margin): still seen, rarely
     p_lesion_center: float = 0.5  # a tumour slice's crop is centred on a tumour voxel with this probability
     lesion_center: str = "voxel"  # that voxel: any tumour voxel (voxel), or one of a uniformly drawn lesion (lesion)
@@ -92,12 +92,13 @@ class DataConfig:
     # without seeing it progress (a dead one's lock is free at once)
     liver_margin_mm: float | None = 20.0  # training slices: the liver's z-range plus this margin; null = every slice
     context_slices: int = 0  # 2.5D: k neighbouring slices each side as extra channels (model.in_channels = 2k+1)
+    # patient-level split: data.split.val / test (fractions or case ids), train, seed, file (lits/data/splits.py)
     split: Any = field(default_factory=lambda: {k: getattr(SplitConfig, k) for k in SPLIT_KEYS})
     fold: int | None = None  # k-fold cross-validation: fold k (0..num_folds-1) is val, the others train; null: off
-    num_folds: int = 5
+    num_folds: int = 5  # folds of data.fold
     crop_size: int = 256  # training ROI crop (pixels); a multiple of the network's total stride
     num_workers: int = 4  # loader processes; they only read crops from the cache, a batch per request (each keeps a
-    # GPU fed with far more crops/s than a 2D U-Net step takes: README "Throughput" says how many a GPU needs)
+    # GPU fed with far more crops/s than a 2D U-Net step takes: docs/results.md "Throughput" says how many a GPU needs)
     pin_memory: bool | None = None  # page-locked batches: asynchronous host-to-GPU copies; null = on when on CUDA
     prefetch_factor: int = 4  # batches each worker keeps ready (num_workers > 0): rides out a slow disk read
     persistent_workers: bool = True  # workers live across epochs (no restart, no warm-up at every epoch start)

@@ -105,7 +105,7 @@ class ReportConfig:
     """What evaluate.py draws beside its tables."""
 
     montages: bool = True  # montages/case-N.png: the slices with the largest tumour error
-    montage_slices: int = 3
+    montage_slices: int = 3  # slices per case in a montage
     crop_margin: int | None = 24  # pixels kept around the liver in montages (null: whole slice)
     plot: bool = True  # tumor_dice_vs_volume.png
 
@@ -132,7 +132,7 @@ class InferenceSettings:
     amp: str = "auto"  # auto (fp16 on CUDA, off on CPU) | off | fp16 | bf16
     batch_size: int = 16  # slices per forward pass
     tta: bool = False  # flip test-time augmentation: mean of identity, horizontal and vertical flips
-    progress: bool = True
+    progress: bool = True  # progress bars
 
     def __post_init__(self) -> None:
         self.amp = checks.choice("amp", self.amp, ("auto", "off", "fp16", "bf16"), "precision")

@@ -42,11 +42,11 @@ class SyntheticParams:
     isodense_hu: tuple[float, float] = (3.0, 10.0)  # |lesion - liver| of an isodense lesion (either sign)
     hyperdense_hu: tuple[float, float] = (15.0, 50.0)  # how far a hyperdense lesion lies above the liver
     necrosis_probability: float = 0.5  # share of lesions >= necrosis_min_diameter_mm with a necrotic core
-    necrosis_min_diameter_mm: float = 20.0
+    necrosis_min_diameter_mm: float = 20.0  # lesions at least this large may have a necrotic core
     rim_probability: float = 0.25  # share of hypodense lesions with an enhancing rim
     boundary_fraction: float = 0.25  # lesions centred at the liver surface (half of them bulge out of it)
     perivascular_fraction: float = 0.20  # lesions placed against a hepatic or portal vein
-    gallbladder_probability: float = 0.75
+    gallbladder_probability: float = 0.75  # share of cases with a gallbladder beside the liver
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -141,8 +141,8 @@ class SyntheticConfig(SyntheticParams):
 
     NOUN = "generator setting"
 
-    num_cases: int = 40
-    seed: int = 0
+    num_cases: int = 40  # cases generated into data.root
+    seed: int = 0  # the generator's seed: the same seed, the same volumes
 
     def __post_init__(self) -> None:
         super().__post_init__()

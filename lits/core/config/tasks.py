@@ -19,7 +19,7 @@ class TrainConfig:
     """python train.py [experiment=NAME] [group=option ...] [key=value ...]"""
 
     name: str = "train"  # run folder: outputs/<name>/<timestamp>; every experiment sets its own
-    seed: int = 0
+    seed: int = 0  # weights, sampling, augmentation and the split (unless data.split.seed)
     evaluate_after: str | None = None  # test | val: when training ends, score best.pt on that split (<run>/evaluate)
     # when training ends, choose calibration and post-processing on the validation split for best.pt and last.pt and
     # store them there (evaluate.py and predict.py then apply them); false: the checkpoints keep postprocess.*

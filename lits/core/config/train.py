@@ -133,8 +133,8 @@ class OptimConfig:
     """Optimiser and learning-rate schedule (lits/train/optim.py). Defaults: AdamW + cosine annealing."""
 
     name: str = "adamw"  # adamw | sgd (Nesterov momentum, nnU-Net's)
-    lr: float = 3.0e-4
-    weight_decay: float = 1.0e-5
+    lr: float = 3.0e-4  # learning rate at the start of the schedule
+    weight_decay: float = 1.0e-5  # decoupled (AdamW) or L2 (SGD) weight decay
     schedule: str = "cosine"  # cosine over t_max epochs | poly: lr * (1 - epoch / trainer.max_epochs) ** poly_exponent
     t_max: float = "${trainer.max_epochs}"  # cosine period in epochs (the article uses 20 with 30 epochs)
     min_lr: float = 0.0  # cosine floor
@@ -157,7 +157,7 @@ class OptimConfig:
 class TrainerConfig:
     """How training runs: length, batch, device and precision, validation, checkpoints, resume, DDP."""
 
-    max_epochs: int = 30
+    max_epochs: int = 30  # epochs of the run (the LR and loss schedules count them; max_time stretches them)
     max_time: float | None = None  # minutes of training: as many epochs as fit, schedules stretched onto them
     batch_size: int = 8  # per process
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -172,10 +172,10 @@ class TrainerConfig:
     monitor: str = "val/lesion_score"
     # on a tie of `monitor` (e.g. tumour Dice 0 in the first epochs) the higher of this wins, then the later epoch
     monitor_tiebreak: str | None = "val/liver_dice_post"
-    channels_last: bool = True
-    deterministic: bool = False
+    channels_last: bool = True  # NHWC tensors: faster convolutions on GPUs (and most CPUs)
+    deterministic: bool = False  # deterministic kernels, no cudnn.benchmark: bit-exact resume (slower)
     num_threads: int | None = None  # torch CPU threads (null = torch's default)
-    progress: bool = True
+    progress: bool = True  # progress bars (the epoch lines are logged either way)
     log_images: bool = True  # CT / reference / prediction overlays in TensorBoard at each validation
     resume: str | None = "auto"  # auto: <run dir>/checkpoints/last.pt if any | PATH: that last.pt or run | null: fresh
     save_every_steps: int = 0  # also save last.pt every N steps inside an epoch (0 = at epoch ends only)
