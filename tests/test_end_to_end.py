@@ -90,7 +90,7 @@ def test_console_names_the_run_first_and_the_next_commands_last(trained):
     epochs = [line for line in lines if line.startswith("epoch ")]
     assert [e.split(" ")[1] for e in epochs] == ["1/2", "2/2"]
     assert " ETA " in epochs[0] and " | val liver " in epochs[1] and all(len(e) <= 120 for e in epochs)
-    assert " (α 0.00: bce " in epochs[0] and " (α 1.00: bce " in epochs[1]  # the smoke schedule: BCE, then Dice
+    assert " (α 0.00: bce " in epochs[0] and " (α 0.30: bce " in epochs[1]  # the smoke schedule: BCE, then hybrid
     summary = json.loads((run_dir / "train_summary.json").read_text())
     assert summary["best_epoch"] == 2 and summary["epochs"] == 2 and summary["samples_per_s"] > 0
     done = lines.index(next(line for line in lines if line.startswith("done: 2 epochs in ")))

@@ -15,18 +15,16 @@ import time
 from pathlib import Path
 
 import lits
+from lits.evaluate.headline import cases, missing_note, tumor_free_note
 from lits.evaluate.report import (
     CASE_COLUMNS,
     CONSOLE_STAGE_COLUMNS,
     NOT_AVAILABLE,
     SIZE_BIN_COLUMNS,
-    cases,
     cell,
     describe_source,
-    missing_note,
     size_bin_rows,
     training_sentence,
-    tumor_free_note,
 )
 
 HEADINGS = {

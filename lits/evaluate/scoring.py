@@ -32,6 +32,7 @@ from lits.core.config import EvaluateConfig, PathsConfig, typed
 from lits.core.errors import LitsError
 from lits.core.files import write_atomic, write_bytes_atomic, write_csv, write_json
 from lits.evaluate.detection import case_curve, curve, curve_png
+from lits.evaluate.headline import headline, tumor_free, worst_first
 from lits.evaluate.html import report_html
 from lits.evaluate.metrics import aggregate, case_metrics
 from lits.evaluate.pictures import dice_volume_png
@@ -43,13 +44,10 @@ from lits.evaluate.report import (
     case_outputs,
     full_stage_table,
     has_sentinel,
-    headline,
     log_tensorboard,
     markdown,
     text_table,
     training_picture,
-    tumor_free,
-    worst_first,
 )
 from lits.evaluate.sources import Source, open_source
 from lits.evaluate.tuning import tune, write_tuning_files
