@@ -11,7 +11,7 @@ liver-box ROI, rows read with os.preadv from the cached .npy files) and hands ov
 
 * per-sample: the DataLoader's default way, one `dataset[draw]` per crop and the batch stacked by default_collate;
 * batched: what train.py does, one `dataset[list of draws]` per batch (one output array, each file opened once per
-  batch); the crops are bit-identical (tests/test_slices.py).
+  batch); the crops are bit-identical (tests/data/test_slices.py).
 
 Each path runs in this process on one thread (what one worker does; `CPU ms/crop` from the process clock is the
 robust figure on a shared machine), then in a DataLoader with --workers processes (wall-clock crops/s and the

@@ -3,6 +3,7 @@
 
     python scripts/gpu_check.py                      # CUDA: the full check, report in gpu_check.md
     python scripts/gpu_check.py --device cpu --quick # the same code paths on tiny sizes (the test suite runs this)
+    python scripts/gpu_check.py --budget-s 480       # within 8 minutes: the core first, then what fits (gpu_plan.py)
 
 Sections of the report (--out, also printed):
 
@@ -37,38 +38,12 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-@dataclass
-class Plan:
-    """What one run of the check measures (full on a GPU, tiny with --quick)."""
-
-    models: list[str]
-    batches: list[int]
-    variant_batch: int  # where channels_last off / compile on are measured (unless --all-variants)
-    crop: int
-    steps: int  # training steps per epoch (one warm-up epoch, one timed)
-    pure_steps: int
-    data: dict  # synthetic data: size, cases, slices
-    ct_slices: int
-    ct_size: int
-    compile: bool
-    crops: dict = field(default_factory=dict)  # benchmark_crops options
-    workers: int | None = None  # data.num_workers of the loop (None: the schema's)
-
-
-def plan_for(args) -> Plan:
-    if args.quick:
-        return Plan(["unet_small"], [2], 2, 64, 3, 3, {"size": 96, "cases": 5, "slices": [20, 28]}, 24, 128,
-                    args.compile, {"batch_size": 4, "batches": 20, "workers": 1}, workers=1)  # fmt: skip
-    return Plan(["unet_small", "unet", "resunet34"], [8, 16, 32], 16, 256, 30, 20,
-                {"size": 512, "cases": 8, "slices": [48, 72]}, 300, 512, not args.no_compile,
-                {"batch_size": 32, "batches": 60, "workers": None})  # fmt: skip
+from gpu_plan import Budget, Plan, plan_for  # noqa: E402  (a neighbour in scripts/)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -258,18 +233,24 @@ def measure_config(args, plan: Plan, work: Path, model: str, batch: int, channel
     }
 
 
-def throughput(args, plan: Plan, work: Path, ckpt: Path) -> list[dict]:
+def throughput(args, plan: Plan, work: Path, ckpt: Path, budget: Budget) -> list[dict]:
+    """Every (model, batch) row, smallest first, while the budget allows (the first row always runs)."""
     rows = []
     for model in plan.models:
-        for batch in plan.batches:
+        for batch in sorted(plan.batches):
             variants = [(True, False)]
             if args.all_variants or batch == plan.variant_batch:
                 variants += [(False, False)] + ([(True, True)] if plan.compile else [])
             for channels_last, compiled in variants:
-                print(f"throughput: {model} batch {batch} channels_last={channels_last} compile={compiled} ...",
-                      file=sys.stderr, flush=True)  # fmt: skip
-                keep = ckpt if (model, channels_last, compiled) == ("unet_small", True, False) else None
+                what = f"throughput {model} batch {batch} channels_last={channels_last} compile={compiled}"
+                if not budget.allows_row(model, batch, what):
+                    continue
+                print(f"{what} ...", file=sys.stderr, flush=True)
+                keep = ckpt if (model, batch, channels_last, compiled) == ("unet_small", min(plan.batches), True,
+                                                                            False) else None  # fmt: skip
+                started = time.perf_counter()
                 rows.append(measure_config(args, plan, work, model, batch, channels_last, compiled, keep))
+                budget.row_done(time.perf_counter() - started, batch, model)
     return rows
 
 
@@ -352,6 +333,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--all-variants", action="store_true", help="channels_last off / compile on at every batch")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     parser.add_argument("--compile", action="store_true", help="with --quick: also the torch.compile rows")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        help="finish within about this many seconds: the core first, then "
+        "larger sizes and the other sections while time remains; the report lists what was skipped",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -368,10 +355,13 @@ def main(argv: list[str]) -> int:
     work = Path(args.data_dir).resolve() / "runs"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    started = time.perf_counter()
+    budget = Budget(args.budget_s)
     sections = [("Environment", environment(device), ["item", "value"])]
 
-    def section(title: str, measure):
+    def section(title: str, measure, share: str | None = None):
+        if share is not None and not budget.allows_section(share, title):
+            print(f"{title}: skipped (budget)", file=sys.stderr, flush=True)
+            return
         print(f"{title} ...", file=sys.stderr, flush=True)
         begun = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # what the stages print is progress; the report is stdout
@@ -384,14 +374,16 @@ def main(argv: list[str]) -> int:
     ckpt = work / "unet_small-checkpoint.pt"  # written by the unet_small row of the throughput section
     title = f"Training throughput, {plan.crop}x{plan.crop} crops, amp {'fp16' if device.type == 'cuda' else 'off'}, "
     title += f"{plan.steps} steps per epoch"
-    section(title, lambda: throughput(args, plan, work, ckpt))
-    section("Loader alone (reading crops from the cache)", lambda: loader_only(args, plan))
-    section("predict.py, unet_small, synthetic CT (.nii.gz)", lambda: predict_time(args, plan, ckpt))
-    section("DDP", lambda: ddp_smoke(args, work))
+    section(title, lambda: throughput(args, plan, work, ckpt, budget))
+    section("Loader alone (reading crops from the cache)", lambda: loader_only(args, plan), "loader")
+    section("predict.py, unet_small, synthetic CT (.nii.gz)", lambda: predict_time(args, plan, ckpt), "predict")
+    section("DDP", lambda: ddp_smoke(args, work), "ddp")
+    if budget.skipped:
+        sections.append(("Skipped to keep the budget", [{"skipped": what} for what in budget.skipped], ["skipped"]))
     load = os.getloadavg()[0]
     head = (f"# lits GPU check\n\n{time.strftime('%Y-%m-%d %H:%M')}, `{' '.join(['gpu_check.py', *argv])}`, "
-            f"{(time.perf_counter() - started) / 60:.1f} min, load average at the end {load:.1f}, torch threads "
-            f"{torch.get_num_threads()}\n")  # fmt: skip
+            f"{budget.used() / 60:.1f} min, load average at the end {load:.1f}, torch threads "
+            f"{torch.get_num_threads()}\n\n{budget.summary()}\n")  # fmt: skip
     text = head + "".join(f"\n## {name}\n\n{table(rows, cols)}\n" for name, rows, cols in sections)
     Path(args.out).write_text(text)
     print(text)

@@ -4,7 +4,7 @@ input's grid.
 python predict.py ckpt=PATH input=FILE_OR_DIR output=DIR: the network and its inference spec (HU window, sigmoid
 temperature, calibration, post-processing, TTA flips) come from the checkpoint; ``postprocess.*`` replaces settings.
 python predict.py model=DIR ...: the same from a folder written by export.py, the network run by onnxruntime. That
-path imports no torch (tests/test_onnx.py checks it with python -X importtime): the torch modules are imported in
+path imports no torch (tests/infer/test_onnx.py checks it with python -X importtime): the torch modules are imported in
 `_open_network` only for ckpt=.
 Everything goes to output=: the label maps (compressed .nii.gz unless naming=lits) and predictions.csv; files already
 there are replaced only with overwrite=true, and a refused run creates no folder.

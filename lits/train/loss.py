@@ -11,7 +11,7 @@ The two terms are chosen in the loss config (`loss.region`, `loss.pixel`: lits/c
 
 total = loss.scale * (alpha * region + (1 - alpha) * pixel). With region=dice, pixel=bce, alpha=0.5, scale=2 and
 dice.batch=false this is MONAI DiceCELoss(sigmoid=True) applied to each channel (experiment dice_ce;
-tests/test_loss.py checks it). The defaults (dice, bce, scale 1) are the original hybrid loss, number for number.
+tests/train/test_loss.py checks it). The defaults (dice, bce, scale 1) are the original hybrid loss, number for number.
 """
 
 from __future__ import annotations

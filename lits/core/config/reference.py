@@ -1,6 +1,6 @@
 """The options reference (docs/reference/options.md), generated from the typed schema: every key of every config
 group and task with its default and the comment that documents it in the schema's source. `python
-scripts/config_reference.py` rewrites the page; tests/test_docs.py fails when the committed page is stale.
+scripts/config_reference.py` rewrites the page; tests/core/test_docs.py fails when the committed page is stale.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def options_markdown() -> str:
         "# Every option",
         "",
         "Generated from the typed schema (`lits/core/config/`) by `python scripts/config_reference.py`; "
-        "tests/test_docs.py fails when this page is stale. The defaults are the schema's: a group option "
+        "tests/core/test_docs.py fails when this page is stale. The defaults are the schema's: a group option "
         "(`data=lits`, `model=resunet34`, `debug=smoke`, an `experiment=`) changes some of them, as its YAML file in "
         "`configs/` says. Set any key on the command line: `python train.py trainer.max_epochs=3`.",
         "",

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "lits"
+TESTS = Path(__file__).resolve().parents[1]
+PACKAGE = TESTS.parent / "lits"
 # A module may import from its own stage and the stages before it: training validates with the predictor and the
 # metrics that evaluate.py uses, so train comes last.
 STAGES = ("core", "data", "infer", "evaluate", "train")
@@ -94,9 +95,21 @@ def test_test_modules_share_helpers_through_conftest_only():
     """A helper two test modules need lives in conftest.py: a test module importing another would also import (and
     let pytest collect twice) that module's fixtures and state."""
     offenders = []
-    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+    for path in sorted(TESTS.rglob("test_*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
             offenders += [f"{path.name} imports {n}" for n in names if n.startswith("test_")]
     assert not offenders, offenders
+
+
+TEST_STAGES = ("core", "data", "infer", "evaluate", "train", "e2e")  # the package's stages, and end-to-end runs
+
+
+def test_tests_live_in_stage_folders():
+    """tests/<stage>/test_*.py, as the package's stages (e2e: runs through every stage); tests/ holds only the
+    shared toolbox (conftest.py) and the fixtures."""
+    loose = sorted(p.name for p in TESTS.glob("test_*.py"))
+    assert not loose, f"test modules outside the stage folders {TEST_STAGES}: {loose}"
+    folders = sorted(p.parent.name for p in TESTS.glob("*/test_*.py"))
+    assert set(folders) == set(TEST_STAGES), sorted(set(folders))

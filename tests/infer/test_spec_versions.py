@@ -15,7 +15,7 @@ from lits.core.errors import LitsError
 from lits.infer.predict import predict
 from lits.infer.spec import SPEC_VERSION, InferenceSpec, spec_from_checkpoint, trained_flips
 
-FIXTURES = Path(__file__).parent / "fixtures" / "spec-v1-89c50ec"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "spec-v1-89c50ec"
 
 
 def test_a_version_1_spec_keeps_its_tuning_and_has_no_flips():

@@ -1,5 +1,5 @@
 """What a training run records for inference: the flips it trained with (TTA) and, unless tune_after=false, the
-post-processing chosen on its validation split (the default's end-to-end test: tests/test_end_to_end.py)."""
+post-processing chosen on its validation split (the default's end-to-end test: tests/e2e/test_end_to_end.py)."""
 
 import json
 

@@ -16,7 +16,7 @@ from lits.evaluate.scoring import evaluate
 from lits.infer.predict import predict
 from lits.infer.spec import LEGACY_POSTPROCESS, SPEC_VERSION, InferenceSpec, spec_from_checkpoint
 
-FIXTURES = Path(__file__).parent / "fixtures" / "legacy-fe4a8f4"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "legacy-fe4a8f4"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
 CHECKPOINTS = ("window", "ct_context")
 

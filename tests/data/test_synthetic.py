@@ -20,7 +20,7 @@ from lits.data.synthetic.montage import pick_slices
 
 SMALL = SyntheticParams(size=96, num_slices=(24, 32))
 TINY = SyntheticParams(size=64, num_slices=(16, 20))
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_case_format_and_geometry():
