@@ -34,8 +34,12 @@ log = logging.getLogger(__name__)
 SKIPPED_FILE = "skipped_cases.json"
 
 
-def ensure_synthetic(data_cfg: DataConfig) -> None:
-    """Generate the embedded synthetic data set into data.root on first use (data=synthetic only)."""
+def ensure_synthetic(data_cfg: DataConfig, as_is: bool = False) -> None:
+    """Generate the embedded synthetic data set into data.root on first use (data=synthetic only).
+
+    An existing folder made by another generator version or with other settings is refused for a new run (its cases
+    are not what the config describes); with `as_is` (a checkpoint's own split is being read: evaluation, tuning,
+    resume) it is read as it is, with one line saying so: it holds the data the checkpoint was trained on."""
     from lits.data.synthetic import MANIFEST, generate_dataset, manifest
 
     data = typed(DataConfig, data_cfg, "data")
@@ -48,6 +52,11 @@ def ensure_synthetic(data_cfg: DataConfig) -> None:
         found = json.loads((root / MANIFEST).read_text()) if (root / MANIFEST).exists() else None
         # A manifest file, not a setting: version 1 of the generator wrote no "generator" field.
         found_version = None if found is None else found.get("generator", 1)
+        if as_is and found is not None and found != wanted:
+            log.warning("%s: made by synthetic generator version %s%s; read as it is: the data the checkpoint was "
+                        "trained on", root, found_version, "" if found_version != wanted["generator"] else
+                        " with other settings")  # fmt: skip
+            return
         if found is not None and found_version != wanted["generator"]:
             raise LitsError(
                 f"{root}: made by synthetic generator version {found_version}, this lits makes version "
@@ -91,9 +100,10 @@ def _report(problems: list[Problem], splits: dict[str, list[str]], report_dir) -
     log.warning("data.on_error=skip: %d case(s) left out%s", len(problems), where)
 
 
-def _discover(data_cfg, on_error: str) -> tuple[list, list[Problem]]:
-    """Generate (synthetic) and find the cases; with on_error=fail the first problem stops here."""
-    ensure_synthetic(data_cfg)
+def _discover(data_cfg, on_error: str, as_is: bool = False) -> tuple[list, list[Problem]]:
+    """Generate (synthetic) and find the cases; with on_error=fail the first problem stops here. `as_is`: an existing
+    synthetic folder is read whatever made it (ensure_synthetic)."""
+    ensure_synthetic(data_cfg, as_is)
     found, problems = discover(data_cfg)
     if problems and on_error == "fail":
         more = f" ({len(problems) - 1} more such cases)" if len(problems) > 1 else ""
@@ -116,7 +126,7 @@ def prepare(
     """
     data = typed(DataConfig, data_cfg, "data")
     prep = Preprocessing.from_data_cfg(data)
-    found, problems = _discover(data, data.on_error)
+    found, problems = _discover(data, data.on_error, as_is=splits is not None)  # given splits: a checkpoint's data
     pairs = {p.case_id: p for p in found}
     if splits is None:
         if not pairs:

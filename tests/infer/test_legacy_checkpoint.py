@@ -87,3 +87,33 @@ def test_evaluate_scores_the_same_voxels(name, tmp_path):
         rows = list(csv.DictReader(f))
     for stage, counts in EXPECTED[name]["evaluate_test_case_4"].items():
         assert [{k: int(r[k]) for k in counts} for r in rows if r["stage"] == stage] == [counts]
+
+
+def test_its_own_phantom_v1_data_folder_is_read_as_it_is(tmp_path, caplog):
+    """The checkpoint evaluated on the folder it was trained on, as it names it (no data_root=): the folder was made by
+    version 1 of the generator (its synthetic.json has no "generator" field), which a new run refuses; a checkpoint's
+    evaluation reads it as it is, with one line saying so."""
+    folder = tmp_path / "data" / "synthetic-5x96-seed0"
+    folder.mkdir(parents=True)
+    for file in ("volume-4.nii.gz", "segmentation-4.nii.gz"):
+        shutil.copy(FIXTURES / file, folder / file)
+    (folder / "synthetic.json").write_text(json.dumps({"num_cases": 5, "seed": 0, "params": {"size": 96}}))
+    state = torch.load(FIXTURES / "window.pt", weights_only=True)
+    state["config"]["data"].update(root=str(folder), cache_dir=str(tmp_path / "data" / "cache"))  # where it was
+    ckpt = tmp_path / "window.pt"
+    torch.save(state, ckpt)
+    settings = {"tensorboard_dir": None, "ablation": False, "progress": False, "report": {"montages": False,
+                "plot": False}, "paths": {"output_dir": str(tmp_path / "run")}}  # fmt: skip
+    result = evaluate({"ckpt": str(ckpt), **settings})
+    assert result["num_cases"] == 1
+    assert f"{folder}: made by synthetic generator version 1; read as it is" in caplog.text
+    with open(tmp_path / "run" / "cases.csv") as f:
+        rows = list(csv.DictReader(f))
+    for stage, counts in EXPECTED["window"]["evaluate_test_case_4"].items():  # what that lits scored
+        assert [{k: int(r[k]) for k in counts} for r in rows if r["stage"] == stage] == [counts]
+
+    from lits.core.errors import LitsError
+    from lits.data.prepare import prepare
+
+    with pytest.raises(LitsError, match="made by synthetic generator version 1, this lits makes version 3"):
+        prepare(state["config"]["data"], 0, progress=False)  # a new run on it (no split given): refused, as before
