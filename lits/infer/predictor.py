@@ -32,7 +32,9 @@ class TorchNetwork:
         return torch.flip(x, dims)
 
     def pad(self, x: torch.Tensor, pad_y: int, pad_x: int) -> torch.Tensor:
-        return torch.nn.functional.pad(x, (0, pad_x, 0, pad_y)).contiguous(memory_format=torch.channels_last)
+        if pad_y or pad_x:  # no copy when the slices are already a multiple of the network's stride
+            x = torch.nn.functional.pad(x, (0, pad_x, 0, pad_y))
+        return x.contiguous(memory_format=torch.channels_last)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.amp):
@@ -44,7 +46,9 @@ class TorchNetwork:
         return torch.sigmoid(logits / torch.as_tensor(temperatures, device=logits.device).reshape(1, 2, 1, 1))
 
     def to_numpy(self, x: torch.Tensor) -> np.ndarray:
-        return x.cpu().numpy()
+        # (N, 2, Y, X) as a view of a contiguous (2, N, Y, X) array: the caller's (2, N, Y, X) reading of it is then
+        # contiguous (channels_last outputs would leave the head axis innermost, slow to threshold)
+        return x.permute(1, 0, 2, 3).contiguous().cpu().numpy().transpose(1, 0, 2, 3)
 
 
 def predict_batches(
