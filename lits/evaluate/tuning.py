@@ -19,6 +19,7 @@ candidate's score): the numbers behind the choice travel with the model.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import logging
 import time
@@ -36,7 +37,7 @@ from lits.data.prepare import prepare
 from lits.evaluate.calibration import calibrate, fit_temperature, region_sample, reliability
 from lits.evaluate.metrics import aggregate, case_metrics
 from lits.infer.checkpoint import load_model, save_checkpoint
-from lits.infer.postprocess import postprocess
+from lits.infer.postprocess import postprocess, shaped_masks, size_filtered_labels
 from lits.infer.predictor import predict_volume
 from lits.infer.spec import data_from_checkpoint
 
@@ -91,12 +92,42 @@ def score(summary: dict, criterion: str) -> float:
     return (summary["tumor_dice_per_case"] + f1) / 2
 
 
-def evaluate_candidate(cases: list[ValidationCase], post: PostprocessConfig, criterion: str) -> dict:
-    rows = []
-    for case in cases:
+# The size filter's settings, the last step: candidates that differ only in these start from the same masks
+SIZE_OFF = {"min_tumor_voxels": 0, "min_tumor_mm3": 0.0, "keep_confident": 1.0}
+
+
+class CandidateCache:
+    """What the candidates share, per validation case: the masks before the size filter (`shaped_masks` of every
+    candidate that differs only in it: 8 of the grid's 89 per case) and the metrics of each distinct label map. The
+    labels and scores are exactly those of `postprocess` and `case_metrics` on every candidate (tested)."""
+
+    def __init__(self):
+        self.masks: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self.rows: dict[tuple, dict] = {}
+
+    def labels(self, index: int, case: ValidationCase, post: PostprocessConfig) -> np.ndarray:
         probs = case.probs.astype(np.float32)
-        labels = postprocess(probs[0], probs[1], post, case.spacing, case.image)
-        rows.append(case_metrics(labels, case.label, case.spacing, detail="lesions"))
+        if post.crf:  # the CRF refines the probabilities first: nothing to share
+            return postprocess(probs[0], probs[1], post, case.spacing, case.image)
+        key = (index, dataclasses.replace(post, **SIZE_OFF))
+        if key not in self.masks:
+            liver, tumor = probs[0] > post.threshold, probs[1] > post.tumor_cut
+            self.masks[key] = shaped_masks(liver, tumor, post, probs[1] if post.hysteresis else None)
+        liver, tumor = self.masks[key]
+        return size_filtered_labels(liver, tumor.copy(), post, probs[1], case.spacing)
+
+    def metrics(self, index: int, case: ValidationCase, labels: np.ndarray) -> dict:
+        key = (index, hashlib.blake2b(np.ascontiguousarray(labels, dtype=np.uint8)).digest())
+        if key not in self.rows:
+            self.rows[key] = case_metrics(labels, case.label, case.spacing, detail="lesions")
+        return self.rows[key]
+
+
+def evaluate_candidate(
+    cases: list[ValidationCase], post: PostprocessConfig, criterion: str, cache: CandidateCache | None = None
+) -> dict:
+    cache = cache or CandidateCache()
+    rows = [cache.metrics(i, case, cache.labels(i, case, post)) for i, case in enumerate(cases)]
     summary = aggregate(rows)
     return {
         "score": score(summary, criterion),
@@ -194,9 +225,10 @@ def choose(model, spec, cases: list, device, settings: TuneSettings, base: Postp
         case.probs = np.stack([calibrate(case.probs[h].astype(np.float32), factors[h]) for h in (0, 1)]).astype(
             np.float16
         )
-    table = []
+    table, cache = [], CandidateCache()
     for post in tqdm(candidates(base), desc="tuning: post-processing", disable=not settings.progress):
-        table.append({"postprocess": dataclasses.asdict(post), **evaluate_candidate(kept, post, settings.criterion)})
+        scores = evaluate_candidate(kept, post, settings.criterion, cache)
+        table.append({"postprocess": dataclasses.asdict(post), **scores})
     best = max(range(len(table)), key=lambda i: (table[i]["score"], -i))
     chosen = PostprocessConfig.from_mapping(table[best]["postprocess"])
     if settings.crf:

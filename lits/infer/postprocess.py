@@ -99,6 +99,15 @@ def postprocess_masks(
     needed only with hysteresis or keep_confident < 1 (`needs_probabilities`), `spacing` with min_tumor_mm3. Same
     labels as `postprocess` on the probabilities (the CRF, which needs them, excepted)."""
     cfg = PostprocessConfig.from_mapping(cfg)
+    liver, tumor = shaped_masks(liver, tumor, cfg, tumor_prob)
+    return size_filtered_labels(liver, tumor, cfg, tumor_prob, spacing)
+
+
+def shaped_masks(
+    liver: np.ndarray, tumor: np.ndarray, cfg: PostprocessConfig, tumor_prob: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(liver, tumour) masks after every step before the small-tumour removal: hysteresis, largest component, hole
+    filling, tumour in liver (in place where it can). Candidates that differ only in the size filter share these."""
     if liver.ndim != 3:
         raise ValueError(f"postprocess expects 3D (Z, Y, X) probability volumes, got shape {liver.shape}")
     if cfg.hysteresis:
@@ -111,6 +120,17 @@ def postprocess_masks(
         _fill_holes(liver)
     if cfg.tumor_in_liver:
         _restrict_to_dilated(tumor, liver, cfg.liver_dilation)
+    return liver, tumor
+
+
+def size_filtered_labels(
+    liver: np.ndarray,
+    tumor: np.ndarray,
+    cfg: PostprocessConfig,
+    tumor_prob: np.ndarray | None = None,
+    spacing: tuple[float, float, float] | None = None,
+) -> np.ndarray:
+    """The last step, small-tumour removal (tumour mask modified in place), then the label map."""
     if cfg.removes_small_tumors:
         if tumor_prob is None and cfg.keep_confident < 1.0:
             raise ValueError("postprocess_masks: keep_confident needs the tumour probabilities (tumor_prob)")

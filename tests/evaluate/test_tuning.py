@@ -158,3 +158,38 @@ def test_tuning_starts_from_the_command_line_post_processing(tmp_path, monkeypat
     record = torch.load(ckpt, weights_only=True)["tuning"]
     assert record["candidates"][0]["postprocess"]["liver_dilation"] == 4
     assert {c["postprocess"]["liver_dilation"] for c in record["candidates"]} == {4}  # the grid keeps it too
+
+
+def test_the_candidate_cache_gives_every_candidates_own_labels_and_scores():
+    """Shared masks before the size filter and metrics per distinct label map: the same labels as `postprocess`
+    and the same scores as scoring each candidate afresh, for the whole grid."""
+    from scipy.ndimage import gaussian_filter
+
+    from lits.core.config import PostprocessConfig
+    from lits.evaluate.metrics import aggregate, case_metrics
+    from lits.evaluate.tuning import CandidateCache, ValidationCase, candidates, evaluate_candidate
+    from lits.infer.postprocess import postprocess
+
+    rng = np.random.default_rng(0)
+    cases = []
+    for i in range(2):
+        field = gaussian_filter(rng.random((2, 14, 48, 40)), sigma=(0, 1, 3, 3))
+        probs = (field - field.min()) / (field.max() - field.min())  # blobs at every threshold of the grid
+        label = (probs[0] > 0.45).astype(np.uint8) + (probs[1] > 0.6)
+        cases.append(ValidationCase(str(i), probs.astype(np.float16), label, (2.0, 0.8, 0.8), None))
+    cache, distinct = CandidateCache(), set()
+    for post in candidates(PostprocessConfig()):
+        rows = []
+        for i, case in enumerate(cases):
+            probs = case.probs.astype(np.float32)
+            expected = postprocess(probs[0], probs[1], post, case.spacing)
+            labels = cache.labels(i, case, post)
+            np.testing.assert_array_equal(labels, expected)
+            distinct.add((i, expected.tobytes()))
+            rows.append(case_metrics(expected, case.label, case.spacing, detail="lesions"))
+        fresh = aggregate(rows)
+        scored = evaluate_candidate(cases, post, "lesion_score", cache)
+        assert scored["tumor_dice_per_case"] == fresh["tumor_dice_per_case"]
+        assert scored["lesion_recall_iou50"] == fresh["tumor_lesion_recall_iou50"]
+    assert len(cache.masks) == 2 * 8 + 2  # per case: 4 thresholds x hysteresis off / on, and the checkpoint's own
+    assert len(cache.rows) == len(distinct) < 2 * len(candidates(PostprocessConfig()))  # each label map scored once
