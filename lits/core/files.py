@@ -148,29 +148,55 @@ def write_csv(path: str | Path, rows: list[dict]) -> Path:
     return write_atomic(path, buffer.getvalue())
 
 
-_HELD_LOCKS: list[int] = []  # open lock files of this process: held until it exits (the kernel then drops them)
+# Folder locks: an exclusive POSIX record lock (`fcntl.lockf`) on <folder>/.lock, which names its holder. Such a lock
+# belongs to its process alone (forked workers do not inherit it) and the kernel drops it the moment the process dies,
+# however it dies. Not POSIX: no locks (atomic renames still keep every file whole).
+try:
+    import fcntl
+except ImportError:
+    fcntl = None
+_HELD_LOCKS: list[int] = []  # lock files held for the rest of this process's life
 
 
-def hold_folder_lock(folder: str | Path, what: str, fix: str) -> None:
-    """Hold an exclusive POSIX lock on <folder>/.lock for the rest of this process's life, or refuse in one line
-    naming the process that holds it. A killed holder's lock is free at once (the kernel drops it), so a crashed run's
-    folder can be resumed. Not POSIX: no lock."""
-    try:
-        import fcntl
-    except ImportError:
-        return
-    folder = Path(folder)
+def open_lock(folder: Path) -> int:
+    """The descriptor of <folder>/.lock (folder and file created if need be)."""
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    return os.open(folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+
+
+def try_lock(fd: int) -> bool:
+    """Take the lock now, or False when another process holds it."""
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
     except OSError:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-        os.close(fd)
-        raise LitsError(f"{folder}: {holder} is writing this {what}; {fix}") from None
+        return False
+
+
+def lock_holder(fd: int) -> str:
+    """Who holds the lock, as its holder wrote it."""
+    return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+
+
+def claim_lock(fd: int) -> None:
+    """Name this process as the holder (for a waiting or refused process's message)."""
     os.ftruncate(fd, 0)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} (started {started})".encode(), 0)
+
+
+def hold_folder_lock(folder: str | Path, what: str, fix: str) -> None:
+    """Hold the lock of `folder` for the rest of this process's life, or refuse in one line naming the process that
+    holds it. A killed holder's lock is free at once, so a crashed run's folder can be resumed."""
+    if fcntl is None:
+        return
+    folder = Path(folder)
+    fd = open_lock(folder)
+    if not try_lock(fd):
+        holder = lock_holder(fd)
+        os.close(fd)
+        raise LitsError(f"{folder}: {holder} is writing this {what}; {fix}")
+    claim_lock(fd)
     _HELD_LOCKS.append(fd)
 
 

@@ -26,7 +26,9 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from lits.core import files
 from lits.core.errors import LitsError
+from lits.core.files import claim_lock, lock_holder, open_lock, try_lock
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +55,15 @@ def _progress_mark(folder: Path) -> tuple:
         return ()
 
 
-def _wait(fd: int, folder: Path, timeout_min: float, try_lock) -> None:
+def _wait(fd: int, folder: Path, timeout_min: float) -> None:
     """Take the lock, waiting for its holder as long as the folder keeps changing (at most timeout_min without)."""
-    owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+    owner = lock_holder(fd)
     log.warning("waiting for %s, which is preparing %s ...", owner, folder)
     mark, since = _progress_mark(folder), time.monotonic()
     while True:
         time.sleep(POLL_S)  # a stop signal interrupts this sleep
-        try:
-            try_lock(fd)
+        if try_lock(fd):
             return
-        except OSError:
-            pass
         now = _progress_mark(folder)
         if now != mark:
             mark, since = now, time.monotonic()
@@ -79,24 +78,14 @@ def _wait(fd: int, folder: Path, timeout_min: float, try_lock) -> None:
 def exclusive_lock(folder: Path, timeout_min: float = 30.0):
     """Hold <folder>/.lock (see the module doc); a dead holder's lock is free at once, a live one is waited for."""
     folder.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: atomic renames still keep every case whole
+    if files.fcntl is None:  # not POSIX: atomic renames still keep every case whole
         yield
         return
-
-    def try_lock(fd: int) -> None:
-        """Take the lock or raise OSError at once (held by another process)."""
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    fd = open_lock(folder)
     try:
-        try:
-            try_lock(fd)
-        except OSError:
-            _wait(fd, folder, timeout_min, try_lock)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        if not try_lock(fd):
+            _wait(fd, folder, timeout_min)
+        claim_lock(fd)
         yield
     finally:
         os.close(fd)  # releases the lock (so would the process's death)
