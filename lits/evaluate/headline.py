@@ -61,6 +61,12 @@ def missing_note(result: dict) -> str | None:
     return f"{len(missing['cases'])} of {missing['of']} reference cases have no prediction file, {rule}: {shown}"
 
 
+def counting_notes(result: dict) -> list[str]:
+    """What the headline, report.md and report.html say about how the cases were counted (missing predictions,
+    tumour-free cases); empty when there is nothing to say."""
+    return [note for note in (missing_note(result), tumor_free_note(result)) if note]
+
+
 def headline(result: dict, main: dict) -> str:
     """The one line that says how good it is: what was scored, then the LiTS headline numbers, and how missing
     predictions and tumour-free cases were counted."""
@@ -69,7 +75,7 @@ def headline(result: dict, main: dict) -> str:
     else:
         what = f"predictions {result['predictions']}"
     recall = main.get("tumor_lesion_recall_iou50")
-    notes = [n for n in (missing_note(result), tumor_free_note(result)) if n]
+    notes = counting_notes(result)
     return (
         f"{what}, {cases(result['num_cases'])}, stage {result['main_stage']}: tumour Dice "
         f"{main['tumor_dice_per_case']:.3f} per case / {main['tumor_dice_global']:.3f} global, liver Dice "

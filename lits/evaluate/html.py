@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import lits
-from lits.evaluate.headline import cases, missing_note, tumor_free_note
+from lits.evaluate.headline import cases, counting_notes
 from lits.evaluate.report import (
     CASE_COLUMNS,
     CONSOLE_STAGE_COLUMNS,
@@ -182,7 +182,7 @@ def report_html(result: dict, source, summary: dict, rows: list[dict], out_dir: 
         '<nav><a href="#training">training</a><a href="#stages">stages</a><a href="#cases">cases</a>'
         '<a href="#lesions">lesions</a><a href="#plots">Dice vs volume</a><a href="#montages">montages</a></nav>',
         f'<div class="tiles">{tiles}</div>',
-        *[f'<p class="note">{_e(note)}</p>' for note in (missing_note(result), tumor_free_note(result)) if note],
+        *[f'<p class="note">{_e(note)}</p>' for note in counting_notes(result)],
         '<h2 id="training">Training</h2>',
         *_training_section(source.training, training_png),
         '<h2 id="stages">Post-processing stages</h2>',

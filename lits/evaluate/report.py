@@ -11,7 +11,7 @@ import numpy as np
 from lits.core.files import write_bytes_atomic
 from lits.core.tables import format_table
 from lits.evaluate.curves import progress_png
-from lits.evaluate.headline import cases, missing_note, on_off, tumor_free_note
+from lits.evaluate.headline import cases, counting_notes, on_off
 from lits.evaluate.metrics.keys import LARGE
 from lits.evaluate.pictures import error_slices, montage_png
 from lits.infer.export import (
@@ -286,7 +286,7 @@ def markdown(result: dict, source, tables: dict[str, str], pictures: dict[str, s
         "",
         f"{describe_source(result)}; {cases(result['num_cases'])}. The same with sortable tables: `report.html`.",
         "",
-        *[f"- {note}" for note in (missing_note(result), tumor_free_note(result)) if note],
+        *[f"- {note}" for note in counting_notes(result)],
         "",
         "Metrics follow the official LiTS scorer (lits/evaluate/metrics/): Dice per case (mean) and global; "
         "surface distances in mm, averaged over cases where both masks are non-empty "

@@ -106,15 +106,18 @@ class CandidateCache:
         self.rows: dict[tuple, dict] = {}
 
     def labels(self, index: int, case: ValidationCase, post: PostprocessConfig) -> np.ndarray:
-        probs = case.probs.astype(np.float32)
         if post.crf:  # the CRF refines the probabilities first: nothing to share
+            probs = case.probs.astype(np.float32)
             return postprocess(probs[0], probs[1], post, case.spacing, case.image)
         key = (index, dataclasses.replace(post, **SIZE_OFF))
         if key not in self.masks:
+            probs = case.probs.astype(np.float32)
             liver, tumor = probs[0] > post.threshold, probs[1] > post.tumor_cut
             self.masks[key] = shaped_masks(liver, tumor, post, probs[1] if post.hysteresis else None)
         liver, tumor = self.masks[key]
-        return size_filtered_labels(liver, tumor.copy(), post, probs[1], case.spacing)
+        confident = post.removes_small_tumors and post.keep_confident < 1.0  # the size filter reads the peaks
+        tumor_prob = case.probs[1].astype(np.float32) if confident else None
+        return size_filtered_labels(liver, tumor.copy(), post, tumor_prob, case.spacing)
 
     def metrics(self, index: int, case: ValidationCase, labels: np.ndarray) -> dict:
         key = (index, hashlib.blake2b(np.ascontiguousarray(labels, dtype=np.uint8)).digest())

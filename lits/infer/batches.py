@@ -41,7 +41,8 @@ class SliceNetwork(Protocol):
     def sigmoid(self, logits: Any, temperatures: np.ndarray | None) -> Any:
         """sigmoid(logits / t), one temperature per output channel (None: 1 for both)."""
 
-    def to_numpy(self, x: Any) -> np.ndarray: ...
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """(N, 2, Y, X) probabilities -> float32 numpy, head-major: (2, N, Y, X)."""
 
 
 def predict_batches(
@@ -81,7 +82,7 @@ def predict_batches(
             if len(flips) > 1:
                 total = total / len(flips)
             probabilities = network.to_numpy(total)
-        yield start, probabilities.transpose(1, 0, 2, 3)
+        yield start, probabilities
 
 
 def predict_volume(network: SliceNetwork, image: np.ndarray, **settings) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -12,8 +11,6 @@ from lits.core.errors import LitsError
 from lits.core.files import atomic_path, fsync_dir
 from lits.infer.networks import build_model
 from lits.infer.spec import InferenceSpec, spec_from_checkpoint
-
-log = logging.getLogger(__name__)
 
 
 def checkpoint_file(path: str | Path) -> Path:

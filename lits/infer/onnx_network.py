@@ -64,7 +64,7 @@ class OnnxNetwork:
         return expit(logits if temperatures is None else logits / temperatures.reshape(1, 2, 1, 1))
 
     def to_numpy(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(x, dtype=np.float32)
+        return np.asarray(x, dtype=np.float32).transpose(1, 0, 2, 3)
 
 
 def read_model_folder(folder: str | Path) -> tuple[InferenceSpec, dict]:

@@ -166,13 +166,13 @@ def predict(cfg) -> dict:
     if not rows:
         _report_skipped(skipped, out_dir)
         raise LitsError(f"{cfg.input}: none of the {len(skipped)} inputs could be predicted; see the reasons above")
-    shown = [{**r, "input": Path(r["input"]).name, "output": Path(r["output"]).name} for r in rows.values()]
+    ordered = [rows[n] for n in names if n in rows]  # the inputs' order, earlier runs' rows among them
+    shown = [{**r, "input": Path(r["input"]).name, "output": Path(r["output"]).name} for r in ordered]
     print(format_table(shown, list(CSV_COLUMNS)))
     earlier = f" ({len(finished)} of them by an earlier run of the same model and settings)" if finished else ""
     print(f"wrote {count(len(rows), 'label map')}{earlier} (0 background, 1 liver, 2 tumour) and {CSV_NAME} to "
           f"{out_dir}")  # fmt: skip
     _report_skipped(skipped, out_dir)
-    ordered = [rows[n] for n in names if n in rows]
     return {"outputs": [r["output"] for r in ordered], "rows": ordered,
             "skipped": {str(k): v for k, v in skipped.items()}}  # fmt: skip
 

@@ -46,9 +46,9 @@ class TorchNetwork:
         return torch.sigmoid(logits / torch.as_tensor(temperatures, device=logits.device).reshape(1, 2, 1, 1))
 
     def to_numpy(self, x: torch.Tensor) -> np.ndarray:
-        # (N, 2, Y, X) as a view of a contiguous (2, N, Y, X) array: the caller's (2, N, Y, X) reading of it is then
-        # contiguous (channels_last outputs would leave the head axis innermost, slow to threshold)
-        return x.permute(1, 0, 2, 3).contiguous().cpu().numpy().transpose(1, 0, 2, 3)
+        # contiguous head-major on the device: channels_last outputs would leave the head axis innermost, slow to
+        # threshold on the host
+        return x.permute(1, 0, 2, 3).contiguous().cpu().numpy()
 
 
 def predict_batches(
