@@ -15,20 +15,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from torch.utils.flop_counter import FlopCounterMode
 
-from lits.core.cli import prepare_hydra
-from lits.core.config import TrainConfig, typed
+from lits.core.compose import compose_config
 from lits.infer.networks import build_model, count_parameters
 from lits.train.deep_supervision import supervised_loss
 from lits.train.loss import HybridLoss, targets_from_labels
 from lits.train.optim import build_optimizer
 
-REPO = Path(__file__).resolve().parents[1]
 CONTEXT_BYTES = 1 << 30
 
 
@@ -39,10 +35,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="train.py overrides, e.g. model=resunet34 data=lits")
     args = parser.parse_args()
     overrides = ["model=resunet34", "data=lits", "data.root=/unused", *args.overrides]
-    prepare_hydra()
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides + ["paths.root_dir=/tmp", "paths.output_dir=/tmp"])
-    cfg = typed(TrainConfig, cfg)
+    cfg = compose_config("train", overrides)
 
     batch, size = cfg.trainer.batch_size, cfg.data.crop_size
     model = build_model(cfg.model).train().to(memory_format=torch.channels_last)

@@ -9,7 +9,7 @@ as wheels, at the versions installed here (the versions the test suite passed wi
 (`--no-deps`: torch and numpy are the machine's): monai, nibabel, hydra-core and what hydra-core brings (omegaconf,
 antlr4-python3-runtime, PyYAML; PyYAML's binary wheel for each CPython the machine may run). The folder is small
 enough to travel with the working tree; the printed command installs it offline (`pip install --no-index
---find-links`) and runs `scripts/gpu_check.py --budget-s` inside one 10-minute call.
+--find-links`) and runs `python -m benchmarks gpu --budget-s` inside one 10-minute call.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def device_command(out: Path, budget_s: int) -> str:
     names = " ".join(n.lower() for n in (*PURE, *BINARY))
     return (
         f"pip install --quiet --no-index --find-links {folder} {names} && "
-        f"PYTHONPATH=. python scripts/gpu_check.py --budget-s {budget_s} --data-dir /tmp/lits-gpu-check "
+        f"python -m benchmarks gpu --budget-s {budget_s} --data-dir /tmp/lits-gpu-check "
         '--out "${OUT:-.}/gpu_check.md"'
     )
 

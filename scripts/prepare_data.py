@@ -14,27 +14,8 @@ Prints the cache folder, the case and slice counts and the split the given seed 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def compose_config(overrides: list[str]):
-    """The train config with these overrides, resolvable outside a Hydra run: paths relative to the cwd, as for
-    train.py run from there (paths.output_dir, the run folder, is never written: it is set to the cwd)."""
-    from hydra import compose, initialize_config_dir
-
-    from lits.core.cli import prepare_hydra
-
-    prepare_hydra()
-    for key in ("paths.root_dir", "paths.output_dir"):
-        if not any(o.startswith((f"{key}=", f"+{key}=")) for o in overrides):
-            overrides = [*overrides, f"{key}={os.getcwd()}"]
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose("train", overrides=overrides)
 
 
 def run(cfg) -> dict:
@@ -94,9 +75,10 @@ def main(argv: list[str]) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from lits.core.cli import one_line, run_task
+    from lits.core.compose import compose_raw
 
     try:
-        cfg = compose_config(argv)
+        cfg = compose_raw("train", argv)  # typed by run_task, as train.py's config is
     except (HydraException, OmegaConfBaseException) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2

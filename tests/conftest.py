@@ -8,6 +8,7 @@ config layout touches this file alone.
 """
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,12 @@ def run_python(*args, cwd, timeout: float = 600, env: dict | None = None) -> sub
 def run_cli(script: str, *args, cwd, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """A script of the repository (train.py, scripts/compare_runs.py, ...) run as a user would, from `cwd`."""
     return run_python(REPO / script, *args, cwd=cwd, timeout=timeout, env=env)
+
+
+def run_module(module: str, *args, cwd, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m module args...` from `cwd`, the checkout on PYTHONPATH (benchmarks/ and studies/ run from it)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    return run_python("-m", module, *args, cwd=cwd, timeout=timeout, env=env)
 
 
 def read_csv_rows(path) -> list[dict]:

@@ -16,13 +16,29 @@ MAX_FUNCTION_LINES = 80
 MAX_MODULE_LINES = 400
 
 
-@functools.cache
-def modules() -> dict[str, ast.Module]:
+# the runnable folders beside the package: user commands, benchmarks, studies (each imports lits as a package)
+TOOLS = ("scripts", "benchmarks", "studies")
+
+
+def parse_folder(folder: Path) -> dict[str, ast.Module]:
     out = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+    for path in sorted(folder.rglob("*.py")):
+        name = ".".join(path.relative_to(folder.parent).with_suffix("").parts).removesuffix(".__init__")
         out[name] = ast.parse(path.read_text(), str(path))
         out[name].line_count = len(path.read_text().splitlines())
+    return out
+
+
+@functools.cache
+def modules() -> dict[str, ast.Module]:
+    return parse_folder(PACKAGE)
+
+
+@functools.cache
+def tool_modules() -> dict[str, ast.Module]:
+    out = {}
+    for folder in TOOLS:
+        out.update(parse_folder(PACKAGE.parent / folder))
     return out
 
 
@@ -77,9 +93,9 @@ def test_no_import_cycles():
     assert not any(visit(n, []) for n in sorted(graph) if n not in state), f"import cycle: {' -> '.join(cycle)}"
 
 
-@pytest.mark.parametrize("name", sorted(modules()))
+@pytest.mark.parametrize("name", sorted(modules()) + sorted(tool_modules()))
 def test_functions_and_modules_stay_readable(name):
-    tree = modules()[name]
+    tree = {**modules(), **tool_modules()}[name]
     lines = tree.line_count
     assert lines <= MAX_MODULE_LINES, f"{name}: {lines} lines (limit {MAX_MODULE_LINES})"
     long = [
@@ -89,6 +105,42 @@ def test_functions_and_modules_stay_readable(name):
         and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
     ]
     assert not long, f"{name}: functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def imported_names(tree: ast.Module) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            names.add("." * node.level + (node.module or ""))
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_the_package_never_imports_the_tools_beside_it():
+    wrong = [f"{m} imports {n}" for m, t in modules().items() for n in imported_names(t) if n.split(".")[0] in TOOLS]
+    assert not wrong, wrong
+
+
+def test_tools_import_packages_not_paths():
+    """scripts/, benchmarks/ and studies/ reach lits and each other as packages (`python -m benchmarks ...` from the
+    checkout): no sys.path edits, no relative imports, no import of a script as a loose module."""
+    tools = tool_modules()
+    loose = {name.rsplit(".", 1)[-1] for name in tools if "." in name} - {"__main__"} - set(TOOLS)
+    wrong = []
+    for name, tree in tools.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "sys":
+                wrong += [f"{name} edits sys.path"] if node.attr == "path" else []
+        wrong += [f"{name} imports {n}" for n in imported_names(tree) if n.startswith(".") or n in loose]
+    assert not wrong, wrong
+
+
+def test_no_import_cycles_among_the_tools():
+    tools = tool_modules()
+    graph = {name: {n for n in imported_names(tree) if n in tools and n != name} for name, tree in tools.items()}
+    both_ways = sorted({tuple(sorted((a, b))) for a in graph for b in graph[a] if a in graph[b]})
+    assert not both_ways, both_ways
 
 
 def test_test_modules_share_helpers_through_conftest_only():

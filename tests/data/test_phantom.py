@@ -3,13 +3,11 @@ scorer's lesion definition), label consistency, determinism, tiny sizes, and the
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, compose_train
+from conftest import compose_train
 from omegaconf import OmegaConf
 from scipy import ndimage
 
@@ -21,20 +19,11 @@ from lits.data.synthetic.anatomy import Phantom
 from lits.data.synthetic.lesions import MIN_VOXELS, LiverSites, contrast_classes, lesion_count, lesion_diameters
 from lits.data.synthetic.montage import save_panels
 from lits.data.synthetic.phases import PHASES, draw_phase
+from studies import phantom_stats as stats
+from studies.__main__ import main as studies_main
 
 DEFAULT = SyntheticParams()
 SMOKE = SyntheticParams(size=96, num_slices=(20, 28))  # debug=smoke's data
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
-
-
-stats = load_script("phantom_stats")
 
 
 # ------------------------------------------------------------------------------------ sampled distributions
@@ -259,12 +248,13 @@ def test_measure_case_on_known_lesions():
 
 def test_script_on_a_folder_writes_the_table_and_the_montage(tmp_path, capsys):
     root = generate_dataset(tmp_path / "d", 3, seed=2, params=SMOKE, progress=False)
-    rc = stats.main(["--root", str(root), "--out", str(tmp_path / "t.md"), "--montage", str(tmp_path / "m.png")])
+    outputs = ["--out", str(tmp_path / "t.md"), "--montage", str(tmp_path / "m.png")]
+    rc = studies_main(["phantom", "--root", str(root), *outputs])
     assert rc == 0
     text = (tmp_path / "t.md").read_text()
     assert "| tumour-free cases |" in text and "| lesions < 10 / 10-20 / > 20 mm |" in text and "| 3 |" in text
     assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert stats.main(["--root", str(tmp_path / "nothing")]) == 2
+    assert studies_main(["phantom", "--root", str(tmp_path / "nothing")]) == 2
     assert "error:" in capsys.readouterr().err
 
 

@@ -1,12 +1,12 @@
-"""scripts/gpu_check.py stays runnable: its CPU mode (--device cpu --quick) runs the same code paths as the GPU check
-on tiny sizes and writes the markdown report."""
+"""`python -m benchmarks gpu` stays runnable: its CPU mode (--device cpu --quick) runs the same code paths as the GPU
+check on tiny sizes and writes the markdown report."""
 
 import re
 
 import nibabel as nib
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import run_cli, run_module
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ def section(report: str, title: str) -> list[dict]:
 
 
 def test_quick_cpu_check_writes_every_section(tmp_path):
-    result = run_cli("scripts/gpu_check.py", "--device", "cpu", "--quick", "--out", "report.md", "--data-dir", "data",
+    result = run_module("benchmarks", "gpu", "--device", "cpu", "--quick", "--out", "report.md", "--data-dir", "data",
                      "--budget-s", "900", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     report = (tmp_path / "report.md").read_text()
@@ -62,13 +62,13 @@ def test_quick_cpu_check_writes_every_section(tmp_path):
 def test_cuda_without_a_gpu_is_one_error_line(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    result = run_cli("scripts/gpu_check.py", "--out", "report.md", cwd=tmp_path)
+    result = run_module("benchmarks", "gpu", "--out", "report.md", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.strip().startswith("error: --device=cuda")
     assert not (tmp_path / "report.md").exists()
 
 
 def test_a_budget_too_small_runs_the_core_and_lists_what_it_skipped(tmp_path):
-    result = run_cli("scripts/gpu_check.py", "--device", "cpu", "--quick", "--out", "report.md", "--data-dir", "data",
+    result = run_module("benchmarks", "gpu", "--device", "cpu", "--quick", "--out", "report.md", "--data-dir", "data",
                      "--budget-s", "1", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     report = (tmp_path / "report.md").read_text()
@@ -82,10 +82,7 @@ def test_a_budget_too_small_runs_the_core_and_lists_what_it_skipped(tmp_path):
 
 
 def test_the_budget_scales_the_last_row_and_keeps_a_reserve(monkeypatch):
-    import sys
-
-    sys.path.insert(0, str(REPO / "scripts"))
-    import gpu_plan
+    from benchmarks import gpu_plan
 
     clock = [0.0]
     monkeypatch.setattr(gpu_plan.time, "perf_counter", lambda: clock[0])
@@ -113,4 +110,4 @@ def test_the_wheelhouse_holds_what_the_machine_lacks_and_the_command_installs_it
     assert sum("--python-version" in line and "PyYAML==" in line for line in commands) == 4
     [device] = result.stdout.strip().splitlines()
     assert device.startswith(f"pip install --quiet --no-index --find-links {tmp_path / 'wheels'} monai nibabel")
-    assert "python scripts/gpu_check.py --budget-s 300" in device
+    assert "python -m benchmarks gpu --budget-s 300" in device

@@ -1,4 +1,5 @@
-"""Training reads crops without the cache becoming resident in the process (the full figures: benchmark.py memory)."""
+"""Training reads crops without the cache becoming resident in the process (the full figures: `python -m benchmarks
+memory`)."""
 
 import gc
 import json

@@ -4,7 +4,7 @@ Source: Bilic et al., "The Liver Tumor Segmentation Benchmark (LiTS)", Medical I
 (arXiv 1901.04056): 131 training and 70 test contrast-enhanced abdominal CT volumes from seven centres, primary
 and secondary liver tumours of varied sizes and appearances, hypo- and hyperdense against the liver, 0 to 75
 lesions per volume. The paper gives ranges and examples, not the quantiles drawn here: a number that is not a
-reported one is marked "assumed", with the reason. `scripts/phantom_stats.py` measures generated data with the
+reported one is marked "assumed", with the reason. `python -m studies phantom` measures generated data with the
 scorer's lesion definition (`lits.evaluate.metrics.reference_lesions`) and prints it next to these targets; given
 a LiTS folder it prints the same table for the real data, which is how the assumed numbers can be checked.
 
@@ -41,7 +41,7 @@ What LiTS shows -> what is drawn here (defaults in `SyntheticParams`):
   voxels of liver between them when there is room, so that the scorer counts them apart.
 
 Calibration (generator version 3): small lesions are calibrated against the lesions under 10 mm of a real
-multi-focal LiTS volume, measured by `scripts/phantom_stats.py` (voxels per lesion ~100, contrast -47 HU,
+multi-focal LiTS volume, measured by `python -m studies phantom` (voxels per lesion ~100, contrast -47 HU,
 contrast-to-noise ratio 3.1), which the size, density and noise settings above meet within 25 % (docs/small_lesions.md).
 
 A dominant mass is sized in the phantom's anatomical mm (for a 360 mm field of view, scaled with the FOV like the

@@ -1,10 +1,9 @@
-#!/usr/bin/env python
 """Deployment without torch: predict.py with an exported model (onnxruntime) against the same checkpoint (torch), side
 by side in one run, as ratios; printed, never asserted.
 
-    python scripts/benchmark_onnx.py [--slices 300] [--ckpt PATH] [--repeats 2]
+    python -m benchmarks deploy [--slices 300] [--ckpt PATH] [--repeats 2]
 
-Input: the synthetic 512 x 512 x --slices CT of scripts/benchmark_infer.py and its unet_small checkpoint (--ckpt, or
+Input: the synthetic 512 x 512 x --slices CT of benchmarks/infer.py and its unet_small checkpoint (--ckpt, or
 trained once; see there). The checkpoint is exported once (export.py) next to it. Each measurement is a child process
 running predict.py as a user would (`ckpt=` or `model=`), alternating torch / onnxruntime --repeats times: wall time
 (imports included: that is what a user waits for), CPU time, and peak RSS (the child's own, from wait4). The label
@@ -16,29 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmark_infer import make_ct, trained_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    """The CPU model and its widest vector extensions, as lscpu reports them."""
-    model, flags = platform.processor() or "unknown CPU", set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            model = value.strip()
-        elif key.strip() == "flags":
-            flags = set(value.split())
-    wide = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile") if f in flags]
-    return f"{model} ({', '.join(wide) or 'no AVX2'}), {os.cpu_count()} CPUs"
+from benchmarks.infer import make_ct, trained_checkpoint
+from benchmarks.probes import REPO, cpu_model, say
 
 
 def run_predict(source: str, ct: Path, out: Path) -> dict:
@@ -101,15 +85,16 @@ def same_labels(a: Path, b: Path) -> int:
     )
 
 
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slices", type=int, default=300, help="slices of the 512x512 CT")
-    parser.add_argument("--ckpt", help="a checkpoint (default: benchmark_infer's unet_small, trained once)")
+    parser.add_argument("--ckpt", help="a checkpoint (default: the infer benchmark's unet_small, trained once)")
     parser.add_argument("--train-minutes", type=float, default=4.0, help="training of the default checkpoint")
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)  # what trained_checkpoint reads
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each")
     parser.add_argument("--data-dir", default=str(REPO / "data/benchmark"))
-    args = parser.parse_args(argv)
+
+
+def main(args) -> None:
     folder = Path(args.data_dir).resolve() / "infer"
     ct, _ = make_ct(folder / "ct", args.slices)
     ckpt = trained_checkpoint(args).resolve()
@@ -118,7 +103,7 @@ def main(argv: list[str]) -> None:
     outs = {name: folder / f"out-onnx-benchmark-{i}" for i, name in enumerate(rows)}
     for _ in range(args.repeats):
         for (name, runs), source in zip(rows.items(), (f"ckpt={ckpt}", f"model={model}")):
-            print(f"{name}: predicting {ct.name} ...", file=sys.stderr, flush=True)
+            say(f"{name}: predicting {ct.name} ...")
             runs.append(run_predict(source, ct, outs[name]))
     differing = same_labels(*outs.values())
     alone = network_alone(ckpt, model)
@@ -136,7 +121,3 @@ def main(argv: list[str]) -> None:
     print(f"onnxruntime / torch: wall x{wall:.2f}, peak RSS x{rss:.2f}; label maps: {differing} voxels differ")
     print(f"network alone, one 16x1x512x512 batch: torch {alone['torch']:.2f} s, onnxruntime "
           f"{alone['onnxruntime']:.2f} s (x{alone['onnxruntime'] / alone['torch']:.2f})")  # fmt: skip
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

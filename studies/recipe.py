@@ -10,7 +10,7 @@ and writes study.md: per variant, mean and spread over seeds of the validation c
 tumour Dice per case and lesion F1 at IoU > 0.5), test tumour Dice per case and global, lesion recall and precision
 at IoU > 0.5 and at any overlap, and Dice per lesion size bin.
 
-    python scripts/recipe_study.py --minutes 3 --seeds 0,1,2 --out outputs/lesion_study \\
+    python -m studies recipe --minutes 3 --seeds 0,1,2 --out outputs/lesion_study \\
         --variants baseline,mirror_tta,per_lesion,blob,tversky
 
 Extra overrides after `--` go to every training run. A run whose folder already holds its three evaluations is not
@@ -27,9 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from lits.core.compose import CHECKOUT as REPO
 from lits.core.tables import format_table
-
-REPO = Path(__file__).resolve().parents[1]
 
 VARIANTS = {
     "baseline": [],  # the defaults
@@ -161,14 +160,15 @@ def paired(per_variant: dict[str, list[dict]]) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=4.0, help="training budget per run (trainer.max_time)")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "recipe_study")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"a subset of {', '.join(VARIANTS)}")
     parser.add_argument("--seeds", default="0,1", help="comma-separated seeds (each also draws its own split)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every training run (after --)")
-    args = parser.parse_args()
+
+
+def main(args) -> None:
     names = [v for v in args.variants.split(",") if v]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
@@ -191,7 +191,3 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.md").write_text(text)
     print("\n" + text + f"\nwrote {out / 'study.md'}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """The peer benchmark's table: python compare.py OUT_DIR MINUTES BUDGET_JSON -> OUT_DIR/results.md (also printed).
 
-Reads what scripts/peer_nnunet.sh left in OUT_DIR: lits/ (our run and its evaluate/), nnunet_eval[_notta]/ (our
+Reads what studies/peer_nnunet/run.sh left in OUT_DIR: lits/ (our run and its evaluate/), nnunet_eval[_notta]/ (our
 scorer on nnU-Net's predictions), nnU-Net's budget.json, timings.tsv, commands.txt and machine.txt.
 """
 
@@ -39,78 +39,71 @@ def per_case(eval_dir: Path, stage: str) -> dict[str, tuple[float, float]]:
         }
 
 
-def main() -> None:
-    out, minutes, budget_path = Path(sys.argv[1]), float(sys.argv[2]), Path(sys.argv[3])
-    timings = dict(line.split("\t") for line in (out / "timings.tsv").read_text().splitlines())
-    cmd_min = {k: float(v) / 60 for k, v in timings.items()}
+HEAD = [
+    "method",
+    "training min (loop)",
+    "train command min",
+    "steps x batch",
+    "epochs",
+    "liver Dice per case",
+    "tumour Dice per case",
+    "tumour Dice global",
+]
 
+
+def ours_rows(out: Path, cmd_min: dict) -> tuple[list[list[str]], list[tuple[str, dict]]]:
+    """Our run's rows (post-processed and raw) and its per-case scores."""
     ours = out / "lits"
     summary = load(ours / "train_summary.json")
     last = json.loads((ours / "history.jsonl").read_text().splitlines()[-1])
     cfg = yaml.safe_load((ours / ".hydra" / "config.yaml").read_text())
     bs, crop = cfg["trainer"]["batch_size"], cfg["data"]["crop_size"]
-    ours_metrics = load(ours / "evaluate" / "metrics.json")
-    ours_steps = f"{last['step']} x {bs} ({crop}x{crop} crops)"
-    ours_epochs = f"{summary['epochs']} of {cfg['data']['sampling']['samples_per_epoch']} samples"
-
-    budget = load(budget_path)
-    nn_steps = f"{budget['iterations']} x {budget['batch_size']} ({'x'.join(map(str, budget['patch_size']))} slices)"
-    nn_epochs = f"{budget['epochs']} of {budget['iterations_per_epoch']} it."
-
+    metrics = load(ours / "evaluate" / "metrics.json")
+    steps = f"{last['step']} x {bs} ({crop}x{crop} crops)"
+    epochs = f"{summary['epochs']} of {cfg['data']['sampling']['samples_per_epoch']} samples"
     rows, cases = [], []
     for stage, label in (("post", "lits (ours), post-processed `post`"), ("raw", "lits (ours), raw (threshold only)")):
-        m = ours_metrics[stage]
-        rows.append(
-            [
-                label,
-                fmt(summary["minutes"], 2),
-                fmt(cmd_min["ours_train"], 2),
-                ours_steps,
-                ours_epochs,
-                fmt(m["liver_dice_per_case"]),
-                fmt(m["tumor_dice_per_case"]),
-                fmt(m["tumor_dice_global"]),
-            ]
-        )
+        m = metrics[stage]
+        dice = [fmt(m["liver_dice_per_case"]), fmt(m["tumor_dice_per_case"]), fmt(m["tumor_dice_global"])]
+        rows.append([label, fmt(summary["minutes"], 2), fmt(cmd_min["ours_train"], 2), steps, epochs, *dice])
         cases.append((label, per_case(ours / "evaluate", stage)))
+    return rows, cases
+
+
+def nnunet_rows(out: Path, cmd_min: dict, timings: dict, budget: dict) -> tuple[list, list]:
+    """nnU-Net's rows (with and without its mirroring TTA, where scored) and their per-case scores."""
+    steps = f"{budget['iterations']} x {budget['batch_size']} ({'x'.join(map(str, budget['patch_size']))} slices)"
+    epochs = f"{budget['epochs']} of {budget['iterations_per_epoch']} it."
+    rows, cases = [], []
     for mode, label in (("tta", "nnU-Net 2d, mirroring TTA (its default)"), ("notta", "nnU-Net 2d, --disable_tta")):
         eval_dir = out / ("nnunet_eval" if mode == "tta" else "nnunet_eval_notta")
         m = load(eval_dir / "metrics.json")
         if m is None or f"nnunet_score_{mode}" not in timings:
             continue
         g = m["given"]
-        rows.append(
-            [
-                label,
-                fmt(budget["train_seconds"] / 60, 2),
-                fmt(cmd_min["nnunet_train"], 2),
-                nn_steps,
-                nn_epochs,
-                fmt(g["liver_dice_per_case"]),
-                fmt(g["tumor_dice_per_case"]),
-                fmt(g["tumor_dice_global"]),
-            ]
-        )
+        dice = [fmt(g["liver_dice_per_case"]), fmt(g["tumor_dice_per_case"]), fmt(g["tumor_dice_global"])]
+        minutes = [fmt(budget["train_seconds"] / 60, 2), fmt(cmd_min["nnunet_train"], 2)]
+        rows.append([label, *minutes, steps, epochs, *dice])
         cases.append((label, per_case(eval_dir, "given")))
+    return rows, cases
 
-    head = [
-        "method",
-        "training min (loop)",
-        "train command min",
-        "steps x batch",
-        "epochs",
-        "liver Dice per case",
-        "tumour Dice per case",
-        "tumour Dice global",
-    ]
+
+def main() -> None:
+    out, minutes, budget_path = Path(sys.argv[1]), float(sys.argv[2]), Path(sys.argv[3])
+    timings = dict(line.split("\t") for line in (out / "timings.tsv").read_text().splitlines())
+    cmd_min = {k: float(v) / 60 for k, v in timings.items()}
+    budget = load(budget_path)
+    rows, cases = ours_rows(out, cmd_min)
+    more_rows, more_cases = nnunet_rows(out, cmd_min, timings, budget)
+    rows, cases = rows + more_rows, cases + more_cases
     lines = [
         f"# Peer benchmark: lits vs nnU-Net v2 2d, {minutes:g}-minute training budget each",
         "",
         "Same synthetic data (data/synthetic-v3-40x256-seed0), same patient split (our seed 0: 28 train / 6 val / "
         "6 test), test cases scored by our `evaluate.py` (LiTS metrics; 'per case' = mean over the test cases).",
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
+        "| " + " | ".join(HEAD) + " |",
+        "|" + "---|" * len(HEAD),
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += [

@@ -1,10 +1,8 @@
-#!/usr/bin/env python
 """The CPU side of a GPU run: how many training crops per second one loader worker reads from the cache (printed,
 never asserted).
 
-    python scripts/benchmark.py crops [--cases 8] [--size 512] [--crop 256] [--batch-size 32] [--workers 2]
-                                      [--batches 60] [--context 0] [--repeats 3] [--cold]
-    python scripts/benchmark_crops.py ...          (the same, standalone)
+    python -m benchmarks crops [--cases 8] [--size 512] [--crop 256] [--batch-size 32] [--workers 2]
+                               [--batches 60] [--context 0] [--repeats 3] [--cold]
 
 On a GPU the augmentation runs on the device, so a loader worker only draws crops (TrainSlices: lesion-centred or
 liver-box ROI, rows read with os.preadv from the cached .npy files) and hands over batches. Measured side by side:
@@ -25,26 +23,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from benchmark import _descendants, data_cfg, synthetic_cases  # noqa: E402
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """CPU seconds (user + system) used so far by the given live processes."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            pass
-    return total / os.sysconf("SC_CLK_TCK")
+from benchmarks.data import data_cfg, synthetic_cases
+from benchmarks.probes import REPO, cpu_seconds, descendants, machine_line
 
 
 def crop_dataset(args):
@@ -113,7 +96,7 @@ def with_workers(dataset, weights, args, batched: bool, epoch: int) -> dict:
     crops = 0
     for step, batch in enumerate(loader):
         if step == args.warmup:
-            workers = _descendants(os.getpid())
+            workers = descendants(os.getpid())
             wall, cpu, crops = time.perf_counter(), cpu_seconds(workers), 0
         crops += batch["image"].shape[0]
     wall, cpu = time.perf_counter() - wall, cpu_seconds(workers) - cpu
@@ -160,12 +143,10 @@ def measure(args) -> list[dict]:
 
 
 def report(args, rows: list[dict]) -> None:
-    load = os.getloadavg()[0]
     print(
         f"\ncrop reading: {args.cases} synthetic cases {args.size}x{args.size}, crop {args.crop}, context slices "
         f"{args.context}, batch {args.batch_size}, {'cold (evicted before each pass)' if args.cold else 'warm'} page "
-        f"cache, {os.cpu_count()} CPUs, load average {load:.1f}, median of {args.repeats} passes of "
-        f"{args.batches} batches"
+        f"cache, median of {args.repeats} passes of {args.batches} batches\n{machine_line()}"
     )
     header = f"{'path':<11} {'where':<24} {'crops/s (wall)':>15} {'CPU ms/crop':>12} {'crops per CPU-s':>16}"
     print(header)
@@ -204,12 +185,5 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=str(REPO / "data/benchmark"))
 
 
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    configure(parser)
-    args = parser.parse_args(argv)
+def main(args) -> None:
     report(args, measure(args))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

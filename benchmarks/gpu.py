@@ -1,9 +1,8 @@
-#!/usr/bin/env python
 """The GPU acceptance run: one command, about 10 minutes on one GPU, a markdown report of what this machine does.
 
-    python scripts/gpu_check.py                      # CUDA: the full check, report in gpu_check.md
-    python scripts/gpu_check.py --device cpu --quick # the same code paths on tiny sizes (the test suite runs this)
-    python scripts/gpu_check.py --budget-s 480       # within 8 minutes: the core first, then what fits (gpu_plan.py)
+    python -m benchmarks gpu                       # CUDA: the full check, report in gpu_check.md
+    python -m benchmarks gpu --device cpu --quick  # the same code paths on tiny sizes (the test suite runs this)
+    python -m benchmarks gpu --budget-s 480        # within 8 minutes: the core first, then what fits (gpu_plan.py)
 
 Sections of the report (--out, also printed):
 
@@ -17,9 +16,9 @@ Sections of the report (--out, also printed):
    channels_last and without torch.compile (the defaults); channels_last off and torch.compile on are measured at
    batch 16 (--all-variants: at every batch).
 4. Loader alone: crops/s from the cache with the training loader's settings (data.num_workers workers), and the
-   crops/s one worker sustains per CPU-second (scripts/benchmark_crops.py).
+   crops/s one worker sustains per CPU-second (benchmarks/crops.py).
 5. predict.py on a 512 x 512 x 300 CT with the unet_small just measured, split into reading, preprocessing, network,
-   post-processing and writing (scripts/benchmark_infer.py).
+   post-processing and writing (benchmarks/infer.py).
 6. DDP: a 2-process NCCL `torchrun` smoke training when two GPUs are visible (skipped otherwise).
 
 Synthetic 512 x 512 data (LiTS-sized slices) is generated once into --data-dir. Nothing here is asserted: the report
@@ -40,24 +39,17 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from gpu_plan import Budget, Plan, plan_for  # noqa: E402  (a neighbour in scripts/)
+from benchmarks.gpu_plan import Budget, Plan, plan_for
+from benchmarks.probes import REPO, cpu_model, say
+from benchmarks.steps import build_benchmark_run, pure_step_rate
 
 
 # ---------------------------------------------------------------------------------------------- helpers
 def compose(overrides: list[str]):
     """A typed training config composed from configs/ as train.py composes it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from lits.core.compose import compose_config
 
-    from lits.core.cli import prepare_hydra
-    from lits.core.config import TrainConfig, typed
-
-    prepare_hydra()
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return typed(TrainConfig, hydra_compose("train", overrides=overrides))
+    return compose_config("train", overrides)
 
 
 def data_overrides(args, plan: Plan) -> list[str]:
@@ -82,13 +74,6 @@ def table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def synchronize(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # ---------------------------------------------------------------------------------------------- 1. environment
 def environment(device) -> list[dict]:
     import torch
@@ -101,7 +86,7 @@ def environment(device) -> list[dict]:
         {"item": "CUDA (torch build)", "value": torch.version.cuda or "none"},
         {"item": "cuDNN", "value": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else "none"},
         {"item": "device", "value": str(device)},
-        {"item": "CPUs", "value": os.cpu_count()},
+        {"item": "CPU", "value": cpu_model()},
         {"item": "lits", "value": lits.__version__},
     ]
     for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
@@ -145,51 +130,13 @@ def amp_smoke(args, work: Path) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- 3. throughput
-def pure_rate(run, steps: int) -> float:
-    """samples/s of forward + loss + backward + clip + optimizer on one augmented batch already on the device."""
-    import torch
-
-    from lits.core.device import autocast
-    from lits.train.deep_supervision import supervised_loss
-    from lits.train.loss import targets_from_labels
-    from lits.train.step import prepare_batch
-
-    image, label = prepare_batch(run, next(iter(run.loader)))
-    target, clip = targets_from_labels(label), run.cfg.trainer.grad_clip
-
-    def step():
-        with autocast(run.device, run.amp):
-            logits = run.train_model(image)
-        loss, parts = supervised_loss(run.loss_fn, logits, target, 0.5)
-        torch.stack([loss.detach(), parts["bce"], parts["dice"]]).tolist()  # the loop's one host sync per step
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        if clip:
-            run.scaler.unscale_(run.optimizer)
-            torch.nn.utils.clip_grad_norm_(run.state.model.parameters(), clip)
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-
-    for _ in range(3):
-        step()
-    synchronize(run.device)
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    synchronize(run.device)
-    return steps * image.shape[0] / (time.perf_counter() - started)
-
-
 def measure_config(args, plan: Plan, work: Path, model: str, batch: int, channels_last: bool, compiled: bool,
                    keep: Path | None = None) -> dict:  # fmt: skip
     """One row: the loop's second epoch and the pure step, with the run built by train.py's own setup."""
     import torch
 
     from lits.infer.checkpoint import save_checkpoint
-    from lits.train import distributed
     from lits.train.fit import run_summary, train_epoch
-    from lits.train.run import build_run
-    from lits.train.signals import StopRequest
 
     run_dir = work / f"{model}-b{batch}-cl{int(channels_last)}-c{int(compiled)}"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -202,11 +149,10 @@ def measure_config(args, plan: Plan, work: Path, model: str, batch: int, channel
     if workers is not None:
         overrides.append(f"data.num_workers={workers}")
     cfg = compose(overrides)
-    ctx = distributed.setup(cfg.trainer.device)
-    if ctx.device.type == "cuda":
+    if torch.cuda.is_available():
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(ctx.device)
-    run = build_run(cfg, ctx, StopRequest())
+        torch.cuda.reset_peak_memory_stats()
+    run = build_benchmark_run(cfg)
     run.hooks.before_train(run)
     run.started = time.time()
     rates = []
@@ -214,8 +160,8 @@ def measure_config(args, plan: Plan, work: Path, model: str, batch: int, channel
         outcome = train_epoch(run)
         run.state.end_epoch({})
         rates.append(outcome.steps * batch / outcome.seconds)
-    pure = pure_rate(run, plan.pure_steps)
-    memory = torch.cuda.max_memory_allocated(ctx.device) / 2**30 if ctx.device.type == "cuda" else None
+    pure = pure_step_rate(run, plan.pure_steps)
+    memory = torch.cuda.max_memory_allocated(run.device) / 2**30 if run.device.type == "cuda" else None
     if keep is not None:  # a real checkpoint of this run (for the predict section)
         save_checkpoint(run.checkpoint([run.state.rank_state(run.device, False)], {}), keep)
     run.hooks.after_train(run, run_summary(run))
@@ -245,7 +191,7 @@ def throughput(args, plan: Plan, work: Path, ckpt: Path, budget: Budget) -> list
                 what = f"throughput {model} batch {batch} channels_last={channels_last} compile={compiled}"
                 if not budget.allows_row(model, batch, what):
                     continue
-                print(f"{what} ...", file=sys.stderr, flush=True)
+                say(f"{what} ...")
                 keep = ckpt if (model, batch, channels_last, compiled) == ("unet_small", min(plan.batches), True,
                                                                             False) else None  # fmt: skip
                 started = time.perf_counter()
@@ -257,8 +203,7 @@ def throughput(args, plan: Plan, work: Path, ckpt: Path, budget: Budget) -> list
 # ---------------------------------------------------------------------------------------------- 4. loader
 def loader_only(args, plan: Plan) -> list[dict]:
     """The training data's crops read as the training loader reads them, without a model."""
-    import benchmark_crops
-
+    from benchmarks import crops
     from lits.data.prepare import prepare
     from lits.data.sampling import SliceIndex, TrainSlices
 
@@ -271,8 +216,8 @@ def loader_only(args, plan: Plan) -> list[dict]:
     weights = index.weights(cfg.data.sampling)
     batch = plan.crops["batch_size"]
     options = argparse.Namespace(batch_size=batch, batches=plan.crops["batches"], warmup=2, workers=workers)
-    alone = benchmark_crops.in_process(dataset, benchmark_crops.draws_of(weights, 8 * batch, 0), batch, batched=True)
-    loader = benchmark_crops.with_workers(dataset, weights, options, batched=True, epoch=1)
+    alone = crops.in_process(dataset, crops.draws_of(weights, 8 * batch, 0), batch, batched=True)
+    loader = crops.with_workers(dataset, weights, options, batched=True, epoch=1)
     per_worker = f"{1000 / loader['cpu_ms']:.0f}" if loader["cpu_ms"] > 0 else "- (too short to measure)"
     return [
         {
@@ -288,12 +233,12 @@ def loader_only(args, plan: Plan) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------- 5. predict
 def predict_time(args, plan: Plan, ckpt: Path) -> list[dict]:
-    import benchmark_infer
+    from benchmarks import infer
 
     options = argparse.Namespace(device=args.device, threads=0, tta=False, data_dir=args.data_dir)
-    ct, _ = benchmark_infer.make_ct(Path(args.data_dir).resolve() / "infer" / f"ct{plan.ct_size}", plan.ct_slices,
+    ct, _ = infer.make_ct(Path(args.data_dir).resolve() / "infer" / f"ct{plan.ct_size}", plan.ct_slices,
                                     plan.ct_size)  # fmt: skip
-    result = benchmark_infer.run_child(options, "predict", ct, ckpt)
+    result = infer.run_predict_child(options, "predict", ct, ckpt)
     row = {"CT": f"{plan.ct_size}x{plan.ct_size}x{plan.ct_slices}", "total s": result["total_s"]}
     row.update({f"{stage} s": seconds for stage, seconds in result["stages"].items() if stage != "metrics"})
     row["peak RSS MB"] = result["peak_rss_mb"]
@@ -323,8 +268,7 @@ def ddp_smoke(args, work: Path) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- main
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda", help="cuda (the check) | cpu (the same code paths, slowly)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: seconds to minutes, for the test suite")
     parser.add_argument("--out", default="gpu_check.md", help="the markdown report")
@@ -339,8 +283,9 @@ def main(argv: list[str]) -> int:
         help="finish within about this many seconds: the core first, then "
         "larger sizes and the other sections while time remains; the report lists what was skipped",
     )
-    args = parser.parse_args(argv)
 
+
+def main(args) -> int:
     import torch
 
     from lits.core.device import resolve_device
@@ -360,14 +305,14 @@ def main(argv: list[str]) -> int:
 
     def section(title: str, measure, share: str | None = None):
         if share is not None and not budget.allows_section(share, title):
-            print(f"{title}: skipped (budget)", file=sys.stderr, flush=True)
+            say(f"{title}: skipped (budget)")
             return
-        print(f"{title} ...", file=sys.stderr, flush=True)
+        say(f"{title} ...")
         begun = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # what the stages print is progress; the report is stdout
             rows = measure()
         seconds = time.perf_counter() - begun
-        print(f"{title}: {seconds:.0f} s", file=sys.stderr, flush=True)
+        say(f"{title}: {seconds:.0f} s")
         sections.append((f"{title} ({seconds:.0f} s)", rows, list(rows[0])))
 
     section("fp16 AMP smoke training and evaluation (debug=smoke)", lambda: amp_smoke(args, work))
@@ -381,7 +326,8 @@ def main(argv: list[str]) -> int:
     if budget.skipped:
         sections.append(("Skipped to keep the budget", [{"skipped": what} for what in budget.skipped], ["skipped"]))
     load = os.getloadavg()[0]
-    head = (f"# lits GPU check\n\n{time.strftime('%Y-%m-%d %H:%M')}, `{' '.join(['gpu_check.py', *argv])}`, "
+    command = " ".join(["python -m benchmarks", *sys.argv[1:]])
+    head = (f"# lits GPU check\n\n{time.strftime('%Y-%m-%d %H:%M')}, `{command}`, "
             f"{budget.used() / 60:.1f} min, load average at the end {load:.1f}, torch threads "
             f"{torch.get_num_threads()}\n\n{budget.summary()}\n")  # fmt: skip
     text = head + "".join(f"\n## {name}\n\n{table(rows, cols)}\n" for name, rows, cols in sections)
@@ -389,7 +335,3 @@ def main(argv: list[str]) -> int:
     print(text)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -2,7 +2,7 @@
 # Peer benchmark: our lits trainer vs nnU-Net v2 (2d) on the same synthetic data, patient split, CPU and wall-clock
 # budget, both scored by our evaluate.py. Optional; outside CI. Results: outputs/peer_nnunet/results.md.
 #
-#   scripts/peer_nnunet.sh [MINUTES]          training budget of each method in minutes (default 10)
+#   bash studies/peer_nnunet/run.sh [MINUTES]          training budget of each method in minutes (default 10)
 #
 # Run it from the lits dev environment (python with lits installed), on an otherwise idle machine: the two
 # trainings run one after the other and the budget is wall-clock. Environment (all optional):
@@ -17,8 +17,8 @@
 set -Eeuo pipefail  # -E: the ERR trap below also fires for failures inside functions
 
 MINUTES=${1:-10}
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-HERE=$REPO/scripts/peer_nnunet
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HERE=$REPO/studies/peer_nnunet
 OUT=$REPO/outputs/peer_nnunet
 PEER_VENV=${PEER_VENV:-$OUT/venv}
 LITS_PYTHON=${LITS_PYTHON:-python}
@@ -169,7 +169,7 @@ main() {
     || { echo "peer_nnunet: $LITS_PYTHON cannot import lits; activate the lits environment or set LITS_PYTHON" >&2; exit 2; }
   mkdir -p "$OUT/logs"
   rm -f "$OUT/timings.tsv" "$OUT/results.md"
-  echo "# peer_nnunet.sh $MINUTES, $(date -Is), in $REPO" > "$OUT/commands.txt"
+  echo "# studies/peer_nnunet/run.sh $MINUTES, $(date -Is), in $REPO" > "$OUT/commands.txt"
   LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
   step venv setup_venv

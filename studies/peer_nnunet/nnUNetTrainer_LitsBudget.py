@@ -1,4 +1,4 @@
-"""nnU-Net's default trainer on a wall-clock budget (peer benchmark for lits; scripts/peer_nnunet.sh).
+"""nnU-Net's default trainer on a wall-clock budget (peer benchmark for lits; studies/peer_nnunet/run.sh).
 
 Installed by copying this file into <site-packages>/nnunetv2/training/nnUNetTrainer/ (nnU-Net finds trainers by
 class name there; not under variants/, whose modules import timm). Everything of nnU-Net's recipe is kept: the

@@ -1,4 +1,4 @@
-"""Our data and patient split -> nnU-Net raw format (run with the lits venv; scripts/peer_nnunet.sh).
+"""Our data and patient split -> nnU-Net raw format (run with the lits venv; studies/peer_nnunet/run.sh).
 
   python to_nnunet.py raw RAW_DIR DATASET_NAME [--check-split OUR_RUN/split.json] [--split-out FILE]
       the split our training uses (train.yaml defaults, seed 0: lits.data.splits.make_splits, as lits.train does);
@@ -27,16 +27,12 @@ def nnunet_name(case_id: str) -> str:
 
 def our_split() -> tuple[dict[str, list[str]], dict]:
     """The split `python train.py` makes by default (same config composition, same function)."""
-    from hydra import compose, initialize_config_dir
-
-    from lits.core.config.store import register
+    from lits.core.compose import compose_config
     from lits.data.prepare import ensure_synthetic
     from lits.data.sources import discover
     from lits.data.splits import make_splits
 
-    register()  # the typed schema that configs/train.yaml starts from
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.root_dir={ROOT}"])
+    cfg = compose_config("train", [f"paths.root_dir={ROOT}"])
     ensure_synthetic(cfg.data)
     found, problems = discover(cfg.data)
     if problems:

@@ -1,10 +1,9 @@
-#!/usr/bin/env python
 """The synthetic phantom's lesion statistics, measured the way the LiTS scorer sees lesions, next to LiTS's.
 
-    python scripts/phantom_stats.py                                  # the default data set (40 cases, seed 0)
-    python scripts/phantom_stats.py --num-cases 200 --seed 1         # more cases, another seed
-    python scripts/phantom_stats.py --root /data/LiTS                # any LiTS-format folder, e.g. the real data
-    python scripts/phantom_stats.py --out docs/phantom_stats.md --montage docs/phantom_hard_cases.png
+    python -m studies phantom                               # the default data set (40 cases, seed 0)
+    python -m studies phantom --num-cases 200 --seed 1      # more cases, another seed
+    python -m studies phantom --root /data/LiTS             # any LiTS-format folder, e.g. the real data
+    python -m studies phantom --out docs/phantom_stats.md --montage docs/phantom_hard_cases.png
 
 Without --root the cases are generated in memory exactly as `generate_case` makes them (same arrays), which also
 gives what the generator drew (contrast phase, placements, necrosis, rims) besides what is measured.
@@ -34,8 +33,8 @@ from scipy import ndimage
 
 from lits.core.errors import LitsError
 from lits.evaluate.metrics import reference_lesions
+from studies.phantom_montage import save_hardest
 
-REPO = Path(__file__).resolve().parents[1]
 ISO_HU = 10.0  # |lesion - surrounding liver| below this: isodense
 RING_VOXELS = 3  # in-plane width of the liver ring a lesion is compared with
 BINS_MM = (10.0, 20.0)  # equivalent-diameter bins: < 10, 10-20, > 20 mm
@@ -293,83 +292,17 @@ def table(s: dict, source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-# ---------------------------------------------------------------------------------------------- the montage
-def hardest_slices(cases: list[CaseStats]) -> list[tuple[str, int, str]]:
-    """(case, slice, caption) of up to four hard sights: the slice with the most lesions, the isodense lesion of
-    8-30 mm closest to the liver's density, a mid-sized lesion at the liver boundary and the slice with the most
-    lesions under 10 mm in yet another case."""
-    picks: list[tuple[str, int, str]] = []
-
-    def per_slice(c: CaseStats, small_only: bool = False) -> tuple[int, int]:
-        nz = max((z1 for _, z1 in c.z_ranges), default=0)
-        counts = np.zeros(nz + 1, dtype=int)
-        for (z0, z1), d in zip(c.z_ranges, c.diameters_mm):
-            if not small_only or d < BINS_MM[0]:
-                counts[z0:z1] += 1
-        return int(counts.argmax()), int(counts.max())
-
-    busiest = max(cases, key=lambda c: per_slice(c)[1])
-    k, n = per_slice(busiest)
-    if n:
-        picks.append((busiest.case, k, f"case {busiest.case}, slice {k}: {n} lesions in this slice"))
-    iso = [(d, c, i) for c in cases for i, (d, k2) in enumerate(zip(c.diameters_mm, c.classes)) if k2 == "isodense"]
-    iso = [t for t in iso if 8.0 <= t[0] <= 30.0] or iso  # one you could miss, not a mass whose texture averages out
-    wide = [t for t in iso if t[1].liver_area[t[1].slices[t[2]]] >= 0.5 * t[1].liver_area.max()]
-    iso = wide or iso  # in a slice through the body of the liver, not its tip
-    if iso:
-        d, c, i = min(iso, key=lambda t: abs(t[1].deltas_hu[t[2]]))
-        picks.append((c.case, c.slices[i], f"case {c.case}, slice {c.slices[i]}: isodense lesion, {d:.0f} mm"))
-    edge = [(d, c.case, c.boundary_slices[i]) for c in cases for i, d in enumerate(c.diameters_mm) if c.at_boundary[i]]
-    edge.sort()
-    edge = [e for e in edge if 8.0 <= e[0] <= 40.0] or edge
-    if edge:
-        d, case, k = edge[len(edge) // 2]
-        picks.append((case, k, f"case {case}, slice {k}: lesion at the liver boundary, {d:.0f} mm"))
-    others = [c for c in cases if c.case not in {p[0] for p in picks}]
-    if others:
-        small = max(others, key=lambda c: per_slice(c, True)[1])
-        k, n = per_slice(small, True)
-        if n:
-            picks.append((small.case, k, f"case {small.case}, slice {k}: {n} lesions < 10 mm in this slice"))
-    return picks
-
-
-def liver_crop(seg_slice: np.ndarray, margin: int = 12) -> tuple[slice, slice]:
-    """The in-plane box of the liver in one (X, Y) slice, with a margin (the whole slice if it has no liver)."""
-    idx = np.argwhere(seg_slice >= 1)
-    if not len(idx):
-        return slice(None), slice(None)
-    lo = np.maximum(idx.min(axis=0) - margin, 0)
-    hi = idx.max(axis=0) + margin + 1
-    return slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1]))
-
-
-def save_hardest(cases: list[CaseStats], load, path: Path) -> Path:
-    """The montage of `hardest_slices`; ``load(case)`` returns that case's (volume, segmentation) in (X, Y, Z)."""
-    from lits.data.synthetic.montage import save_panels
-
-    panels = []
-    for case, k, caption in hardest_slices(cases):
-        vol, seg = load(case)
-        box = liver_crop(seg[:, :, k])
-        panels.append((vol[:, :, k][box], seg[:, :, k][box], caption))
-    return save_panels(panels, path, title="synthetic phantom, hard cases (window [-160, 240] HU); below: labels")
-
-
 # ------------------------------------------------------------------------------------------------------ main
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Lesion statistics of the synthetic phantom (or any LiTS folder).")
+def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", type=Path, default=None, help="measure this LiTS-format folder instead of generating")
     p.add_argument("--num-cases", type=int, default=None, help="cases to generate (default: data.synthetic's 40)")
     p.add_argument("--seed", type=int, default=0, help="data set seed (default 0)")
     p.add_argument("--size", type=int, default=None, help="in-plane voxels (default: the generator's 256)")
     p.add_argument("--out", type=Path, default=None, help="also write the table to this markdown file")
     p.add_argument("--montage", type=Path, default=None, help="also write a PNG of the hardest slices")
-    return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(args) -> int:
     try:
         from lits.core.config.synthetic import SyntheticConfig
 
@@ -390,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(text)
         if args.montage is not None:
-            path = save_hardest(cases, _loader(args, synth if args.root is None else None), args.montage)
+            load = _loader(args, synth if args.root is None else None)
+            path = save_hardest(cases, BINS_MM[0], load, args.montage)
             print(f"wrote {path}")
     except LitsError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -406,7 +340,3 @@ def _loader(args, synth):
         return lambda case: generate_case(int(case), args.seed, synth.params)[:2]
     pairs = folder_pairs(args.root)
     return lambda case: read_case(pairs[case])[:2]
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Per-case LiTS metric time: ours (`lits.evaluate.metrics.case_metrics`, cropped) vs a plain whole-volume computation.
 
 Builds a synthetic CT-sized pair (default 300 x 512 x 512, spacing 1.5 x 0.75 x 0.75 mm): a lobed liver with a
@@ -15,7 +14,7 @@ positive). Then, in one run and on the same pair:
   (no lesion detection, no lesion-wise scores), so the ratio is a lower bound.
 
 Prints both times, the ratio and the values side by side. Usage:
-    python scripts/benchmark_metrics.py [--shape 300 512 512] [--baseline medpy|monai|both] [--repeats 1]
+    python -m benchmarks metrics [--shape 300 512 512] [--baseline medpy|monai|both] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ import warnings
 
 import numpy as np
 
+from benchmarks.probes import machine_line
 from lits.evaluate.metrics import case_metrics
 
 
@@ -127,15 +127,17 @@ def timed(fn, repeats):
     return best, result
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def configure(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"))
     ap.add_argument("--spacing", type=float, nargs=3, default=(1.5, 0.75, 0.75), metavar=("SZ", "SY", "SX"))
     ap.add_argument("--baseline", choices=("medpy", "monai", "both"), default="medpy")
     ap.add_argument("--repeats", type=int, default=1, help="best of N for each method")
-    args = ap.parse_args(argv)
+
+
+def main(args) -> None:
     shape, spacing = tuple(args.shape), tuple(args.spacing)
 
+    print(machine_line())
     t0 = time.perf_counter()
     pred, ref = synthetic_pair(shape)
     print(
@@ -175,7 +177,3 @@ def main(argv=None):
             "while the LiTS scorer erodes with the 18-neighbourhood: ASSD differs by definition; MSD coincides up to "
             "MONAI's float32.)"
         )
-
-
-if __name__ == "__main__":
-    main()

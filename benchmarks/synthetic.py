@@ -1,9 +1,8 @@
-#!/usr/bin/env python
 """Generation time of the synthetic phantom: this checkout against an earlier generator, side by side.
 
-    python scripts/benchmark_synthetic.py                      # the 40 default cases, vs the generator before v2
-    python scripts/benchmark_synthetic.py --baseline main~3    # vs any git revision
-    python scripts/benchmark_synthetic.py --quick              # 4 small cases: checks that the benchmark runs
+    python -m benchmarks synthetic                      # the 40 default cases, vs the generator before v2
+    python -m benchmarks synthetic --baseline main~3    # vs any git revision
+    python -m benchmarks synthetic --quick              # 4 small cases: checks that the benchmark runs
 
 Both generators run in their own worker process (the baseline from `git archive <revision> lits` in a temporary
 folder), and the cases alternate between them (old, new, new, old, ...) so that whatever else the machine does
@@ -24,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.probes import REPO, machine_line
 
 WORKER = r"""
 import json, shutil, sys, tempfile, time
@@ -95,30 +94,37 @@ def ask(proc: subprocess.Popen, what: str, n: int) -> dict:
     return json.loads(proc.stdout.readline())
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", default=None, help="git revision of the old generator (default: before v2)")
     p.add_argument("--cases", type=int, default=40, help="cases 0..N-1 (default 40, the default data set)")
     p.add_argument("--quick", action="store_true", help="4 cases of size 96: checks that the benchmark runs")
     p.add_argument("--no-datasets", dest="datasets", action="store_false", help="skip the generate_dataset runs")
-    args = p.parse_args(argv)
+
+
+def time_cases(old, new, cases: int, datasets: bool) -> tuple[dict, dict]:
+    """Per-case times of both workers, alternating, then (`datasets`) generate_dataset twice each."""
+    times = {"old": [], "new": []}
+    for i in range(cases):
+        order = [("old", old), ("new", new)] if i % 2 == 0 else [("new", new), ("old", old)]
+        for name, proc in order:
+            times[name].append(ask(proc, "case", i))
+        o, n = times["old"][-1], times["new"][-1]
+        voxels = f"tumour voxels {o['tumour_voxels']} -> {n['tumour_voxels']}"
+        print(f"case {i:3d}: old {o['total']:.2f} s, new {n['total']:.2f} s ({voxels})", flush=True)
+    whole = {"old": [], "new": []}
+    for name, proc in [("old", old), ("new", new), ("new", new), ("old", old)][: 4 if datasets else 0]:
+        whole[name].append(ask(proc, "dataset", cases)["total"])
+        print(f"generate_dataset of {cases} cases, {name}: {whole[name][-1]:.1f} s", flush=True)
+    return times, whole
+
+
+def main(args) -> int:
     params = {"size": 96, "num_slices": [20, 28]} if args.quick else {}
     cases = 4 if args.quick else args.cases
     baseline = args.baseline or first_v2_parent()
     with tempfile.TemporaryDirectory() as tmp:
         old, new = start(checkout(baseline, Path(tmp)), params), start(REPO, params)
-        times = {"old": [], "new": []}
-        for i in range(cases):
-            order = [("old", old), ("new", new)] if i % 2 == 0 else [("new", new), ("old", old)]
-            for name, proc in order:
-                times[name].append(ask(proc, "case", i))
-            o, n = times["old"][-1], times["new"][-1]
-            voxels = f"tumour voxels {o['tumour_voxels']} -> {n['tumour_voxels']}"
-            print(f"case {i:3d}: old {o['total']:.2f} s, new {n['total']:.2f} s ({voxels})", flush=True)
-        whole = {"old": [], "new": []}
-        for name, proc in [("old", old), ("new", new), ("new", new), ("old", old)][: 4 if args.datasets else 0]:
-            whole[name].append(ask(proc, "dataset", cases)["total"])
-            print(f"generate_dataset of {cases} cases, {name}: {whole[name][-1]:.1f} s", flush=True)
+        times, whole = time_cases(old, new, cases, args.datasets)
         for proc in (old, new):
             proc.stdin.close()
             proc.wait()
@@ -134,9 +140,5 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"generate_dataset, two runs each: old {t_old:.1f} s, new {t_new:.1f} s; ratio new/old {t_new / t_old:.2f}"
         )
-    print(f"baseline: {baseline}")
+    print(f"baseline: {baseline}\n{machine_line()}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

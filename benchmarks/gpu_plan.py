@@ -1,5 +1,5 @@
-"""What one run of scripts/gpu_check.py measures: the sizes (`Plan`) and, with --budget-s, what fits the time given
-(`Budget`).
+"""What one run of `python -m benchmarks gpu` measures: the sizes (`Plan`) and, with --budget-s, what fits the time
+given (`Budget`).
 
 The budget runs a core whatever it costs (the environment, the fp16 smoke training and evaluation, the smallest
 throughput row: the first light of the CUDA path), then the rest in order of use while time remains, smallest sizes
