@@ -12,15 +12,11 @@ the n runs have it).
 Columns (val = the run's validation split, from history.jsonl / train_summary.json; test = evaluate.py's
 metrics.json in <run>/evaluate/, written by `python evaluate.py ckpt=<run>/checkpoints/best.pt
 hydra.run.dir=<run>/evaluate`, stage `post` = the configured post-processing):
-  val tumour Dice post @best   val/tumor_dice_post at the best epoch (the epoch best.pt was saved)
-  val tumour Dice @last        val/tumor_dice at the last epoch (raw: threshold only), per-case mean
-  val tumour Dice global @last val/tumor_dice_global at the last epoch (raw)
-  val liver Dice @last         val/liver_dice at the last epoch (raw), per-case mean
-  train min                    train_summary.json minutes
-  test tumour Dice/case        metrics.json post.tumor_dice_per_case
-  test tumour Dice global      metrics.json post.tumor_dice_global
-  test liver Dice/case         metrics.json post.liver_dice_per_case
-  test lesion recall IoU>0.5   metrics.json post.tumor_lesion_recall_iou50
+  val/tumor_dice_post at the best epoch (the epoch best.pt was saved), post-processed, per-case mean
+  val/tumor_dice, val/tumor_dice_global, val/liver_dice at the last epoch (raw: threshold only)
+  train_summary.json minutes
+  metrics.json post.tumor_dice_per_case, .tumor_dice_global, .liver_dice_per_case, .tumor_lesion_recall_iou50
+each headed by the metric's words (lits.core.vocabulary) and where it comes from (@best, @last, test).
 
 Epochs are numbered from 1, as train.py numbers them in history.jsonl and train_summary.json.
 
@@ -40,21 +36,33 @@ import statistics
 import sys
 from pathlib import Path
 
+from lits.core.vocabulary import heading
+
 ABLATION_ORDER = ["bce", "dice", "hybrid", "progressive"]
 EVAL_STAGE = "post"
-# (column, source, key): source "best" = history record at the best epoch, "last" = last validated record,
+# (source, key): source "best" = history record at the best epoch, "last" = last validated record,
 # "summary" = train_summary.json, "test" = metrics.json[EVAL_STAGE]
-COLUMNS = [
-    ("val tumour Dice post @best", "best", "val/tumor_dice_post"),
-    ("val tumour Dice @last", "last", "val/tumor_dice"),
-    ("val tumour Dice global @last", "last", "val/tumor_dice_global"),
-    ("val liver Dice @last", "last", "val/liver_dice"),
-    ("train min", "summary", "minutes"),
-    ("test tumour Dice/case", "test", "tumor_dice_per_case"),
-    ("test tumour Dice global", "test", "tumor_dice_global"),
-    ("test liver Dice/case", "test", "liver_dice_per_case"),
-    ("test lesion recall IoU>0.5", "test", "tumor_lesion_recall_iou50"),
+SOURCES = [
+    ("best", "val/tumor_dice_post"),
+    ("last", "val/tumor_dice"),
+    ("last", "val/tumor_dice_global"),
+    ("last", "val/liver_dice"),
+    ("summary", "minutes"),
+    ("test", "tumor_dice_per_case"),
+    ("test", "tumor_dice_global"),
+    ("test", "liver_dice_per_case"),
+    ("test", "tumor_lesion_recall_iou50"),
 ]
+
+
+def column_heading(source: str, key: str) -> str:
+    """The metric's words from lits.core.vocabulary, and where the value comes from."""
+    if source == "summary":
+        return "train min"
+    return f"val {heading(key)} @{source}" if source in ("best", "last") else f"test {heading(key)}"
+
+
+COLUMNS = [(column_heading(source, key), source, key) for source, key in SOURCES]
 LEGEND = {
     "best": "validation split, history.jsonl `{key}` at the best epoch "
     "(train_summary.json best_epoch, the epoch of best.pt)",

@@ -13,15 +13,16 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from lits.core.vocabulary import heading
 from lits.evaluate.pictures import png_bytes
 
-# (history key, label, colour, line style) of the validation panel
+# (history key, colour, line style) of the validation panel; the legend says what lits.core.vocabulary calls them
 VAL_LINES = (
-    ("val/liver_dice_post", "liver, post-processed", "tab:green", "-"),
-    ("val/liver_dice", "liver, raw", "tab:green", ":"),
-    ("val/tumor_dice_post", "tumour per case, post-processed", "tab:red", "-"),
-    ("val/tumor_dice", "tumour per case, raw", "tab:red", ":"),
-    ("val/tumor_dice_global_post", "tumour global, post-processed", "tab:purple", "--"),
+    ("val/liver_dice_post", "tab:green", "-"),
+    ("val/liver_dice", "tab:green", ":"),
+    ("val/tumor_dice_post", "tab:red", "-"),
+    ("val/tumor_dice", "tab:red", ":"),
+    ("val/tumor_dice_global_post", "tab:purple", "--"),
 )
 LOSS_LINES = (
     ("train/loss", "loss", "black", "-"),
@@ -64,7 +65,8 @@ def _loss_panel(ax, records) -> None:
 
 
 def _val_panel(ax, records, best: dict | None, mark: int | None) -> None:
-    for key, label, color, style in VAL_LINES:
+    for key, color, style in VAL_LINES:
+        label = heading(key)
         x, y = _series(records, key)
         if x:
             ax.plot(x, y, style, color=color, marker="o", markersize=3, label=label)

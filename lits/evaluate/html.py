@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import lits
+from lits.core.vocabulary import heading
 from lits.evaluate.headline import cases, counting_notes
 from lits.evaluate.report import (
     CASE_COLUMNS,
@@ -27,25 +28,12 @@ from lits.evaluate.report import (
     training_sentence,
 )
 
-HEADINGS = {
-    "case": "case",
-    "liver_dice": "liver Dice",
-    "tumor_dice": "tumour Dice",
-    "tumor_volume_ref_ml": "tumour ml (reference)",
-    "tumor_volume_pred_ml": "tumour ml (predicted)",
-    "tumor_assd": "tumour ASSD mm",
-    "tumor_lesions_ref": "lesions",
-    "tumor_lesion_tp_iou50": "found (IoU > 0.5)",
-    "tumor_lesion_fp_iou50": "extra (IoU > 0.5)",
-    "tumor_burden_ref": "burden (reference)",
-    "tumor_burden_pred": "burden (predicted)",
-}
 TILES = (
-    ("tumor_dice_per_case", "tumour Dice per case"),
-    ("tumor_dice_global", "tumour Dice global"),
-    ("liver_dice_per_case", "liver Dice per case"),
-    ("tumor_lesion_recall_iou50", "lesion recall (IoU > 0.5)"),
-    ("tumor_lesion_precision_iou50", "lesion precision (IoU > 0.5)"),
+    "tumor_dice_per_case",
+    "tumor_dice_global",
+    "liver_dice_per_case",
+    "tumor_lesion_recall_iou50",
+    "tumor_lesion_precision_iou50",
 )
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1180px;padding:1em 2em;
@@ -159,8 +147,8 @@ def report_html(result: dict, source, summary: dict, rows: list[dict], out_dir: 
     dice_volume and training; montages/case-N.png are linked when they exist."""
     main = summary[source.main]
     tiles = "".join(
-        f'<div class="tile"><div class="v">{_e(cell(k, main.get(k)))}</div><div class="k">{_e(label)}</div></div>'
-        for k, label in TILES
+        f'<div class="tile"><div class="v">{_e(cell(k, main.get(k)))}</div><div class="k">{_e(heading(k))}</div></div>'
+        for k in TILES
         if k in main
     )
     montages = {cid: f"montages/case-{cid}.png" for cid in result["montage_order"]}  # worst first
@@ -171,7 +159,7 @@ def report_html(result: dict, source, summary: dict, rows: list[dict], out_dir: 
         return f'<a href="{_e(name)}">{_e(row["case"])}</a>' if name else _e(row["case"])
 
     stage_rows = [{"stage": name, **summary[name]} for name, _ in source.stages]
-    case_columns = [(k, HEADINGS[k]) for k in CASE_COLUMNS]
+    case_columns = [(k, heading(k)) for k in CASE_COLUMNS]
     training_png = out_dir / pictures["training"] if pictures.get("training") else None
     dice_png = out_dir / pictures["dice_volume"] if pictures.get("dice_volume") else None
     body = [

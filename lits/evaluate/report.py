@@ -10,6 +10,7 @@ import numpy as np
 
 from lits.core.files import write_bytes_atomic
 from lits.core.tables import format_table
+from lits.core.vocabulary import VALIDATION, decimals, heading
 from lits.evaluate.curves import progress_png
 from lits.evaluate.headline import cases, counting_notes, on_off
 from lits.evaluate.metrics.keys import LARGE
@@ -67,38 +68,17 @@ SUMMARY_KEYS = [
 ]
 
 
-# the console's tables: (key, heading) pairs, each table no wider than 120 characters
-CONSOLE_CASE_COLUMNS = [
-    ("case", "case"),
-    ("liver_dice", "liver Dice"),
-    ("tumor_dice", "tumour Dice"),
-    ("tumor_volume_ref_ml", "tumour ml ref"),
-    ("tumor_volume_pred_ml", "tumour ml pred"),
-    ("tumor_assd", "tumour ASSD mm"),
-    ("tumor_lesions_ref", "lesions"),
-    ("tumor_lesion_tp_iou50", "found"),
-    ("tumor_lesion_fp_iou50", "extra"),
-]
+# the console's tables: (key, heading) pairs, each table no wider than 120 characters (the burden columns: report.md)
+CONSOLE_CASE_COLUMNS = [(key, heading(key, short=True)) for key in CASE_COLUMNS if not key.startswith("tumor_burden")]
 CONSOLE_STAGE_COLUMNS = [
-    ("stage", "stage"),
-    ("liver_dice_per_case", "liver Dice"),
-    ("tumor_dice_per_case", "tumour Dice"),
-    ("tumor_dice_global", "tumour global"),
-    ("tumor_assd_mean", "tumour ASSD mm"),
-    ("tumor_lesion_recall_iou50", "lesion recall"),
-    ("tumor_lesion_precision_iou50", "lesion precision"),
-]
+    (key, heading(key, short=True))
+    for key in ("stage", "liver_dice_per_case", "tumor_dice_per_case", "tumor_dice_global", "tumor_assd_mean",
+                "tumor_lesion_recall_iou50", "tumor_lesion_precision_iou50")
+]  # fmt: skip
 # The headline scalars evaluate.py logs to TensorBoard: (summary key, the tag training's validation logs the same
 # metric of the post-processed stage under), so that a test or validation evaluation (a sibling run in TensorBoard,
 # tensorboard/evaluate/<split>) draws its point on the validation curves.
-TENSORBOARD_SCALARS = [
-    ("tumor_dice_per_case", "val/tumor_dice_post"),
-    ("tumor_dice_global", "val/tumor_dice_global_post"),
-    ("liver_dice_per_case", "val/liver_dice_post"),
-    ("liver_dice_global", "val/liver_dice_global_post"),  # validation leaves it out; evaluate's own
-    ("tumor_lesion_recall_iou50", "val/lesion_recall_iou50"),
-    ("tumor_lesion_precision_iou50", "val/lesion_precision_iou50"),
-]
+TENSORBOARD_SCALARS = [(key, tag) for tag, (stage, key) in VALIDATION.items() if stage == "post"]
 NOT_AVAILABLE = (
     "n/a: no surface distance or burden where the reference or the prediction is empty "
     f"(the LiTS scorer's {LARGE:g}, kept in cases.csv and ablation_cases.csv)"
@@ -114,9 +94,7 @@ def cell(key: str, value) -> str:
     value = float(value)
     if value == LARGE:
         return "n/a"
-    if key.endswith(("_ml", "assd", "msd", "rmsd", "assd_mean", "msd_mean", "rmsd_mean")):
-        return f"{value:.1f}"
-    return f"{value:.3f}" if math.isfinite(value) else "-"
+    return f"{value:.{decimals(key)}f}" if math.isfinite(value) else "-"
 
 
 def text_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:

@@ -33,6 +33,7 @@ from lits.core.config import EvaluateConfig, PostprocessConfig
 from lits.core.device import resolve_device
 from lits.core.errors import LitsError
 from lits.core.files import check_writable_folder
+from lits.core.vocabulary import lesion_score
 from lits.data.prepare import prepare
 from lits.evaluate.calibration import calibrate, fit_temperature, region_sample, reliability
 from lits.evaluate.metrics import aggregate, case_metrics
@@ -85,11 +86,7 @@ def candidates(base: PostprocessConfig) -> list[PostprocessConfig]:
 
 
 def score(summary: dict, criterion: str) -> float:
-    if criterion == "tumor_dice":
-        return summary["tumor_dice_per_case"]
-    recall, precision = summary["tumor_lesion_recall_iou50"], summary["tumor_lesion_precision_iou50"]
-    f1 = 2 * recall * precision / (recall + precision) if recall + precision else 0.0
-    return (summary["tumor_dice_per_case"] + f1) / 2
+    return summary["tumor_dice_per_case"] if criterion == "tumor_dice" else lesion_score(summary)
 
 
 # The size filter's settings, the last step: candidates that differ only in these start from the same masks

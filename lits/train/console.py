@@ -16,20 +16,19 @@ from pathlib import Path
 import torch
 
 from lits.core.tables import count
+from lits.core.vocabulary import heading
 from lits.evaluate.report import text_table
 
 WARMUP_STEPS = 2  # the first steps are slow (allocations, cuDNN autotuning, compilation): left out of the estimate
 ESTIMATE_STEPS = 20  # the throughput estimate covers this many steps after the warm-up (fewer if an epoch is shorter)
 MAX_LINE = 120  # characters of an epoch line
 MIN_BUDGET_EPOCHS = 3  # a time budget that fits fewer epochs is warned about (the first one or two only find the organ)
-# the closing table's validation columns: (history key without val/, heading)
-SUMMARY_COLUMNS = (
-    ("liver_dice_post", "liver Dice"),
-    ("tumor_dice_post", "tumour Dice"),
-    ("tumor_dice_global_post", "tumour global"),
-    ("tumor_dice", "tumour Dice raw"),
-    ("lesion_score", "lesion score"),
-)
+# the closing table's validation columns: (history key, heading)
+SUMMARY_COLUMNS = tuple(
+    (key, heading(key, short=True))
+    for key in ("val/liver_dice_post", "val/tumor_dice_post", "val/tumor_dice_global_post", "val/tumor_dice",
+                "val/lesion_score")
+)  # fmt: skip
 
 
 def shown_path(path: str | Path) -> str:
@@ -164,9 +163,7 @@ def summary_lines(run, summary: dict, history: list[dict]) -> list[str]:
     if validated and validated[-1] is not best:
         chosen.append(("last", validated[-1]))
     if chosen:
-        rows = [
-            {"": name, "epoch": r["epoch"], **{k: r.get(f"val/{k}") for k, _ in SUMMARY_COLUMNS}} for name, r in chosen
-        ]
+        rows = [{"": name, "epoch": r["epoch"], **{k: r.get(k) for k, _ in SUMMARY_COLUMNS}} for name, r in chosen]
         lines += text_table(rows, [("", ""), ("epoch", "epoch"), *SUMMARY_COLUMNS]).splitlines()
     lines += [f"{name}: {line}" for name, line in summary["tuned"].items()]
     ckpt = shown_path(run.ckpt_dir / "best.pt")

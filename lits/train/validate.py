@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from lits.core.vocabulary import validation_metrics
 from lits.evaluate.metrics import SIZE_BINS, aggregate, case_metrics
 from lits.evaluate.pictures import SliceView, validation_picture
 from lits.infer.postprocess import postprocess, probabilities_to_labels
@@ -25,20 +26,13 @@ class Validation:
     picture: np.ndarray | None  # (H, W, 3) uint8 picture of the worst cases, or None
 
 
-def lesion_metrics(summary: dict) -> dict[str, float]:
-    """Lesion finding on the post-processed stage: recall and precision at IoU > 0.5 and > 0 (the scorer's matching),
-    F1 at IoU > 0.5, Dice per lesion size bin (bins with lesions only), and val/lesion_score, the mean of tumour Dice
-    per case and lesion F1 (a monitor that rewards finding lesions as much as outlining them)."""
+def size_bin_metrics(summary: dict) -> dict[str, float]:
+    """Dice per lesion size bin of the post-processed stage, for the bins with lesions only (the other validation
+    metrics: `lits.core.vocabulary.validation_metrics`)."""
     out = {}
-    for t in ("iou50", "iou0"):
-        out[f"val/lesion_recall_{t}"] = summary[f"tumor_lesion_recall_{t}"]
-        out[f"val/lesion_precision_{t}"] = summary[f"tumor_lesion_precision_{t}"]
-    recall, precision = out["val/lesion_recall_iou50"], out["val/lesion_precision_iou50"]
-    out["val/lesion_f1_iou50"] = 2 * recall * precision / (recall + precision) if recall + precision else 0.0
     for name in SIZE_BINS:
         if summary[f"tumor_lesion_ref_{name}"]:
             out[f"val/lesion_dice_{name}"] = summary[f"tumor_lesion_dice_{name}"]
-    out["val/lesion_score"] = (summary["tumor_dice_per_case"] + out["val/lesion_f1_iou50"]) / 2
     return out
 
 
@@ -73,13 +67,8 @@ def validate(
             shown = _worst(shown, case, label, post, probs[1], post_rows[-1]["tumor_dice"])
     raw_summary, post_summary = aggregate(raw_rows), aggregate(post_rows)
     metrics = {
-        "val/liver_dice": raw_summary["liver_dice_per_case"],
-        "val/tumor_dice": raw_summary["tumor_dice_per_case"],
-        "val/tumor_dice_global": raw_summary["tumor_dice_global"],
-        "val/liver_dice_post": post_summary["liver_dice_per_case"],
-        "val/tumor_dice_post": post_summary["tumor_dice_per_case"],
-        "val/tumor_dice_global_post": post_summary["tumor_dice_global"],
-        **lesion_metrics(post_summary),
+        **validation_metrics({"raw": raw_summary, "post": post_summary}),
+        **size_bin_metrics(post_summary),
     }
     picture = None
     if shown:

@@ -10,16 +10,16 @@ from conftest import REPO, SMOKE_SIZES, one_line_error, run_cli
 # epoch validated, quietly
 SWEEP = [*SMOKE_SIZES, "trainer.val_every=1", "trainer.log_images=false", "trainer.progress=false"]
 TEST_COLUMNS = [
-    "test tumour Dice/case",
+    "test tumour Dice per case",
     "test tumour Dice global",
-    "test liver Dice/case",
-    "test lesion recall IoU>0.5",
+    "test liver Dice per case",
+    "test lesion recall (IoU > 0.5)",
 ]
 VAL_COLUMNS = [
-    "val tumour Dice post @best",
-    "val tumour Dice @last",
-    "val tumour Dice global @last",
-    "val liver Dice @last",
+    "val tumour Dice per case, post-processed @best",
+    "val tumour Dice per case, raw @last",
+    "val tumour Dice global, raw @last",
+    "val liver Dice per case, raw @last",
     "train min",
 ]
 
@@ -95,10 +95,10 @@ def test_test_columns_come_from_the_evaluated_run_only(compared):
     history = [json.loads(line) for line in (runs["progressive_seed0"] / "history.jsonl").read_text().splitlines()]
     summary = json.loads((runs["progressive_seed0"] / "train_summary.json").read_text())
     best = next(h for h in history if h["epoch"] == summary["best_epoch"])
-    assert float(rows["progressive"]["val tumour Dice post @best"].split(" ± ")[0]) == pytest.approx(
+    assert float(rows["progressive"][VAL_COLUMNS[0]].split(" ± ")[0]) == pytest.approx(
         best["val/tumor_dice_post"], abs=5e-5
     )
-    assert float(rows["progressive"]["val liver Dice @last"].split(" ± ")[0]) == pytest.approx(
+    assert float(rows["progressive"][VAL_COLUMNS[3]].split(" ± ")[0]) == pytest.approx(
         history[-1]["val/liver_dice"], abs=5e-5
     )
 
@@ -175,8 +175,8 @@ def test_seeds_are_summarised_and_rows_ordered(tmp_path):
     assert list(rows) == ["bce", "dice", "progressive", "focal"]
     dice = rows["dice"]
     assert (dice["runs"], dice["seeds"]) == ("2", "0,1")  # folder a given twice: each run counted once
-    assert dice["val tumour Dice post @best"] == "0.5000 ± 0.1414"
-    assert dice["val tumour Dice @last"] == "0.4000 ± 0.1414" and dice["train min"] == "3.00 ± 1.41"
-    assert dice["test tumour Dice/case"] == "0.5000 ± — (1/2)"
-    assert rows["focal"]["test lesion recall IoU>0.5"] == "—"
+    assert dice[VAL_COLUMNS[0]] == "0.5000 ± 0.1414"
+    assert dice[VAL_COLUMNS[1]] == "0.4000 ± 0.1414" and dice["train min"] == "3.00 ± 1.41"
+    assert dice[TEST_COLUMNS[0]] == "0.5000 ± — (1/2)"
+    assert rows["focal"][TEST_COLUMNS[3]] == "—"
     assert (tmp_path / "out/curves.png").stat().st_size > 5000

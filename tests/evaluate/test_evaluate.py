@@ -137,7 +137,7 @@ def test_headline_metrics_go_to_their_own_tensorboard_run(evaluated):
     # headline, main stage only, under the tags of the validation curves: a sibling run overlays them
     assert sorted(tags["scalars"]) == sorted(
         ["val/tumor_dice_post", "val/tumor_dice_global_post", "val/liver_dice_post", "val/liver_dice_global_post",
-         "val/lesion_recall_iou50", "val/lesion_precision_iou50"]
+         "val/lesion_recall_iou50", "val/lesion_precision_iou50", "val/lesion_recall_iou0", "val/lesion_precision_iou0"]
     )  # fmt: skip
     [point] = events.Scalars("val/tumor_dice_post")
     assert point.step == 4 and point.value == pytest.approx(metrics["post"]["tumor_dice_per_case"])  # the epoch

@@ -75,11 +75,12 @@ def test_detail_lesions_is_the_full_rows_detection_without_surface_distances():
 
 
 def test_validation_reports_lesion_finding_and_a_lesion_aware_score():
-    from lits.train.validate import lesion_metrics
+    from lits.core.vocabulary import validation_metrics
+    from lits.train.validate import size_bin_metrics
 
     pred, ref = phantom()
     summary = metrics.aggregate([metrics.case_metrics(pred, ref, SPACING, detail="lesions")])
-    out = lesion_metrics(summary)
+    out = {**validation_metrics({"raw": summary, "post": summary}), **size_bin_metrics(summary)}
     recall, precision = 1 / 3, 1 / 2  # 1 of 3 lesions at IoU > 0.5; 2 predictions, one of them detected
     assert out["val/lesion_recall_iou50"] == pytest.approx(recall)
     assert out["val/lesion_precision_iou50"] == pytest.approx(precision)
@@ -88,7 +89,7 @@ def test_validation_reports_lesion_finding_and_a_lesion_aware_score():
     assert out["val/lesion_score"] == pytest.approx((summary["tumor_dice_per_case"] + f1) / 2)
     assert out["val/lesion_dice_under10mm"] == 1.0 and out["val/lesion_dice_over20mm"] == 0.0
     no_tumour = np.ones((4, 8, 8), np.uint8)
-    quiet = lesion_metrics(metrics.aggregate([metrics.case_metrics(no_tumour, no_tumour, SPACING, "lesions")]))
+    quiet = size_bin_metrics(metrics.aggregate([metrics.case_metrics(no_tumour, no_tumour, SPACING, "lesions")]))
     assert not any(k.startswith("val/lesion_dice_") for k in quiet)  # no lesions in a bin: no number for it
 
 

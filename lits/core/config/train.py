@@ -6,6 +6,7 @@ import signal
 from dataclasses import dataclass, field
 
 import lits.core.config.checks as checks
+from lits.core.vocabulary import MONITORS
 
 REGIONS = ("dice", "generalized_dice", "log_dice", "tversky")
 BLOB_REGIONS = ("dice", "tversky")  # region terms the lesion-wise blob term mixes with
@@ -16,17 +17,6 @@ OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "poly")
 AMP_MODES = ("auto", "off", "fp16", "bf16")
 DIST_BACKENDS = ("auto", "nccl", "gloo")
-MONITORS = (
-    "val/tumor_dice_post",
-    "val/tumor_dice",
-    "val/tumor_dice_global",
-    "val/tumor_dice_global_post",
-    "val/liver_dice",
-    "val/liver_dice_post",
-    "val/lesion_score",
-    "val/lesion_f1_iou50",
-    "val/lesion_recall_iou50",
-)
 
 
 @dataclass
