@@ -29,6 +29,7 @@ from pathlib import Path
 
 from lits.core.compose import CHECKOUT as REPO
 from lits.core.tables import format_table
+from lits.core.vocabulary import lesion_f1
 
 VARIANTS = {
     "baseline": [],  # the defaults
@@ -82,11 +83,6 @@ def train_and_evaluate(folder: Path, name: str, seed: int, minutes: float, extra
             run(cmd, folder / f"{step}.log")
 
 
-def f1(stage: dict) -> float:
-    r, p = stage["tumor_lesion_recall_iou50"], stage["tumor_lesion_precision_iou50"]
-    return 2 * r * p / (r + p) if r + p else 0.0
-
-
 def measures(folder: Path) -> dict:
     """One run's numbers: the validation criterion as trained and tuned, the test numbers as trained and tuned."""
     summary = json.loads((folder / "train_summary.json").read_text())
@@ -99,7 +95,9 @@ def measures(folder: Path) -> dict:
         out[f"test tumour global {mode}"] = post["tumor_dice_global"]
         out[f"test lesion recall {mode}"] = post["tumor_lesion_recall_iou50"]
         out[f"test lesion precision {mode}"] = post["tumor_lesion_precision_iou50"]
-        out[f"test lesion F1 {mode}"] = f1(post)
+        out[f"test lesion F1 {mode}"] = lesion_f1(
+            post["tumor_lesion_recall_iou50"], post["tumor_lesion_precision_iou50"]
+        )
         out[f"test recall any overlap {mode}"] = post["tumor_lesion_recall_iou0"]
         out[f"test precision any overlap {mode}"] = post["tumor_lesion_precision_iou0"]
         for b in BINS:

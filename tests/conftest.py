@@ -17,10 +17,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
+from lits.core.compose import compose_raw
 from lits.core.config.store import register
 from lits.core.errors import LitsError
 from lits.data.cache import CachedCase, cache_cases
@@ -35,10 +34,9 @@ register()  # the typed schema, as the entry points register it before composing
 
 
 def compose(config_name: str, *overrides: str):
-    """configs/<config_name>.yaml with overrides, through Hydra's compose API (no Hydra runtime: nothing sets the
-    run folder, so callers that resolve paths give paths.root_dir / paths.output_dir themselves)."""
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return hydra_compose(config_name, overrides=list(overrides))
+    """configs/<config_name>.yaml with overrides, as the tools compose it (lits.core.compose: no Hydra runtime, so
+    callers that resolve paths give paths.root_dir / paths.output_dir themselves; else they are the cwd)."""
+    return compose_raw(config_name, overrides)
 
 
 # placeholder paths for configs whose values are only read, never used to write anything
