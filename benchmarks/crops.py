@@ -28,6 +28,7 @@ from pathlib import Path
 
 from benchmarks.data import data_cfg, synthetic_cases
 from benchmarks.probes import REPO, cpu_seconds, descendants, machine_line
+from lits.core.tables import format_table
 
 
 def crop_dataset(args):
@@ -148,14 +149,12 @@ def report(args, rows: list[dict]) -> None:
         f"{args.context}, batch {args.batch_size}, {'cold (evicted before each pass)' if args.cold else 'warm'} page "
         f"cache, median of {args.repeats} passes of {args.batches} batches\n{machine_line()}"
     )
-    header = f"{'path':<11} {'where':<24} {'crops/s (wall)':>15} {'CPU ms/crop':>12} {'crops per CPU-s':>16}"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r['path']:<11} {r['where']:<24} {r['crops_per_s']:>15.0f} {r['cpu_ms']:>12.3f} "
-            f"{1000 / r['cpu_ms']:>16.0f}"
-        )
+    shown = [
+        {"path": r["path"], "where": r["where"], "crops/s (wall)": f"{r['crops_per_s']:.0f}",
+         "CPU ms/crop": f"{r['cpu_ms']:.3f}", "crops per CPU-s": f"{1000 / r['cpu_ms']:.0f}" if r["cpu_ms"] else "-"}
+        for r in rows
+    ]  # fmt: skip
+    print(format_table(shown, list(shown[0])))
     by = {(r["path"], r["where"].split(",")[0]): r for r in rows}
     for where in ("in process", "DataLoader"):
         if ("batched", where) in by and ("per-sample", where) in by:

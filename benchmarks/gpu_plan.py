@@ -34,7 +34,7 @@ class Plan:
     ct_slices: int
     ct_size: int
     compile: bool
-    crops: dict = field(default_factory=dict)  # benchmark_crops options
+    crops: dict = field(default_factory=dict)  # the crops benchmark's options (benchmarks/crops.py)
     workers: int | None = None  # data.num_workers of the loop (None: the schema's)
 
 

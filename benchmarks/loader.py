@@ -20,6 +20,7 @@ from pathlib import Path
 
 from benchmarks.data import AUG, data_cfg, synthetic_cases
 from benchmarks.probes import PeakMemory, machine_line, options_argv, run_child, say, tree_cpu_s
+from lits.core.tables import format_table
 
 
 class AugmentInWorkers:
@@ -230,20 +231,15 @@ def report(args, rows: list[dict], cases: int, slices: int, prep: float) -> None
         f"intensity p={AUG['p_intensity']}"
     )
     print(f"our one-off preparation (scripts/prepare_data.py; 0 s when already cached): {prep:.1f} s\n")
-    header = (
-        f"{'pipeline':<12} {'samples/s':>10} {'(runs)':>16} {'CPU ms/sample':>14} {'setup s':>8} {'peak PSS MB':>12} "
-        f"{'sum RSS MB':>11} {'main RSS MB':>12} {'lesion share':>13}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        every = "/".join(f"{v:.0f}" for v in r["all_speeds"])
-        print(
-            f"{r['pipeline']:<12} {r['samples_per_s']:>10.1f} {every:>16} {r['cpu_ms_per_sample']:>14.1f} "
-            f"{r['setup_s']:>8.1f} {r['peak_pss_mb']:>12.0f} {r['peak_rss_sum_mb']:>11.0f} "
-            f"{r['main_peak_rss_mb']:>12.0f} {r['lesion_share']:>13.2f}"
-        )
-    print()
+    shown = [
+        {"pipeline": r["pipeline"], "samples/s": f"{r['samples_per_s']:.1f}",
+         "(runs)": "/".join(f"{v:.0f}" for v in r["all_speeds"]), "CPU ms/sample": f"{r['cpu_ms_per_sample']:.1f}",
+         "setup s": f"{r['setup_s']:.1f}", "peak PSS MB": f"{r['peak_pss_mb']:.0f}",
+         "sum RSS MB": f"{r['peak_rss_sum_mb']:.0f}", "main RSS MB": f"{r['main_peak_rss_mb']:.0f}",
+         "lesion share": f"{r['lesion_share']:.2f}"}
+        for r in rows
+    ]  # fmt: skip
+    print(format_table(shown, list(shown[0])) + "\n")
     by = {r["pipeline"]: r for r in rows}
     for name in ("ours", "ours-workers"):
         if {name, "monai"} <= set(by):

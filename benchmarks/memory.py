@@ -17,6 +17,7 @@ from pathlib import Path
 
 from benchmarks.data import AUG, data_cfg, synthetic_cases
 from benchmarks.probes import PeakMemory, machine_line, options_argv, run_child, say
+from lits.core.tables import format_table
 
 
 def training_like(args) -> dict:
@@ -75,17 +76,13 @@ def report(args, rows: list[dict]) -> None:
         f"crops {args.crop}, {args.workers} workers, batch augmentation), synthetic {args.size}x{args.size} cases"
         f"\n{machine_line()}"
     )
-    header = (
-        f"{'reader':<6} {'cases':>5} {'slices':>7} {'cache MB':>9} {'peak PSS MB':>12} {'sum RSS MB':>11} "
-        f"{'main RSS MB':>12}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r['reader']:<6} {r['cases']:>5} {r['slices']:>7} {r['cache_mb']:>9.0f} {r['peak_pss_mb']:>12.0f} "
-            f"{r['peak_rss_sum_mb']:>11.0f} {r['main_peak_rss_mb']:>12.0f}"
-        )
+    shown = [
+        {"reader": r["reader"], "cases": r["cases"], "slices": r["slices"], "cache MB": f"{r['cache_mb']:.0f}",
+         "peak PSS MB": f"{r['peak_pss_mb']:.0f}", "sum RSS MB": f"{r['peak_rss_sum_mb']:.0f}",
+         "main RSS MB": f"{r['main_peak_rss_mb']:.0f}"}
+        for r in rows
+    ]  # fmt: skip
+    print(format_table(shown, list(shown[0])))
     for reader in args.readers:
         small, large = [r for r in rows if r["reader"] == reader]
         print(

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from benchmarks.probes import REPO, machine_line, say
 from benchmarks.steps import build_benchmark_run, pure_step_rate
+from lits.core.tables import format_table
 
 
 def benchmark_config(args, output_dir: Path):
@@ -107,11 +108,11 @@ def main(args) -> None:
         f"pure step samples/s: before {pure[0]:.1f}, after {pure[1]:.1f}; load average at start {load[0]:.1f}, at end "
         f"{os.getloadavg()[0]:.1f} (other processes competing for the cores make both figures noisy)\n"
     )
-    header = f"{'measure':<34} {'samples/s':>10}"
-    print(header)
-    print("-" * len(header))
-    print(f"{'full loop (median, epochs 2..)':<34} {loop:>10.1f}")
-    print(f"{'pure step (faster of before/after)':<34} {pure_best:>10.1f}")
+    rows = [
+        {"measure": "full loop (median, epochs 2..)", "samples/s": f"{loop:.1f}"},
+        {"measure": "pure step (faster of before/after)", "samples/s": f"{pure_best:.1f}"},
+    ]
+    print(format_table(rows, ["measure", "samples/s"]))
     print(f"\nloop / pure step: {100 * loop / pure_best:.1f}%  (target >= 97%)")
 
 

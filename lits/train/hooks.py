@@ -62,10 +62,15 @@ class Hook:
 
 
 class Hooks(Hook):
-    """Calls each hook in order."""
+    """Calls each hook in order. Per step, only the hooks that define a step method are called: a hook with nothing
+    to do between steps costs the loop nothing."""
 
     def __init__(self, hooks: list[Hook]):
         self.hooks = hooks
+        self.step_hooks = {
+            name: [h for h in hooks if getattr(type(h), name) is not getattr(Hook, name)]
+            for name in ("before_step", "after_step")
+        }
 
     def before_train(self, run) -> None:
         for hook in self.hooks:
@@ -76,11 +81,11 @@ class Hooks(Hook):
             hook.before_epoch(run, alpha)
 
     def before_step(self, run) -> None:
-        for hook in self.hooks:
+        for hook in self.step_hooks["before_step"]:
             hook.before_step(run)
 
     def after_step(self, run, result) -> None:
-        for hook in self.hooks:
+        for hook in self.step_hooks["after_step"]:
             hook.after_step(run, result)
 
     def after_epoch(self, run, report: EpochReport) -> None:
