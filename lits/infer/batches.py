@@ -41,8 +41,12 @@ class SliceNetwork(Protocol):
     def sigmoid(self, logits: Any, temperatures: np.ndarray | None) -> Any:
         """sigmoid(logits / t), one temperature per output channel (None: 1 for both)."""
 
-    def to_numpy(self, x: Any) -> np.ndarray:
-        """(N, 2, Y, X) probabilities -> float32 numpy, head-major: (2, N, Y, X)."""
+    def to_host(self, x: Any) -> Any:
+        """Start moving (N, 2, Y, X) probabilities to the host, head-major (2, N, Y, X); returns a handle that
+        `numpy` waits for (on a GPU the copy runs while the next batch is computed: no wait per batch)."""
+
+    def numpy(self, handle: Any) -> np.ndarray:
+        """The float32 numpy array of a `to_host` handle, once its copy is complete."""
 
 
 def predict_batches(
@@ -58,13 +62,15 @@ def predict_batches(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """(start, probabilities (2, n, Y, X) float32 of slices start .. start+n-1), one slice batch at a time: what
     `predict_volume` assembles, for callers that reduce every batch as it comes (`predict_masks`). The arguments are
-    `predict_volume`'s."""
+    `predict_volume`'s. A batch is handed over once the next one is under way (one behind), so that on a GPU the host
+    never waits for the device between batches."""
     if not flips:
         raise ValueError("predict_volume: flips must name at least one view, e.g. ((),) for the identity")
     temperatures = np.array(np.broadcast_to(np.asarray(temperature, np.float32), (2,)))  # one per head
     scale = None if np.all(temperatures == 1.0) else temperatures  # x / 1 is x: skip the pass
     z_count, height, width = image.shape
     pad_y, pad_x = -height % size_multiple, -width % size_multiple
+    pending = None  # (start, handle) of the batch whose copy to the host is under way
     for start in tqdm(range(0, z_count, batch_size), desc="slices", unit="batch", leave=False, disable=not progress):
         stop = min(start + batch_size, z_count)
         with network.inference():
@@ -81,8 +87,12 @@ def predict_batches(
                 total = out if total is None else total + out
             if len(flips) > 1:
                 total = total / len(flips)
-            probabilities = network.to_numpy(total)
-        yield start, probabilities
+            handle = network.to_host(total)
+        if pending is not None:
+            yield pending[0], network.numpy(pending[1])
+        pending = (start, handle)
+    if pending is not None:
+        yield pending[0], network.numpy(pending[1])
 
 
 def predict_volume(network: SliceNetwork, image: np.ndarray, **settings) -> np.ndarray:

@@ -63,8 +63,11 @@ class OnnxNetwork:
     def sigmoid(self, logits: np.ndarray, temperatures: np.ndarray | None) -> np.ndarray:
         return expit(logits if temperatures is None else logits / temperatures.reshape(1, 2, 1, 1))
 
-    def to_numpy(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(x, dtype=np.float32).transpose(1, 0, 2, 3)
+    def to_host(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, dtype=np.float32).transpose(1, 0, 2, 3)  # already on the host
+
+    def numpy(self, handle: np.ndarray) -> np.ndarray:
+        return handle
 
 
 def read_model_folder(folder: str | Path) -> tuple[InferenceSpec, dict]:

@@ -45,10 +45,26 @@ class TorchNetwork:
             return torch.sigmoid(logits)
         return torch.sigmoid(logits / torch.as_tensor(temperatures, device=logits.device).reshape(1, 2, 1, 1))
 
-    def to_numpy(self, x: torch.Tensor) -> np.ndarray:
+    def to_host(self, x: torch.Tensor):
         # contiguous head-major on the device: channels_last outputs would leave the head axis innermost, slow to
         # threshold on the host
-        return x.permute(1, 0, 2, 3).contiguous().cpu().numpy()
+        x = x.permute(1, 0, 2, 3).contiguous()
+        if x.device.type != "cuda":
+            return x.numpy() if x.device.type == "cpu" else x.cpu().numpy()
+        # into pinned host memory without waiting (torch's host allocator recycles these buffers once the recorded
+        # copy is done); `numpy` waits for this copy only, while the next batch runs on the device
+        host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+        host.copy_(x, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return host, done
+
+    def numpy(self, handle) -> np.ndarray:
+        if isinstance(handle, np.ndarray):
+            return handle
+        host, done = handle
+        done.synchronize()
+        return host.numpy()
 
 
 def predict_batches(
