@@ -3,9 +3,9 @@ and `main`)."""
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
+
+from lits.core.cli import run_subcommand
 
 # name -> (module, one line of what it measures)
 BENCHMARKS = {
@@ -21,26 +21,8 @@ BENCHMARKS = {
 }
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
-        prog="python -m benchmarks",
-        description=importlib.import_module("benchmarks").__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = top.add_subparsers(dest="benchmark", required=True, metavar="NAME")
-    for name, (module_name, summary) in BENCHMARKS.items():
-        module = importlib.import_module(f"benchmarks.{module_name}")
-        p = sub.add_parser(
-            name, help=summary, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-        )
-        module.configure(p)
-        p.set_defaults(main=module.main)
-    return top
-
-
 def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
-    return args.main(args) or 0
+    return run_subcommand("benchmarks", BENCHMARKS, argv)
 
 
 if __name__ == "__main__":

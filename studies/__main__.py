@@ -3,9 +3,9 @@ and `main`)."""
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
+
+from lits.core.cli import run_subcommand
 
 # name -> (module, one line of what it studies)
 STUDIES = {
@@ -14,26 +14,8 @@ STUDIES = {
 }
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
-        prog="python -m studies",
-        description=importlib.import_module("studies").__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = top.add_subparsers(dest="study", required=True, metavar="NAME")
-    for name, (module_name, summary) in STUDIES.items():
-        module = importlib.import_module(f"studies.{module_name}")
-        p = sub.add_parser(
-            name, help=summary, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-        )
-        module.configure(p)
-        p.set_defaults(main=module.main)
-    return top
-
-
 def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
-    return args.main(args) or 0
+    return run_subcommand("studies", STUDIES, argv)
 
 
 if __name__ == "__main__":

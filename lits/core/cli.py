@@ -305,3 +305,27 @@ class ConsoleFormatter(logging.Formatter):
             time_part, _, message = line.partition(" ")
             line = f"{time_part} {record.levelname}: {message}"
         return line
+
+
+def run_subcommand(package: str, entries: dict[str, tuple[str, str]], argv: list[str]) -> int:
+    """`python -m <package> NAME [options]` for the tool folders beside lits (benchmarks/, studies/): `entries` maps
+    NAME to (module of `package` with `configure(parser)` and `main(args)`, one line of help). The package's
+    docstring is the overview; each module's docstring is its --help."""
+    import argparse
+    import importlib
+
+    top = argparse.ArgumentParser(
+        prog=f"python -m {package}",
+        description=importlib.import_module(package).__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = top.add_subparsers(dest="name", required=True, metavar="NAME")
+    for name, (module_name, summary) in entries.items():
+        module = importlib.import_module(f"{package}.{module_name}")
+        parser = sub.add_parser(
+            name, help=summary, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        module.configure(parser)
+        parser.set_defaults(main=module.main)
+    args = top.parse_args(argv)
+    return args.main(args) or 0
