@@ -16,19 +16,15 @@ import threading
 from pathlib import Path
 
 from lits.core.compose import CHECKOUT as REPO
+from lits.core.device import cpu_info
 
 
 # ---------------------------------------------------------------------------------------------- the machine
 def cpu_model() -> str:
     """The CPU model (with its family and model numbers: virtual machines often report only "AMD EPYC") and its widest
     vector extensions, as lscpu reports them: a timing means nothing without them."""
-    fields, flags = {}, set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            flags = set(value.split())
-        elif key.strip() in ("model name", "cpu family", "model"):
-            fields.setdefault(key.strip(), value.strip())
+    fields = cpu_info()
+    flags = set((fields.get("flags") or "").split())
     name = fields.get("model name") or platform.processor() or "unknown CPU"
     if "cpu family" in fields:
         name += f" (family {fields['cpu family']}, model {fields.get('model') or '?'})"

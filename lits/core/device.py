@@ -9,10 +9,26 @@ updates, scaler state in checkpoints) runs in the tests of a machine without a G
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 
 from lits.core.errors import LitsError
+
+CPU_FIELDS = ("model name", "cpu family", "model", "flags")
+
+
+def cpu_info() -> dict[str, str]:
+    """The first processor's CPU_FIELDS in /proc/cpuinfo (Linux; empty elsewhere): what names a CPU beside timings."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in CPU_FIELDS:
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
 
 
 def resolve_device(name: str, local_rank: int = 0, key: str = "trainer.device") -> torch.device:

@@ -50,7 +50,7 @@ class TorchNetwork:
         # threshold on the host
         x = x.permute(1, 0, 2, 3).contiguous()
         if x.device.type != "cuda":
-            return x.numpy() if x.device.type == "cpu" else x.cpu().numpy()
+            return x.cpu().numpy()  # a no-op move on the CPU
         # into pinned host memory without waiting (torch's host allocator recycles these buffers once the recorded
         # copy is done); `numpy` waits for this copy only, while the next batch runs on the device
         host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)

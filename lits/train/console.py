@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from lits.core.device import cpu_info
 from lits.core.tables import count
 from lits.core.vocabulary import heading
 from lits.evaluate.report import text_table
@@ -54,14 +55,7 @@ def device_name(device: torch.device) -> str:
     """The processor that trains: the GPU's name, or the CPU's model and torch's thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_info().get("model name") or platform.processor() or platform.machine()
     return f"{model}, {torch.get_num_threads()} threads of {os.cpu_count()} CPUs"
 
 
