@@ -28,7 +28,7 @@ from omegaconf import open_dict, read_write
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from lits.core.config.store import TASK_SCHEMAS, register
-from lits.core.config.typed import typed
+from lits.core.config.typed import dataclass_in, typed
 from lits.core.errors import LitsError, Stopped
 from lits.core.files import STORAGE_ERRNOS, check_writable_folder, hold_folder_lock, write_bytes_atomic, write_error
 
@@ -83,9 +83,9 @@ def schema_keys(task: str | None) -> list[str]:
         hints = typing.get_type_hints(node)
         for f in dataclasses.fields(node):
             keys.append(prefix + f.name)
-            kinds = [t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None)]
-            if len(kinds) == 1 and dataclasses.is_dataclass(kinds[0]):
-                walk(kinds[0], f"{prefix}{f.name}.")
+            nested = dataclass_in(hints[f.name])
+            if nested is not None:
+                walk(nested, f"{prefix}{f.name}.")
 
     walk(schema, "")
     return keys

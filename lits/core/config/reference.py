@@ -14,6 +14,7 @@ from omegaconf import MISSING
 
 from lits.core.config.checks import show
 from lits.core.config.store import GROUP_SCHEMAS, TASK_SCHEMAS
+from lits.core.config.typed import dataclass_in
 
 # Nested sections of a task listed as one row (their keys are the group's, listed with it)
 SECTION_ROWS = ("data",)
@@ -78,18 +79,13 @@ def _default(f: dataclasses.Field):
     return None if dataclasses.is_dataclass(value) else show(value)
 
 
-def _nested(hint) -> type | None:
-    kinds = [t for t in typing.get_args(hint) or (hint,) if t is not type(None)]
-    return kinds[0] if len(kinds) == 1 and dataclasses.is_dataclass(kinds[0]) else None
-
-
 def rows(schema: type, prefix: str, skip: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
     """(key, default, comment) of every field of `schema` and its nested dataclasses, in source order."""
     comments, hints, out = field_comments(schema), typing.get_type_hints(schema), []
     for f in dataclasses.fields(schema):
         if f.name in skip:
             continue
-        nested = _nested(hints[f.name])
+        nested = dataclass_in(hints[f.name])
         if nested is not None and (nested.__name__ == "PostprocessOverrides" or prefix + f.name in SECTION_ROWS):
             group = "postprocess" if nested.__name__ == "PostprocessOverrides" else f.name
             out.append((f"{prefix}{f.name}.*", "null", f"{comments.get(f.name, '')} (the keys of `{group}` above)"))

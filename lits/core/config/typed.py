@@ -29,7 +29,7 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _dataclass_in(annotation: Any) -> type | None:
+def dataclass_in(annotation: Any) -> type | None:
     """The dataclass an annotation names, also inside Optional[...] / X | None; None for anything else."""
     if dataclasses.is_dataclass(annotation):
         return annotation
@@ -75,7 +75,7 @@ def typed(cls: type[T], value: Any, prefix: str = "") -> T:
         raise LitsError(f"{where}{unknown[0]}: unknown {noun}; valid: {', '.join(known)}")
     kwargs = {}
     for name, item in value.items():
-        nested = _dataclass_in(known[name])
+        nested = dataclass_in(known[name])
         key = f"{prefix}.{name}" if prefix else name
         kwargs[name] = typed(nested, item, key) if nested is not None and item is not None else item
     try:
