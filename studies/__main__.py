@@ -11,6 +11,7 @@ from lits.core.cli import run_subcommand
 STUDIES = {
     "recipe": ("recipe", "training ingredients x seeds at a fixed wall-clock budget, paired against the default"),
     "phantom": ("phantom_stats", "the phantom's lesion statistics (or any LiTS folder's), beside the real ones"),
+    "transfer": ("transfer", "does post-processing move lesion finding on the phantom as on a real CT"),
 }
 
 

@@ -130,6 +130,17 @@ def test_small_lesion_measures_on_a_known_case():
     assert "| voxels per small lesion (median) | 40 | 100 | no |" in stats.small_table(small, "known")
 
 
+def test_edge_share_of_a_known_lesion():
+    """Edge voxels 12 HU below the liver around a core 30 HU below it: the edge keeps 0.4 of the core's contrast."""
+    seg = np.ones((20, 40, 40), dtype=np.uint8)
+    seg[8:11, 15:25, 15:25] = 2
+    vol = np.full(seg.shape, 100.0)
+    vol[seg == 2] = 88.0
+    vol[8:11, 16:24, 16:24] = 70.0  # the core: the lesion less its in-plane edge
+    case = stats.measure_case("k", vol.transpose(2, 1, 0), seg.transpose(2, 1, 0), np.diag([0.8, 0.8, 1.0, 1.0]))
+    assert case.edge_shares == [pytest.approx(0.4)]
+
+
 def test_labels_are_consistent_in_default_cases(measured):
     for found in measured[:8]:
         ph = found.drawn

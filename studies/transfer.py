@@ -1,0 +1,119 @@
+"""Transfer check: does post-processing move lesion finding on the phantom the way it moved it on a real CT?
+
+On a real multi-focal liver CT (one LiTS volume cut in two halves; the default recipe trained on one half, scored on
+the other, both ways) the same two checkpoints gave, against the default post-processing:
+  * no size filter: tumour Dice unchanged, lesion recall at IoU > 0.5 up (+0.04 / +0.04), precision down
+    (-0.32 / -0.20); recall at any overlap 0.85 / 0.76;
+  * hysteresis + keep_confident=0.8: tumour Dice up (+0.006 / +0.031), recall at IoU > 0.5 up (+0.04 / +0.21) at
+    about equal precision (-0.23 / +0.15).
+A phantom on which decisions about small lesions transfer has to move the same way. This scores each checkpoint on
+its validation split under the three settings and writes transfer.md: every checkpoint's row, and per setting the
+change against the default, mean ± sample std over the checkpoints.
+
+    python -m studies transfer outputs/lesion_study_8min/*/seed*/checkpoints/last.pt --out outputs/transfer
+
+The checkpoints must be untuned (a run with tune_after=false, and not passed through evaluate.py tune=true): tuned
+calibration would change what every threshold means. An evaluation already in --out is not redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from lits.core.compose import CHECKOUT as REPO
+from lits.core.errors import LitsError
+from lits.core.tables import format_table
+from lits.infer.checkpoint import load_checkpoint
+from studies.recipe import run
+
+SETTINGS = {  # name -> evaluate.py postprocess overrides
+    "default": [],
+    "no size filter": ["postprocess.min_tumor_voxels=0", "postprocess.min_tumor_mm3=0"],
+    "hysteresis + keep_confident 0.8": ["postprocess.hysteresis=true", "postprocess.keep_confident=0.8"],
+}
+MEASURES = {  # column -> key of metrics.json's post-processed stage
+    "tumour Dice / case": "tumor_dice_per_case",
+    "recall IoU > 0.5": "tumor_lesion_recall_iou50",
+    "precision IoU > 0.5": "tumor_lesion_precision_iou50",
+    "recall any overlap": "tumor_lesion_recall_iou0",
+    "recall < 10 mm": "tumor_lesion_recall_iou50_under10mm",
+}
+QUIET = ["progress=false", "tensorboard_dir=null", "ablation=false", "detection_curve=false",
+         "report.montages=false", "report.plot=false"]  # fmt: skip
+
+
+def label(ckpt: Path) -> str:
+    """A checkpoint's short name: its run folder's last two parts and the file (per_lesion/seed0/last.pt)."""
+    run_folder = ckpt.resolve().parent.parent
+    return f"{run_folder.parent.name}/{run_folder.name}/{ckpt.name}"
+
+
+def refuse_tuned(ckpt: Path) -> None:
+    """Exit with one line if `ckpt` is not a readable checkpoint or is tuned."""
+    try:
+        state = load_checkpoint(ckpt)
+    except LitsError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    if "tuning" in state:
+        raise SystemExit(
+            f"error: {ckpt} is tuned on validation (calibration and post-processing stored in it); the check needs "
+            "the network's own probabilities: give a checkpoint of a run with tune_after=false"
+        )
+
+
+def evaluate(ckpt: Path, setting: str, out: Path) -> dict:
+    """The post-processed stage's metrics of `ckpt` on its validation split under `setting` (cached in `out`)."""
+    folder = out / label(ckpt).replace("/", "__").removesuffix(".pt") / setting.replace(" ", "_")
+    if not (folder / "metrics.json").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "evaluate.py", f"ckpt={ckpt.resolve()}", "split=val", *QUIET, *SETTINGS[setting],
+               f"hydra.run.dir={folder}"]  # fmt: skip
+        seconds = run(cmd, folder.parent / f"{setting.replace(' ', '_')}.log")
+        print(f"[{label(ckpt)}] {setting}: {seconds:.0f} s", flush=True)
+    return json.loads((folder / "metrics.json").read_text())["post"]
+
+
+def mean_std(values: list[float]) -> str:
+    values = [v for v in values if v == v]  # a split without lesions of that size: NaN, left out
+    if len(values) < 2:
+        return f"{values[0]:+.3f}" if values else "-"
+    return f"{statistics.mean(values):+.3f} ± {statistics.stdev(values):.3f}"
+
+
+def report(results: dict[str, dict[str, dict]]) -> str:
+    """Every checkpoint's row per setting, then each setting's change against the default over the checkpoints."""
+    rows = [{"checkpoint": name, "setting": setting, **{c: f"{post[k]:.3f}" for c, k in MEASURES.items()}}
+            for name, by_setting in results.items() for setting, post in by_setting.items()]  # fmt: skip
+    deltas = []
+    for setting in list(SETTINGS)[1:]:
+        row = {"setting": setting, "checkpoints": len(results)}
+        for column, key in MEASURES.items():
+            row[column] = mean_std([r[setting][key] - r["default"][key] for r in results.values()])
+        deltas.append(row)
+    return (
+        "### each checkpoint, validation split\n\n" + format_table(rows, ["checkpoint", "setting", *MEASURES])
+        + "\n\n### change against the default post-processing (setting - default, same checkpoint), mean ± sd\n\n"
+        + format_table(deltas, ["setting", "checkpoints", *MEASURES])
+    )  # fmt: skip
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoints", nargs="+", type=Path, help="untuned checkpoints (best.pt / last.pt)")
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "transfer")
+
+
+def main(args) -> None:
+    missing = [str(c) for c in args.checkpoints if not c.is_file()]
+    if missing:
+        raise SystemExit(f"error: no checkpoint at {', '.join(missing)}; give paths to best.pt or last.pt files")
+    for ckpt in args.checkpoints:
+        refuse_tuned(ckpt)
+    out = args.out.resolve()
+    results = {label(c): {s: evaluate(c, s, out) for s in SETTINGS} for c in args.checkpoints}
+    text = "# Transfer check: post-processing on the validation split\n\n" + report(results) + "\n"
+    (out / "transfer.md").write_text(text)
+    print("\n" + text + f"\nwrote {out / 'transfer.md'}")
