@@ -6,6 +6,9 @@ has the machine to itself, then for each run:
   2. tunes calibration and post-processing on the validation split (evaluate.py tune=true: the choice is stored in
      best.pt; its validation score before and after is what the default is chosen by),
   3. scores the tuned best.pt on the test split ("tuned").
+Each with evaluate.py's defaults: a network trained with mirroring is scored as trained without TTA, and its tuning
+tries flip TTA and keeps it only where it scores higher on validation (then "TTA gain" is its test Dice over the
+identity view's).
 and writes study.md: per variant, mean and spread over seeds of the validation criterion (lesion score = mean of
 tumour Dice per case and lesion F1 at IoU > 0.5), test tumour Dice per case and global, lesion recall and precision
 at IoU > 0.5 and at any overlap, and Dice per lesion size bin.
@@ -33,7 +36,8 @@ from lits.core.vocabulary import lesion_f1
 
 VARIANTS = {
     "baseline": [],  # the defaults
-    "mirror_tta": ["augment.p_mirror_x=0.5", "augment.p_mirror_y=0.5"],  # trained with mirroring, scored with TTA
+    # trained with mirroring; the tuning on validation then tries flip TTA and keeps it only where it scores higher
+    "mirror_tta": ["augment.p_mirror_x=0.5", "augment.p_mirror_y=0.5"],
     "per_lesion": ["data.sampling.per_lesion=true"],  # every lesion equally likely in the tumour draws
     "blob": ["loss.blob_weight=0.5"],  # lesion-wise Dice (blob loss) mixed into the tumour's region term
     "tversky": ["loss.region=tversky", "loss.tversky_beta=0.7"],  # missed tumour costs more than false tumour
@@ -41,10 +45,6 @@ VARIANTS = {
     "context": ["data.context_slices=1", "model.in_channels=3"],  # 2.5D: a slice and its neighbours as channels
     "nnunet_aug": ["augment=nnunet"],  # nnU-Net v2's augmentation set
     "lesion_crops": ["data.sampling.lesion_center=lesion"],  # tumour crops centred on a lesion drawn uniformly
-}
-# evaluate.py arguments of each variant's three evaluations: a network trained with mirroring is scored with TTA
-EVALUATE_WITH = {
-    name: ["tta=true"] if "augment.p_mirror_x=0.5" in overrides else [] for name, overrides in VARIANTS.items()
 }
 BINS = ("under10mm", "10to20mm", "over20mm")
 PAIRED = ("test tumour/case", "test tumour global", "test lesion recall", "test lesion precision",
@@ -79,7 +79,7 @@ def train_and_evaluate(folder: Path, name: str, seed: int, minutes: float, extra
     for step, arguments in EVALUATIONS.items():  # in this order: the test as trained comes before tuning
         if not (folder / step / "metrics.json").exists():
             cmd = [sys.executable, "evaluate.py", f"ckpt={folder}/checkpoints/best.pt", *arguments, "progress=false",
-                   *EVALUATE_WITH[name], f"hydra.run.dir={folder}/{step}"]  # fmt: skip
+                   f"hydra.run.dir={folder}/{step}"]  # fmt: skip
             run(cmd, folder / f"{step}.log")
 
 

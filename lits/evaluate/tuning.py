@@ -152,7 +152,9 @@ class TuneSettings:
 
     batch_size: int
     amp: str
-    tta: bool  # average the trained flips (evaluate and predict should then run with tta=true too)
+    # flip TTA: None = try the identity view and, for a network trained with mirroring, the average with its trained
+    # flips, and keep TTA only where it scores higher; True / False = only that one
+    tta: bool | None
     criterion: str  # lesion_score | tumor_dice
     crf: bool  # also try the dense-CRF stage
     progress: bool
@@ -162,26 +164,32 @@ class TuneSettings:
         crf = cfg.tune_crf and _crf_available()
         return cls(cfg.batch_size, cfg.amp, cfg.tta, cfg.tune_criterion, crf, cfg.progress)
 
+    def view_sets(self, spec) -> tuple[bool, ...]:
+        """The view sets to tune on (False: identity; True: identity and the trained flips averaged)."""
+        if not spec.tta_flips or self.tta is False:
+            return (False,)
+        return (True,) if self.tta else (False, True)
 
-def collect(model, spec, cases, device, settings: TuneSettings) -> list[ValidationCase]:
-    """Predict every validation case once and keep what post-processing needs, inside the liver region."""
-    infer = dict(device=device, batch_size=settings.batch_size, amp=settings.amp, flips=spec.views(settings.tta))
-    infer.update(spec.predictor_settings())
-    kept = []
+
+def collect(model, spec, cases, device, settings: TuneSettings) -> dict[bool, list[ValidationCase]]:
+    """Predict every validation case once per view and keep what post-processing needs, inside the liver region:
+    {False: identity view, True: identity and trained flips averaged} for `settings.view_sets(spec)`. The flips are
+    predicted apart from the identity, so trying both costs no second identity pass."""
+    infer = dict(device=device, batch_size=settings.batch_size, amp=settings.amp, **spec.predictor_settings())
+    view_sets, flips = settings.view_sets(spec), spec.tta_flips
+    kept = {tta: [] for tta in view_sets}
     for case in tqdm(cases, desc="tuning: predicting", unit="case", disable=not settings.progress):
-        probs = case.to_native(predict_volume(model, case.image, **infer), order=1)
+        plain = case.to_native(predict_volume(model, case.image, flips=((),), **infer), order=1)
+        probs = {False: plain}
+        if True in view_sets:
+            flipped = case.to_native(predict_volume(model, case.image, flips=flips, **infer), order=1)
+            probs[True] = (flipped * len(flips) + plain) / (len(flips) + 1)
         label = np.asarray(case.native_label)
-        box = _region(probs, label)
+        box = _region(np.maximum.reduce([probs[t] for t in view_sets]), label)
         image = case.to_native(np.asarray(case.image, np.float32), order=1)[box] if settings.crf else None
-        kept.append(
-            ValidationCase(
-                case.case_id,
-                probs[(slice(None), *box)].astype(np.float16),
-                label[box].copy(),
-                case.native_spacing,
-                image,
-            )
-        )
+        for tta in view_sets:
+            region = probs[tta][(slice(None), *box)].astype(np.float16)
+            kept[tta].append(ValidationCase(case.case_id, region, label[box].copy(), case.native_spacing, image))
     return kept
 
 
@@ -215,11 +223,41 @@ def _curve(r) -> dict:
 
 
 def choose(model, spec, cases: list, device, settings: TuneSettings, base: PostprocessConfig):
-    """Calibration and post-processing chosen on the validation `cases` (cached) for `model`: (the tuned spec, the
-    record: every candidate's scores, the calibration fit, the seconds it took). `base` is candidate 0."""
+    """Calibration, post-processing and (see TuneSettings.tta) flip TTA chosen on the validation `cases` for `model`:
+    (the tuned spec, the record: every candidate's scores, the calibration fit, the view set and its score against
+    the other's, the seconds it took). `base` is candidate 0. Trying both views, TTA is kept only where it earns its
+    forward passes on validation (`_tta_earns_its_views`)."""
     started = time.perf_counter()
     uncalibrated = dataclasses.replace(spec, calibration=(1.0, 1.0))  # a second tuning fits afresh
     kept = collect(model, uncalibrated, cases, device, settings)
+    tuned = {tta: _tune_views(views, settings, base) for tta, views in kept.items()}
+    best = {tta: t["candidates"][t["chosen"]] for tta, t in tuned.items()}
+    if len(tuned) == 1:
+        (tta,) = tuned
+    else:
+        tta = _tta_earns_its_views(best[True], best[False])
+    record = {"split": "val", "criterion": settings.criterion, "cases": len(kept[tta]), "tta": tta}
+    if len(tuned) > 1:
+        record["view_scores"] = {
+            name: {"score": best[t]["score"], "tumor_dice_per_case": best[t]["tumor_dice_per_case"]}
+            for name, t in (("identity", False), ("tta", True))
+        }
+    record.update(tuned[tta], seconds=round(time.perf_counter() - started, 1))
+    chosen = PostprocessConfig.from_mapping(record["candidates"][record["chosen"]]["postprocess"])
+    factors = tuple(record["calibration"][head]["factor"] for head in ("liver", "tumour"))
+    return spec.tuned(chosen, factors), record
+
+
+def _tta_earns_its_views(tta: dict, identity: dict) -> bool:
+    """Flip TTA is kept when its best candidate scores higher than the identity view's by the criterion and its tumour
+    Dice per case is not lower (a tie keeps the identity view: averaging costs forward passes, and a higher lesion
+    score can hide a lower Dice)."""
+    return tta["score"] > identity["score"] and tta["tumor_dice_per_case"] >= identity["tumor_dice_per_case"]
+
+
+def _tune_views(kept: list[ValidationCase], settings: TuneSettings, base: PostprocessConfig) -> dict:
+    """Calibration fitted on one view set's probabilities, then the candidates scored on them: the record's
+    calibration, candidates and chosen index."""
     factors, calibration = fit_calibration(kept)
     for case in kept:
         case.probs = np.stack([calibrate(case.probs[h].astype(np.float32), factors[h]) for h in (0, 1)]).astype(
@@ -230,25 +268,14 @@ def choose(model, spec, cases: list, device, settings: TuneSettings, base: Postp
         scores = evaluate_candidate(kept, post, settings.criterion, cache)
         table.append({"postprocess": dataclasses.asdict(post), **scores})
     best = max(range(len(table)), key=lambda i: (table[i]["score"], -i))
-    chosen = PostprocessConfig.from_mapping(table[best]["postprocess"])
     if settings.crf:
-        with_crf = dataclasses.replace(chosen, crf=True)
+        with_crf = dataclasses.replace(PostprocessConfig.from_mapping(table[best]["postprocess"]), crf=True)
         table.append(
             {"postprocess": dataclasses.asdict(with_crf), **evaluate_candidate(kept, with_crf, settings.criterion)}
         )
         if table[-1]["score"] > table[best]["score"]:
-            best, chosen = len(table) - 1, with_crf
-    record = {
-        "split": "val",
-        "criterion": settings.criterion,
-        "cases": len(kept),
-        "tta": spec.averages(settings.tta),  # chosen on TTA probabilities: evaluate and predict warn without
-        "chosen": best,
-        "calibration": calibration,
-        "candidates": table,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    return spec.tuned(chosen, factors), record
+            best = len(table) - 1
+    return {"chosen": best, "calibration": calibration, "candidates": table}
 
 
 def summary_line(record: dict) -> str:
@@ -256,8 +283,16 @@ def summary_line(record: dict) -> str:
     chosen = record["candidates"][record["chosen"]]
     post = PostprocessConfig.from_mapping(chosen["postprocess"])
     factors = [round(record["calibration"][head]["factor"], 3) for head in ("liver", "tumour")]
+    views = record.get("view_scores")
+    tta = (
+        f"; flip TTA {'on' if record['tta'] else 'off'} (best {views['tta']['score']:.4f}, tumour Dice "
+        f"{views['tta']['tumor_dice_per_case']:.4f} with it; {views['identity']['score']:.4f}, "
+        f"{views['identity']['tumor_dice_per_case']:.4f} without)"
+        if views
+        else ""
+    )
     return (
-        f"tuned post-processing: {_describe(post)}; calibration x{factors[0]:g} liver, x{factors[1]:g} tumour "
+        f"tuned post-processing: {_describe(post)}; calibration x{factors[0]:g} liver, x{factors[1]:g} tumour{tta} "
         f"(on {record['cases']} validation cases by {record['criterion']}: {chosen['score']:.4f}, the untuned "
         f"{record['candidates'][0]['score']:.4f}; {record['seconds']:g} s)"
     )

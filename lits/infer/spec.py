@@ -191,11 +191,13 @@ def data_from_checkpoint(state: dict, where: str) -> DataConfig:
     return _legacy_section(state["config"], "data", DataConfig, where)
 
 
-def warn_about_tta(spec: InferenceSpec, tta: bool, tuned_tta: bool | None, where: str) -> bool:
-    """Whether test-time augmentation happens (tta=true and the network was trained with mirroring; else one line
-    says why not), and a warning when the post-processing was tuned on the other kind of probabilities (thresholds
-    chosen for TTA-averaged probabilities, applied to single-view ones, or the reverse). `tuned_tta`: what the tuning
-    record says (None: no record)."""
+def warn_about_tta(spec: InferenceSpec, tta: bool | None, tuned_tta: bool | None, where: str) -> bool:
+    """Whether test-time augmentation happens: `tta` None follows the tuning (`tuned_tta`, what the tuning record
+    says; None: no record, no TTA); tta=true needs a network trained with mirroring (else one line says why not).
+    A warning when an explicit `tta` differs from what the post-processing was tuned on (thresholds chosen for
+    TTA-averaged probabilities, applied to single-view ones, or the reverse)."""
+    if tta is None:
+        return bool(tuned_tta)
     note = spec.tta_note(tta, str(where))
     if note:
         log.warning("%s", note)

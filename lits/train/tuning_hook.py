@@ -29,7 +29,8 @@ class TuningHook(Hook):
             log.warning("no validation cases: post-processing not tuned (the checkpoints keep postprocess.*)")
             return
         t = run.cfg.trainer
-        settings = TuneSettings(t.val_batch_size, run.amp, False, EvaluateConfig.tune_criterion, False, t.progress)
+        # tta None: a network trained with mirroring is tuned with and without flip TTA, and keeps the better
+        settings = TuneSettings(t.val_batch_size, run.amp, None, EvaluateConfig.tune_criterion, False, t.progress)
         by_step, tuned = {}, {}
         for name in TUNED_CHECKPOINTS:
             path = run.ckpt_dir / name

@@ -103,7 +103,10 @@ def test_tta_averages_the_trained_flips_and_warns_when_tuned_without(tmp_path, m
     ckpt = make_checkpoint(tmp_path, tree, overrides=("augment.p_mirror_x=0.5",))
     assert spec_from_checkpoint(torch.load(ckpt, weights_only=True), "ckpt").tta_flips == ((3,),)
     lits.evaluate.scoring.evaluate(evaluate_cfg(tmp_path, f"ckpt={ckpt}", "split=val", "tune=true", out="tune"))
-    assert set(views) == {((),)}  # tuned (and scored) without TTA
+    # tuned on both view sets; this network ignores flips, so TTA ties and the identity view is kept (and scored)
+    record = torch.load(ckpt, weights_only=True)["tuning"]
+    assert record["tta"] is False and record["view_scores"]["tta"] == record["view_scores"]["identity"]
+    assert set(views) == {((),), ((3,),)}
     views.clear()
     with caplog.at_level("WARNING"):
         lits.evaluate.scoring.evaluate(evaluate_cfg(tmp_path, f"ckpt={ckpt}", "split=test", "tta=true", out="tta"))
@@ -193,3 +196,48 @@ def test_the_candidate_cache_gives_every_candidates_own_labels_and_scores():
         assert scored["lesion_recall_iou50"] == fresh["tumor_lesion_recall_iou50"]
     assert len(cache.masks) == 2 * 8 + 2  # per case: 4 thresholds x hysteresis off / on, and the checkpoint's own
     assert len(cache.rows) == len(distinct) < 2 * len(candidates(PostprocessConfig()))  # each label map scored once
+
+
+def test_tuning_keeps_tta_where_it_scores_higher_and_evaluate_then_uses_it(tmp_path, monkeypatch, caplog):
+    """The identity view calls the whole liver tumour (0.97); the trained flip sees the phantom as it is. Averaged,
+    the liver falls to about 0.5 and a threshold above it recovers the lesions: TTA wins on validation, is stored,
+    and evaluate's default (tta=null) then averages the views."""
+    views = []
+
+    def one_good_view(model, image, *args, flips=((),), **kwargs):
+        views.append(tuple(flips))
+        probs = fake_calibrated_model(model, image, *args, **kwargs)
+        if flips == ((),):
+            probs[1] = np.where(probs[0] > 0.5, np.maximum(probs[1], 0.97), probs[1])
+        return probs
+
+    for module in (lits.evaluate.sources, lits.evaluate.tuning):
+        monkeypatch.setattr(module, "predict_volume", one_good_view)
+    ckpt = make_checkpoint(tmp_path, write_phantom_tree(tmp_path / "lits"), overrides=("augment.p_mirror_x=0.5",))
+    with caplog.at_level("INFO"):
+        lits.evaluate.scoring.evaluate(evaluate_cfg(tmp_path, f"ckpt={ckpt}", "split=val", "tune=true", out="tune"))
+    record = torch.load(ckpt, weights_only=True)["tuning"]
+    scores = record["view_scores"]
+    assert record["tta"] is True and scores["tta"]["score"] > scores["identity"]["score"] + 0.1
+    assert scores["tta"]["tumor_dice_per_case"] > scores["identity"]["tumor_dice_per_case"]
+    assert record["candidates"][record["chosen"]]["score"] == scores["tta"]["score"]
+    assert "flip TTA on (best" in caplog.text
+    views.clear()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        lits.evaluate.scoring.evaluate(evaluate_cfg(tmp_path, f"ckpt={ckpt}", "split=test", out="test"))
+    assert set(views) == {((),), ((3,),)} and "flip TTA" not in caplog.text  # as tuned: no warning
+    assert json.loads((tmp_path / "test" / "metrics.json").read_text())["tta"] is True
+
+
+@pytest.mark.parametrize(
+    "tta, identity, kept",
+    [
+        ((0.62, 0.70), (0.60, 0.69), True),  # higher score, higher Dice
+        ((0.62, 0.68), (0.60, 0.69), False),  # a higher lesion score that hides a lower tumour Dice
+        ((0.60, 0.70), (0.60, 0.69), False),  # a tie keeps the identity view
+    ],
+)
+def test_tta_is_kept_only_where_it_raises_the_criterion_without_lowering_dice(tta, identity, kept):
+    best = [{"score": score, "tumor_dice_per_case": dice} for score, dice in (tta, identity)]
+    assert lits.evaluate.tuning._tta_earns_its_views(*best) is kept

@@ -34,3 +34,13 @@ def test_validation_tta_without_mirroring_says_so_once(tmp_path, caplog):
         "trainer.val_tta: tta=true, but its network was trained without mirroring (augment.p_mirror_x and "
         "p_mirror_y 0), so no flipped view matches its training: predicting without TTA"
     ]
+
+
+def test_a_mirrored_run_is_tuned_with_and_without_tta_and_keeps_the_chosen_view(tmp_path):
+    cfg = train_config(tmp_path, "mirror_tuned", "trainer.max_epochs=1", "augment.p_mirror_x=0.5")
+    summary = train(cfg)
+    record = torch.load(tmp_path / "outputs/mirror_tuned/checkpoints/best.pt", weights_only=True)["tuning"]
+    assert set(record["view_scores"]) == {"identity", "tta"}
+    chosen = record["view_scores"]["tta" if record["tta"] else "identity"]
+    assert record["candidates"][record["chosen"]]["score"] == chosen["score"]
+    assert f"flip TTA {'on' if record['tta'] else 'off'} (best " in summary["tuned"]["best.pt"]

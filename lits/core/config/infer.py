@@ -131,10 +131,14 @@ class InferenceSettings:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (fp16 on CUDA, off on CPU) | off | fp16 | bf16
     batch_size: int = 16  # slices per forward pass
-    tta: bool = False  # flip test-time augmentation: mean of identity, horizontal and vertical flips
+    # flip test-time augmentation, the mean of the identity and the flips the network was trained with: null = as
+    # the checkpoint's tuning chose on validation (TTA only where it scored higher there; off when untuned)
+    tta: bool | None = None
     progress: bool = True  # progress bars
 
     def __post_init__(self) -> None:
+        if self.tta is not None:
+            self.tta = checks.flag("tta", self.tta)
         self.amp = checks.choice("amp", self.amp, ("auto", "off", "fp16", "bf16"), "precision")
         self.batch_size = checks.integer("batch_size", self.batch_size, 1)
 
