@@ -153,6 +153,8 @@ def paired(per_variant: dict[str, list[dict]]) -> str:
             row[c] = mean_std([r[c + " tuned"] - b[c + " tuned"] for r, b in zip(runs, base)])
         row["TTA gain tumour/case"] = mean_std([r["tta gain tumour/case"] for r in runs if "tta gain tumour/case" in r])
         rows.append(row)
+    if not rows:
+        return "(only the baseline: no paired differences)"
     return "### paired difference to the baseline (variant - baseline, same seed and split), test, tuned\n\n" + (
         format_table(rows, ["variant", "seeds", *PAIRED, "TTA gain tumour/case"])
     )

@@ -21,7 +21,7 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
         return f"{v:.4f}" if isinstance(v, (float, np.floating)) else str(v)
 
     body = [[cell(row[c]) if c in row else "" for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in body)) for i, c in enumerate(columns)]
+    widths = [max([len(c), *(len(r[i]) for r in body)]) for i, c in enumerate(columns)]  # no rows: the heading
     lines = [
         "| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |",
         "|" + "|".join("-" * (w + 2) for w in widths) + "|",
