@@ -6,12 +6,11 @@ has the machine to itself, then for each run:
   2. tunes calibration and post-processing on the validation split (evaluate.py tune=true: the choice is stored in
      best.pt; its validation score before and after is what the default is chosen by),
   3. scores the tuned best.pt on the test split ("tuned").
-Each with evaluate.py's defaults: a network trained with mirroring is scored as trained without TTA, and its tuning
-tries flip TTA and keeps it only where it scores higher on validation (then "TTA gain" is its test Dice over the
-identity view's).
 and writes study.md: per variant, mean and spread over seeds of the validation criterion (lesion score = mean of
 tumour Dice per case and lesion F1 at IoU > 0.5), test tumour Dice per case and global, lesion recall and precision
-at IoU > 0.5 and at any overlap, and Dice per lesion size bin.
+at IoU > 0.5 and at any overlap, and Dice per lesion size bin. Every evaluation runs with evaluate.py's defaults: a
+network trained with mirroring is scored as trained without TTA, and its tuning tries flip TTA and keeps it only where
+it earns it on validation (then "TTA gain" is its test Dice over the identity view's).
 
     python -m studies recipe --minutes 3 --seeds 0,1,2 --out outputs/lesion_study \\
         --variants baseline,mirror_tta,per_lesion,blob,tversky
@@ -109,13 +108,16 @@ def measures(folder: Path) -> dict:
     return out
 
 
-def mean_std(values: list[float]) -> str:
-    values = [v for v in values if v is not None and v == v]  # no lesion of that size in a split: left out
+def mean_std(values: list[float], signed: bool = False) -> str:
+    """'mean ± sample sd' to 3 decimals (`signed`: the mean with its sign, for differences); one value alone; '-'
+    for none. None and NaN (no lesion of that size in a split) are left out."""
+    values = [v for v in values if v is not None and v == v]
+    sign = "+" if signed else ""
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+        return f"{values[0]:{sign}.3f}"
+    return f"{statistics.mean(values):{sign}.3f} ± {statistics.stdev(values):.3f}"
 
 
 def tables(per_variant: dict[str, list[dict]]) -> str:
@@ -153,8 +155,6 @@ def paired(per_variant: dict[str, list[dict]]) -> str:
             row[c] = mean_std([r[c + " tuned"] - b[c + " tuned"] for r, b in zip(runs, base)])
         row["TTA gain tumour/case"] = mean_std([r["tta gain tumour/case"] for r in runs if "tta gain tumour/case" in r])
         rows.append(row)
-    if not rows:
-        return "(only the baseline: no paired differences)"
     return "### paired difference to the baseline (variant - baseline, same seed and split), test, tuned\n\n" + (
         format_table(rows, ["variant", "seeds", *PAIRED, "TTA gain tumour/case"])
     )

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from lits.core.compose import CHECKOUT as REPO
 from lits.core.errors import LitsError
 from lits.core.tables import format_table
 from lits.infer.checkpoint import load_checkpoint
-from studies.recipe import run
+from studies.recipe import mean_std, run
 
 SETTINGS = {  # name -> evaluate.py postprocess overrides
     "default": [],
@@ -77,13 +76,6 @@ def evaluate(ckpt: Path, setting: str, out: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())["post"]
 
 
-def mean_std(values: list[float]) -> str:
-    values = [v for v in values if v == v]  # a split without lesions of that size: NaN, left out
-    if len(values) < 2:
-        return f"{values[0]:+.3f}" if values else "-"
-    return f"{statistics.mean(values):+.3f} ± {statistics.stdev(values):.3f}"
-
-
 def report(results: dict[str, dict[str, dict]]) -> str:
     """Every checkpoint's row per setting, then each setting's change against the default over the checkpoints."""
     rows = [{"checkpoint": name, "setting": setting, **{c: f"{post[k]:.3f}" for c, k in MEASURES.items()}}
@@ -92,7 +84,7 @@ def report(results: dict[str, dict[str, dict]]) -> str:
     for setting in list(SETTINGS)[1:]:
         row = {"setting": setting, "checkpoints": len(results)}
         for column, key in MEASURES.items():
-            row[column] = mean_std([r[setting][key] - r["default"][key] for r in results.values()])
+            row[column] = mean_std([r[setting][key] - r["default"][key] for r in results.values()], signed=True)
         deltas.append(row)
     return (
         "### each checkpoint, validation split\n\n" + format_table(rows, ["checkpoint", "setting", *MEASURES])

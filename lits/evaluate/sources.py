@@ -21,6 +21,7 @@ from lits.data.prepare import prepare
 from lits.data.sources import discover, natural_key
 from lits.evaluate.curves import read_history
 from lits.evaluate.report import tensorboard_dir
+from lits.infer.batches import add_identity_view
 from lits.infer.checkpoint import checkpoint_epoch, load_model, tuned_tta
 from lits.infer.export import SEGMENTATION_NAME, is_nifti
 from lits.infer.postprocess import pipeline_stages, postprocess
@@ -111,9 +112,8 @@ def _checkpoint_predictor(model: torch.nn.Module, infer: dict, steps: tuple[list
         plain = case.to_native(predict_volume(model, case.image, flips=((),), **infer), order=1)
         probs = plain
         if tta:  # identity and flips predicted apart so post_no_tta costs no extra forward pass
-            probs = case.to_native(predict_volume(model, case.image, flips=views[1:], **infer), order=1)
-            probs *= (len(views) - 1) / len(views)
-            probs += plain / len(views)
+            flipped = case.to_native(predict_volume(model, case.image, flips=views[1:], **infer), order=1)
+            probs = add_identity_view(flipped, plain, len(views) - 1)
         spacing = case.native_spacing
         crf = post.crf or any(c.crf for *_, c in before)
         image = case.to_native(np.asarray(case.image, np.float32), order=1) if crf else None

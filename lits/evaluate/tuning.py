@@ -37,6 +37,7 @@ from lits.core.vocabulary import lesion_score
 from lits.data.prepare import prepare
 from lits.evaluate.calibration import calibrate, fit_temperature, region_sample, reliability
 from lits.evaluate.metrics import aggregate, case_metrics
+from lits.infer.batches import add_identity_view
 from lits.infer.checkpoint import load_model, save_checkpoint
 from lits.infer.postprocess import postprocess, shaped_masks, size_filtered_labels
 from lits.infer.predictor import predict_volume
@@ -183,13 +184,14 @@ def collect(model, spec, cases, device, settings: TuneSettings) -> dict[bool, li
         probs = {False: plain}
         if True in view_sets:
             flipped = case.to_native(predict_volume(model, case.image, flips=flips, **infer), order=1)
-            probs[True] = (flipped * len(flips) + plain) / (len(flips) + 1)
+            probs[True] = add_identity_view(flipped, plain, len(flips))
         label = np.asarray(case.native_label)
         box = _region(np.maximum.reduce([probs[t] for t in view_sets]), label)
         image = case.to_native(np.asarray(case.image, np.float32), order=1)[box] if settings.crf else None
+        region_label = label[box].copy()  # read-only from here: the view sets share it
         for tta in view_sets:
             region = probs[tta][(slice(None), *box)].astype(np.float16)
-            kept[tta].append(ValidationCase(case.case_id, region, label[box].copy(), case.native_spacing, image))
+            kept[tta].append(ValidationCase(case.case_id, region, region_label, case.native_spacing, image))
     return kept
 
 
@@ -232,16 +234,16 @@ def choose(model, spec, cases: list, device, settings: TuneSettings, base: Postp
     kept = collect(model, uncalibrated, cases, device, settings)
     tuned = {tta: _tune_views(views, settings, base) for tta, views in kept.items()}
     best = {tta: t["candidates"][t["chosen"]] for tta, t in tuned.items()}
+    views = {}
     if len(tuned) == 1:
         (tta,) = tuned
     else:
         tta = _tta_earns_its_views(best[True], best[False])
-    record = {"split": "val", "criterion": settings.criterion, "cases": len(kept[tta]), "tta": tta}
-    if len(tuned) > 1:
-        record["view_scores"] = {
+        views["view_scores"] = {
             name: {"score": best[t]["score"], "tumor_dice_per_case": best[t]["tumor_dice_per_case"]}
             for name, t in (("identity", False), ("tta", True))
         }
+    record = {"split": "val", "criterion": settings.criterion, "cases": len(kept[tta]), "tta": tta, **views}
     record.update(tuned[tta], seconds=round(time.perf_counter() - started, 1))
     chosen = PostprocessConfig.from_mapping(record["candidates"][record["chosen"]]["postprocess"])
     factors = tuple(record["calibration"][head]["factor"] for head in ("liver", "tumour"))

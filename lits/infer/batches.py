@@ -114,6 +114,15 @@ def predict_volume(network: SliceNetwork, image: np.ndarray, **settings) -> np.n
     return probs
 
 
+def add_identity_view(flipped: np.ndarray, plain: np.ndarray, num_flips: int) -> np.ndarray:
+    """The mean over the identity view and `num_flips` flipped ones, from the identity's probabilities `plain` and the
+    flipped views' mean `flipped` (predicted apart, so that the identity alone is at hand too); `flipped` is
+    overwritten and returned."""
+    flipped *= num_flips / (num_flips + 1)
+    flipped += plain / (num_flips + 1)
+    return flipped
+
+
 @dataclass
 class MaskPrediction:
     """A volume's prediction reduced to what post-processing needs (lits.infer.postprocess.postprocess_masks)."""

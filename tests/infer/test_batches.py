@@ -6,7 +6,7 @@ from contextlib import nullcontext
 
 import numpy as np
 
-from lits.infer.batches import predict_batches, predict_volume
+from lits.infer.batches import add_identity_view, predict_batches, predict_volume
 
 
 class RecordingNetwork:
@@ -65,3 +65,10 @@ def test_the_assembled_volume_is_the_batches_values():
     expected = 1 / (1 + np.exp(-image))  # flips of a per-pixel network average to the same values
     np.testing.assert_allclose(probs[0], expected, rtol=1e-6)
     np.testing.assert_allclose(probs[1], 1 - expected, rtol=1e-6)
+
+
+def test_add_identity_view_gives_the_mean_over_all_views():
+    """Three flipped views averaging 1.0 and an identity view of 0.2: the mean over the four is 0.8."""
+    flipped, plain = np.full((2, 1, 2, 2), 1.0, np.float32), np.full((2, 1, 2, 2), 0.2, np.float32)
+    averaged = add_identity_view(flipped, plain, 3)
+    assert averaged is flipped and np.allclose(averaged, 0.8)
