@@ -27,9 +27,9 @@ def build_benchmark_run(cfg):
     return build_run(cfg, distributed.setup(cfg.trainer.device), StopRequest())
 
 
-def pure_step_rate(run, steps: int, warmup: int = 3) -> float:
-    """samples/s of `steps` pure training steps on one batch of `run`'s loader (after `warmup` untimed ones;
-    5 more under torch.compile, to let recompilations settle). The loss values are read back once per step, as
+def pure_step_rate(run, steps: int, warmup: int = 3, batch: dict | None = None) -> float:
+    """samples/s of `steps` pure training steps on `batch` (None: one batch of `run`'s loader), after `warmup` untimed
+    ones (5 more under torch.compile, to let recompilations settle). The loss values are read back once per step, as
     the loop reads them."""
     import torch
 
@@ -38,7 +38,7 @@ def pure_step_rate(run, steps: int, warmup: int = 3) -> float:
     from lits.train.loss import targets_from_labels
     from lits.train.step import prepare_batch
 
-    image, label = prepare_batch(run, next(iter(run.loader)))
+    image, label = prepare_batch(run, next(iter(run.loader)) if batch is None else batch)
     target, clip = targets_from_labels(label), run.cfg.trainer.grad_clip
 
     def step():

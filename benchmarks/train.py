@@ -1,24 +1,26 @@
-"""Training-loop throughput against the model's pure step throughput, in one run (printed, never asserted).
+"""Training-loop throughput against the model's pure step throughput, interleaved in one run (printed, never
+asserted).
 
-    python -m benchmarks train [--model unet_small] [--crop 128] [--batch-size 8] [--steps 30] [--epochs 3]
-                               [--workers 2] [--threads 1] [--amp auto] [--compile]
+    python -m benchmarks train [--model unet_small] [--crop 128] [--batch-size 8] [--steps 40] [--epochs 4]
+                               [--block 4] [--workers 2] [--threads 1] [--amp auto] [--compile]
 
-* loop: the training task `lits.train.task.train` itself -- sampler, DataLoader workers reading crops, batched
-  augmentation, forward/backward, optimizer, per-step bookkeeping, TensorBoard -- on synthetic data; its samples/s is
-  the `train/samples_per_s` the loop logs (training part of each epoch, validation and checkpointing excluded),
-  median over epochs after the first.
-* pure step (benchmarks/steps.py): the same model, loss, optimizer, AMP, channels_last and gradient clipping repeating
-  one batch that is already on the device: no data loading, no augmentation, no logging. Measured before and after
-  the loop (the machine may be shared); the faster of the two counts, so noise can only make the ratio look worse.
+* loop: train.py's own run and loop (`lits.train.fit.fit` with every hook of a real run) -- sampler, DataLoader
+  workers reading crops, batched augmentation, forward/backward, optimizer, per-step bookkeeping, TensorBoard,
+  checkpoints -- on synthetic data, timed from step to step (validation and checkpointing between epochs excluded,
+  as in the `train/samples_per_s` the loop logs).
+* pure step (benchmarks/steps.py): the same run's model, loss, optimizer, AMP, channels_last and gradient clipping
+  repeating one augmented batch already on the device: no data loading, no augmentation, no logging.
 
-ratio = loop / pure: the share of the model's speed the full loop keeps (target >= 97%: data loading, logging and
-hooks are never the bottleneck). Synthetic data goes to --data-dir (generated once, reused).
+The two alternate inside the run: every --block loop steps, a hook times --block pure steps. On a shared machine the
+speed of either drifts by 10% within a minute, so measuring them minutes apart compares the machine's moods, not
+the loop; blocks a second apart see the same machine. ratio = loop samples/s / pure samples/s over all blocks of
+epochs 2.. (the first warms up): the share of the model's speed the full loop keeps (target >= 97%: data loading,
+augmentation, logging and hooks are never the bottleneck). Synthetic data goes to --data-dir (generated once).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -60,23 +62,55 @@ def benchmark_config(args, output_dir: Path):
     return compose_config("train", overrides)
 
 
-def pure_rate(cfg, steps: int) -> float:
-    """The pure step's samples/s on a run of its own (its loader workers stopped afterwards)."""
+def measure(cfg, block: int) -> list[dict]:
+    """Per epoch of one run: {"loop": (samples, seconds), "pure": (samples, seconds), "pairs": [loop / pure of each
+    block]}. train.py's run and hooks, plus one that, after every `block` loop steps, times `block` pure steps on one
+    batch drawn before training (they move the model and optimizer too; a benchmark's run is thrown away)."""
     import gc
+    import time
+
+    from lits.train.fit import fit
+    from lits.train.hooks import Hook, Hooks
+    from lits.train.loader import close_loader
+
+    epochs = []
+
+    class Interleave(Hook):
+        def before_train(self, run) -> None:
+            self.batch = next(iter(run.loader))
+            pure_step_rate(run, block, batch=self.batch)  # warms the pure step's path up
+
+        def before_epoch(self, run, alpha: float) -> None:
+            epochs.append({"loop": (0, 0.0), "pure": (0, 0.0), "pairs": []})
+            self.steps, self.mark = 0, time.perf_counter()
+
+        def after_step(self, run, result) -> None:
+            self.steps += 1
+            if self.steps % block:
+                return
+            record, samples = epochs[-1], block * run.cfg.trainer.batch_size
+            loop_s = time.perf_counter() - self.mark
+            pure_s = samples / pure_step_rate(run, block, warmup=0, batch=self.batch)
+            for key, seconds in (("loop", loop_s), ("pure", pure_s)):
+                record[key] = (record[key][0] + samples, record[key][1] + seconds)
+            record["pairs"].append(pure_s / loop_s)
+            self.mark = time.perf_counter()
 
     run = build_benchmark_run(cfg)
+    run.hooks = Hooks([*run.hooks.hooks, Interleave()])
     try:
-        return pure_step_rate(run, steps)
+        fit(run)
     finally:
-        del run
-        gc.collect()
+        close_loader(run.loader)
+    del run
+    gc.collect()
+    return epochs
 
 
 def main(args) -> None:
     import torch
 
     from lits.data.prepare import prepare
-    from lits.train.task import train
 
     load = os.getloadavg()
     out = Path(tempfile.mkdtemp(prefix="lits-bench-train-"))
@@ -86,34 +120,37 @@ def main(args) -> None:
             torch.set_num_threads(args.threads)
         say(f"preparing synthetic data ({args.cases} cases {args.size}x{args.size}) in {args.data_dir} (once) ...")
         prepare(cfg.data, cfg.seed, only=("train", "val"), progress=False)
-        say("pure step (before) ...")
-        pure = [pure_rate(benchmark_config(args, out / "pure-before"), args.pure_steps)]
-        say(f"training loop: {args.epochs} epochs x {args.steps} steps ...")
-        train(cfg)
-        history = [json.loads(line) for line in (out / "run/history.jsonl").read_text().splitlines()]
-        say("pure step (after) ...")
-        pure.append(pure_rate(benchmark_config(args, out / "pure-after"), args.pure_steps))
+        say(f"training loop: {args.epochs} epochs x {args.steps} steps, {args.block} pure steps after every "
+            f"{args.block} ...")  # fmt: skip
+        epochs = measure(cfg, args.block)
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    per_epoch = [h["train/samples_per_s"] for h in history]
-    loop = statistics.median(per_epoch[1:] or per_epoch)
-    pure_best = max(pure)
     print(
         f"\ntrain benchmark: model {args.model}, crop {args.crop}, batch {args.batch_size}, amp {args.amp}, "
         f"compile {args.compile}, {args.workers} loader workers, torch threads {torch.get_num_threads()}, "
-        f"device {args.device}\n{machine_line()}"
+        f"device {args.device}, blocks of {args.block} steps\n{machine_line()}; load average at start {load[0]:.1f}\n"
     )
-    print(f"loop samples/s per epoch: {', '.join(f'{v:.1f}' for v in per_epoch)} (first epoch = warm-up, not counted)")
+    print(format_table([epoch_row(i, e) for i, e in enumerate(epochs, start=1)], list(epoch_row(1, epochs[0]))))
+    counted = epochs[1:] or epochs
+    loop, pure = (sum(e[key][0] for e in counted) / sum(e[key][1] for e in counted) for key in ("loop", "pure"))
+    pairs = sorted(p for e in counted for p in e["pairs"])
+    quartiles = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else pairs * 3
     print(
-        f"pure step samples/s: before {pure[0]:.1f}, after {pure[1]:.1f}; load average at start {load[0]:.1f}, at end "
-        f"{os.getloadavg()[0]:.1f} (other processes competing for the cores make both figures noisy)\n"
+        f"\nloop / pure step: {100 * loop / pure:.1f}% over epochs {2 if epochs[1:] else 1}..{len(epochs)} (loop "
+        f"{loop:.1f}, pure {pure:.1f} samples/s; per block pair median {100 * quartiles[1]:.1f}%, quartiles "
+        f"{100 * quartiles[0]:.1f}-{100 * quartiles[2]:.1f}%; target >= 97%)"
     )
-    rows = [
-        {"measure": "full loop (median, epochs 2..)", "samples/s": f"{loop:.1f}"},
-        {"measure": "pure step (faster of before/after)", "samples/s": f"{pure_best:.1f}"},
-    ]
-    print(format_table(rows, ["measure", "samples/s"]))
-    print(f"\nloop / pure step: {100 * loop / pure_best:.1f}%  (target >= 97%)")
+
+
+def epoch_row(number: int, epoch: dict) -> dict:
+    loop, pure = (epoch[key][0] / epoch[key][1] if epoch[key][1] else float("nan") for key in ("loop", "pure"))
+    return {
+        "epoch": f"{number}{' (warm-up)' if number == 1 else ''}",
+        "loop samples/s": f"{loop:.1f}",
+        "pure step samples/s": f"{pure:.1f}",
+        "loop / pure": f"{100 * loop / pure:.1f}%",
+        "blocks": str(len(epoch["pairs"])),
+    }
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -121,9 +158,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="unet_small", help="configs/model/<name>")
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=30, help="training steps per epoch")
-    p.add_argument("--epochs", type=int, default=3, help="the first is warm-up; validation runs once, after the last")
-    p.add_argument("--pure-steps", type=int, default=20, help="timed pure steps, before and after the loop")
+    p.add_argument("--steps", type=int, default=40, help="training steps per epoch")
+    p.add_argument("--epochs", type=int, default=4, help="the first is warm-up; validation runs once, after the last")
+    p.add_argument("--block", type=int, default=4, help="loop steps, then as many pure steps, in turn")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     p.add_argument(
         "--threads",

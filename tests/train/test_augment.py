@@ -11,6 +11,7 @@ from conftest import compose_train
 
 from lits.core.errors import LitsError
 from lits.train.augment import AugmentConfig, AugmentParams, BatchAugment
+from lits.train.augment.spatial import affine_grid, upsample_bicubic
 
 OFF = dict(p_rotate=0.0, p_elastic=0.0, p_intensity=0.0)
 SPATIAL_NEW = ("p_scale", "p_mirror_x", "p_mirror_y")
@@ -228,6 +229,17 @@ def test_elastic_sigma_moves_pixels_and_zero_sigma_does_not():
         img, lab, torch.Generator().manual_seed(0)
     )
     assert torch.equal(same, img) and torch.equal(same_lab, lab)
+
+
+@pytest.mark.parametrize(("n", "points", "h", "w"), [(3, 3, 128, 128), (2, 5, 40, 56), (1, 4, 65, 33)])
+def test_grid_helpers_equal_the_library_calls_they_replace(n, points, h, w):
+    g = torch.Generator().manual_seed(n)
+    theta = torch.randn(n, 2, 3, generator=g)
+    want = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
+    torch.testing.assert_close(affine_grid(theta, h, w), want, rtol=0, atol=2e-6)
+    d = torch.randn(n, 2, points, points, generator=g) * 0.2
+    want = F.interpolate(d, size=(h, w), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+    torch.testing.assert_close(upsample_bicubic(d, h, w), want, rtol=0, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- intensity, RNG, layouts
