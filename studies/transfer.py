@@ -7,8 +7,10 @@ the other, both ways) the same two checkpoints gave, against the default post-pr
   * hysteresis + keep_confident=0.8: tumour Dice up (+0.006 / +0.031), recall at IoU > 0.5 up (+0.04 / +0.21) at
     about equal precision (-0.23 / +0.15).
 A phantom on which decisions about small lesions transfer has to move the same way. This scores each checkpoint on
-its validation split under the three settings and writes transfer.md: every checkpoint's row, and per setting the
-change against the default, mean ± sample std over the checkpoints.
+its validation split under the three settings and writes transfer.md: every checkpoint's row, per setting the
+change against the default (mean ± sample std over the checkpoints), and how the reference lesions were outlined
+(studies/outlines.py: found with IoU > 0.5, too small, too large, merged, missed; only "too small" can gain from
+hysteresis).
 
     python -m studies transfer outputs/lesion_study_8min/*/seed*/checkpoints/last.pt --out outputs/transfer
 
@@ -21,12 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 from lits.core.compose import CHECKOUT as REPO
 from lits.core.errors import LitsError
 from lits.core.tables import format_table
 from lits.infer.checkpoint import load_checkpoint
+from studies.outlines import CLASSES, split_outlines
 from studies.recipe import mean_std, run
 
 SETTINGS = {  # name -> evaluate.py postprocess overrides
@@ -42,7 +46,7 @@ MEASURES = {  # column -> key of metrics.json's post-processed stage
     "recall < 10 mm": "tumor_lesion_recall_iou50_under10mm",
 }
 QUIET = ["progress=false", "tensorboard_dir=null", "ablation=false", "detection_curve=false",
-         "report.montages=false", "report.plot=false"]  # fmt: skip
+         "report.montages=false", "report.plot=false", "save_predictions=true"]  # fmt: skip
 
 
 def label(ckpt: Path) -> str:
@@ -65,15 +69,18 @@ def refuse_tuned(ckpt: Path) -> None:
 
 
 def evaluate(ckpt: Path, setting: str, out: Path) -> dict:
-    """The post-processed stage's metrics of `ckpt` on its validation split under `setting` (cached in `out`)."""
+    """`ckpt` on its validation split under `setting` (cached in `out`): the post-processed stage's metrics, and
+    under "outlines" its reference lesions per outline class."""
     folder = out / label(ckpt).replace("/", "__").removesuffix(".pt") / setting.replace(" ", "_")
-    if not (folder / "metrics.json").exists():
+    if not (folder / "metrics.json").exists() or not (folder / "predictions").is_dir():
         folder.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "evaluate.py", f"ckpt={ckpt.resolve()}", "split=val", *QUIET, *SETTINGS[setting],
                f"hydra.run.dir={folder}"]  # fmt: skip
         seconds = run(cmd, folder.parent / f"{setting.replace(' ', '_')}.log")
         print(f"[{label(ckpt)}] {setting}: {seconds:.0f} s", flush=True)
-    return json.loads((folder / "metrics.json").read_text())["post"]
+    state = load_checkpoint(ckpt)
+    outlines = split_outlines(folder / "predictions", Path(state["config"]["data"]["root"]), state["splits"]["val"])
+    return {**json.loads((folder / "metrics.json").read_text())["post"], "outlines": outlines}
 
 
 def report(results: dict[str, dict[str, dict]]) -> str:
@@ -90,7 +97,20 @@ def report(results: dict[str, dict[str, dict]]) -> str:
         "### each checkpoint, validation split\n\n" + format_table(rows, ["checkpoint", "setting", *MEASURES])
         + "\n\n### change against the default post-processing (setting - default, same checkpoint), mean ± sd\n\n"
         + format_table(deltas, ["setting", "checkpoints", *MEASURES])
+        + "\n\n### how the reference lesions were outlined, all checkpoints together (count, share)\n\n"
+        + format_table(outline_rows(results), ["setting", "lesions", *CLASSES])
     )  # fmt: skip
+
+
+def outline_rows(results: dict[str, dict[str, dict]]) -> list[dict]:
+    """Per setting, the reference lesions of every checkpoint's split per outline class."""
+    rows = []
+    for setting in SETTINGS:
+        total = sum((r[setting]["outlines"] for r in results.values()), Counter())
+        lesions = sum(total[c] for c in CLASSES)
+        rows.append({"setting": setting, "lesions": str(lesions),
+                     **{c: f"{total[c]} ({total[c] / max(lesions, 1):.0%})" for c in CLASSES}})  # fmt: skip
+    return rows
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

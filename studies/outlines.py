@@ -1,0 +1,67 @@
+"""How a network outlines the lesions it finds: each reference lesion of a scored split is missed, found with
+IoU > 0.5, or found (some overlap) but outlined too small, too large, or merged with a neighbour into one group.
+
+Growing predictions (hysteresis) can only raise recall at IoU > 0.5 through the lesions outlined too small; the
+size filter only through small ones found at all. Lesions and groups are the scorer's (`match_lesions`), counted per
+reference lesion (a merged group of three counts three).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from lits.data.nifti import to_canonical
+from lits.evaluate.metrics.keys import DETECTION_THRESHOLDS
+from lits.evaluate.metrics.lesions import match_lesions, reference_lesions
+from lits.infer.postprocess import predicted_lesions
+
+CLASSES = ("IoU > 0.5", "too small", "too large", "merged", "missed")
+TUMOUR = 2  # the LiTS label of tumour
+
+
+def outline_classes(pred_tumor: np.ndarray, ref_tumor: np.ndarray) -> Counter:
+    """Reference lesions of one case per class of CLASSES (boolean tumour masks of the same shape)."""
+    p_lab, _ = predicted_lesions(pred_tumor)
+    r_lab, _ = reference_lesions(ref_tumor)
+    match = match_lesions(p_lab, r_lab)
+    counts = Counter(dict.fromkeys(CLASSES, 0))
+    for group in match.groups:
+        if group.iou > DETECTION_THRESHOLDS["iou50"]:
+            kind = "IoU > 0.5"
+        elif len(group.ref_ids) > 1:
+            kind = "merged"
+        else:
+            kind = "too small" if group.pred_voxels < group.ref_voxels else "too large"
+        counts[kind] += len(group.ref_ids)
+    counts["missed"] = match.n_ref - sum(len(g.ref_ids) for g in match.groups)
+    return counts
+
+
+def split_outlines(predictions: Path, references: Path, case_ids: list[str]) -> Counter:
+    """The classes summed over `case_ids`: evaluate.py's exported label maps (predictions/test-segmentation-<id>.nii,
+    save_predictions=true) against the data folder's segmentation-<id>.nii(.gz), both read slice-major."""
+    total = Counter(dict.fromkeys(CLASSES, 0))
+    for case in case_ids:
+        pred = _tumour(predictions / f"test-segmentation-{case}.nii")
+        candidates = (references / f"segmentation-{case}.nii.gz", references / f"segmentation-{case}.nii")
+        ref_path = next((p for p in candidates if p.is_file()), None)
+        if ref_path is None:
+            raise SystemExit(f"error: no segmentation-{case}.nii(.gz) in {references}; is data.root still there?")
+        ref = _tumour(ref_path)
+        if pred.shape != ref.shape:
+            raise SystemExit(f"error: {predictions} case {case}: prediction {pred.shape} against reference {ref.shape}")
+        total.update(outline_classes(pred, ref))
+    return total
+
+
+def _tumour(path: Path) -> np.ndarray:
+    """The tumour mask of a label file, slice-major (Z, Y, X) as the lesion functions expect (axial planes last)."""
+    if not path.is_file():
+        raise SystemExit(f"error: {path} is missing; rerun the evaluation with save_predictions=true")
+    image = nib.load(path)
+    labels, _ = to_canonical(np.asarray(image.dataobj), image.affine)
+    return labels == TUMOUR
