@@ -3,7 +3,9 @@ IoU > 0.5, or found (some overlap) but outlined too small, too large, or merged 
 
 Growing predictions (hysteresis) can only raise recall at IoU > 0.5 through the lesions outlined too small; the
 size filter only through small ones found at all. Lesions and groups are the scorer's (`match_lesions`), counted per
-reference lesion (a merged group of three counts three).
+reference lesion (a merged group of three counts three). Given the tumour probabilities, it also counts the reference
+voxels that a too-small outline leaves out, and how many of them reach hysteresis's low threshold: growth can only
+add those (if they touch the outline).
 """
 
 from __future__ import annotations
@@ -14,17 +16,21 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from lits.core.config.infer import PostprocessConfig
 from lits.data.nifti import to_canonical
 from lits.evaluate.metrics.keys import DETECTION_THRESHOLDS
 from lits.evaluate.metrics.lesions import match_lesions, reference_lesions
 from lits.infer.postprocess import predicted_lesions
 
 CLASSES = ("IoU > 0.5", "too small", "too large", "merged", "missed")
+LEFT_OUT, REACHABLE = "too small: voxels left out", "too small: left out, p >= low"
 TUMOUR = 2  # the LiTS label of tumour
+LOW = PostprocessConfig().hysteresis_low  # the threshold hysteresis grows to
 
 
-def outline_classes(pred_tumor: np.ndarray, ref_tumor: np.ndarray) -> Counter:
-    """Reference lesions of one case per class of CLASSES (boolean tumour masks of the same shape)."""
+def outline_classes(pred_tumor: np.ndarray, ref_tumor: np.ndarray, tumor_prob: np.ndarray | None = None) -> Counter:
+    """Reference lesions of one case per class of CLASSES (boolean tumour masks of the same shape); with
+    `tumor_prob`, also the LEFT_OUT reference voxels of too-small lesions and how many of them are REACHABLE."""
     p_lab, _ = predicted_lesions(pred_tumor)
     r_lab, _ = reference_lesions(ref_tumor)
     match = match_lesions(p_lab, r_lab)
@@ -37,13 +43,18 @@ def outline_classes(pred_tumor: np.ndarray, ref_tumor: np.ndarray) -> Counter:
         else:
             kind = "too small" if group.pred_voxels < group.ref_voxels else "too large"
         counts[kind] += len(group.ref_ids)
+        if kind == "too small" and tumor_prob is not None:
+            left_out = np.isin(r_lab, group.ref_ids) & ~pred_tumor
+            counts[LEFT_OUT] += int(left_out.sum())
+            counts[REACHABLE] += int((tumor_prob[left_out] >= LOW).sum())
     counts["missed"] = match.n_ref - sum(len(g.ref_ids) for g in match.groups)
     return counts
 
 
 def split_outlines(predictions: Path, references: Path, case_ids: list[str]) -> Counter:
     """The classes summed over `case_ids`: evaluate.py's exported label maps (predictions/test-segmentation-<id>.nii,
-    save_predictions=true) against the data folder's segmentation-<id>.nii(.gz), both read slice-major."""
+    save_predictions=true) against the data folder's segmentation-<id>.nii(.gz), both read slice-major; with their
+    tumour probabilities where save_probabilities=true wrote them beside."""
     total = Counter(dict.fromkeys(CLASSES, 0))
     for case in case_ids:
         pred = _tumour(predictions / f"test-segmentation-{case}.nii")
@@ -54,7 +65,9 @@ def split_outlines(predictions: Path, references: Path, case_ids: list[str]) -> 
         ref = _tumour(ref_path)
         if pred.shape != ref.shape:
             raise SystemExit(f"error: {predictions} case {case}: prediction {pred.shape} against reference {ref.shape}")
-        total.update(outline_classes(pred, ref))
+        prob_path = predictions / f"test-segmentation-{case}_probabilities.nii.gz"
+        prob = _tumour_probability(prob_path) if prob_path.is_file() else None
+        total.update(outline_classes(pred, ref, prob))
     return total
 
 
@@ -65,3 +78,10 @@ def _tumour(path: Path) -> np.ndarray:
     image = nib.load(path)
     labels, _ = to_canonical(np.asarray(image.dataobj), image.affine)
     return labels == TUMOUR
+
+
+def _tumour_probability(path: Path) -> np.ndarray:
+    """The tumour channel of an exported (X, Y, Z, 2) probability map, slice-major."""
+    image = nib.load(path)
+    prob, _ = to_canonical(np.asarray(image.dataobj[..., 1], dtype=np.float32), image.affine)  # scaled by nibabel
+    return prob

@@ -30,7 +30,7 @@ from lits.core.compose import CHECKOUT as REPO
 from lits.core.errors import LitsError
 from lits.core.tables import format_table
 from lits.infer.checkpoint import load_checkpoint
-from studies.outlines import CLASSES, split_outlines
+from studies.outlines import CLASSES, LEFT_OUT, LOW, REACHABLE, split_outlines
 from studies.recipe import mean_std, run
 
 SETTINGS = {  # name -> evaluate.py postprocess overrides
@@ -45,8 +45,9 @@ MEASURES = {  # column -> key of metrics.json's post-processed stage
     "recall any overlap": "tumor_lesion_recall_iou0",
     "recall < 10 mm": "tumor_lesion_recall_iou50_under10mm",
 }
+REACH_COLUMN = f"too small: voxels left out with p >= {LOW:g}"
 QUIET = ["progress=false", "tensorboard_dir=null", "ablation=false", "detection_curve=false",
-         "report.montages=false", "report.plot=false", "save_predictions=true"]  # fmt: skip
+         "report.montages=false", "report.plot=false", "save_predictions=true", "save_probabilities=true"]  # fmt: skip
 
 
 def label(ckpt: Path) -> str:
@@ -72,7 +73,7 @@ def evaluate(ckpt: Path, setting: str, out: Path) -> dict:
     """`ckpt` on its validation split under `setting` (cached in `out`): the post-processed stage's metrics, and
     under "outlines" its reference lesions per outline class."""
     folder = out / label(ckpt).replace("/", "__").removesuffix(".pt") / setting.replace(" ", "_")
-    if not (folder / "metrics.json").exists() or not (folder / "predictions").is_dir():
+    if not (folder / "metrics.json").exists() or not any((folder / "predictions").glob("*_probabilities.nii.gz")):
         folder.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "evaluate.py", f"ckpt={ckpt.resolve()}", "split=val", *QUIET, *SETTINGS[setting],
                f"hydra.run.dir={folder}"]  # fmt: skip
@@ -98,18 +99,20 @@ def report(results: dict[str, dict[str, dict]]) -> str:
         + "\n\n### change against the default post-processing (setting - default, same checkpoint), mean ± sd\n\n"
         + format_table(deltas, ["setting", "checkpoints", *MEASURES])
         + "\n\n### how the reference lesions were outlined, all checkpoints together (count, share)\n\n"
-        + format_table(outline_rows(results), ["setting", "lesions", *CLASSES])
+        + format_table(outline_rows(results), ["setting", "lesions", *CLASSES, REACH_COLUMN])
     )  # fmt: skip
 
 
 def outline_rows(results: dict[str, dict[str, dict]]) -> list[dict]:
-    """Per setting, the reference lesions of every checkpoint's split per outline class."""
+    """Per setting, the reference lesions of every checkpoint's split per outline class, and the reference voxels
+    that too-small outlines left out with how many of them hysteresis could reach."""
     rows = []
     for setting in SETTINGS:
         total = sum((r[setting]["outlines"] for r in results.values()), Counter())
-        lesions = sum(total[c] for c in CLASSES)
-        rows.append({"setting": setting, "lesions": str(lesions),
-                     **{c: f"{total[c]} ({total[c] / max(lesions, 1):.0%})" for c in CLASSES}})  # fmt: skip
+        lesions, left_out = sum(total[c] for c in CLASSES), total[LEFT_OUT]
+        reach = f"{total[REACHABLE]} of {left_out} ({total[REACHABLE] / max(left_out, 1):.0%})"
+        shares = {c: f"{total[c]} ({total[c] / max(lesions, 1):.0%})" for c in CLASSES}
+        rows.append({"setting": setting, "lesions": str(lesions), **shares, REACH_COLUMN: reach})
     return rows
 
 

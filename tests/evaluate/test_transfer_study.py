@@ -62,15 +62,30 @@ def test_each_reference_lesion_falls_in_one_outline_class():
                                                   "missed": 1})  # fmt: skip
 
 
+def test_too_small_outlines_count_the_voxels_they_leave_out_and_those_hysteresis_could_reach():
+    pred, ref = outline_case()
+    prob = np.full(pred.shape, 0.29, dtype=np.float32)  # just below hysteresis_low = 0.3 everywhere ...
+    prob[1, 5:8, 20:26] = 0.3  # ... but in three rows of the too-small lesion (6 x 6, 2 x 2 of it predicted)
+    counts = outline_classes(pred, ref, prob)
+    assert counts["too small: voxels left out"] == 36 - 4
+    assert counts["too small: left out, p >= low"] == 3 * 6 - 2  # row 7 holds two predicted voxels
+    assert counts["too small"] == 1 and "too small: voxels left out" not in outline_classes(pred, ref)
+
+
 def test_split_outlines_reads_exported_predictions_against_the_data_folder(tmp_path):
     pred, ref = (2 * mask.T.astype(np.uint8) for mask in outline_case())  # files hold (X, Y, Z)
     (tmp_path / "predictions").mkdir()
     for case in ("3", "7"):
         nib.save(nib.Nifti1Image(pred, np.eye(4)), tmp_path / f"predictions/test-segmentation-{case}.nii")
         nib.save(nib.Nifti1Image(ref, np.eye(4)), tmp_path / f"segmentation-{case}.nii.gz")
+    tumour = np.zeros(ref.shape, dtype=np.float32)  # (X, Y, Z): the too-small lesion's first three rows at 0.6
+    tumour[20:26, 5:8, 1] = 0.6
+    probabilities = nib.Nifti1Image(np.stack([np.zeros_like(tumour), tumour], axis=-1), np.eye(4))
+    nib.save(probabilities, tmp_path / "predictions/test-segmentation-3_probabilities.nii.gz")  # case 3 only
     assert split_outlines(tmp_path / "predictions", tmp_path, ["3", "7"]) == Counter(
-        {"IoU > 0.5": 4, "too small": 2, "too large": 2, "merged": 4, "missed": 2}
-    )
+        {"IoU > 0.5": 4, "too small": 2, "too large": 2, "merged": 4, "missed": 2,
+         "too small: voxels left out": 32, "too small: left out, p >= low": 16}
+    )  # fmt: skip
     with pytest.raises(SystemExit, match=r"test-segmentation-9.nii is missing; rerun .* save_predictions=true"):
         split_outlines(tmp_path / "predictions", tmp_path, ["9"])
 
