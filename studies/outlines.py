@@ -18,23 +18,30 @@ import numpy as np
 
 from lits.core.config.infer import PostprocessConfig
 from lits.data.nifti import to_canonical
-from lits.evaluate.metrics.keys import DETECTION_THRESHOLDS
-from lits.evaluate.metrics.lesions import match_lesions, reference_lesions
+from lits.evaluate.metrics.keys import DETECTION_THRESHOLDS, SIZE_BINS
+from lits.evaluate.metrics.lesions import equivalent_diameter_mm, match_lesions, reference_lesions, size_bin
 from lits.infer.postprocess import predicted_lesions
 
 CLASSES = ("IoU > 0.5", "too small", "too large", "merged", "missed")
 LEFT_OUT, REACHABLE = "too small: voxels left out", "too small: left out, p >= low"
 TUMOUR = 2  # the LiTS label of tumour
 LOW = PostprocessConfig().hysteresis_low  # the threshold hysteresis grows to
+UNDER_10MM = next(iter(SIZE_BINS))  # the size-bin metrics' first bin, lesions under 10 mm
+SMALL = "under 10 mm: "
 
 
-def outline_classes(pred_tumor: np.ndarray, ref_tumor: np.ndarray, tumor_prob: np.ndarray | None = None) -> Counter:
+def outline_classes(
+    pred_tumor: np.ndarray, ref_tumor: np.ndarray, tumor_prob: np.ndarray | None = None, voxel_mm3: float | None = None
+) -> Counter:
     """Reference lesions of one case per class of CLASSES (boolean tumour masks of the same shape); with
-    `tumor_prob`, also the LEFT_OUT reference voxels of too-small lesions and how many of them are REACHABLE."""
+    `tumor_prob`, also the LEFT_OUT reference voxels of too-small lesions and how many of them are REACHABLE; with
+    `voxel_mm3`, also per class the lesions under 10 mm equivalent diameter (keys SMALL + class), each lesion sized
+    on its own as the size-bin metrics do."""
     p_lab, _ = predicted_lesions(pred_tumor)
     r_lab, _ = reference_lesions(ref_tumor)
     match = match_lesions(p_lab, r_lab)
     counts = Counter(dict.fromkeys(CLASSES, 0))
+    kind_of = {}
     for group in match.groups:
         if group.iou > DETECTION_THRESHOLDS["iou50"]:
             kind = "IoU > 0.5"
@@ -42,19 +49,25 @@ def outline_classes(pred_tumor: np.ndarray, ref_tumor: np.ndarray, tumor_prob: n
             kind = "merged"
         else:
             kind = "too small" if group.pred_voxels < group.ref_voxels else "too large"
-        counts[kind] += len(group.ref_ids)
+        kind_of.update(dict.fromkeys(group.ref_ids, kind))
         if kind == "too small" and tumor_prob is not None:
             left_out = np.isin(r_lab, group.ref_ids) & ~pred_tumor
             counts[LEFT_OUT] += int(left_out.sum())
             counts[REACHABLE] += int((tumor_prob[left_out] >= LOW).sum())
-    counts["missed"] = match.n_ref - sum(len(g.ref_ids) for g in match.groups)
+    sizes = np.bincount(r_lab.ravel())
+    for lesion in np.flatnonzero(sizes[1:]) + 1:
+        kind = kind_of.get(int(lesion), "missed")
+        counts[kind] += 1
+        if voxel_mm3 is not None and size_bin(float(equivalent_diameter_mm(sizes[lesion] * voxel_mm3))) == UNDER_10MM:
+            counts[SMALL + kind] += 1
     return counts
 
 
 def split_outlines(predictions: Path, references: Path, case_ids: list[str]) -> Counter:
     """The classes summed over `case_ids`: evaluate.py's exported label maps (predictions/test-segmentation-<id>.nii,
     save_predictions=true) against the data folder's segmentation-<id>.nii(.gz), both read slice-major; with their
-    tumour probabilities where save_probabilities=true wrote them beside."""
+    tumour probabilities where save_probabilities=true wrote them beside, and lesions sized by the reference's
+    voxel size."""
     total = Counter(dict.fromkeys(CLASSES, 0))
     for case in case_ids:
         pred = _tumour(predictions / f"test-segmentation-{case}.nii")
@@ -63,11 +76,12 @@ def split_outlines(predictions: Path, references: Path, case_ids: list[str]) -> 
         if ref_path is None:
             raise SystemExit(f"error: no segmentation-{case}.nii(.gz) in {references}; is data.root still there?")
         ref = _tumour(ref_path)
+        voxel_mm3 = float(np.prod(nib.load(ref_path).header.get_zooms()[:3]))
         if pred.shape != ref.shape:
             raise SystemExit(f"error: {predictions} case {case}: prediction {pred.shape} against reference {ref.shape}")
         prob_path = predictions / f"test-segmentation-{case}_probabilities.nii.gz"
         prob = _tumour_probability(prob_path) if prob_path.is_file() else None
-        total.update(outline_classes(pred, ref, prob))
+        total.update(outline_classes(pred, ref, prob, voxel_mm3))
     return total
 
 

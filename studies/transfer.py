@@ -30,7 +30,7 @@ from lits.core.compose import CHECKOUT as REPO
 from lits.core.errors import LitsError
 from lits.core.tables import format_table
 from lits.infer.checkpoint import load_checkpoint
-from studies.outlines import CLASSES, LEFT_OUT, LOW, REACHABLE, split_outlines
+from studies.outlines import CLASSES, LEFT_OUT, LOW, REACHABLE, SMALL, split_outlines
 from studies.recipe import mean_std, run
 
 SETTINGS = {  # name -> evaluate.py postprocess overrides
@@ -100,19 +100,25 @@ def report(results: dict[str, dict[str, dict]]) -> str:
         + format_table(deltas, ["setting", "checkpoints", *MEASURES])
         + "\n\n### how the reference lesions were outlined, all checkpoints together (count, share)\n\n"
         + format_table(outline_rows(results), ["setting", "lesions", *CLASSES, REACH_COLUMN])
+        + "\n\n### the same for the lesions under 10 mm\n\n"
+        + format_table(outline_rows(results, SMALL), ["setting", "lesions", *CLASSES])
     )  # fmt: skip
 
 
-def outline_rows(results: dict[str, dict[str, dict]]) -> list[dict]:
-    """Per setting, the reference lesions of every checkpoint's split per outline class, and the reference voxels
-    that too-small outlines left out with how many of them hysteresis could reach."""
+def outline_rows(results: dict[str, dict[str, dict]], prefix: str = "") -> list[dict]:
+    """Per setting, the reference lesions (those whose outline keys start with `prefix`) of every checkpoint's split
+    per outline class; for all lesions also the reference voxels that too-small outlines left out, with how many of
+    them hysteresis could reach."""
     rows = []
     for setting in SETTINGS:
         total = sum((r[setting]["outlines"] for r in results.values()), Counter())
-        lesions, left_out = sum(total[c] for c in CLASSES), total[LEFT_OUT]
-        reach = f"{total[REACHABLE]} of {left_out} ({total[REACHABLE] / max(left_out, 1):.0%})"
-        shares = {c: f"{total[c]} ({total[c] / max(lesions, 1):.0%})" for c in CLASSES}
-        rows.append({"setting": setting, "lesions": str(lesions), **shares, REACH_COLUMN: reach})
+        lesions = sum(total[prefix + c] for c in CLASSES)
+        row = {"setting": setting, "lesions": str(lesions)}
+        row.update({c: f"{total[prefix + c]} ({total[prefix + c] / max(lesions, 1):.0%})" for c in CLASSES})
+        if not prefix:
+            left_out = total[LEFT_OUT]
+            row[REACH_COLUMN] = f"{total[REACHABLE]} of {left_out} ({total[REACHABLE] / max(left_out, 1):.0%})"
+        rows.append(row)
     return rows
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from studies import transfer
-from studies.outlines import CLASSES, outline_classes, split_outlines
+from studies.outlines import CLASSES, SMALL, outline_classes, split_outlines
 
 HYSTERESIS = "hysteresis + keep_confident 0.8"
 
@@ -60,6 +60,11 @@ def test_each_reference_lesion_falls_in_one_outline_class():
     pred, ref = outline_case()
     assert outline_classes(pred, ref) == Counter({"IoU > 0.5": 2, "too small": 1, "too large": 1, "merged": 2,
                                                   "missed": 1})  # fmt: skip
+    # 20 mm3 voxels: the 36-voxel lesion (11.1 mm equivalent diameter) is the only one over 10 mm
+    small = {
+        k.removeprefix(SMALL): v for k, v in outline_classes(pred, ref, voxel_mm3=20.0).items() if k.startswith(SMALL)
+    }
+    assert small == {"IoU > 0.5": 2, "too large": 1, "merged": 2, "missed": 1}
 
 
 def test_too_small_outlines_count_the_voxels_they_leave_out_and_those_hysteresis_could_reach():
@@ -82,9 +87,10 @@ def test_split_outlines_reads_exported_predictions_against_the_data_folder(tmp_p
     tumour[20:26, 5:8, 1] = 0.6
     probabilities = nib.Nifti1Image(np.stack([np.zeros_like(tumour), tumour], axis=-1), np.eye(4))
     nib.save(probabilities, tmp_path / "predictions/test-segmentation-3_probabilities.nii.gz")  # case 3 only
+    classes = {"IoU > 0.5": 4, "too small": 2, "too large": 2, "merged": 4, "missed": 2}
     assert split_outlines(tmp_path / "predictions", tmp_path, ["3", "7"]) == Counter(
-        {"IoU > 0.5": 4, "too small": 2, "too large": 2, "merged": 4, "missed": 2,
-         "too small: voxels left out": 32, "too small: left out, p >= low": 16}
+        {**classes, "too small: voxels left out": 32, "too small: left out, p >= low": 16,
+         **{SMALL + k: n for k, n in classes.items()}}  # 1 mm voxels: every lesion is under 10 mm
     )  # fmt: skip
     with pytest.raises(SystemExit, match=r"test-segmentation-9.nii is missing; rerun .* save_predictions=true"):
         split_outlines(tmp_path / "predictions", tmp_path, ["9"])
