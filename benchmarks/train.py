@@ -143,6 +143,7 @@ def main(args) -> None:
 
 
 def epoch_row(number: int, epoch: dict) -> dict:
+    """One epoch's line of the printed table (`measure`'s record of it)."""
     loop, pure = (epoch[key][0] / epoch[key][1] if epoch[key][1] else float("nan") for key in ("loop", "pure"))
     return {
         "epoch": f"{number}{' (warm-up)' if number == 1 else ''}",

@@ -12,7 +12,7 @@ change against the default (mean ± sample std over the checkpoints), and how th
 (studies/outlines.py: found with IoU > 0.5, too small, too large, merged, missed; only "too small" can gain from
 hysteresis).
 
-    python -m studies transfer outputs/lesion_study_8min/*/seed*/checkpoints/last.pt --out outputs/transfer
+    python -m studies transfer outputs/lesion_study_8min/{baseline,per_lesion}/seed*/checkpoints/last.pt
 
 The checkpoints must be untuned (a run with tune_after=false, and not passed through evaluate.py tune=true): tuned
 calibration would change what every threshold means. An evaluation already in --out is not redone.
