@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
 
 from lits.core.config.infer import PostprocessConfig
 from lits.data.nifti import to_canonical
+from lits.data.sources import discover
 from lits.evaluate.metrics.keys import DETECTION_THRESHOLDS, SIZE_BINS
 from lits.evaluate.metrics.lesions import equivalent_diameter_mm, match_lesions, reference_lesions, size_bin
 from lits.infer.postprocess import predicted_lesions
@@ -63,26 +65,30 @@ def outline_classes(
     return counts
 
 
-def split_outlines(predictions: Path, references: Path, case_ids: list[str]) -> Counter:
+def split_outlines(predictions: Path, labels: dict[str, Path], case_ids: list[str]) -> Counter:
     """The classes summed over `case_ids`: evaluate.py's exported label maps (predictions/test-segmentation-<id>.nii,
-    save_predictions=true) against the data folder's segmentation-<id>.nii(.gz), both read slice-major; with their
-    tumour probabilities where save_probabilities=true wrote them beside, and lesions sized by the reference's
-    voxel size."""
+    save_predictions=true) against each case's reference in `labels` (case id -> segmentation file), both read
+    slice-major; with their tumour probabilities where save_probabilities=true wrote them beside, and lesions sized by
+    the reference's voxel size."""
     total = Counter(dict.fromkeys(CLASSES, 0))
     for case in case_ids:
         pred = _tumour(predictions / f"test-segmentation-{case}.nii")
-        candidates = (references / f"segmentation-{case}.nii.gz", references / f"segmentation-{case}.nii")
-        ref_path = next((p for p in candidates if p.is_file()), None)
-        if ref_path is None:
-            raise SystemExit(f"error: no segmentation-{case}.nii(.gz) in {references}; is data.root still there?")
-        ref = _tumour(ref_path)
-        voxel_mm3 = float(np.prod(nib.load(ref_path).header.get_zooms()[:3]))
+        if case not in labels:
+            raise SystemExit(f"error: case {case} has no segmentation in the checkpoint's data.root any more")
+        ref = _tumour(labels[case])
+        voxel_mm3 = float(np.prod(nib.load(labels[case]).header.get_zooms()[:3]))
         if pred.shape != ref.shape:
             raise SystemExit(f"error: {predictions} case {case}: prediction {pred.shape} against reference {ref.shape}")
         prob_path = predictions / f"test-segmentation-{case}_probabilities.nii.gz"
         prob = _tumour_probability(prob_path) if prob_path.is_file() else None
         total.update(outline_classes(pred, ref, prob, voxel_mm3))
     return total
+
+
+def case_labels(data: dict) -> dict[str, Path]:
+    """Case id -> segmentation file of a checkpoint's `data` config (any data.layout: LiTS, MSD or CSV)."""
+    cases, _ = discover(SimpleNamespace(layout=data["layout"], root=data["root"]))
+    return {c.case_id: Path(c.label) for c in cases if c.label is not None}
 
 
 def _tumour(path: Path) -> np.ndarray:

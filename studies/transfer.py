@@ -30,7 +30,7 @@ from lits.core.compose import CHECKOUT as REPO
 from lits.core.errors import LitsError
 from lits.core.tables import format_table
 from lits.infer.checkpoint import load_checkpoint
-from studies.outlines import CLASSES, LEFT_OUT, LOW, REACHABLE, SMALL, split_outlines
+from studies.outlines import CLASSES, LEFT_OUT, LOW, REACHABLE, SMALL, case_labels, split_outlines
 from studies.recipe import mean_std, run
 
 SETTINGS = {  # name -> evaluate.py postprocess overrides
@@ -80,7 +80,7 @@ def evaluate(ckpt: Path, setting: str, out: Path) -> dict:
         seconds = run(cmd, folder.parent / f"{setting.replace(' ', '_')}.log")
         print(f"[{label(ckpt)}] {setting}: {seconds:.0f} s", flush=True)
     state = load_checkpoint(ckpt)
-    outlines = split_outlines(folder / "predictions", Path(state["config"]["data"]["root"]), state["splits"]["val"])
+    outlines = split_outlines(folder / "predictions", case_labels(state["config"]["data"]), state["splits"]["val"])
     return {**json.loads((folder / "metrics.json").read_text())["post"], "outlines": outlines}
 
 

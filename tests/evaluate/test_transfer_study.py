@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from studies import transfer
-from studies.outlines import CLASSES, SMALL, outline_classes, split_outlines
+from studies.outlines import CLASSES, SMALL, case_labels, outline_classes, split_outlines
 
 HYSTERESIS = "hysteresis + keep_confident 0.8"
 
@@ -80,20 +80,27 @@ def test_too_small_outlines_count_the_voxels_they_leave_out_and_those_hysteresis
 def test_split_outlines_reads_exported_predictions_against_the_data_folder(tmp_path):
     pred, ref = (2 * mask.T.astype(np.uint8) for mask in outline_case())  # files hold (X, Y, Z)
     (tmp_path / "predictions").mkdir()
+    (tmp_path / "data").mkdir()
     for case in ("3", "7"):
         nib.save(nib.Nifti1Image(pred, np.eye(4)), tmp_path / f"predictions/test-segmentation-{case}.nii")
-        nib.save(nib.Nifti1Image(ref, np.eye(4)), tmp_path / f"segmentation-{case}.nii.gz")
+        nib.save(nib.Nifti1Image(ref, np.eye(4)), tmp_path / f"data/segmentation-{case}.nii.gz")
+        nib.save(nib.Nifti1Image(np.zeros(ref.shape, np.int16), np.eye(4)), tmp_path / f"data/volume-{case}.nii.gz")
     tumour = np.zeros(ref.shape, dtype=np.float32)  # (X, Y, Z): the too-small lesion's first three rows at 0.6
     tumour[20:26, 5:8, 1] = 0.6
     probabilities = nib.Nifti1Image(np.stack([np.zeros_like(tumour), tumour], axis=-1), np.eye(4))
     nib.save(probabilities, tmp_path / "predictions/test-segmentation-3_probabilities.nii.gz")  # case 3 only
+    labels = case_labels({"layout": "lits", "root": str(tmp_path / "data")})  # as a checkpoint's data config has it
+    assert labels == {case: tmp_path / f"data/segmentation-{case}.nii.gz" for case in ("3", "7")}
     classes = {"IoU > 0.5": 4, "too small": 2, "too large": 2, "merged": 4, "missed": 2}
-    assert split_outlines(tmp_path / "predictions", tmp_path, ["3", "7"]) == Counter(
+    assert split_outlines(tmp_path / "predictions", labels, ["3", "7"]) == Counter(
         {**classes, "too small: voxels left out": 32, "too small: left out, p >= low": 16,
          **{SMALL + k: n for k, n in classes.items()}}  # 1 mm voxels: every lesion is under 10 mm
     )  # fmt: skip
     with pytest.raises(SystemExit, match=r"test-segmentation-9.nii is missing; rerun .* save_predictions=true"):
-        split_outlines(tmp_path / "predictions", tmp_path, ["9"])
+        split_outlines(tmp_path / "predictions", labels, ["9"])
+    nib.save(nib.Nifti1Image(pred, np.eye(4)), tmp_path / "predictions/test-segmentation-9.nii")
+    with pytest.raises(SystemExit, match=r"case 9 has no segmentation in the checkpoint's data.root"):
+        split_outlines(tmp_path / "predictions", labels, ["9"])
 
 
 def test_tuned_and_unreadable_checkpoints_are_refused_in_one_line(tmp_path):
