@@ -56,8 +56,8 @@ def label(ckpt: Path) -> str:
     return f"{run_folder.parent.name}/{run_folder.name}/{ckpt.name}"
 
 
-def refuse_tuned(ckpt: Path) -> None:
-    """Exit with one line if `ckpt` is not a readable checkpoint or is tuned."""
+def refuse_tuned(ckpt: Path) -> dict:
+    """`ckpt`'s state; exit with one line if it is not a readable checkpoint or is tuned."""
     try:
         state = load_checkpoint(ckpt)
     except LitsError as exc:
@@ -67,11 +67,12 @@ def refuse_tuned(ckpt: Path) -> None:
             f"error: {ckpt} is tuned on validation (calibration and post-processing stored in it); the check needs "
             "the network's own probabilities: give a checkpoint of a run with tune_after=false"
         )
+    return state
 
 
-def evaluate(ckpt: Path, setting: str, out: Path) -> dict:
-    """`ckpt` on its validation split under `setting` (cached in `out`): the post-processed stage's metrics, and
-    under "outlines" its reference lesions per outline class."""
+def evaluate(ckpt: Path, state: dict, setting: str, out: Path) -> dict:
+    """`ckpt` (its loaded `state`) on its validation split under `setting` (cached in `out`): the post-processed
+    stage's metrics, and under "outlines" its reference lesions per outline class."""
     folder = out / label(ckpt).replace("/", "__").removesuffix(".pt") / setting.replace(" ", "_")
     if not (folder / "metrics.json").exists() or not any((folder / "predictions").glob("*_probabilities.nii.gz")):
         folder.mkdir(parents=True, exist_ok=True)
@@ -79,7 +80,6 @@ def evaluate(ckpt: Path, setting: str, out: Path) -> dict:
                f"hydra.run.dir={folder}"]  # fmt: skip
         seconds = run(cmd, folder.parent / f"{setting.replace(' ', '_')}.log")
         print(f"[{label(ckpt)}] {setting}: {seconds:.0f} s", flush=True)
-    state = load_checkpoint(ckpt)
     outlines = split_outlines(folder / "predictions", case_labels(state["config"]["data"]), state["splits"]["val"])
     return {**json.loads((folder / "metrics.json").read_text())["post"], "outlines": outlines}
 
@@ -131,10 +131,9 @@ def main(args) -> None:
     missing = [str(c) for c in args.checkpoints if not c.is_file()]
     if missing:
         raise SystemExit(f"error: no checkpoint at {', '.join(missing)}; give paths to best.pt or last.pt files")
-    for ckpt in args.checkpoints:
-        refuse_tuned(ckpt)
+    states = {ckpt: refuse_tuned(ckpt) for ckpt in args.checkpoints}  # all refused before any evaluation runs
     out = args.out.resolve()
-    results = {label(c): {s: evaluate(c, s, out) for s in SETTINGS} for c in args.checkpoints}
+    results = {label(c): {s: evaluate(c, state, s, out) for s in SETTINGS} for c, state in states.items()}
     text = "# Transfer check: post-processing on the validation split\n\n" + report(results) + "\n"
     (out / "transfer.md").write_text(text)
     print("\n" + text + f"\nwrote {out / 'transfer.md'}")
