@@ -22,7 +22,7 @@ from lits.train.hooks import EpochReport
 from lits.train.loss import alpha_at
 from lits.train.optim import lr_at, set_lr
 from lits.train.run import Run
-from lits.train.step import train_step
+from lits.train.step import settle, train_step
 from lits.train.validate import Validation, validate
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ def train_epoch(run: Run) -> EpochOutcome:
         if result.stop or result.out_of_time:
             outcome.interrupted, outcome.out_of_time = result.stop, result.out_of_time and not result.stop
             break
+    settle(run)  # the epoch's last steps are already read back (a read is due there); this only makes it certain
     outcome.seconds = time.perf_counter() - started
     return outcome
 

@@ -36,10 +36,9 @@ from lits.infer.checkpoint import save_checkpoint
 from lits.train import console, distributed
 from lits.train.checkpoint import remove_stale_temps
 from lits.train.console import shown_path
+from lits.train.step import LOG_EVERY, settle
 
 log = logging.getLogger(__name__)
-
-LOSS_STEP_EVERY = 10  # train_step/loss is logged every this many optimizer steps
 
 
 @dataclass
@@ -138,7 +137,7 @@ class ConsoleHook(Hook):
 
     def after_step(self, run, result) -> None:
         self.bar.update()
-        if not result.bad:
+        if result.read and not result.bad:
             self.bar.set_postfix(loss=f"{result.loss:.4f}", refresh=False)
         self.session_steps += 1
         if self.session_steps == console.WARMUP_STEPS:
@@ -183,7 +182,8 @@ class ConsoleHook(Hook):
 
 class TensorBoardHook(Hook):
     """<run>/tensorboard/train: train/* and val/* per epoch (x axis: the epoch, from 1), the validation picture
-    (val/overlay), and train_step/loss every LOSS_STEP_EVERY optimizer steps (x axis: the global optimizer step).
+    (val/overlay), and train_step/loss every LOG_EVERY optimizer steps, where the host reads the losses back (x axis:
+    the global optimizer step).
     evaluate.py writes beside it, in <run>/tensorboard/evaluate/<split>, so each shows as its own run."""
 
     def before_train(self, run) -> None:
@@ -192,7 +192,7 @@ class TensorBoardHook(Hook):
             self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(run.record["config"]) + "\n```")
 
     def after_step(self, run, result) -> None:
-        if run.state.step % LOSS_STEP_EVERY == 0 and not result.bad:
+        if run.state.step % LOG_EVERY == 0 and result.read and not result.bad:
             self.writer.add_scalar("train_step/loss", result.loss, run.state.step)
 
     def after_epoch(self, run, report: EpochReport) -> None:
@@ -273,6 +273,7 @@ class CheckpointHook(Hook):
 
     def save_position(self, run) -> None:
         """last.pt in the middle of the epoch in progress (a collective: every rank calls it)."""
+        settle(run)  # the epoch's sums must include every step trained so far
         rank_states = distributed.all_gather_object(run.state.rank_state(run.device, with_sums=True))
         if run.ctx.is_main:
             self.save(run.checkpoint(rank_states, {}), run.ckpt_dir / "last.pt")

@@ -10,6 +10,10 @@ the position follows the clock instead, step by step: max_epochs times the share
 (`TimeBudget.progress_position`), so the LR and the loss's alpha schedule keep their shape (BCE warm-up, hybrid,
 Dice; warm cosine, annealed end) however long an epoch is relative to the budget, even when a single epoch fills it.
 The LR is set explicitly, so a resumed run needs no scheduler state besides the plan and the time spent.
+
+Both optimizers are the fused implementations: one kernel per step instead of a loop of per-tensor ones (AdamW's step
+on unet_small's parameters: 1.6 ms against 7.7 ms on one CPU core), and they take a device-side ``found_inf`` flag,
+which is how a bad step is skipped without the host reading anything (lits/train/step.py).
 """
 
 from __future__ import annotations
@@ -29,14 +33,33 @@ OPTIMIZERS = ("adamw", "sgd")
 
 
 def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The fused optimizer `optim.name` names. SGD's momentum buffers start as zeros, which is what its first step
+    would make of them (0.9 * 0 + g = g): a first step the fused kernel skips would otherwise leave them unset."""
     cfg = typed(OptimConfig, cfg, "optim")
+    params = list(params)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     if cfg.name == "sgd":
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=bool(cfg.nesterov), weight_decay=cfg.weight_decay
+        optimizer = torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=bool(cfg.nesterov),
+            weight_decay=cfg.weight_decay,
+            fused=True,
         )
+        if cfg.momentum:
+            for p in params:
+                optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return optimizer
     raise LitsError(f"optim.name={cfg.name}: unknown optimizer; use optim=adamw or optim=sgd")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """`optimizer.load_state_dict(saved)`, keeping this optimizer's implementation: a checkpoint written before the
+    optimizers were fused records ``fused: None``, which loading would otherwise restore."""
+    groups = [{**g, "fused": True, "foreach": None} for g in saved["param_groups"]]
+    optimizer.load_state_dict({**saved, "param_groups": groups})
 
 
 def lr_at(cfg: OptimConfig, position: float, reference_epochs: int) -> float:

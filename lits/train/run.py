@@ -43,7 +43,7 @@ from lits.train.loss import HybridLoss
 from lits.train.optim import TimeBudget, build_optimizer
 from lits.train.signals import StopRequest
 from lits.train.state import Best, TrainState
-from lits.train.step import NormStatsGuard
+from lits.train.step import NormStatsGuard, PendingSteps
 from lits.train.tuning_hook import TuningHook
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class Run:
     scaler: torch.amp.GradScaler
     memory_format: torch.memory_format
     guard: NormStatsGuard | None
+    pending: PendingSteps  # the steps' losses and bad flags the host has not read yet
     state: TrainState
     budget: TimeBudget
     stop: StopRequest
@@ -324,6 +325,7 @@ def build_run(cfg: TrainConfig, ctx: distributed.Context, stop: StopRequest) -> 
         scaler=state.scaler,
         memory_format=memory_format,
         guard=NormStatsGuard(model) if any(True for _ in model.buffers()) else None,
+        pending=PendingSteps(device),
         state=state,
         budget=budget,
         stop=stop,

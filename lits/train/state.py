@@ -28,6 +28,7 @@ import torch
 import lits
 from lits.core.errors import LitsError
 from lits.train.checkpoint import rng_state, set_rng_state
+from lits.train.optim import load_optimizer_state
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class TrainState:
         (`reseed(step)` seeds them) and a warning."""
         try:
             self.model.load_state_dict(saved["model"])
-            self.optimizer.load_state_dict(saved["optimizer"])
+            load_optimizer_state(self.optimizer, saved["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise LitsError(

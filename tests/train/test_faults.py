@@ -70,18 +70,25 @@ def test_an_error_inside_the_loop_with_loader_workers_exits_instead_of_hanging(t
     assert result.stderr.strip().splitlines()[-1].startswith("error: 3 non-finite losses in a row (epoch 1, step 3")
 
 
-def test_skipped_step_puts_batchnorm_statistics_back():
+def test_skipped_step_puts_batchnorm_statistics_back_and_a_good_one_keeps_them():
     from lits.train.step import NormStatsGuard
 
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4)).train()
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.BatchNorm2d(4)).train()
     model(torch.rand(2, 1, 8, 8))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     guard = NormStatsGuard(model)
     guard.save()
-    model(torch.full((2, 1, 8, 8), float("inf")))  # poisons running_mean / running_var
-    assert not torch.isfinite(model[1].running_mean).all()
-    guard.restore()
+    model(torch.full((2, 1, 8, 8), float("inf")))  # poisons running_mean / running_var, counts a batch
+    assert not torch.isfinite(model[1].running_mean).all() and int(model[2].num_batches_tracked) == 2
+    guard.restore_where(torch.tensor(1.0))  # a bad step: every buffer (float and integer) as saved
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    guard.save()
+    model(torch.rand(2, 1, 8, 8))
+    after = {k: v.clone() for k, v in model.state_dict().items()}
+    assert not torch.equal(after["1.running_mean"], before["1.running_mean"])
+    guard.restore_where(torch.tensor(0.0))  # a good step: the new statistics stand
+    assert all(torch.equal(after[k], v) for k, v in model.state_dict().items())
 
 
 def test_stop_signals_are_deferred_inside_the_loop_only():
