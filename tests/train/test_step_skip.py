@@ -60,8 +60,9 @@ def untouched(run, parameters_before) -> bool:
 
 @pytest.mark.parametrize("name", ["adamw", "sgd"])
 @pytest.mark.parametrize("fp16", [False, True])
-def test_a_bad_step_changes_nothing_and_the_next_good_one_is_a_first_step(name, fp16):
-    guarded, plain = tiny_run(name, fp16), tiny_run(name, fp16)
+@pytest.mark.parametrize("clip", [1.0, 0.0])  # unscaled before clipping, or by the fused optimizer itself
+def test_a_bad_step_changes_nothing_and_the_next_good_one_is_a_first_step(name, fp16, clip):
+    guarded, plain = tiny_run(name, fp16, clip), tiny_run(name, fp16, clip)
     before = parameters(guarded)
     scale = guarded.scaler.get_scale() if fp16 else None
     update(guarded, loss_of(guarded, poisoned=True), BAD)  # the first step is bad: skipped on the device
