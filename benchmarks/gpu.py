@@ -12,7 +12,9 @@ Sections of the report (--out, also printed):
 3. Training throughput for unet_small, unet and resunet34 at 256x256 crops and batch 8 / 16 / 32 (trainer.amp=auto:
    fp16 on CUDA): the pure step (forward, loss, backward, optimizer on one batch already on the device, augmented
    once), the full loop (the training loop's own `train_epoch`: sampler, loader workers reading crops, augmentation
-   on the device, the step, hooks), their ratio, and the peak GPU memory. Every (model, batch) runs with
+   on the device, the step, hooks), their ratio, the peak GPU memory, and the host synchronisations per step of a
+   third, untimed epoch (CUDA's sync debug mode; on the CPU the stand-in of benchmarks/host_reads.py): the loop
+   reads its losses back every 10 steps, so about 0.1 plus an epoch's end. Every (model, batch) runs with
    channels_last and without torch.compile (the defaults); channels_last off and torch.compile on are measured at
    batch 16 (--all-variants: at every batch).
 4. Loader alone: crops/s from the cache with the training loader's settings (data.num_workers workers), and the
@@ -40,6 +42,7 @@ import time
 from pathlib import Path
 
 from benchmarks.gpu_plan import Budget, Plan, plan_for
+from benchmarks.host_reads import host_reads
 from benchmarks.probes import REPO, cpu_model, say
 from benchmarks.steps import build_benchmark_run, pure_step_rate
 
@@ -160,6 +163,9 @@ def measure_config(args, plan: Plan, work: Path, model: str, batch: int, channel
         outcome = train_epoch(run)
         run.state.end_epoch({})
         rates.append(outcome.steps * batch / outcome.seconds)
+    with host_reads(run.device) as reads:  # a third epoch, untimed: watching slows it
+        outcome = train_epoch(run)
+        run.state.end_epoch({})
     pure = pure_step_rate(run, plan.pure_steps)
     memory = torch.cuda.max_memory_allocated(run.device) / 2**30 if run.device.type == "cuda" else None
     if keep is not None:  # a real checkpoint of this run (for the predict section)
@@ -175,6 +181,7 @@ def measure_config(args, plan: Plan, work: Path, model: str, batch: int, channel
         "pure step samples/s": pure,
         "loop samples/s": rates[1],
         "loop / pure": f"{100 * rates[1] / pure:.0f}%",
+        "host syncs / step": len(reads) / outcome.steps,
         "peak GPU GiB": memory if memory is not None else "- (CPU)",
     }
 

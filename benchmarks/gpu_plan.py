@@ -28,7 +28,7 @@ class Plan:
     batches: list[int]
     variant_batch: int  # where channels_last off / compile on are measured (unless --all-variants)
     crop: int
-    steps: int  # training steps per epoch (one warm-up epoch, one timed)
+    steps: int  # training steps per epoch (one warm-up epoch, one timed, one watched for host synchronisations)
     pure_steps: int
     data: dict  # synthetic data: size, cases, slices
     ct_slices: int

@@ -44,6 +44,8 @@ def test_quick_cpu_check_writes_every_section(tmp_path):
     for row in rows:
         assert float(row["pure step samples/s"]) > 0 and float(row["loop samples/s"]) > 0
         assert re.fullmatch(r"\d+%", row["loop / pure"])
+        # the loop reads its losses back every 10 steps and at an epoch's end: one read in a short epoch, not one a step
+        assert 0 < float(row["host syncs / step"]) < 1
 
     [loader] = section(report, "Loader alone")
     assert float(loader["loader crops/s"]) > 0 and float(loader["one process, one thread crops/s"]) > 0

@@ -133,62 +133,34 @@ def test_pending_steps_hold_a_logging_interval():
     assert pending.count == 0
 
 
-HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
-# reads of values made on the host, which on a GPU wait for nothing: the augmentation draws and selects its parameters
-# on the CPU by design, before they go to the device; MONAI's DiceLoss lists its reduction axes from a CPU arange
-HOST_VALUES = ("lits/train/augment/", "torch.arange(2, len(input.shape)).tolist()")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("amp", ["off", "fp16"])
 def test_steps_between_reads_never_wait_for_the_device(tmp_path, monkeypatch, amp):
-    """Every way a tensor's value reaches Python (what makes a GPU's host wait) is watched during the steps of a real
-    run: between reads there is none, and at a read there is exactly one (PendingSteps.take). Reads of values made on
-    the host (HOST_VALUES) are left out."""
-    import traceback
-
+    """Every way a tensor's value reaches Python (what makes a GPU's host wait; benchmarks/host_reads.py) is watched
+    during the steps of a real run: between reads there is none, and at a read there is exactly one
+    (PendingSteps.take). Reads of values made on the host by design are left out."""
     from conftest import train_config
 
+    from benchmarks.host_reads import host_reads
     from lits.train import fit
     from lits.train.task import train
 
-    reads: dict[int, list[str]] = {}
-    current = {"step": None}
-
-    def watch(name: str):
-        original = getattr(torch.Tensor, name)
-
-        def watched(self, *args, **kwargs):
-            if current["step"] is not None:
-                stack = traceback.extract_stack()[:-1]
-                if not any(
-                    mark in frame.filename or mark in (frame.line or "") for frame in stack for mark in HOST_VALUES
-                ):
-                    reads.setdefault(current["step"], []).append(f"{name} in {stack[-1].name}")
-            return original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, watched)
-
-    for name in HOST_READS:
-        watch(name)
-    step_once, read_at = fit.train_step, {}
+    step_once, read_at, per_step = fit.train_step, {}, {}
 
     def step(run, batch, alpha):
-        current["step"] = run.state.step
-        try:
-            result = step_once(run, batch, alpha)
-        finally:
-            current["step"] = None
-        read_at[run.state.step - 1] = result.read
+        before = len(reads)
+        result = step_once(run, batch, alpha)
+        read_at[run.state.step - 1], per_step[run.state.step - 1] = result.read, reads[before:]
         return result
 
     monkeypatch.setattr(fit, "train_step", step)
     threads = torch.get_num_threads()
     try:
-        train(train_config(tmp_path, "sync", f"trainer.amp={amp}", "trainer.num_threads=1"))
+        with host_reads(torch.device("cpu")) as reads:
+            train(train_config(tmp_path, "sync", f"trainer.amp={amp}", "trainer.num_threads=1"))
     finally:
         torch.set_num_threads(threads)
     assert len(read_at) == 16  # 2 epochs of 8 steps: reads after steps 8 (epoch end), 10 and 16 (1-based)
     assert [s + 1 for s, read in read_at.items() if read] == [8, 10, 16]
-    assert {s: r for s, r in reads.items() if not read_at[s]} == {}
-    assert {s: r for s, r in reads.items() if read_at[s]} == {s: ["tolist in take"] for s in (7, 9, 15)}
+    assert {s: r for s, r in per_step.items() if r and not read_at[s]} == {}
+    assert {s: r for s, r in per_step.items() if read_at[s]} == {s: ["tolist in take"] for s in (7, 9, 15)}
