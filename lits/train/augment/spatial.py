@@ -20,6 +20,8 @@ Images are resampled with one bilinear ``grid_sample`` call, border padding, lab
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -116,11 +118,11 @@ def sampling_grid(params: AugmentParams, sel: torch.Tensor, h: int, w: int, dev:
             d = params.displacement.cpu()[sel].float() * el.view(-1, 1, 1, 1)
             # pixels -> normalised units (align_corners=False: 2 units span W resp. H pixels)
             d = d * torch.tensor([2.0 / w, 2.0 / h]).view(1, 2, 1, 1)
-            grid = grid + upsample_bicubic(d.to(dev, non_blocking=True), h, w)
+            grid.add_(upsample_bicubic(d.to(dev, non_blocking=True), h, w))  # in place: the grid is this call's own
     mx, my = params.mirror_x.cpu()[sel], params.mirror_y.cpu()[sel]
     if bool((mx | my).any()):
         sign = torch.stack([1.0 - 2.0 * mx.float(), 1.0 - 2.0 * my.float()], dim=1)  # (n, 2): -1 = mirrored
-        grid = grid * sign.to(dev, non_blocking=True).view(n, 1, 1, 2)
+        grid.mul_(sign.to(dev, non_blocking=True).view(n, 1, 1, 2))
     return grid
 
 
@@ -145,6 +147,7 @@ def upsample_bicubic(d: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return (rows @ d @ cols.T).permute(0, 2, 3, 1)
 
 
+@functools.lru_cache(maxsize=16)  # a few (points, size) pairs per run: made once instead of twice per batch
 def _bicubic_matrix(points: int, size: int, dtype: torch.dtype, dev: torch.device) -> torch.Tensor:
     """(size, points): row i holds the weights that 1-D bicubic interpolation (align_corners=True, the library's
     kernel and border clamping) gives each control point at output position i, read off by interpolating the unit
