@@ -164,7 +164,7 @@ def measure_config(args, plan: Plan, work: Path, model: str, batch: int, channel
         run.state.end_epoch({})
         rates.append(outcome.steps * batch / outcome.seconds)
     with host_reads(run.device) as reads:  # a third epoch, untimed: watching slows it
-        outcome = train_epoch(run)
+        watched = train_epoch(run)
         run.state.end_epoch({})
     pure = pure_step_rate(run, plan.pure_steps)
     memory = torch.cuda.max_memory_allocated(run.device) / 2**30 if run.device.type == "cuda" else None
@@ -181,7 +181,7 @@ def measure_config(args, plan: Plan, work: Path, model: str, batch: int, channel
         "pure step samples/s": pure,
         "loop samples/s": rates[1],
         "loop / pure": f"{100 * rates[1] / pure:.0f}%",
-        "host syncs / step": len(reads) / outcome.steps,
+        "host syncs / step": len(reads) / watched.steps,
         "peak GPU GiB": memory if memory is not None else "- (CPU)",
     }
 

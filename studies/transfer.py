@@ -70,9 +70,15 @@ def refuse_tuned(ckpt: Path) -> dict:
     return state
 
 
-def evaluate(ckpt: Path, state: dict, setting: str, out: Path) -> dict:
-    """`ckpt` (its loaded `state`) on its validation split under `setting` (cached in `out`): the post-processed
-    stage's metrics, and under "outlines" its reference lesions per outline class."""
+def references(state: dict) -> tuple[dict[str, Path], list[str]]:
+    """What the outline classes of a checkpoint's validation split are scored against: (case id -> segmentation
+    file, from its own data config; the validation case ids)."""
+    return case_labels(state["config"]["data"]), state["splits"]["val"]
+
+
+def evaluate(ckpt: Path, reference: tuple[dict[str, Path], list[str]], setting: str, out: Path) -> dict:
+    """`ckpt` on its validation split under `setting` (cached in `out`): the post-processed stage's metrics, and
+    under "outlines" its reference lesions (`references`) per outline class."""
     folder = out / label(ckpt).replace("/", "__").removesuffix(".pt") / setting.replace(" ", "_")
     if not (folder / "metrics.json").exists() or not any((folder / "predictions").glob("*_probabilities.nii.gz")):
         folder.mkdir(parents=True, exist_ok=True)
@@ -80,7 +86,7 @@ def evaluate(ckpt: Path, state: dict, setting: str, out: Path) -> dict:
                f"hydra.run.dir={folder}"]  # fmt: skip
         seconds = run(cmd, folder.parent / f"{setting.replace(' ', '_')}.log")
         print(f"[{label(ckpt)}] {setting}: {seconds:.0f} s", flush=True)
-    outlines = split_outlines(folder / "predictions", case_labels(state["config"]["data"]), state["splits"]["val"])
+    outlines = split_outlines(folder / "predictions", *reference)
     return {**json.loads((folder / "metrics.json").read_text())["post"], "outlines": outlines}
 
 
@@ -131,9 +137,10 @@ def main(args) -> None:
     missing = [str(c) for c in args.checkpoints if not c.is_file()]
     if missing:
         raise SystemExit(f"error: no checkpoint at {', '.join(missing)}; give paths to best.pt or last.pt files")
-    states = {ckpt: refuse_tuned(ckpt) for ckpt in args.checkpoints}  # all refused before any evaluation runs
+    # every checkpoint refused or read (once) before any evaluation runs; only its references are kept
+    refs = {ckpt: references(refuse_tuned(ckpt)) for ckpt in args.checkpoints}
     out = args.out.resolve()
-    results = {label(c): {s: evaluate(c, state, s, out) for s in SETTINGS} for c, state in states.items()}
+    results = {label(c): {s: evaluate(c, ref, s, out) for s in SETTINGS} for c, ref in refs.items()}
     text = "# Transfer check: post-processing on the validation split\n\n" + report(results) + "\n"
     (out / "transfer.md").write_text(text)
     print("\n" + text + f"\nwrote {out / 'transfer.md'}")

@@ -118,6 +118,7 @@ def sampling_grid(params: AugmentParams, sel: torch.Tensor, h: int, w: int, dev:
             d = params.displacement.cpu()[sel].float() * el.view(-1, 1, 1, 1)
             # pixels -> normalised units (align_corners=False: 2 units span W resp. H pixels)
             d = d * torch.tensor([2.0 / w, 2.0 / h]).view(1, 2, 1, 1)
+            # control points sit on the corner pixels (elasticdeform), hence align_corners=True in the upsampling
             grid.add_(upsample_bicubic(d.to(dev, non_blocking=True), h, w))  # in place: the grid is this call's own
     mx, my = params.mirror_x.cpu()[sel], params.mirror_y.cpu()[sel]
     if bool((mx | my).any()):
